@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""One-command setup: `python3 dev.py start` runs the platform, `python3 dev.py test` the suite.
+
+Both create ./.venv and install the project into it when it is missing or pyproject.toml
+changed, so a fresh clone needs nothing but Python 3.11+.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
+STAMP = VENV / ".tradingrt-installed"
+
+
+def ensure_environment(extras: str = "dev") -> None:
+    """Create the virtual environment and install the project, unless already up to date."""
+    if sys.version_info < (3, 11):
+        sys.exit(f"Python 3.11 or newer is needed; this is {sys.version.split()[0]}.")
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extras.encode()).hexdigest()
+    if STAMP.exists() and STAMP.read_text() == wanted and PYTHON.exists():
+        return
+    if not PYTHON.exists():
+        print(f"Creating the virtual environment in {VENV} ...", flush=True)
+        venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
+    print("Installing the project and its dependencies (first run only) ...", flush=True)
+    pip = [str(PYTHON), "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "install", "--upgrade", "pip"], check=True)
+    subprocess.run([*pip, "install", "-e", f".[{extras}]"], check=True, cwd=ROOT)
+    STAMP.write_text(wanted)
+
+
+def manage(*args: str) -> None:
+    subprocess.run([str(PYTHON), "manage.py", *args], check=True, cwd=ROOT)
+
+
+def start(options: argparse.Namespace) -> int:
+    """Migrate, load the demo data, print how to log in, and serve HTTP and WebSockets."""
+    ensure_environment()
+    manage("migrate", "--noinput", "-v", "0")
+    manage("demo", "--host", f"http://{options.host}:{options.port}")
+    command = [
+        str(BIN / "daphne"),
+        "-b", options.host,
+        "-p", str(options.port),
+        "--ping-interval", "20",
+        "--ping-timeout", "30",
+        "tradingrt.asgi:application",
+    ]  # fmt: skip
+    print(f"Serving on http://{options.host}:{options.port}/ (Ctrl-C stops it)", flush=True)
+    try:
+        return subprocess.call(command, cwd=ROOT)
+    except KeyboardInterrupt:
+        return 0
+
+
+def test(options: argparse.Namespace) -> int:
+    """Run the whole test suite; extra arguments go to pytest."""
+    ensure_environment()
+    code = subprocess.call([str(PYTHON), "-m", "pytest", *options.pytest_args], cwd=ROOT)
+    return code
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    start_parser = commands.add_parser("start", help="set up and run the platform with demo data")
+    start_parser.add_argument("--host", default="127.0.0.1")
+    start_parser.add_argument("--port", type=int, default=8000)
+    test_parser = commands.add_parser("test", help="set up and run the whole test suite")
+    test_parser.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    options = parser.parse_args()
+    return start(options) if options.command == "start" else test(options)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

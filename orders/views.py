@@ -1,0 +1,6 @@
+"""REST views of orders."""
+from rest_framework import viewsets
+
+
+class OrderViewSet(viewsets.GenericViewSet):
+    pass

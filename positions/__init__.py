@@ -1,0 +1,1 @@
+"""Positions: each user's holding per symbol, with P&L and risk metrics."""

@@ -1,0 +1,6 @@
+"""REST views of positions."""
+from rest_framework import viewsets
+
+
+class PositionViewSet(viewsets.GenericViewSet):
+    pass

@@ -1,0 +1,13 @@
+"""App configuration of realtime: connects the domain models' signals to the update services."""
+
+from django.apps import AppConfig
+
+
+class RealtimeConfig(AppConfig):
+    name = "realtime"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from realtime import receivers
+
+        receivers.connect()

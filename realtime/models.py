@@ -1,0 +1,92 @@
+"""Connection records (who is connected where, to what) and the latest quote of each symbol."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+from tradingrt.models import decimal_field
+
+
+class ServerProcess(models.Model):
+    """One running server process; its heartbeat says whether its connections are alive."""
+
+    id = models.CharField(primary_key=True, max_length=64)
+    hostname = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    channel_name = models.CharField(max_length=200, blank=True, default="")
+    started_at = models.DateTimeField()
+    heartbeat_at = models.DateTimeField(db_index=True)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+        verbose_name_plural = "server processes"
+
+    def __str__(self) -> str:
+        return f"{self.hostname}:{self.pid} ({self.id})"
+
+
+class Connection(models.Model):
+    """One WebSocket connection, open for as long as its row exists and its process is alive."""
+
+    id = models.CharField(primary_key=True, max_length=64)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="ws_connections",
+    )
+    server = models.ForeignKey(ServerProcess, on_delete=models.CASCADE, related_name="connections")
+    client_address = models.CharField(max_length=100, blank=True, default="")
+    user_agent = models.CharField(max_length=300, blank=True, default="")
+    connected_at = models.DateTimeField()
+    authenticated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-connected_at"]
+        indexes = [models.Index(fields=["server", "user"])]
+
+    def __str__(self) -> str:
+        return self.id
+
+
+class Subscription(models.Model):
+    """One topic one connection is subscribed to."""
+
+    connection = models.ForeignKey(
+        Connection, on_delete=models.CASCADE, related_name="subscriptions"
+    )
+    topic = models.CharField(max_length=150)
+    subscribed_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["topic"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["connection", "topic"], name="subscription_connection_topic_unique"
+            )
+        ]
+        indexes = [models.Index(fields=["topic", "connection"])]
+
+    def __str__(self) -> str:
+        return f"{self.connection_id} -> {self.topic}"
+
+
+class MarketQuote(models.Model):
+    """The latest tick of a symbol, kept so positions can be marked and newcomers shown a price."""
+
+    symbol = models.CharField(primary_key=True, max_length=32)
+    last = decimal_field()
+    bid = decimal_field(null=True, blank=True)
+    ask = decimal_field(null=True, blank=True)
+    volume = decimal_field(null=True, blank=True)
+    timestamp = models.DateTimeField()
+
+    class Meta:
+        ordering = ["symbol"]
+        permissions = [("publish_market_data", "Can publish market data ticks")]
+
+    def __str__(self) -> str:
+        return f"{self.symbol} {self.last}"

@@ -1,0 +1,1 @@
+"""Trading strategies: ownership, lifecycle and performance metrics."""

@@ -1,0 +1,50 @@
+"""The Strategy model: an owner's named set of parameters with a lifecycle and metrics."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class StrategyStatus(models.TextChoices):
+    DRAFT = "DRAFT"
+    RUNNING = "RUNNING"
+    PAUSED = "PAUSED"
+    STOPPED = "STOPPED"
+    ERROR = "ERROR"
+
+
+def empty_metrics() -> dict[str, object]:
+    return {
+        "orderCount": 0,
+        "filledOrderCount": 0,
+        "realizedPnl": "0",
+        "unrealizedPnl": "0",
+        "totalPnl": "0",
+        "winRate": None,
+    }
+
+
+class Strategy(models.Model):
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="strategies"
+    )
+    name = models.CharField(max_length=100)
+    description = models.TextField(blank=True, default="")
+    parameters = models.JSONField(default=dict, blank=True)
+    status = models.CharField(
+        max_length=10, choices=StrategyStatus.choices, default=StrategyStatus.DRAFT
+    )
+    # Denormalised performance, recomputed by strategies.services on every fill and mark, so a
+    # STRATEGY_UPDATE and the REST API read it without aggregating the strategy's history.
+    metrics = models.JSONField(default=empty_metrics, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "strategies"
+        indexes = [models.Index(fields=["owner", "status"])]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.status})"

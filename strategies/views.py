@@ -1,0 +1,6 @@
+"""REST views of strategies."""
+from rest_framework import viewsets
+
+
+class StrategyViewSet(viewsets.GenericViewSet):
+    pass

@@ -1,0 +1,54 @@
+"""Shared fixtures: users, authenticated API clients and tokens."""
+
+from __future__ import annotations
+
+import pytest
+from rest_framework.test import APIClient
+from rest_framework_simplejwt.tokens import AccessToken
+
+from tests.factories import UserFactory
+
+
+@pytest.fixture
+def staff(db):
+    return UserFactory(username="staff", is_staff=True)
+
+
+@pytest.fixture
+def trader(db):
+    return UserFactory(username="alice")
+
+
+@pytest.fixture
+def other_trader(db):
+    return UserFactory(username="bob")
+
+
+def access_token_for(user) -> str:
+    return str(AccessToken.for_user(user))
+
+
+@pytest.fixture
+def api_client():
+    return APIClient()
+
+
+def _client_for(user) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {access_token_for(user)}")
+    return client
+
+
+@pytest.fixture
+def staff_client(staff):
+    return _client_for(staff)
+
+
+@pytest.fixture
+def trader_client(trader):
+    return _client_for(trader)
+
+
+@pytest.fixture
+def other_client(other_trader):
+    return _client_for(other_trader)

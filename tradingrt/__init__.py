@@ -1,0 +1,1 @@
+"""The trading platform's Django project: settings, routing and shared wire formats."""
