@@ -7,7 +7,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.db import models
 
-from tradingrt.models import decimal_field
+from tradingrt.models import TracksLoadedValues, decimal_field
 
 
 class OrderSide(models.TextChoices):
@@ -33,7 +33,9 @@ class OrderStatus(models.TextChoices):
 OPEN_STATUSES = (OrderStatus.NEW, OrderStatus.PARTIALLY_FILLED)
 
 
-class Order(models.Model):
+class Order(TracksLoadedValues):
+    tracked_fields = ("status", "filled_quantity")
+
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="orders"
     )

@@ -7,12 +7,14 @@ from decimal import Decimal
 from django.conf import settings
 from django.db import models
 
-from tradingrt.models import decimal_field
+from tradingrt.models import TracksLoadedValues, decimal_field
 
 ZERO = Decimal("0")
 
 
-class Position(models.Model):
+class Position(TracksLoadedValues):
+    tracked_fields = ("quantity", "market_price")
+
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="positions"
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
+from tradingrt.models import TracksLoadedValues
+
 
 class StrategyStatus(models.TextChoices):
     DRAFT = "DRAFT"
@@ -25,7 +27,9 @@ def empty_metrics() -> dict[str, object]:
     }
 
 
-class Strategy(models.Model):
+class Strategy(TracksLoadedValues):
+    tracked_fields = ("status",)
+
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="strategies"
     )

@@ -13,3 +13,33 @@ DECIMAL_PLACES = 8
 def decimal_field(**kwargs: Any) -> models.DecimalField:
     """A DecimalField wide enough for any price, quantity or amount this platform handles."""
     return models.DecimalField(max_digits=MAX_DIGITS, decimal_places=DECIMAL_PLACES, **kwargs)
+
+
+class TracksLoadedValues(models.Model):
+    """Remembers the values of `tracked_fields` as last loaded or saved.
+
+    Lets a post_save receiver tell what a save changed (an order's previous status, a position
+    going flat) without a second query and without the domain app knowing who asks.
+    """
+
+    tracked_fields: tuple[str, ...] = ()
+
+    class Meta:
+        abstract = True
+
+    @classmethod
+    def from_db(cls, db: Any, field_names: Any, values: Any) -> Any:
+        instance = super().from_db(db, field_names, values)
+        instance.remember_loaded_values()
+        return instance
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        super().save(*args, **kwargs)  # post_save receivers still see the previous values
+        self.remember_loaded_values()
+
+    def remember_loaded_values(self) -> None:
+        self.loaded_values = {name: self.__dict__.get(name) for name in self.tracked_fields}
+
+    def previous_value(self, name: str) -> Any:
+        """The field's value before this unsaved change (None for a new object)."""
+        return getattr(self, "loaded_values", {}).get(name)

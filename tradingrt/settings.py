@@ -59,6 +59,7 @@ INSTALLED_APPS = [
     "positions",
     "strategies",
     "realtime",
+    "tradingrt",
 ]
 
 MIDDLEWARE = [
