@@ -1,1 +1,1 @@
-"""The real-time module: WebSocket connections, topics and the publish path (docs/ARCHITECTURE.md)."""
+"""The real-time module: WebSocket connections, topics and the publish path (see docs/)."""

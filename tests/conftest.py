@@ -52,3 +52,35 @@ def trader_client(trader):
 @pytest.fixture
 def other_client(other_trader):
     return _client_for(other_trader)
+
+
+# --- Real-time fixtures -------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def live(django_db_setup):
+    """A real Daphne serving the whole project, on the test database, for the session.
+
+    Tests that use it must commit their data: mark them django_db(transaction=True).
+    """
+    from tests.live import live_server
+
+    with live_server(
+        realtime={"AUTH_TIMEOUT_SECS": 1.5, "RATE_LIMIT_PER_SEC": 5, "RATE_LIMIT_BURST": 10,
+                  "RATE_LIMIT_MAX_STRIKES": 3, "MAX_TOPICS_PER_CONNECTION": 5}
+    ) as server:
+        yield server
+
+
+@pytest.fixture
+def trader_token(trader):
+    return access_token_for(trader)
+
+
+@pytest.fixture
+def other_token(other_trader):
+    return access_token_for(other_trader)
+
+
+@pytest.fixture
+def staff_token(staff):
+    return access_token_for(staff)

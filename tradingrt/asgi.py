@@ -1,12 +1,22 @@
-"""ASGI entry point: one application serving HTTP (Django) and WebSockets (realtime) from one process."""
+"""ASGI entry point: one application serving HTTP (Django) and WebSockets (realtime).
+
+Runs unchanged under Daphne (the default) and uvicorn (see docs/DEPLOYMENT.md).
+"""
 
 import os
 
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tradingrt.settings")
-django_asgi_app = get_asgi_application()
+django_asgi_app = get_asgi_application()  # sets Django up before the realtime imports
 
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 
-application = ProtocolTypeRouter({"http": django_asgi_app})
+from realtime.routing import websocket_application  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        "websocket": websocket_application(),
+    }
+)

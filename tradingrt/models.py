@@ -27,15 +27,15 @@ class TracksLoadedValues(models.Model):
     class Meta:
         abstract = True
 
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        super().save(*args, **kwargs)  # post_save receivers still see the previous values
+        self.remember_loaded_values()
+
     @classmethod
     def from_db(cls, db: Any, field_names: Any, values: Any) -> Any:
         instance = super().from_db(db, field_names, values)
         instance.remember_loaded_values()
         return instance
-
-    def save(self, *args: Any, **kwargs: Any) -> None:
-        super().save(*args, **kwargs)  # post_save receivers still see the previous values
-        self.remember_loaded_values()
 
     def remember_loaded_values(self) -> None:
         self.loaded_values = {name: self.__dict__.get(name) for name in self.tracked_fields}

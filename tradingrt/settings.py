@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import secrets
 from datetime import timedelta
 from pathlib import Path
@@ -166,7 +168,7 @@ SIMPLE_JWT = {
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Trading platform real-time API",
-    "DESCRIPTION": "REST API of the trading platform; the WebSocket protocol is in docs/PROTOCOL.md.",
+    "DESCRIPTION": "REST API of the trading platform; the WebSocket protocol: docs/PROTOCOL.md.",
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
@@ -175,8 +177,22 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
 }
 
+
 # --- Real-time module (defaults and meaning: realtime/conf.py) -----------------------------
-REALTIME: dict[str, object] = {}
+# Any REALTIME key can be set from the environment as REALTIME_<KEY>, its value read as JSON
+# (REALTIME_HEARTBEAT_INTERVAL_SECS=5, REALTIME_ALLOWED_ORIGINS='["https://app.example"]').
+def _realtime_from_environment() -> dict[str, object]:
+    configured: dict[str, object] = {}
+    for name, raw in os.environ.items():
+        if name.startswith("REALTIME_") and name != "REALTIME_":
+            try:
+                configured[name.removeprefix("REALTIME_")] = json.loads(raw)
+            except ValueError:
+                configured[name.removeprefix("REALTIME_")] = raw
+    return configured
+
+
+REALTIME: dict[str, object] = _realtime_from_environment()
 
 # --- I18N, static -------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"

@@ -1,0 +1,131 @@
+"""WebSocket authentication: simplejwt access tokens at the handshake, and the Origin check.
+
+`JWTAuthMiddleware` puts the token's user in `scope["user"]` (and the token's claims in
+`scope["token"]`), or refuses the handshake (HTTP 403) when a token was given and is invalid,
+expired, forged or its user inactive. With no token the connection proceeds anonymous and
+must authenticate with its first message (realtime.consumers).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from channels.db import database_sync_to_async
+from channels.security.websocket import WebsocketDenier
+from django.conf import settings
+from django.contrib.auth.models import AnonymousUser
+from django.http.request import validate_host
+from rest_framework_simplejwt.authentication import JWTAuthentication
+from rest_framework_simplejwt.exceptions import AuthenticationFailed, InvalidToken, TokenError
+from rest_framework_simplejwt.tokens import AccessToken
+
+from realtime.conf import realtime_settings
+
+logger = logging.getLogger(__name__)
+
+
+class TokenRejected(Exception):
+    """The token cannot authenticate anyone; the message says why, for the client."""
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticated:
+    user: Any
+    expires_at: float  # the token's `exp`, seconds since the epoch
+
+
+def authenticate_token(raw_token: str) -> Authenticated:
+    """Validate an access token and load its active user (blocking: call it in a thread)."""
+    try:
+        token = AccessToken(raw_token)  # signature, algorithm, expiry and token type
+    except TokenError as exc:
+        raise TokenRejected(str(exc)) from None
+    try:
+        user = JWTAuthentication().get_user(token)
+    except (InvalidToken, AuthenticationFailed) as exc:
+        detail = (
+            exc.detail.get("detail", exc.detail) if isinstance(exc.detail, dict) else exc.detail
+        )
+        raise TokenRejected(str(detail)) from None
+    if not user.is_active:
+        raise TokenRejected("User is inactive")
+    return Authenticated(user=user, expires_at=float(token["exp"]))
+
+
+authenticate_token_async = database_sync_to_async(authenticate_token)
+
+
+def token_from_scope(scope: dict[str, Any]) -> str | None:
+    """The token of `?token=` or of an `Authorization: Bearer` header, if either is there."""
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization":
+            scheme, _, credentials = value.decode("latin1").partition(" ")
+            if scheme.lower() == "bearer" and credentials.strip():
+                return credentials.strip()
+    query = parse_qs(scope.get("query_string", b"").decode("latin1"))
+    tokens = query.get("token")
+    if tokens and tokens[0]:
+        return tokens[0]
+    return None
+
+
+class JWTAuthMiddleware:
+    """ASGI middleware authenticating WebSocket handshakes with a simplejwt access token."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        scope = dict(scope)
+        scope["user"] = AnonymousUser()
+        raw_token = token_from_scope(scope)
+        if raw_token is not None:
+            try:
+                authenticated = await authenticate_token_async(raw_token)
+            except TokenRejected as exc:
+                logger.info("WebSocket handshake refused: %s (%s)", exc, _client(scope))
+                return await WebsocketDenier()(scope, receive, send)
+            scope["user"] = authenticated.user
+            scope["token_expires_at"] = authenticated.expires_at
+        return await self.app(scope, receive, send)
+
+
+class OriginValidator:
+    """Refuse browser handshakes from other sites (cross-site WebSocket hijacking).
+
+    A browser always sends `Origin`; a connection with none (a trading bot, a server-side
+    script) cannot be a hijacked browser session and is authenticated by its token alone.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        origin = None
+        for name, value in scope.get("headers", ()):
+            if name == b"origin":
+                origin = value.decode("latin1")
+                break
+        if origin is None or origin_allowed(origin):
+            return await self.app(scope, receive, send)
+        logger.info("WebSocket handshake refused: Origin %r is not allowed", origin)
+        return await WebsocketDenier()(scope, receive, send)
+
+
+def origin_allowed(origin: str) -> bool:
+    allowed = realtime_settings.ALLOWED_ORIGINS
+    if allowed is not None:
+        return "*" in allowed or origin in allowed
+    parsed = urlsplit(origin)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        return False
+    host = parsed.hostname if ":" not in parsed.hostname else f"[{parsed.hostname}]"
+    return validate_host(host, list(settings.ALLOWED_HOSTS))
+
+
+def _client(scope: dict[str, Any]) -> str:
+    client = scope.get("client") or ("?", 0)
+    return f"{client[0]}:{client[1]}"

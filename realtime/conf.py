@@ -1,0 +1,98 @@
+"""Settings of the real-time module: the `REALTIME` dict, its defaults, read through one object.
+
+Modelled on rest_framework.settings: `realtime_settings.HEARTBEAT_INTERVAL_SECS` reads the
+project's value or the default below, and the cache is dropped when tests override settings.
+Keys may also be given in the contract's camelCase (`heartbeatIntervalSecs`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from django.conf import settings
+from django.core.signals import setting_changed
+
+DEFAULTS: dict[str, Any] = {
+    # Seconds a connection opened without a token has to send its AUTHENTICATION message.
+    "AUTH_TIMEOUT_SECS": 10.0,
+    # Seconds between the server's HEARTBEAT to every client and its process heartbeat row.
+    "HEARTBEAT_INTERVAL_SECS": 30.0,
+    # A server process whose heartbeat is older than this many intervals is dead.
+    "DEAD_AFTER_HEARTBEATS": 3,
+    # Largest inbound message, in bytes (UTF-8); larger ones get ERROR message_too_large.
+    "MAX_MESSAGE_BYTES": 64 * 1024,
+    # Most topics one connection may hold; more get rejected with limit_exceeded.
+    "MAX_TOPICS_PER_CONNECTION": 200,
+    # Inbound rate limit, a token bucket: sustained messages per second and burst size.
+    "RATE_LIMIT_PER_SEC": 20.0,
+    "RATE_LIMIT_BURST": 60,
+    # Messages refused with rate_limited, in a row, before the connection is closed with 4429.
+    "RATE_LIMIT_MAX_STRIKES": 20,
+    # Outbound buffer per connection: queued messages, and bytes the server's transport holds
+    # unsent; past either the client is too slow and is closed with 4508.
+    "SEND_BUFFER_MAX_MESSAGES": 2000,
+    "SEND_BUFFER_MAX_BYTES": 4 * 1024 * 1024,
+    # Positions in a symbol are marked to market at most once per this many seconds; the
+    # latest tick of the window wins (MARKET_DATA itself is never conflated).
+    "MARK_TO_MARKET_INTERVAL_SECS": 0.5,
+    # Origins allowed for browser connections; None means the hosts in ALLOWED_HOSTS.
+    "ALLOWED_ORIGINS": None,
+    # Seconds between the running server's sweeps of dead processes' connection records.
+    "PRUNE_INTERVAL_SECS": 60.0,
+}
+
+_CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+
+
+def _normalise_key(key: str) -> str:
+    """`heartbeatIntervalSecs` -> `HEARTBEAT_INTERVAL_SECS`; upper-case keys pass unchanged."""
+    return _CAMEL_BOUNDARY.sub("_", key).upper()
+
+
+class RealtimeSettings:
+    """Attribute access to REALTIME with defaults; unknown names are an error, not a None."""
+
+    def __init__(self, defaults: dict[str, Any]) -> None:
+        self.defaults = defaults
+        self._cached: set[str] = set()
+        self._user_settings: dict[str, Any] | None = None
+
+    @property
+    def user_settings(self) -> dict[str, Any]:
+        if self._user_settings is None:
+            configured = getattr(settings, "REALTIME", {}) or {}
+            normalised = {_normalise_key(key): value for key, value in configured.items()}
+            unknown = set(normalised) - set(self.defaults)
+            if unknown:
+                raise ValueError(
+                    f"Unknown REALTIME setting(s) {sorted(unknown)}; "
+                    f"the known ones are listed in realtime/conf.py: {sorted(self.defaults)}"
+                )
+            self._user_settings = normalised
+        return self._user_settings
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in self.defaults:
+            raise AttributeError(f"Invalid REALTIME setting: {name!r}")
+        value = self.user_settings.get(name, self.defaults[name])
+        self._cached.add(name)
+        setattr(self, name, value)
+        return value
+
+    def reload(self) -> None:
+        for name in self._cached:
+            delattr(self, name)
+        self._cached.clear()
+        self._user_settings = None
+
+
+realtime_settings = RealtimeSettings(DEFAULTS)
+
+
+def _reload_on_change(*, setting: str, **kwargs: Any) -> None:
+    if setting == "REALTIME":
+        realtime_settings.reload()
+
+
+setting_changed.connect(_reload_on_change, dispatch_uid="realtime.conf.reload")

@@ -1,0 +1,18 @@
+"""WebSocket URL routes: `/ws` and `/ws/`, behind the Origin check and JWT authentication."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from channels.routing import URLRouter
+from django.urls import re_path
+
+from realtime.auth import JWTAuthMiddleware, OriginValidator
+from realtime.consumers import RealtimeConsumer
+
+websocket_urlpatterns = [re_path(r"^ws/?$", RealtimeConsumer.as_asgi())]
+
+
+def websocket_application() -> Any:
+    """The ASGI application for the `websocket` protocol."""
+    return OriginValidator(JWTAuthMiddleware(URLRouter(websocket_urlpatterns)))
