@@ -184,21 +184,25 @@ class RealtimeConsumer(AsyncConsumer):
         self._cancel_timers()
         if self._drain_task is not None:
             self._drain_task.cancel()
-        if self.hub is None:
-            return
-        emptied = self.hub.unregister(self, self.topics)
-        self.topics = set()
-        try:
-            await self.hub.release_topics(emptied)
-        except Exception:
-            logger.exception("Could not leave the groups of connection %s", self.connection_id)
+        await self._leave_hub()
         if self._recorded:
+            self._recorded = False
             try:
                 await database_sync_to_async(connections.connection_close)(
                     connection_id=self.connection_id
                 )
             except Exception:
                 logger.exception("Could not delete the record of %s", self.connection_id)
+
+    async def _leave_hub(self) -> None:
+        if self.hub is None:
+            return
+        hub, self.hub = self.hub, None
+        emptied = hub.unregister(self, self.topics)
+        try:
+            await hub.release_topics(emptied)
+        except Exception:
+            logger.exception("Could not leave the groups of connection %s", self.connection_id)
 
     # --- message handlers ---------------------------------------------------------------
 
@@ -275,7 +279,6 @@ class RealtimeConsumer(AsyncConsumer):
     # --- subscriptions --------------------------------------------------------------------
 
     async def subscribe(self, requested: list[Any]) -> tuple[list[str], list[dict[str, Any]]]:
-        assert self.hub is not None
         accepted: list[str] = []
         rejected: list[dict[str, Any]] = []
         candidates: dict[str, Topic] = {}
@@ -302,7 +305,7 @@ class RealtimeConsumer(AsyncConsumer):
                 else:
                     room -= 1
                     new.append(name)
-            if new:
+            if new and self.hub is not None:  # None: closed while authorising
                 self.topics.update(new)
                 await self.hub.subscribe(self, new)
                 if self._recorded:
@@ -313,7 +316,6 @@ class RealtimeConsumer(AsyncConsumer):
         return accepted, rejected
 
     async def unsubscribe(self, requested: list[Any]) -> tuple[list[str], list[dict[str, Any]]]:
-        assert self.hub is not None
         accepted: list[str] = []
         rejected: list[dict[str, Any]] = []
         removed: list[str] = []
@@ -328,7 +330,7 @@ class RealtimeConsumer(AsyncConsumer):
             if name in self.topics:
                 self.topics.discard(name)
                 removed.append(name)
-        if removed:
+        if removed and self.hub is not None:
             await self.hub.unsubscribe(self, removed)
             if self._recorded:
                 await database_sync_to_async(connections.subscriptions_remove)(
@@ -378,9 +380,11 @@ class RealtimeConsumer(AsyncConsumer):
         self.closing = True
         self._closed_by_server = code
         self._cancel_timers()
-        asyncio.get_running_loop().create_task(self._close(code, reason))
+        self._close_task = asyncio.get_running_loop().create_task(self._close(code, reason))
 
     async def _close(self, code: int, reason: str) -> None:
+        # Stop deliveries now; the server's websocket.disconnect may come much later.
+        await self._leave_hub()
         if self._drain_task is not None and code != CloseCode.SLOW_CONSUMER:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
                 await asyncio.wait_for(asyncio.shield(self._drain_task), timeout=1.0)
@@ -460,8 +464,7 @@ class RealtimeConsumer(AsyncConsumer):
 
     async def rerecord(self) -> None:
         """Write this connection's rows again, after its process's rows were lost."""
-        assert self.hub is not None
-        if self.closing:
+        if self.closing or self.hub is None:
             return
         await database_sync_to_async(connections.connection_reopen)(
             connection_id=self.connection_id,

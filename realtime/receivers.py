@@ -1,7 +1,39 @@
-"""Signal receivers: thin glue from the domain models' post_save to the update services."""
+"""Signal receivers: thin glue from the models' post_save to the update services.
+
+The domain apps never import realtime; this module listens to them. Every receiver runs
+inside the writer's transaction and leaves the sending to after commit.
+"""
 
 from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.db.models.signals import post_save
+
+from realtime.protocol import CloseCode
+
+
+def user_saved(sender: Any, instance: Any, created: bool, **kwargs: Any) -> None:
+    """A user deactivated while connected is disconnected everywhere with 4403."""
+    if created or instance.is_active:
+        return
+    from realtime import publish
+
+    user_id = instance.pk
+    transaction.on_commit(
+        lambda: publish.disconnect(
+            user_ids=[user_id],
+            code=CloseCode.USER_DEACTIVATED,
+            reason="user deactivated",
+        ),
+        robust=True,
+    )
 
 
 def connect() -> None:
     """Connect every receiver, once (dispatch_uid), from RealtimeConfig.ready()."""
+    post_save.connect(
+        user_saved, sender=get_user_model(), dispatch_uid="realtime.receivers.user_saved"
+    )

@@ -44,7 +44,9 @@ def database_url() -> str:
 class LiveServer:
     """A Daphne process serving tradingrt.asgi on 127.0.0.1, stopped by `stop()`."""
 
-    def __init__(self, *, realtime: dict[str, Any] | None = None, env: dict[str, str] | None = None):
+    def __init__(
+        self, *, realtime: dict[str, Any] | None = None, env: dict[str, str] | None = None
+    ):
         self.port = free_port()
         self.realtime = realtime or {}
         self.extra_env = env or {}
@@ -103,8 +105,9 @@ class LiveServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"Daphne exited at start:\n{self.log()}")
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.port), timeout=0.2
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
             ):
                 return self
             time.sleep(0.05)

@@ -49,10 +49,10 @@ async def test_bearer_header_authenticates(live, trader, trader_token):
     "make_token",
     [
         pytest.param(lambda user: "not-a-jwt", id="garbage"),
+        pytest.param(lambda user: str(_token(user, lifetime=timedelta(seconds=-5))), id="expired"),
         pytest.param(
-            lambda user: str(_token(user, lifetime=timedelta(seconds=-5))), id="expired"
+            lambda user: _signed_with(user, "another-secret-key-of-32-bytes!!"), id="wrong-key"
         ),
-        pytest.param(lambda user: _signed_with(user, "another-secret-key-of-32-bytes!!"), id="wrong-key"),
         pytest.param(lambda user: _alg_none(user), id="alg-none"),
         pytest.param(lambda user: _refresh_token(user), id="refresh-not-access"),
     ],
@@ -247,14 +247,18 @@ async def test_client_heartbeat_is_answered_with_server_time(live, trader_token)
         ('{"type": 5, "payload": {}}', "invalid_message"),
         ('{"type": "SUBSCRIPTION", "payload": []}', "invalid_message"),
         ('{"type": "SUBSCRIPTION", "payload": {"action": "dance"}}', "invalid_message"),
-        ('{"type": "SUBSCRIPTION", "payload": {"action": "subscribe", "topics": "orders"}}',
-         "invalid_message"),
+        (
+            '{"type": "SUBSCRIPTION", "payload": {"action": "subscribe", "topics": "orders"}}',
+            "invalid_message",
+        ),
         ('{"type": "ORDER_UPDATE", "payload": {}}', "unknown_type"),
         ('{"type": "PING", "payload": {}}', "unknown_type"),
         (b"\x00\x01binary", "invalid_message"),
     ],
 )
-async def test_malformed_input_gets_an_error_and_the_connection_lives(live, trader_token, frame, code):
+async def test_malformed_input_gets_an_error_and_the_connection_lives(
+    live, trader_token, frame, code
+):
     async with await connect(live.ws_url, token=trader_token) as ws:
         await receive(ws)
         await ws.send(frame)

@@ -128,14 +128,22 @@ if REDIS_URL:
             "CONFIG": {
                 "hosts": [REDIS_URL],
                 "prefix": env("REDIS_PREFIX"),
-                "capacity": 1000,  # messages queued per channel before ChannelFull
+                # Messages queued per channel: each process's hub has one channel for every
+                # topic it serves, so this is the burst a process can fall behind by.
+                "capacity": 10000,
                 "expiry": 60,  # seconds an undelivered message lives
                 "group_expiry": 86400,  # seconds; each process re-joins its groups long before
             },
         }
     }
 else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    # One process: the hub's channel must absorb bursts (the default capacity, 100, drops).
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels.layers.InMemoryChannelLayer",
+            "CONFIG": {"capacity": 10000},
+        }
+    }
 
 # --- Auth ---------------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

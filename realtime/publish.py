@@ -1,0 +1,119 @@
+"""The one publish path: encode once, send after commit, through the channel layer.
+
+`publish_on_commit` is what update services call: nothing is sent if the transaction rolls
+back. `publish_rollback_unsafe` sends at once, for what is not transactional (market ticks).
+Control messages (`disconnect`) reach the hub of every process sharing the channel layer.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import InMemoryChannelLayer, get_channel_layer
+from django.db import transaction
+
+from realtime.hub import CONTROL_GROUP, HUB_CONTROL, HUB_MESSAGE
+from realtime.protocol import CloseCode, encode_for_topic, encode_payload
+from realtime.topics import group_name
+from tradingrt.formats import now_timestamp
+
+logger = logging.getLogger(__name__)
+
+
+class ChannelLayerNotShared(RuntimeError):
+    """Raised where cross-process delivery is required but the layer is in-process."""
+
+
+def layer_is_shared() -> bool:
+    """True when other processes (servers, commands) share this process's channel layer."""
+    layer = get_channel_layer()
+    return layer is not None and not isinstance(layer, InMemoryChannelLayer)
+
+
+def publish_on_commit(message_type: str, topics: Iterable[str], payload: dict[str, Any]) -> None:
+    """Publish an update to `topics` once the current transaction commits (now, if none)."""
+    encoded = encode_payload(payload)  # encoded now: the state as of this change
+    transaction.on_commit(
+        functools.partial(_publish_encoded, message_type, tuple(topics), encoded), robust=True
+    )
+
+
+def publish_rollback_unsafe(
+    message_type: str, topics: Iterable[str], payload: dict[str, Any]
+) -> None:
+    """Publish at once, even inside a transaction that may still roll back."""
+    _publish_encoded(message_type, tuple(topics), encode_payload(payload))
+
+
+async def apublish_rollback_unsafe(
+    message_type: str, topics: Iterable[str], payload: dict[str, Any]
+) -> None:
+    """The async form of `publish_rollback_unsafe`, for code on the event loop."""
+    await _send_to_topics(message_type, tuple(topics), encode_payload(payload))
+
+
+def _publish_encoded(message_type: str, topics: tuple[str, ...], payload_json: str) -> None:
+    try:
+        async_to_sync(_send_to_topics)(message_type, topics, payload_json)
+    except Exception:
+        logger.exception("Publishing %s to %s failed", message_type, topics)
+        raise
+
+
+async def _send_to_topics(message_type: str, topics: tuple[str, ...], payload_json: str) -> None:
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    timestamp = now_timestamp()
+    for topic in topics:
+        text = encode_for_topic(message_type, topic, payload_json, timestamp)
+        await layer.group_send(
+            group_name(topic), {"type": HUB_MESSAGE, "topic": topic, "text": text}
+        )
+
+
+def disconnect(
+    *,
+    user_ids: Iterable[int] = (),
+    connection_ids: Iterable[str] = (),
+    everyone: bool = False,
+    code: int = CloseCode.OPERATOR_DISCONNECT,
+    reason: str = "disconnected by an operator",
+) -> None:
+    """Close the matching connections on every process that shares the channel layer."""
+    async_to_sync(adisconnect)(
+        user_ids=user_ids,
+        connection_ids=connection_ids,
+        everyone=everyone,
+        code=code,
+        reason=reason,
+    )
+
+
+async def adisconnect(
+    *,
+    user_ids: Iterable[int] = (),
+    connection_ids: Iterable[str] = (),
+    everyone: bool = False,
+    code: int = CloseCode.OPERATOR_DISCONNECT,
+    reason: str = "disconnected by an operator",
+) -> None:
+    layer = get_channel_layer()
+    if layer is None:
+        raise ChannelLayerNotShared("No channel layer is configured (CHANNEL_LAYERS).")
+    await layer.group_send(
+        CONTROL_GROUP,
+        {
+            "type": HUB_CONTROL,
+            "action": "disconnect",
+            "user_ids": list(user_ids),
+            "connection_ids": list(connection_ids),
+            "all": everyone,
+            "code": int(code),
+            "reason": reason,
+        },
+    )

@@ -1,0 +1,181 @@
+"""The consumer and hub in-process, through Channels' WebsocketCommunicator."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+
+from realtime import publish
+from realtime.hub import current_hub
+from realtime.topics import group_name
+from tests.conftest import access_token_for
+from tradingrt.asgi import application
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+async def hub_stopper():
+    """Stop this test's hub (its loops and records) when the test ends."""
+    yield
+    hub = current_hub()
+    if hub is not None:
+        await hub.stop()
+
+
+async def open_as(user, path: str = "/ws") -> WebsocketCommunicator:
+    token = await database_sync_to_async(access_token_for)(user)
+    communicator = WebsocketCommunicator(application, f"{path}?token={token}")
+    connected, _ = await communicator.connect()
+    assert connected
+    message = await receive(communicator)
+    assert message["type"] == "AUTHENTICATION"
+    return communicator
+
+
+async def receive(communicator: WebsocketCommunicator, timeout: float = 3) -> dict:
+    return json.loads(await communicator.receive_from(timeout))
+
+
+async def request(communicator, message_type: str, payload: dict, id="r") -> dict:
+    await communicator.send_to(json.dumps({"type": message_type, "payload": payload, "id": id}))
+    return await receive(communicator)
+
+
+async def closed_code(communicator: WebsocketCommunicator, timeout: float = 3) -> int:
+    while True:
+        output = await communicator.receive_output(timeout)
+        if output["type"] == "websocket.close":
+            return output["code"]
+
+
+async def test_operator_disconnect_of_a_user_closes_only_that_users_sockets(
+    hub_stopper, trader, other_trader
+):
+    alice = await open_as(trader)
+    bob = await open_as(other_trader)
+    await publish.adisconnect(user_ids=[trader.pk])
+    assert await closed_code(alice) == 4000
+    reply = await request(bob, "HEARTBEAT", {})
+    assert reply["type"] == "HEARTBEAT"
+    await bob.disconnect()
+
+
+async def test_operator_disconnect_of_one_connection(hub_stopper, trader):
+    first = await open_as(trader)
+    second = await open_as(trader)
+    hub = current_hub()
+    first_id = next(iter(hub.connections))
+    await publish.adisconnect(connection_ids=[first_id])
+    assert await closed_code(first) == 4000
+    assert (await request(second, "HEARTBEAT", {}))["type"] == "HEARTBEAT"
+    await second.disconnect()
+
+
+async def test_deactivating_a_connected_user_closes_with_4403(hub_stopper, trader):
+    communicator = await open_as(trader)
+
+    def deactivate():
+        trader.is_active = False
+        trader.save()
+
+    await database_sync_to_async(deactivate)()
+    assert await closed_code(communicator) == 4403
+
+
+async def test_a_client_that_cannot_keep_up_is_closed_with_4508(hub_stopper, trader, settings):
+    settings.REALTIME = {"SEND_BUFFER_MAX_MESSAGES": 5}
+    communicator = await open_as(trader)
+    reply = await request(
+        communicator, "SUBSCRIPTION", {"action": "subscribe", "topics": ["market:AAPL"]}
+    )
+    assert reply["payload"]["topics"] == ["market:AAPL"]
+    hub = current_hub()
+    for n in range(50):  # a burst larger than the buffer, delivered before it can drain
+        hub.deliver("market:AAPL", json.dumps({"type": "MARKET_DATA", "payload": {"n": n}}))
+    assert await closed_code(communicator) == 4508
+    assert not hub.topics.get("market:AAPL")
+
+
+async def test_server_sends_heartbeats_every_interval(hub_stopper, trader, settings):
+    settings.REALTIME = {"HEARTBEAT_INTERVAL_SECS": 0.2}
+    communicator = await open_as(trader)
+    message = await receive(communicator, timeout=2)
+    assert message["type"] == "HEARTBEAT"
+    assert "id" not in message
+    assert message["payload"]["serverTime"].endswith("Z")
+    await communicator.disconnect()
+
+
+async def test_process_joins_a_topic_group_once_and_leaves_with_the_last_subscriber(
+    hub_stopper, trader
+):
+    first = await open_as(trader)
+    second = await open_as(trader)
+    subscribe = {"action": "subscribe", "topics": ["market:MSFT"]}
+    await request(first, "SUBSCRIPTION", subscribe)
+    await request(second, "SUBSCRIPTION", subscribe)
+    layer = get_channel_layer()
+    hub = current_hub()
+    members = layer.groups.get(group_name("market:MSFT"), {})
+    assert list(members) == [hub.channel_name]
+    await request(first, "SUBSCRIPTION", {"action": "unsubscribe", "topics": ["market:MSFT"]})
+    assert hub.channel_name in layer.groups.get(group_name("market:MSFT"), {})
+    await second.disconnect()
+    assert hub.channel_name not in layer.groups.get(group_name("market:MSFT"), {})
+    await first.disconnect()
+
+
+async def test_subscribing_twice_delivers_each_update_once(hub_stopper, trader):
+    communicator = await open_as(trader)
+    subscribe = {"action": "subscribe", "topics": ["market:AAPL"]}
+    await request(communicator, "SUBSCRIPTION", subscribe, id=1)
+    again = await request(communicator, "SUBSCRIPTION", subscribe, id=2)
+    assert again["payload"]["topics"] == ["market:AAPL"]
+    await publish.apublish_rollback_unsafe("MARKET_DATA", ["market:AAPL"], {"symbol": "AAPL"})
+    message = await receive(communicator)
+    assert message["type"] == "MARKET_DATA"
+    assert message["topic"] == "market:AAPL"
+    assert message["payload"] == {"symbol": "AAPL"}
+    assert await communicator.receive_nothing(0.3)
+    await communicator.disconnect()
+
+
+async def test_updates_reach_only_subscribers_of_their_topic(hub_stopper, trader, other_trader):
+    alice = await open_as(trader)
+    bob = await open_as(other_trader)
+    await request(alice, "SUBSCRIPTION", {"action": "subscribe", "topics": ["market:AAPL"]})
+    await request(bob, "SUBSCRIPTION", {"action": "subscribe", "topics": ["market:MSFT"]})
+    await publish.apublish_rollback_unsafe("MARKET_DATA", ["market:AAPL"], {"symbol": "AAPL"})
+    assert (await receive(alice))["payload"] == {"symbol": "AAPL"}
+    assert await bob.receive_nothing(0.3)
+    await alice.disconnect()
+    await bob.disconnect()
+
+
+async def test_revoked_permission_applies_to_the_next_subscription(hub_stopper, trader):
+    from django.contrib.auth.models import Permission
+
+    def grant(grant: bool):
+        permission = Permission.objects.get(codename="view_order", content_type__app_label="orders")
+        if grant:
+            trader.user_permissions.add(permission)
+        else:
+            trader.user_permissions.remove(permission)
+
+    await database_sync_to_async(grant)(True)
+    communicator = await open_as(trader)
+    ok = await request(communicator, "SUBSCRIPTION", {"action": "subscribe", "topics": ["orders"]})
+    assert ok["payload"]["topics"] == ["orders"]
+    await database_sync_to_async(grant)(False)
+    await request(communicator, "SUBSCRIPTION", {"action": "unsubscribe", "topics": ["orders"]})
+    refused = await request(
+        communicator, "SUBSCRIPTION", {"action": "subscribe", "topics": ["orders"]}
+    )
+    assert refused["payload"]["topics"] == []
+    assert refused["payload"]["rejected"] == [{"topic": "orders", "reason": "forbidden"}]
+    await communicator.disconnect()

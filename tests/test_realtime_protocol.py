@@ -1,0 +1,68 @@
+"""The envelope: encoding once, splicing per topic, and inbound validation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from realtime.protocol import (
+    ErrorCode,
+    MessageType,
+    ProtocolError,
+    encode,
+    encode_for_topic,
+    encode_payload,
+    parse,
+)
+
+
+def test_topic_envelope_is_the_contract_envelope_with_the_payload_spliced_in():
+    payload = {"id": 1, "symbol": "AAPL", "price": "101.25", "note": 'quote " and ü'}
+    text = encode_for_topic(
+        "ORDER_UPDATE", "user:1:orders", encode_payload(payload), "2026-11-25T10:15:30.123Z"
+    )
+    assert json.loads(text) == {
+        "type": "ORDER_UPDATE",
+        "topic": "user:1:orders",
+        "timestamp": "2026-11-25T10:15:30.123Z",
+        "payload": payload,
+    }
+
+
+def test_replies_echo_the_client_id_and_carry_a_millisecond_utc_timestamp():
+    message = json.loads(encode(MessageType.HEARTBEAT, {"serverTime": "x"}, reply_to="abc"))
+    assert message["id"] == "abc"
+    assert message["timestamp"].endswith("Z") and len(message["timestamp"]) == 24
+
+
+def test_parse_accepts_a_minimal_message_and_keeps_its_id():
+    message = parse('{"type":"HEARTBEAT","id":3}')
+    assert message.type is MessageType.HEARTBEAT
+    assert message.payload == {}
+    assert message.id == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "code", "echoed"),
+    [
+        ("nope", ErrorCode.INVALID_JSON, None),
+        ("[]", ErrorCode.INVALID_MESSAGE, None),
+        ("null", ErrorCode.INVALID_MESSAGE, None),
+        ('{"id": "q"}', ErrorCode.INVALID_MESSAGE, "q"),
+        ('{"type": ["x"], "id": 1}', ErrorCode.INVALID_MESSAGE, 1),
+        ('{"type": "HEARTBEAT", "payload": 5, "id": 2}', ErrorCode.INVALID_MESSAGE, 2),
+        ('{"type": "HEARTBEAT", "id": {"a": 1}}', ErrorCode.INVALID_MESSAGE, None),
+        ('{"type": "HEARTBEAT", "id": true}', ErrorCode.INVALID_MESSAGE, None),
+        ('{"type": "MARKET_DATA", "id": "m"}', ErrorCode.UNKNOWN_TYPE, "m"),
+        ('{"type": "heartbeat"}', ErrorCode.UNKNOWN_TYPE, None),
+    ],
+)
+def test_parse_refuses_with_the_contract_error_code(text, code, echoed):
+    with pytest.raises(ProtocolError) as refused:
+        parse(text)
+    assert refused.value.code is code
+    error = json.loads(refused.value.encode())
+    assert error["type"] == "ERROR"
+    assert error["payload"]["code"] == code.value
+    assert error.get("id") == echoed
