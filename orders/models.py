@@ -7,6 +7,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.db import models
 
+from tradingrt.formats import format_decimal
 from tradingrt.models import TracksLoadedValues, decimal_field
 
 
@@ -68,7 +69,10 @@ class Order(TracksLoadedValues):
         ]
 
     def __str__(self) -> str:
-        return f"#{self.pk} {self.side} {self.quantity} {self.symbol} {self.order_type} ({self.status})"
+        return (
+            f"#{self.pk} {self.side} {format_decimal(self.quantity)} {self.symbol} "
+            f"{self.order_type} ({self.status})"
+        )
 
     @property
     def remaining_quantity(self) -> Decimal:
@@ -89,4 +93,7 @@ class Fill(models.Model):
         ordering = ["executed_at", "id"]
 
     def __str__(self) -> str:
-        return f"{self.quantity} @ {self.price} for order #{self.order_id}"
+        return (
+            f"{format_decimal(self.quantity)} @ {format_decimal(self.price)} "
+            f"for order #{self.order_id}"
+        )

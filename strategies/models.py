@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.db import models
 
@@ -17,12 +19,18 @@ class StrategyStatus(models.TextChoices):
 
 
 def empty_metrics() -> dict[str, object]:
+    """The metrics of a strategy with no orders (the keys strategies.selectors computes)."""
     return {
         "orderCount": 0,
+        "openOrderCount": 0,
         "filledOrderCount": 0,
+        "fillCount": 0,
+        "grossTradedValue": "0",
         "realizedPnl": "0",
         "unrealizedPnl": "0",
         "totalPnl": "0",
+        "closedTradeCount": 0,
+        "winningTradeCount": 0,
         "winRate": None,
     }
 
@@ -44,6 +52,11 @@ class Strategy(TracksLoadedValues):
     metrics = models.JSONField(default=empty_metrics, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    # Not a field: the fill that caused the save in progress, set by
+    # strategies.services.strategy_record_execution before save() so a post_save receiver can
+    # report the execution (the receiver clears it).
+    pending_execution: Any = None
 
     class Meta:
         ordering = ["-created_at", "-id"]

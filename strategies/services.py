@@ -1,0 +1,157 @@
+"""Strategy writes: creation and edits, the lifecycle, and keeping the metrics current."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from orders.models import Order
+from strategies.models import Strategy, StrategyStatus
+from strategies.selectors import strategy_metrics
+from tradingrt.errors import StateConflict
+
+NAME_MAX_LENGTH = Strategy._meta.get_field("name").max_length or 100
+EDITABLE_FIELDS = frozenset({"name", "description", "parameters"})
+
+_S = StrategyStatus
+# action -> (statuses it may start from, status it leads to, past participle for messages)
+LIFECYCLE: dict[str, tuple[tuple[str, ...], str, str]] = {
+    "start": ((_S.DRAFT, _S.PAUSED), _S.RUNNING, "started"),
+    "pause": ((_S.RUNNING,), _S.PAUSED, "paused"),
+    "stop": ((_S.DRAFT, _S.RUNNING, _S.PAUSED, _S.ERROR), _S.STOPPED, "stopped"),
+}
+
+
+def strategy_create(
+    *,
+    owner: Any,
+    name: str,
+    description: str = "",
+    parameters: dict[str, Any] | None = None,
+) -> Strategy:
+    """A new DRAFT strategy of `owner`."""
+    fields = _clean_fields(
+        {"name": name, "description": description, "parameters": parameters or {}}
+    )
+    strategy = Strategy(owner=owner, **fields)
+    strategy.save()
+    return strategy
+
+
+def strategy_update(*, strategy: Strategy, **fields: Any) -> Strategy:
+    """Change the strategy's name, description and/or parameters (a JSON object)."""
+    unknown = set(fields) - EDITABLE_FIELDS
+    if unknown:
+        raise TypeError(f"strategy_update() cannot change {', '.join(sorted(unknown))}")
+    cleaned = _clean_fields(fields)
+    for name, value in cleaned.items():
+        setattr(strategy, name, value)
+    strategy.save()
+    return strategy
+
+
+def _clean_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    cleaned: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    if "name" in fields:
+        name = fields["name"].strip() if isinstance(fields["name"], str) else ""
+        if not name:
+            errors["name"] = "Give the strategy a name."
+        elif len(name) > NAME_MAX_LENGTH:
+            errors["name"] = f"Use at most {NAME_MAX_LENGTH} characters."
+        cleaned["name"] = name
+    if "description" in fields:
+        if fields["description"] is None or isinstance(fields["description"], str):
+            cleaned["description"] = fields["description"] or ""
+        else:
+            errors["description"] = "The description must be text."
+    if "parameters" in fields:
+        if isinstance(fields["parameters"], dict):
+            cleaned["parameters"] = fields["parameters"]
+        else:
+            errors["parameters"] = 'Parameters must be a JSON object, like {"window": 20}.'
+    if errors:
+        raise ValidationError(errors)
+    return cleaned
+
+
+def strategy_start(*, strategy: Strategy) -> Strategy:
+    """DRAFT or PAUSED -> RUNNING."""
+    return _transition(strategy, "start")
+
+
+def strategy_pause(*, strategy: Strategy) -> Strategy:
+    """RUNNING -> PAUSED."""
+    return _transition(strategy, "pause")
+
+
+def strategy_stop(*, strategy: Strategy) -> Strategy:
+    """DRAFT, RUNNING, PAUSED or ERROR -> STOPPED (final)."""
+    return _transition(strategy, "stop")
+
+
+def _transition(strategy: Strategy, action: str) -> Strategy:
+    allowed_from, target, done = LIFECYCLE[action]
+    with transaction.atomic():
+        _lock(strategy)
+        if strategy.status not in allowed_from:
+            raise StateConflict(
+                f"Cannot {action} strategy {strategy.pk}: it is {strategy.status}, and only "
+                f"{' or '.join(allowed_from)} strategies can be {done}."
+            )
+        strategy.status = target
+        strategy.save()
+    return strategy
+
+
+def strategy_refresh_metrics(*, strategy: Strategy) -> Strategy:
+    """Recompute and save the strategy's metrics from its orders and fills."""
+    with transaction.atomic():
+        _lock(strategy)
+        strategy.metrics = strategy_metrics(strategy=strategy)
+        strategy.save()
+    return strategy
+
+
+def strategy_record_execution(*, strategy: Strategy, fill: Any) -> Strategy:
+    """Refresh the metrics after `fill` of one of the strategy's orders, and save.
+
+    `strategy.pending_execution` holds the fill during the save, for receivers that report
+    executions.
+    """
+    with transaction.atomic():
+        _lock(strategy)
+        strategy.metrics = strategy_metrics(strategy=strategy)
+        strategy.pending_execution = fill
+        strategy.save()
+    return strategy
+
+
+def strategy_refresh_marked(*, symbol: str, owner_ids: Iterable[int]) -> list[Strategy]:
+    """After a mark in `symbol`, refresh the metrics of those owners' strategies that traded it.
+
+    Only strategies whose metrics changed are saved (and returned).
+    """
+    traded_by_strategy = Order.objects.filter(
+        symbol=symbol, user_id__in=list(owner_ids), filled_quantity__gt=0
+    ).values("strategy_id")
+    changed = []
+    with transaction.atomic():
+        for strategy in (
+            Strategy.objects.select_for_update().filter(pk__in=traded_by_strategy).order_by("id")
+        ):
+            metrics = strategy_metrics(strategy=strategy)
+            if metrics != strategy.metrics:
+                strategy.metrics = metrics
+                strategy.save()
+                changed.append(strategy)
+    return changed
+
+
+def _lock(strategy: Strategy) -> None:
+    """Reload the strategy under a row lock, so concurrent changes queue up behind each other."""
+    strategy.refresh_from_db(from_queryset=Strategy.objects.select_for_update())
+    strategy.remember_loaded_values()
