@@ -13,6 +13,7 @@ from django.db import transaction
 from django.db.models.signals import post_save
 
 from realtime.protocol import CloseCode
+from realtime.services import OrderUpdateService, PositionUpdateService, StrategyMonitorService
 
 
 def user_saved(sender: Any, instance: Any, created: bool, **kwargs: Any) -> None:
@@ -32,8 +33,33 @@ def user_saved(sender: Any, instance: Any, created: bool, **kwargs: Any) -> None
     )
 
 
+def order_saved(sender: Any, instance: Any, created: bool, **kwargs: Any) -> None:
+    OrderUpdateService.order_saved(instance, created=created)
+
+
+def position_saved(
+    sender: Any, instance: Any, created: bool, update_fields: Any = None, **kwargs: Any
+) -> None:
+    PositionUpdateService.position_saved(instance, created=created, update_fields=update_fields)
+
+
+def strategy_saved(sender: Any, instance: Any, created: bool, **kwargs: Any) -> None:
+    StrategyMonitorService.strategy_saved(instance, created=created)
+
+
 def connect() -> None:
     """Connect every receiver, once (dispatch_uid), from RealtimeConfig.ready()."""
+    from orders.models import Order
+    from positions.models import Position
+    from strategies.models import Strategy
+
     post_save.connect(
         user_saved, sender=get_user_model(), dispatch_uid="realtime.receivers.user_saved"
+    )
+    post_save.connect(order_saved, sender=Order, dispatch_uid="realtime.receivers.order_saved")
+    post_save.connect(
+        position_saved, sender=Position, dispatch_uid="realtime.receivers.position_saved"
+    )
+    post_save.connect(
+        strategy_saved, sender=Strategy, dispatch_uid="realtime.receivers.strategy_saved"
     )

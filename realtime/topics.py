@@ -12,7 +12,7 @@ from enum import StrEnum
 from typing import Any
 
 MAX_TOPIC_LENGTH = 100
-SYMBOL_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}"
+SYMBOL_PATTERN = r"[A-Za-z0-9._-]{1,32}"  # as tradingrt.symbols, either case
 
 
 class TopicKind(StrEnum):

@@ -1,0 +1,151 @@
+"""Market data: MARKET_DATA to `market:{SYMBOL}` at once, and conflated marking to market.
+
+Every tick is published as it comes. Marking positions (a database write and a POSITION_UPDATE
+per position) is throttled per process: the first tick after a quiet spell marks at once, and
+during a burst the latest tick of each symbol is applied once per MARK_TO_MARKET_INTERVAL_SECS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from channels.db import database_sync_to_async
+from django.db import transaction
+from django.utils import timezone
+
+from positions.services import position_mark
+from realtime.conf import realtime_settings
+from realtime.models import MarketQuote
+from realtime.protocol import MessageType
+from realtime.publish import apublish_rollback_unsafe
+from strategies.services import strategy_refresh_marked
+from tradingrt.formats import format_decimal, format_timestamp
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    symbol: str
+    last: Decimal
+    bid: Decimal | None = None
+    ask: Decimal | None = None
+    volume: Decimal | None = None
+    timestamp: datetime | None = None
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "symbol": self.symbol,
+            "last": format_decimal(self.last),
+            "bid": format_decimal(self.bid),
+            "ask": format_decimal(self.ask),
+            "volume": format_decimal(self.volume),
+            "timestamp": format_timestamp(self.timestamp or timezone.now()),
+        }
+
+    @property
+    def topic(self) -> str:
+        return f"market:{self.symbol}"
+
+
+def mark_to_market(ticks: Iterable[Tick]) -> None:
+    """Store each symbol's latest quote and mark its positions (and strategies) to it."""
+    with transaction.atomic():
+        for tick in ticks:
+            MarketQuote.objects.update_or_create(
+                symbol=tick.symbol,
+                defaults={
+                    "last": tick.last,
+                    "bid": tick.bid,
+                    "ask": tick.ask,
+                    "volume": tick.volume,
+                    "timestamp": tick.timestamp or timezone.now(),
+                },
+            )
+            marked = position_mark(symbol=tick.symbol, price=tick.last)
+            if marked:
+                strategy_refresh_marked(
+                    symbol=tick.symbol, owner_ids={position.user_id for position in marked}
+                )
+
+
+class MarketDataService:
+    """Publishes ticks and throttles marking to market, for one process."""
+
+    clock = staticmethod(time.monotonic)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[str, Tick] = {}
+        self._last_mark = float("-inf")
+        self._trailing: asyncio.TimerHandle | None = None
+        self._trailing_loop: asyncio.AbstractEventLoop | None = None
+        self.marks = 0  # how many times positions were marked (observability, tests)
+
+    async def apublish(self, ticks: list[Tick]) -> None:
+        """Publish `ticks` as MARKET_DATA now; mark to market now or at the window's end."""
+        for tick in ticks:
+            await apublish_rollback_unsafe(MessageType.MARKET_DATA, (tick.topic,), tick.payload())
+        with self._lock:
+            for tick in ticks:
+                self._pending[tick.symbol] = tick
+            interval = float(realtime_settings.MARK_TO_MARKET_INTERVAL_SECS)
+            wait = self._last_mark + interval - self.clock()
+        if wait <= 0:
+            await database_sync_to_async(self.flush)()
+        else:
+            self._schedule_trailing(wait)
+
+    def _schedule_trailing(self, wait: float) -> None:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            pending = self._trailing is not None and not self._trailing.cancelled()
+            if pending and self._trailing_loop is loop and not loop.is_closed():
+                return
+            self._trailing_loop = loop
+            # A fresh context: the request's (asgiref's executor for it) is gone by then.
+            self._trailing = loop.call_later(
+                wait,
+                lambda: loop.create_task(self._flush_later(), context=contextvars.Context()),
+                context=contextvars.Context(),
+            )
+
+    async def _flush_later(self) -> None:
+        with self._lock:
+            self._trailing = None
+        try:
+            await database_sync_to_async(self.flush)()
+        except Exception:
+            logger.exception("Marking to market failed")
+
+    def flush(self) -> int:
+        """Mark what is pending now (blocking); returns how many symbols were marked."""
+        with self._lock:
+            ticks = list(self._pending.values())
+            self._pending.clear()
+            self._last_mark = self.clock()
+        if ticks:
+            mark_to_market(ticks)
+            self.marks += 1
+        return len(ticks)
+
+    def reset(self) -> None:
+        """Forget pending ticks and the throttle (tests)."""
+        with self._lock:
+            self._pending.clear()
+            self._last_mark = float("-inf")
+            if self._trailing is not None:
+                self._trailing.cancel()
+            self._trailing = None
+
+
+market_data = MarketDataService()

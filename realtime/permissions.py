@@ -1,0 +1,31 @@
+"""Permissions of the real-time module's HTTP endpoints, each a yes/no question."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework.permissions import BasePermission
+
+
+class CanViewConnections(BasePermission):
+    """Staff, or holders of realtime.view_connection (monitoring systems)."""
+
+    def has_permission(self, request: Any, view: Any) -> bool:
+        user = request.user
+        return bool(
+            user
+            and user.is_authenticated
+            and (user.is_staff or user.has_perm("realtime.view_connection"))
+        )
+
+
+class CanPublishMarketData(BasePermission):
+    """Staff, or holders of realtime.publish_market_data (the market-data feed)."""
+
+    def has_permission(self, request: Any, view: Any) -> bool:
+        user = request.user
+        return bool(
+            user
+            and user.is_authenticated
+            and (user.is_staff or user.has_perm("realtime.publish_market_data"))
+        )

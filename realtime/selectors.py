@@ -1,0 +1,85 @@
+"""Reads of the connection records: the status document and connection listings.
+
+Only connections of live processes count: a process whose heartbeat is older than
+DEAD_AFTER_HEARTBEATS intervals died, and its rows are ignored until pruned. Everything is
+aggregated in the database, so the status stays cheap with many thousands of connections.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import Count, Q, QuerySet
+from django.utils import timezone
+
+from realtime.connections import liveness_cutoff
+from realtime.models import Connection, ServerProcess, Subscription
+from tradingrt.formats import format_timestamp
+
+GLOBAL_TOPICS = ("orders", "positions", "strategies")
+
+
+def live_server_ids() -> list[str]:
+    return list(
+        ServerProcess.objects.filter(heartbeat_at__gte=liveness_cutoff()).values_list(
+            "pk", flat=True
+        )
+    )
+
+
+def connection_list(
+    *, username: str | None = None, topic: str | None = None, live_only: bool = True
+) -> QuerySet[Connection]:
+    """Connections (newest first) with their user, process and topics prefetched."""
+    connections = Connection.objects.select_related("user", "server").prefetch_related(
+        "subscriptions"
+    )
+    if live_only:
+        connections = connections.filter(server_id__in=live_server_ids())
+    if username is not None:
+        connections = connections.filter(user__username=username)
+    if topic is not None:
+        connections = connections.filter(subscriptions__topic=topic)
+    return connections.order_by("-connected_at", "id")
+
+
+def connection_status() -> dict[str, Any]:
+    """The status document: live connections, subscriptions per topic, per-server counts."""
+    now = timezone.now()
+    servers = list(
+        ServerProcess.objects.filter(heartbeat_at__gte=liveness_cutoff())
+        .annotate(connection_count=Count("connections"))
+        .order_by("started_at")
+    )
+    server_ids = [server.pk for server in servers]
+    live = Connection.objects.filter(server_id__in=server_ids)
+    totals = live.aggregate(
+        active=Count("id"),
+        authenticated=Count("id", filter=Q(user__isnull=False)),
+        users=Count("user", distinct=True),
+    )
+    topic_counts = dict.fromkeys(GLOBAL_TOPICS, 0)
+    topic_counts.update(
+        Subscription.objects.filter(connection__server_id__in=server_ids)
+        .values_list("topic")
+        .annotate(count=Count("id"))
+        .order_by()
+    )
+    return {
+        "activeConnections": totals["active"],
+        "authenticatedConnections": totals["authenticated"],
+        "usersOnline": totals["users"],
+        "topicSubscriptions": topic_counts,
+        "servers": [
+            {
+                "id": server.pk,
+                "hostname": server.hostname,
+                "pid": server.pid,
+                "connections": server.connection_count,
+                "startedAt": format_timestamp(server.started_at),
+                "heartbeatAt": format_timestamp(server.heartbeat_at),
+            }
+            for server in servers
+        ],
+        "timestamp": format_timestamp(now),
+    }

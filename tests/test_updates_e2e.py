@@ -1,0 +1,343 @@
+"""End to end: every write path reaches exactly its topics' subscribers (CONTRACT section 5).
+
+A real Daphne serves both the REST API (and admin) and /ws; changes are made through HTTP, as
+clients and staff make them, and observed on real sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import httpx
+import pytest
+from asgiref.sync import sync_to_async
+from django.contrib.auth.models import Permission
+
+from tests.wsclient import assert_silent, connect, receive, receive_type, subscribe
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
+def api(live, token: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=live.http_url, headers={"Authorization": f"Bearer {token}"}, timeout=10
+    )
+
+
+async def listen(live, token: str, *topics: str):
+    ws = await connect(live.ws_url, token=token)
+    await receive_type(ws, "AUTHENTICATION")
+    ack = await subscribe(ws, *topics)
+    assert sorted(ack["topics"]) == sorted(topics), ack
+    return ws
+
+
+async def updates(ws, count: int, *, timeout: float = 5) -> list[dict]:
+    return [await receive(ws, timeout=timeout) for _ in range(count)]
+
+
+async def place(client: httpx.AsyncClient, **body) -> dict:
+    body = {
+        "symbol": "AAPL",
+        "side": "BUY",
+        "orderType": "LIMIT",
+        "quantity": "10",
+        "price": "100",
+    } | body
+    response = await client.post("/api/orders/", json=body)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def test_order_created_reaches_the_owner_and_staff_with_the_rest_representation(
+    live, trader, trader_token, staff_token
+):
+    mine = await listen(live, trader_token, f"user:{trader.pk}:orders")
+    everyone = await listen(live, staff_token, "orders")
+    async with api(live, trader_token) as client:
+        order = await place(client)
+    for ws, topic in ((mine, f"user:{trader.pk}:orders"), (everyone, "orders")):
+        message = await receive_type(ws, "ORDER_UPDATE")
+        assert message["topic"] == topic
+        assert message["payload"] == order | {"event": "created"}
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", message["timestamp"])
+        await ws.close()
+
+
+async def test_a_fill_sends_order_position_and_strategy_execution_updates(
+    live, trader, trader_token, staff_token
+):
+    async with api(live, trader_token) as client:
+        strategy = (await client.post("/api/strategies/", json={"name": "momentum"})).json()
+        await client.post(f"/api/strategies/{strategy['id']}/start/")
+        order = await place(client, strategyId=strategy["id"])
+    topics = [
+        f"user:{trader.pk}:orders",
+        f"user:{trader.pk}:positions",
+        f"strategy:{strategy['id']}",
+        f"strategy:{strategy['id']}:orders",
+    ]
+    ws = await listen(live, trader_token, *topics)
+    async with api(live, staff_token) as gateway:
+        response = await gateway.post(
+            f"/api/orders/{order['id']}/fills/", json={"quantity": "4", "price": "99.5"}
+        )
+        assert response.status_code == 201, response.text
+    received = await updates(ws, 4)
+    by_topic = {message["topic"]: message for message in received}
+    assert set(by_topic) == set(topics)
+
+    order_update = by_topic[f"user:{trader.pk}:orders"]
+    assert order_update["type"] == "ORDER_UPDATE"
+    assert order_update["payload"]["event"] == "partially_filled"
+    assert order_update["payload"]["previousStatus"] == "NEW"
+    assert order_update["payload"]["status"] == "PARTIALLY_FILLED"
+    assert order_update["payload"]["filledQuantity"] == "4"
+    assert order_update["payload"]["averageFillPrice"] == "99.5"
+    assert by_topic[f"strategy:{strategy['id']}:orders"]["payload"] == order_update["payload"]
+
+    position = by_topic[f"user:{trader.pk}:positions"]
+    assert position["type"] == "POSITION_UPDATE"
+    assert position["payload"]["event"] == "opened"
+    assert position["payload"]["symbol"] == "AAPL"
+    assert position["payload"]["quantity"] == "4"
+    assert position["payload"]["averagePrice"] == "99.5"
+    for key in ("unrealizedPnl", "realizedPnl", "totalPnl", "exposure", "portfolioWeight"):
+        assert key in position["payload"]
+
+    execution = by_topic[f"strategy:{strategy['id']}"]
+    assert execution["type"] == "STRATEGY_UPDATE"
+    assert execution["payload"]["event"] == "execution"
+    assert execution["payload"]["execution"] | {"fillId": None, "executedAt": None} == {
+        "orderId": order["id"],
+        "fillId": None,
+        "symbol": "AAPL",
+        "side": "BUY",
+        "quantity": "4",
+        "price": "99.5",
+        "executedAt": None,
+    }
+    assert execution["payload"]["metrics"]["filledOrderCount"] in (0, 1)
+    await ws.close()
+
+
+async def test_updates_of_one_order_arrive_in_commit_order(live, trader, trader_token, staff_token):
+    async with api(live, trader_token) as client:
+        order = await place(client, quantity="5")
+    ws = await listen(live, trader_token, f"user:{trader.pk}:orders")
+    async with api(live, staff_token) as gateway:
+        await asyncio.gather(
+            *(
+                gateway.post(
+                    f"/api/orders/{order['id']}/fills/", json={"quantity": "1", "price": "100"}
+                )
+                for _ in range(5)
+            )
+        )
+    received = [m["payload"] for m in await updates(ws, 5)]
+    assert [p["filledQuantity"] for p in received] == ["1", "2", "3", "4", "5"]
+    assert [p["event"] for p in received] == ["partially_filled"] * 4 + ["filled"]
+    await ws.close()
+
+
+async def test_cancel_and_status_changes_carry_previous_status(live, trader, trader_token):
+    async with api(live, trader_token) as client:
+        order = await place(client)
+        strategy = (await client.post("/api/strategies/", json={"name": "s"})).json()
+        ws = await listen(
+            live, trader_token, f"user:{trader.pk}:orders", f"strategy:{strategy['id']}"
+        )
+        assert (await client.post(f"/api/orders/{order['id']}/cancel/")).status_code == 200
+        canceled = await receive_type(ws, "ORDER_UPDATE")
+        assert canceled["payload"]["event"] == "canceled"
+        assert canceled["payload"]["previousStatus"] == "NEW"
+        assert canceled["payload"]["status"] == "CANCELED"
+
+        assert (await client.post(f"/api/strategies/{strategy['id']}/start/")).status_code == 200
+        started = await receive_type(ws, "STRATEGY_UPDATE")
+        assert started["payload"]["event"] == "status_changed"
+        assert started["payload"]["status"] == "RUNNING"
+        assert started["payload"]["previousStatus"] == "DRAFT"
+
+        renamed = await client.patch(f"/api/strategies/{strategy['id']}/", json={"name": "t"})
+        assert renamed.status_code == 200
+        updated = await receive_type(ws, "STRATEGY_UPDATE")
+        assert updated["payload"]["event"] == "updated"
+        assert updated["payload"]["name"] == "t"
+        assert "previousStatus" not in updated["payload"]
+    await ws.close()
+
+
+async def test_a_refused_change_sends_nothing(live, trader, trader_token, staff_token):
+    async with api(live, trader_token) as client:
+        order = await place(client, quantity="2")
+    ws = await listen(live, trader_token, f"user:{trader.pk}:orders", f"user:{trader.pk}:positions")
+    async with api(live, staff_token) as gateway:
+        overfill = await gateway.post(
+            f"/api/orders/{order['id']}/fills/", json={"quantity": "3", "price": "100"}
+        )
+    assert overfill.status_code == 400
+    await assert_silent(ws, 0.7)
+    await ws.close()
+
+
+async def test_a_trader_never_receives_another_traders_updates(
+    live, trader, trader_token, other_trader, other_token, staff_token
+):
+    alice = await listen(
+        live,
+        trader_token,
+        f"user:{trader.pk}:orders",
+        f"user:{trader.pk}:positions",
+        f"user:{trader.pk}:strategies",
+    )
+    async with api(live, other_token) as bob:
+        strategy = (await bob.post("/api/strategies/", json={"name": "bob's"})).json()
+        order = await place(bob, strategyId=strategy["id"])
+    async with api(live, staff_token) as gateway:
+        await gateway.post(
+            f"/api/orders/{order['id']}/fills/", json={"quantity": "10", "price": "1"}
+        )
+    await assert_silent(alice, 1.0)
+    await alice.close()
+
+
+async def test_staff_subscriber_of_the_global_topics_receives_everyones(
+    live, trader_token, other_token, staff_token
+):
+    ws = await listen(live, staff_token, "orders", "positions", "strategies")
+    async with api(live, trader_token) as alice, api(live, other_token) as bob:
+        first = await place(alice)
+        second = await place(bob, symbol="MSFT")
+        await bob.post("/api/strategies/", json={"name": "x"})
+    received = await updates(ws, 3)
+    assert [(m["type"], m["topic"]) for m in received] == [
+        ("ORDER_UPDATE", "orders"),
+        ("ORDER_UPDATE", "orders"),
+        ("STRATEGY_UPDATE", "strategies"),
+    ]
+    assert [m["payload"]["id"] for m in received[:2]] == [first["id"], second["id"]]
+    await ws.close()
+
+
+async def test_a_permission_holder_receives_the_global_topic(
+    live, other_trader, trader_token, other_token
+):
+    def grant():
+        other_trader.user_permissions.add(
+            Permission.objects.get(codename="view_order", content_type__app_label="orders")
+        )
+
+    await sync_to_async(grant)()
+    ws = await listen(live, other_token, "orders")
+    async with api(live, trader_token) as alice:
+        order = await place(alice)
+    message = await receive_type(ws, "ORDER_UPDATE")
+    assert message["payload"]["id"] == order["id"]
+    await ws.close()
+
+
+async def test_a_change_made_in_django_admin_reaches_a_subscriber(
+    live, trader, trader_token, staff
+):
+    staff.is_superuser = True  # admin pages need model permissions; a superuser holds them all
+    await sync_to_async(staff.save)()
+    async with api(live, trader_token) as client:
+        order = await place(client)
+    ws = await listen(live, trader_token, f"user:{trader.pk}:orders")
+    async with httpx.AsyncClient(base_url=live.http_url, timeout=10) as browser:
+        login_page = await browser.get("/admin/login/")
+        csrf = browser.cookies["csrftoken"]
+        logged_in = await browser.post(
+            "/admin/login/?next=/admin/",
+            data={
+                "username": "staff",
+                "password": "correct-horse-battery",
+                "csrfmiddlewaretoken": csrf,
+                "next": "/admin/",
+            },
+            headers={"Referer": f"{live.http_url}/admin/login/"},
+        )
+        assert login_page.status_code == 200 and logged_in.status_code == 302, logged_in.text
+        action = await browser.post(
+            "/admin/orders/order/",
+            data={
+                "action": "cancel_orders",
+                "_selected_action": [str(order["id"])],
+                "csrfmiddlewaretoken": browser.cookies["csrftoken"],
+            },
+            headers={"Referer": f"{live.http_url}/admin/orders/order/"},
+        )
+        assert action.status_code == 302, action.text
+    message = await receive_type(ws, "ORDER_UPDATE")
+    assert message["payload"]["id"] == order["id"]
+    assert message["payload"]["event"] == "canceled"
+    await ws.close()
+
+
+async def test_market_data_reaches_its_symbols_subscribers_and_marks_positions(
+    live, trader, trader_token, staff_token
+):
+    async with api(live, trader_token) as client:
+        order = await place(client, symbol="NVDA", quantity="2", price="100")
+    async with api(live, staff_token) as gateway:
+        await gateway.post(
+            f"/api/orders/{order['id']}/fills/", json={"quantity": "2", "price": "100"}
+        )
+        await asyncio.sleep(0.6)  # past the mark-to-market window of the fill's own mark
+        ws = await listen(live, trader_token, "market:NVDA", f"user:{trader.pk}:positions")
+        response = await gateway.post(
+            "/api/market-data/",
+            json={"symbol": "nvda", "last": "110", "bid": "109.9", "ask": "110.1"},
+        )
+        assert response.status_code == 202, response.text
+    tick = await receive_type(ws, "MARKET_DATA")
+    assert tick["topic"] == "market:NVDA"
+    assert tick["payload"] | {"timestamp": None} == {
+        "symbol": "NVDA",
+        "last": "110",
+        "bid": "109.9",
+        "ask": "110.1",
+        "volume": None,
+        "timestamp": None,
+    }
+    marked = await receive_type(ws, "POSITION_UPDATE")
+    assert marked["payload"]["event"] == "marked"
+    assert marked["payload"]["marketPrice"] == "110"
+    assert marked["payload"]["unrealizedPnl"] == "20"
+    await ws.close()
+
+
+async def test_a_burst_of_ticks_is_conflated_into_few_marks_ending_at_the_last_price(
+    live, trader, trader_token, staff_token
+):
+    async with api(live, trader_token) as client:
+        order = await place(client, symbol="TSLA", quantity="1", price="200")
+    async with api(live, staff_token) as gateway:
+        await gateway.post(
+            f"/api/orders/{order['id']}/fills/", json={"quantity": "1", "price": "200"}
+        )
+        ws = await listen(live, trader_token, "market:TSLA", f"user:{trader.pk}:positions")
+        prices = [str(201 + n) for n in range(30)]
+        for price in prices:
+            response = await gateway.post(
+                "/api/market-data/", json={"symbol": "TSLA", "last": price}
+            )
+            assert response.status_code == 202
+    ticks, marks = [], []
+    while len(ticks) < len(prices) or not marks or marks[-1]["marketPrice"] != prices[-1]:
+        try:
+            message = await receive(ws, timeout=5)
+        except TimeoutError:
+            raise AssertionError(
+                f"ticks {ticks} marks {[m['marketPrice'] for m in marks]}"
+            ) from None
+        if message["type"] == "MARKET_DATA":
+            ticks.append(message["payload"]["last"])
+        elif message["type"] == "POSITION_UPDATE":
+            marks.append(message["payload"])
+    assert ticks == prices  # market data itself is never conflated
+    assert all(mark["event"] == "marked" for mark in marks)
+    assert len(marks) < len(prices) / 3
+    await ws.close()
