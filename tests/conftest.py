@@ -84,3 +84,21 @@ def other_token(other_trader):
 @pytest.fixture
 def staff_token(staff):
     return access_token_for(staff)
+
+
+# --- Domain fixtures (orders, positions, strategies) --------------------------------------
+
+
+@pytest.fixture
+def gateway(db):
+    """The execution gateway: no staff status, only the orders.add_fill permission."""
+    from django.contrib.auth.models import Permission
+
+    user = UserFactory(username="gateway")
+    user.user_permissions.add(Permission.objects.get(codename="add_fill"))
+    return user
+
+
+@pytest.fixture
+def gateway_client(gateway):
+    return _client_for(gateway)
