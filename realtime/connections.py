@@ -16,18 +16,22 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from realtime.conf import realtime_settings
 from realtime.models import Connection, ServerProcess, Subscription
 
 
-def liveness_cutoff() -> Any:
-    """Heartbeats older than this belong to dead processes."""
+def lifetime() -> timedelta:
+    """How long this process counts as alive after each of its heartbeats."""
     interval = float(realtime_settings.HEARTBEAT_INTERVAL_SECS)
-    return timezone.now() - timedelta(
-        seconds=interval * int(realtime_settings.DEAD_AFTER_HEARTBEATS)
-    )
+    return timedelta(seconds=interval * int(realtime_settings.DEAD_AFTER_HEARTBEATS))
+
+
+def alive_q(prefix: str = "") -> Q:
+    """Rows of live processes: those whose heartbeat has not expired."""
+    return Q(**{f"{prefix}expires_at__gte": timezone.now()})
 
 
 def server_process_register(*, channel_name: str = "") -> ServerProcess:
@@ -41,6 +45,7 @@ def server_process_register(*, channel_name: str = "") -> ServerProcess:
         channel_name=channel_name,
         started_at=now,
         heartbeat_at=now,
+        expires_at=now + lifetime(),
     )
 
 
@@ -51,7 +56,9 @@ def server_process_heartbeat(*, server_id: str, channel_name: str = "") -> bool:
     deleted by hand); the process then writes it again and re-records its connections.
     """
     now = timezone.now()
-    if ServerProcess.objects.filter(pk=server_id).update(heartbeat_at=now):
+    if ServerProcess.objects.filter(pk=server_id).update(
+        heartbeat_at=now, expires_at=now + lifetime()
+    ):
         return False
     _server_process_restore(server_id=server_id, channel_name=channel_name)
     return True
@@ -67,6 +74,7 @@ def _server_process_restore(*, server_id: str, channel_name: str = "") -> None:
             "channel_name": channel_name,
             "started_at": now,
             "heartbeat_at": now,
+            "expires_at": now + lifetime(),
         },
     )
 
@@ -149,7 +157,7 @@ def subscriptions_remove(*, connection_id: str, topics: Iterable[str]) -> None:
 def prune_dead_processes() -> dict[str, int]:
     """Delete the rows of processes whose heartbeat stopped; returns what was removed."""
     with transaction.atomic():
-        dead = ServerProcess.objects.filter(heartbeat_at__lt=liveness_cutoff())
+        dead = ServerProcess.objects.exclude(alive_q())
         dead_ids = list(dead.values_list("pk", flat=True))
         connections = Connection.objects.filter(server_id__in=dead_ids).count()
         ServerProcess.objects.filter(pk__in=dead_ids).delete()  # cascades

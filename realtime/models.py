@@ -16,7 +16,10 @@ class ServerProcess(models.Model):
     pid = models.PositiveIntegerField()
     channel_name = models.CharField(max_length=200, blank=True, default="")
     started_at = models.DateTimeField()
-    heartbeat_at = models.DateTimeField(db_index=True)
+    heartbeat_at = models.DateTimeField()
+    # heartbeat_at + DEAD_AFTER_HEARTBEATS x this process's own interval: past it the process
+    # is dead. Stored, so processes configured with different intervals judge each other right.
+    expires_at = models.DateTimeField(db_index=True)
     stopped_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

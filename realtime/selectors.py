@@ -12,7 +12,7 @@ from typing import Any
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
-from realtime.connections import liveness_cutoff
+from realtime.connections import alive_q
 from realtime.models import Connection, ServerProcess, Subscription
 from tradingrt.formats import format_timestamp
 
@@ -20,11 +20,7 @@ GLOBAL_TOPICS = ("orders", "positions", "strategies")
 
 
 def live_server_ids() -> list[str]:
-    return list(
-        ServerProcess.objects.filter(heartbeat_at__gte=liveness_cutoff()).values_list(
-            "pk", flat=True
-        )
-    )
+    return list(ServerProcess.objects.filter(alive_q()).values_list("pk", flat=True))
 
 
 def connection_list(
@@ -47,7 +43,7 @@ def connection_status() -> dict[str, Any]:
     """The status document: live connections, subscriptions per topic, per-server counts."""
     now = timezone.now()
     servers = list(
-        ServerProcess.objects.filter(heartbeat_at__gte=liveness_cutoff())
+        ServerProcess.objects.filter(alive_q())
         .annotate(connection_count=Count("connections"))
         .order_by("started_at")
     )
@@ -78,6 +74,7 @@ def connection_status() -> dict[str, Any]:
                 "connections": server.connection_count,
                 "startedAt": format_timestamp(server.started_at),
                 "heartbeatAt": format_timestamp(server.heartbeat_at),
+                "expiresAt": format_timestamp(server.expires_at),
             }
             for server in servers
         ],

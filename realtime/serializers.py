@@ -60,6 +60,7 @@ class ServerStatusSerializer(serializers.Serializer):
     connections = serializers.IntegerField()
     startedAt = serializers.CharField()
     heartbeatAt = serializers.CharField()
+    expiresAt = serializers.CharField(help_text="Past this, without a heartbeat, it is dead.")
 
 
 class ConnectionStatusSerializer(serializers.Serializer):
