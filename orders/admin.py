@@ -114,10 +114,12 @@ class OrderAdmin(SavesThroughServices):
         ("Times", {"fields": ("created_at", "updated_at")}),
     )
 
-    def get_form(self, request: HttpRequest, obj: Any = None, **kwargs: Any) -> Any:
+    def get_form(
+        self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any
+    ) -> Any:
         if obj is None:
             kwargs["form"] = OrderAddForm
-        return super().get_form(request, obj, **kwargs)
+        return super().get_form(request, obj, change=change, **kwargs)
 
     def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
         if obj is None:
@@ -186,7 +188,8 @@ class OrderAdmin(SavesThroughServices):
             raise PermissionDenied
         order = self.get_object(request, unquote(object_id))
         if order is None:
-            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+            self.message_user(request, f"There is no order {object_id}.", messages.WARNING)
+            return redirect("admin:orders_order_changelist")
         form = RecordFillForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
             try:

@@ -223,17 +223,17 @@ def order_fill(*, order: Order, quantity: Decimal, price: Decimal) -> Fill:
         position_apply_fill(
             user=order.user, symbol=order.symbol, side=order.side, quantity=quantity, price=price
         )
-        if order.strategy_id is not None:
+        if order.strategy is not None:
             strategy_record_execution(strategy=order.strategy, fill=fill)
     return fill
 
 
 def _refresh_strategy(order: Order) -> None:
-    if order.strategy_id is not None:
+    if order.strategy is not None:
         strategy_refresh_metrics(strategy=order.strategy)
 
 
-def _lock(instance: Order | Strategy) -> None:
+def _lock(instance: Any) -> None:
     """Reload the row under a lock, so concurrent changes to it queue up behind each other."""
-    instance.refresh_from_db(from_queryset=type(instance).objects.select_for_update())
+    instance.refresh_from_db(from_queryset=type(instance)._default_manager.select_for_update())
     instance.remember_loaded_values()

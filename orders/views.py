@@ -51,7 +51,7 @@ class OrderViewSet(
     def get_permissions(self) -> list[Any]:
         if self.action in GATEWAY_ACTIONS:
             return [CanRecordFills()]
-        return super().get_permissions()
+        return list(super().get_permissions())
 
     def get_serializer_class(self) -> Any:
         return self.serializer_classes.get(self.action, OrderSerializer)

@@ -50,7 +50,14 @@ class PositionAdmin(admin.ModelAdmin):
         ),
         ("Times", {"fields": ("created_at", "updated_at")}),
     )
-    readonly_fields = [name for _, options in fieldsets for name in options["fields"]]
+    # Every field shows read-only anyway (no change permission); these are the computed ones.
+    readonly_fields = (
+        "market_value",
+        "unrealized_pnl",
+        "total_pnl",
+        "exposure",
+        "portfolio_weight",
+    )
 
     @admin.display(description="market value")
     def market_value(self, position: Position) -> Decimal:

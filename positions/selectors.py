@@ -13,7 +13,9 @@ from positions.models import Position
 from tradingrt.amounts import ZERO, round_ratio
 from tradingrt.models import DECIMAL_PLACES, MAX_DIGITS
 
-_AMOUNT = DecimalField(max_digits=MAX_DIGITS, decimal_places=DECIMAL_PLACES)
+_AMOUNT: DecimalField[Decimal, Decimal] = DecimalField(
+    max_digits=MAX_DIGITS, decimal_places=DECIMAL_PLACES
+)
 # The same formula as Position.exposure: |quantity| x (market price, else average price).
 EXPOSURE = Abs(F("quantity")) * Coalesce(F("market_price"), F("average_price"))
 

@@ -34,7 +34,8 @@ class ServiceModelForm(forms.ModelForm):
         raise NotImplementedError
 
     def _post_clean(self) -> None:
-        super()._post_clean()
+        # ModelForm's (undocumented but long-stable) last validation step, after the model's.
+        super()._post_clean()  # type: ignore[misc]
         if self.errors:
             return
         try:
@@ -46,7 +47,7 @@ class ServiceModelForm(forms.ModelForm):
             self.add_error(None, str(conflict))
 
     def save(self, commit: bool = True) -> Any:
-        self.save_m2m = lambda: None
+        self.save_m2m = lambda: None  # type: ignore[method-assign]  # nothing left to save
         return self.instance
 
 

@@ -56,13 +56,13 @@ class DecimalStringField(serializers.DecimalField):
         kwargs.setdefault("decimal_places", 8)
         super().__init__(**kwargs)
 
-    def to_representation(self, value: Any) -> str | None:
+    def to_representation(self, value: Any) -> str | None:  # type: ignore[override]
         if value is None:
             return None
         # Products such as market value carry more places than are stored; round them alike.
         return format_decimal(
             Decimal(value).quantize(
-                Decimal(1).scaleb(-self.decimal_places),
+                Decimal(1).scaleb(-(self.decimal_places or 0)),
                 rounding=ROUND_HALF_EVEN,
                 context=_WIDE_CONTEXT,
             )
@@ -73,7 +73,7 @@ class DecimalStringField(serializers.DecimalField):
 class TimestampField(serializers.DateTimeField):
     """A datetime as ISO-8601 UTC with milliseconds and a Z."""
 
-    def to_representation(self, value: datetime | None) -> str | None:
+    def to_representation(self, value: datetime | None) -> str | None:  # type: ignore[override]
         return format_timestamp(value)
 
 

@@ -51,7 +51,9 @@ def _user(username: str, password: str) -> Any:
 
 
 def _order(user: Any, symbol: str, side: str, order_type: str, quantity: str, **kw: Any) -> Any:
-    prices = {name: Decimal(kw.pop(name)) for name in ("price", "stop_price") if name in kw}
+    prices: dict[str, Any] = {
+        name: Decimal(kw.pop(name)) for name in ("price", "stop_price") if name in kw
+    }
     return order_create(
         user=user,
         symbol=symbol,
