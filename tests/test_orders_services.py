@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from decimal import Decimal
 
 import pytest
 from django.core.exceptions import ValidationError
+from django.db import connection
 from django.db.models.signals import post_save, pre_save
 
 from orders.models import Fill, Order, OrderStatus
@@ -377,3 +379,35 @@ def test_reject_needs_a_reason(user):
     with pytest.raises(ValidationError) as excinfo:
         order_reject(order=place(user), reason="   ")
     assert set(error_fields(excinfo)) == {"reject_reason"}
+
+
+# --- concurrency ------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_fills_cannot_together_overfill_an_order():
+    """Two gateways fill 8 of a 10 order at once: the row lock lets exactly one through."""
+    order = place(UserFactory())
+    start = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def fill_eight() -> None:
+        try:
+            start.wait()
+            order_fill(order=Order.objects.get(pk=order.pk), quantity=D("8"), price=D("100"))
+            outcomes.append("filled")
+        except ValidationError:
+            outcomes.append("refused")
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=fill_eight) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(outcomes) == ["filled", "refused"]
+    order.refresh_from_db()
+    assert order.filled_quantity == D("8")
+    assert Position.objects.get(user=order.user).quantity == D("8")
