@@ -23,6 +23,7 @@ def position_apply_fill(
     A new position is inserted once, with the fill applied, so a receiver sees it created
     with its real quantity rather than created empty and then updated.
     """
+    symbol = symbol_normalize(symbol)
     quantity = to_amount(quantity, field="quantity")
     price = to_amount(price, field="price")
     if quantity <= 0 or price <= 0:

@@ -1,4 +1,4 @@
-"""Shared REST pieces: contract-formatted serializer fields and the API error handler."""
+"""Shared REST pieces: contract-formatted fields, the error handler and documented error bodies."""
 
 from __future__ import annotations
 
@@ -47,7 +47,11 @@ CONFLICT = OpenApiResponse(
 FORBIDDEN = OpenApiResponse(ErrorDetailSerializer, description="Not allowed for this user.")
 
 
-@extend_schema_field(OpenApiTypes.STR)
+# Decimals travel as strings so no client parses them into binary floats.
+DECIMAL_STRING_SCHEMA = {"type": "string", "format": "decimal", "example": "101.25"}
+
+
+@extend_schema_field(DECIMAL_STRING_SCHEMA)
 class DecimalStringField(serializers.DecimalField):
     """A decimal read and written as a JSON string without trailing zeros."""
 
