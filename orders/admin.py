@@ -21,6 +21,7 @@ from orders.services import order_cancel, order_create, order_fill, order_reject
 from tradingrt.admin_helpers import (
     SavesThroughServices,
     ServiceModelForm,
+    decimal_column,
     error_text,
     run_service_action,
 )
@@ -58,8 +59,10 @@ class RecordFillForm(forms.Form):
 
 class FillInline(admin.TabularInline):
     model = Fill
-    fields = ("quantity", "price", "executed_at")
+    fields = ("quantity_shown", "price_shown", "executed_at")
     readonly_fields = fields
+    quantity_shown = decimal_column("quantity", "quantity")
+    price_shown = decimal_column("price", "price")
     extra = 0
     can_delete = False
 
@@ -79,12 +82,12 @@ class OrderAdmin(SavesThroughServices):
         "symbol",
         "side",
         "order_type",
-        "quantity",
-        "price",
-        "stop_price",
+        "quantity_shown",
+        "price_shown",
+        "stop_price_shown",
         "status",
-        "filled_quantity",
-        "average_fill_price",
+        "filled_quantity_shown",
+        "average_fill_price_shown",
         "user",
         "strategy",
         "created_at",
@@ -97,15 +100,18 @@ class OrderAdmin(SavesThroughServices):
     actions = ("cancel_orders", "reject_orders")
     fieldsets = (
         (None, {"fields": ("user", "strategy", "symbol", "side", "order_type")}),
-        ("Quantities and prices", {"fields": ("quantity", "price", "stop_price")}),
+        (
+            "Quantities and prices",
+            {"fields": ("quantity_shown", "price_shown", "stop_price_shown")},
+        ),
         (
             "Execution",
             {
                 "fields": (
                     "status",
-                    "filled_quantity",
-                    "remaining_quantity",
-                    "average_fill_price",
+                    "filled_quantity_shown",
+                    "remaining_quantity_shown",
+                    "average_fill_price_shown",
                     "reject_reason",
                     "record_fill_link",
                 )
@@ -147,9 +153,16 @@ class OrderAdmin(SavesThroughServices):
     def has_record_fill_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(RECORD_FILLS_PERMISSION)
 
-    @admin.display(description="remaining quantity")
-    def remaining_quantity(self, order: Order) -> Any:
-        return order.remaining_quantity
+    quantity_shown = decimal_column("quantity", "quantity", ordering="quantity")
+    price_shown = decimal_column("price", "price", ordering="price")
+    stop_price_shown = decimal_column("stop_price", "stop price", ordering="stop_price")
+    filled_quantity_shown = decimal_column(
+        "filled_quantity", "filled quantity", ordering="filled_quantity"
+    )
+    remaining_quantity_shown = decimal_column("remaining_quantity", "remaining quantity")
+    average_fill_price_shown = decimal_column(
+        "average_fill_price", "average fill price", ordering="average_fill_price"
+    )
 
     @admin.display(description="fills")
     def record_fill_link(self, order: Order) -> str:
@@ -216,13 +229,15 @@ class OrderAdmin(SavesThroughServices):
 class FillAdmin(admin.ModelAdmin):
     """Fills are history: listed and searched, recorded only from an order's page."""
 
-    list_display = ("id", "order", "quantity", "price", "executed_at")
+    list_display = ("id", "order", "quantity_shown", "price_shown", "executed_at")
     list_select_related = ("order",)
     search_fields = ("=order__id", "order__symbol", "order__user__username")
     list_filter = ("executed_at",)
     date_hierarchy = "executed_at"
-    fields = ("order", "quantity", "price", "executed_at")
+    fields = ("order", "quantity_shown", "price_shown", "executed_at")
     readonly_fields = fields
+    quantity_shown = decimal_column("quantity", "quantity", ordering="quantity")
+    price_shown = decimal_column("price", "price", ordering="price")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

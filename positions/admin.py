@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
 from django.contrib import admin
@@ -10,7 +9,8 @@ from django.http import HttpRequest
 
 from positions.models import Position
 from positions.selectors import portfolio_weight, user_total_exposure
-from tradingrt.amounts import round_amount
+from tradingrt.admin_helpers import decimal_column
+from tradingrt.formats import format_decimal
 
 
 @admin.register(Position)
@@ -18,12 +18,12 @@ class PositionAdmin(admin.ModelAdmin):
     list_display = (
         "user",
         "symbol",
-        "quantity",
-        "average_price",
-        "market_price",
+        "quantity_shown",
+        "average_price_shown",
+        "market_price_shown",
         "market_value",
         "unrealized_pnl",
-        "realized_pnl",
+        "realized_pnl_shown",
         "total_pnl",
         "exposure",
         "updated_at",
@@ -34,14 +34,25 @@ class PositionAdmin(admin.ModelAdmin):
     date_hierarchy = "updated_at"
     list_select_related = ("user",)
     fieldsets = (
-        (None, {"fields": ("user", "symbol", "quantity", "average_price", "market_price")}),
+        (
+            None,
+            {
+                "fields": (
+                    "user",
+                    "symbol",
+                    "quantity_shown",
+                    "average_price_shown",
+                    "market_price_shown",
+                )
+            },
+        ),
         (
             "P&L and risk",
             {
                 "fields": (
                     "market_value",
                     "unrealized_pnl",
-                    "realized_pnl",
+                    "realized_pnl_shown",
                     "total_pnl",
                     "exposure",
                     "portfolio_weight",
@@ -52,34 +63,33 @@ class PositionAdmin(admin.ModelAdmin):
     )
     # Every field shows read-only anyway (no change permission); these are the computed ones.
     readonly_fields = (
+        "quantity_shown",
+        "average_price_shown",
+        "market_price_shown",
         "market_value",
         "unrealized_pnl",
+        "realized_pnl_shown",
         "total_pnl",
         "exposure",
         "portfolio_weight",
     )
 
-    @admin.display(description="market value")
-    def market_value(self, position: Position) -> Decimal:
-        return round_amount(position.market_value)
-
-    @admin.display(description="unrealized P&L")
-    def unrealized_pnl(self, position: Position) -> Decimal:
-        return round_amount(position.unrealized_pnl)
-
-    @admin.display(description="total P&L")
-    def total_pnl(self, position: Position) -> Decimal:
-        return round_amount(position.total_pnl)
-
-    @admin.display(description="exposure")
-    def exposure(self, position: Position) -> Decimal:
-        return round_amount(position.exposure)
+    quantity_shown = decimal_column("quantity", "quantity (negative: short)", ordering="quantity")
+    average_price_shown = decimal_column("average_price", "average price", ordering="average_price")
+    market_price_shown = decimal_column("market_price", "market price", ordering="market_price")
+    market_value = decimal_column("market_value", "market value")
+    unrealized_pnl = decimal_column("unrealized_pnl", "unrealized P&L")
+    realized_pnl_shown = decimal_column("realized_pnl", "realized P&L", ordering="realized_pnl")
+    total_pnl = decimal_column("total_pnl", "total P&L")
+    exposure = decimal_column("exposure", "exposure")
 
     @admin.display(description="portfolio weight")
-    def portfolio_weight(self, position: Position) -> Decimal:
-        return portfolio_weight(
-            exposure=position.exposure,
-            total_exposure=user_total_exposure(user_id=position.user_id),
+    def portfolio_weight(self, position: Position) -> str | None:
+        return format_decimal(
+            portfolio_weight(
+                exposure=position.exposure,
+                total_exposure=user_total_exposure(user_id=position.user_id),
+            )
         )
 
     def has_add_permission(self, request: HttpRequest) -> bool:

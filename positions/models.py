@@ -7,6 +7,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.db import models
 
+from tradingrt.formats import format_decimal
 from tradingrt.models import TracksLoadedValues, decimal_field
 
 ZERO = Decimal("0")
@@ -34,7 +35,10 @@ class Position(TracksLoadedValues):
         indexes = [models.Index(fields=["symbol"])]
 
     def __str__(self) -> str:
-        return f"{self.user_id}:{self.symbol} {self.quantity} @ {self.average_price}"
+        return (
+            f"{self.user_id}:{self.symbol} {format_decimal(self.quantity)} "
+            f"@ {format_decimal(self.average_price)}"
+        )
 
     @property
     def mark(self) -> Decimal:

@@ -10,7 +10,23 @@ from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 
+from tradingrt.amounts import round_amount
 from tradingrt.errors import StateConflict
+from tradingrt.formats import format_decimal
+
+
+def decimal_column(attribute: str, description: str, *, ordering: str | None = None) -> Any:
+    """A ModelAdmin attribute showing a decimal as the API does ("42000", not "42000.00000000").
+
+    Assign it in the class body and name it in list_display, fields or fieldsets.
+    """
+
+    @admin.display(description=description, ordering=ordering)
+    def column(model_admin: Any, obj: Any) -> str:
+        value = getattr(obj, attribute)
+        return "-" if value is None else format_decimal(round_amount(value)) or "-"
+
+    return column
 
 
 def error_text(error: ValidationError | StateConflict) -> str:
