@@ -1,8 +1,4 @@
-"""Order writes: placing, cancelling, rejecting and filling orders.
-
-A fill changes the order, the user's position and the strategy's metrics in one transaction.
-Every change is a real save(), so post_save receivers see each one.
-"""
+"""Order writes: placing, cancelling, rejecting and filling orders (each a real save())."""
 
 from __future__ import annotations
 
