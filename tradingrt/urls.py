@@ -10,6 +10,7 @@ from orders.views import OrderViewSet
 from positions.views import PositionViewSet
 from realtime.views import ConnectionStatusView, MarketDataView
 from strategies.views import StrategyViewSet
+from tradingrt.views import DashboardView
 
 router = DefaultRouter(trailing_slash=True)
 router.register("orders", OrderViewSet, basename="order")
@@ -17,6 +18,8 @@ router.register("positions", PositionViewSet, basename="position")
 router.register("strategies", StrategyViewSet, basename="strategy")
 
 urlpatterns = [
+    path("", DashboardView.as_view(), name="dashboard"),
+    path("dashboard/", DashboardView.as_view()),
     path("admin/", admin.site.urls),
     path("api/auth/token/", TokenObtainPairView.as_view(), name="token_obtain_pair"),
     path("api/auth/token/refresh/", TokenRefreshView.as_view(), name="token_refresh"),
