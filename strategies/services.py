@@ -47,6 +47,8 @@ def strategy_update(*, strategy: Strategy, **fields: Any) -> Strategy:
     if unknown:
         raise TypeError(f"strategy_update() cannot change {', '.join(sorted(unknown))}")
     cleaned = _clean_fields(fields)
+    if not cleaned:
+        return strategy  # nothing to change: no save, so no "updated" event either
     for name, value in cleaned.items():
         setattr(strategy, name, value)
     strategy.save()

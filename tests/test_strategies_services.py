@@ -298,3 +298,13 @@ def test_refresh_marked_saves_only_strategies_whose_metrics_changed(running):
 
     assert changed == [running]
     assert metrics_of(running)["unrealizedPnl"] == "1"
+
+
+def test_update_without_fields_saves_nothing(running):
+    running.refresh_from_db()
+    updated_at = running.updated_at
+
+    strategy_update(strategy=running)
+
+    running.refresh_from_db()
+    assert running.updated_at == updated_at
