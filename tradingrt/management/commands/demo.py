@@ -51,7 +51,8 @@ def demo_banner(data: DemoData, *, base: str) -> str:
     return f"""
 Demo data {state}.
 
-  Admin (dashboard)  {base}/admin/
+  Live dashboard     {base}/
+  Admin              {base}/admin/
   API docs           {base}/api/docs/
   OpenAPI schema     {base}/api/schema/
   WebSocket          {ws_base}/ws
