@@ -1,0 +1,618 @@
+"""The JavaScript client (realtime/static/realtime/client.js), run in headless Chromium.
+
+Most tests drive it against a scripted fake WebSocket in the page, to control close codes and
+timing exactly; the last ones run it against a real Daphne (token refresh, 4401).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+import pytest_asyncio
+from asgiref.sync import sync_to_async
+from rest_framework_simplejwt.tokens import AccessToken
+
+from tests.browser import open_page, open_server_page, serve_blank_page
+
+CLIENT_JS = Path(__file__).resolve().parent.parent / "realtime/static/realtime/client.js"
+FAKE_ORIGIN = "http://127.0.0.1:9"  # never contacted: every request to it is answered in-page
+
+pytestmark = [pytest.mark.asyncio(loop_scope="module")]
+
+# A fake server in the page: FakeWebSocket.server answers AUTHENTICATION, SUBSCRIPTION and
+# HEARTBEAT like the real one unless told to stay silent or to reject.
+HARNESS = """
+import * as rt from "/client.js";
+
+class FakeWebSocket {
+  static sockets = [];
+  static server = null;
+  constructor(url) {
+    this.url = url;
+    this.readyState = 0;
+    this.sent = [];
+    this.closedWith = null;
+    FakeWebSocket.sockets.push(this);
+    if (FakeWebSocket.server && !FakeWebSocket.server.refuseConnections) {
+      setTimeout(() => this.open(), 0);
+    }
+  }
+  open() {
+    this.readyState = 1;
+    this.onopen?.({});
+    if (this.url.includes("token=")) FakeWebSocket.server.authenticate(this, undefined);
+  }
+  send(text) {
+    const message = JSON.parse(text);
+    this.sent.push(message);
+    if (FakeWebSocket.server) setTimeout(() => FakeWebSocket.server.handle(this, message), 0);
+  }
+  close(code = 1000) { this.readyState = 3; this.closedWith = code; }
+  receive(message) {
+    this.onmessage?.({ data: JSON.stringify({ timestamp: new Date().toISOString(), ...message }) });
+  }
+  drop(code, reason = "") {
+    this.readyState = 3;
+    this.onclose?.({ code, reason, wasClean: code !== 1006 });
+  }
+  sentOfType(type) { return this.sent.filter((m) => m.type === type); }
+}
+
+function makeServer({ expiresInMs = 600000, reject = [], silent = [] } = {}) {
+  return {
+    expiresInMs, reject: new Set(reject), silent: new Set(silent), refuseConnections: false,
+    authenticate(ws, id) {
+      ws.receive({ type: "AUTHENTICATION", id, payload: {
+        status: "authenticated", userId: 7, username: "alice",
+        connectionId: `conn-${FakeWebSocket.sockets.indexOf(ws)}`,
+        expiresAt: new Date(Date.now() + this.expiresInMs).toISOString() } });
+    },
+    handle(ws, message) {
+      if (this.silent.has(message.type) || ws.readyState !== 1) return;
+      const reply = (type, payload) => ws.receive({ type, id: message.id, payload });
+      if (message.type === "AUTHENTICATION") {
+        if (message.payload.token === "bad") {
+          reply("ERROR", { code: "unauthenticated", message: "The token was refused." });
+        } else {
+          this.authenticate(ws, message.id);
+        }
+      } else if (message.type === "SUBSCRIPTION") {
+        const topics = message.payload.topics || [];
+        const action = { subscribe: "subscribed", unsubscribe: "unsubscribed" };
+        reply("SUBSCRIPTION", {
+          action: action[message.payload.action],
+          topics: topics.filter((t) => !this.reject.has(t)),
+          rejected: topics.filter((t) => this.reject.has(t))
+            .map((topic) => ({ topic, reason: "forbidden" })),
+        });
+      } else if (message.type === "HEARTBEAT") {
+        reply("HEARTBEAT", { serverTime: new Date().toISOString() });
+      }
+    },
+  };
+}
+
+window.rt = rt;
+window.FakeWebSocket = FakeWebSocket;
+window.makeServer = makeServer;
+window.sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+window.waitFor = async (predicate, timeoutMs = 3000) => {
+  const deadline = Date.now() + timeoutMs;
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${predicate}`);
+    await sleep(5);
+  }
+};
+window.harnessReady = true;
+"""
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def browser_page():
+    async with open_page("js-client") as page:
+        yield page
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def page(browser_page):
+    """A fresh page at a fake origin, with the client module and the fake server loaded."""
+
+    async def serve_client(route):
+        await route.fulfill(status=200, content_type="text/javascript", body=CLIENT_JS.read_text())
+
+    await browser_page.unroute_all()
+    await browser_page.route(f"{FAKE_ORIGIN}/client.js", serve_client)
+    await serve_blank_page(browser_page, FAKE_ORIGIN)
+    await browser_page.add_script_tag(type="module", content=HARNESS)
+    await browser_page.wait_for_function("window.harnessReady === true")
+    browser_page.page_errors.clear()
+    yield browser_page
+    assert browser_page.page_errors == []
+
+
+async def run(page, body: str):
+    """Run an async function body in the page, with a fake server installed; return its value."""
+    return await page.evaluate(f"async () => {{ const {{ RealtimeClient, State }} = rt; {body} }}")
+
+
+# --- pure functions -------------------------------------------------------------------------
+
+
+async def test_backoff_is_full_jitter_below_an_exponential_ceiling_capped_at_30_s(page):
+    result = await run(
+        page,
+        """
+        const options = { backoffBaseMs: 500, backoffFactor: 2, backoffCapMs: 30000 };
+        const highest = [...Array(9).keys()].map((n) => rt.backoffDelay(n, options, () => 0.9999));
+        return { highest, lowest: rt.backoffDelay(5, options, () => 0) };
+        """,
+    )
+    assert result["highest"] == [499, 999, 1999, 3999, 7999, 15998, 29997, 29997, 29997]
+    assert result["lowest"] == 0
+
+
+async def test_refresh_is_30_s_before_expiry_or_at_80_percent_of_a_short_lifetime(page):
+    result = await run(
+        page,
+        """
+        const options = { refreshLeadMs: 30000, refreshFraction: 0.8 };
+        return [900000, 60000, 10000, -5].map((lifetime) => rt.refreshDelay(lifetime, options));
+        """,
+    )
+    assert result == [870000, 48000, 8000, 0]
+
+
+# --- connecting and requests ----------------------------------------------------------------
+
+
+async def test_first_message_authentication_keeps_the_token_out_of_the_url(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer();
+        const states = [];
+        const client = new RealtimeClient({ url: "ws://server.test/ws", WebSocket: FakeWebSocket,
+                                            getToken: async () => "secret-token" });
+        client.onState((state) => states.push(state));
+        const session = await client.connect();
+        const ws = FakeWebSocket.sockets[0];
+        return { url: ws.url, first: ws.sent[0], session, states, state: client.state };
+        """,
+    )
+    assert "secret-token" not in result["url"]
+    assert result["first"]["type"] == "AUTHENTICATION"
+    assert result["first"]["payload"] == {"token": "secret-token"}
+    assert result["first"]["id"] is not None
+    assert result["session"]["userId"] == 7
+    assert result["states"] == ["connecting", "connected"]
+
+
+async def test_the_token_can_go_in_the_url_instead(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer();
+        const client = new RealtimeClient({ url: "ws://server.test/ws", token: "a b",
+                                            tokenInUrl: true, WebSocket: FakeWebSocket });
+        const session = await client.connect();
+        const ws = FakeWebSocket.sockets[0];
+        return { url: ws.url, sent: ws.sent.map((m) => m.type), username: session.username };
+        """,
+    )
+    assert result["url"] == "ws://server.test/ws?token=a%20b"
+    assert "AUTHENTICATION" not in result["sent"]
+    assert result["username"] == "alice"
+
+
+async def test_subscribe_resolves_with_its_own_ack_correlated_by_id(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer({ reject: ["orders"] });
+        const client = new RealtimeClient({ url: "ws://server.test/ws", token: "t",
+                                            WebSocket: FakeWebSocket });
+        await client.connect();
+        const [first, second] = await Promise.all([
+          client.subscribe(["user:7:orders", "orders"]),
+          client.subscribe("market:aapl"),
+        ]);
+        const ids = FakeWebSocket.sockets[0].sentOfType("SUBSCRIPTION").map((m) => m.id);
+        return { first, second, topics: client.topics, ids };
+        """,
+    )
+    assert result["first"]["topics"] == ["user:7:orders"]
+    assert result["first"]["rejected"] == [{"topic": "orders", "reason": "forbidden"}]
+    assert result["second"]["topics"] == ["market:AAPL"]  # symbols are canonical upper-case
+    assert result["topics"] == ["market:AAPL", "user:7:orders"]  # rejected ones are dropped
+    assert len(set(result["ids"])) == 2
+
+
+async def test_an_error_reply_rejects_the_request_with_the_servers_code(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer();
+        const client = new RealtimeClient({ url: "ws://server.test/ws", token: "t",
+                                            WebSocket: FakeWebSocket });
+        await client.connect();
+        const ws = FakeWebSocket.sockets[0];
+        FakeWebSocket.server.silent.add("HEARTBEAT");
+        const pending = client.request("HEARTBEAT");
+        const id = ws.sentOfType("HEARTBEAT").at(-1).id;
+        ws.receive({ type: "ERROR", id, payload: { code: "rate_limited", message: "slow down" } });
+        try { await pending; return "resolved"; } catch (error) {
+          return { name: error.name, code: error.code, message: error.message };
+        }
+        """,
+    )
+    assert result == {"name": "RealtimeError", "code": "rate_limited", "message": "slow down"}
+
+
+async def test_pending_requests_are_rejected_when_the_connection_closes(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer({ silent: ["SUBSCRIPTION"] });
+        const client = new RealtimeClient({ url: "ws://server.test/ws", token: "t",
+                                            WebSocket: FakeWebSocket, backoffBaseMs: 5000 });
+        await client.connect();
+        const pending = client.subscribe("user:7:orders");
+        await sleep(10);
+        FakeWebSocket.sockets[0].drop(4000, "operator");
+        try { await pending; return "resolved"; } catch (error) {
+          return { code: error.code, closeCode: error.closeCode, state: client.state,
+                   topics: client.topics };
+        }
+        """,
+    )
+    assert result == {
+        "code": "closed",
+        "closeCode": 4000,
+        "state": "reconnecting",
+        "topics": ["user:7:orders"],  # still wanted: resubscribed once reconnected
+    }
+
+
+# --- reconnecting ---------------------------------------------------------------------------
+
+
+async def test_after_a_drop_it_reconnects_with_backoff_and_resubscribes_to_everything(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer();
+        const events = [];
+        const client = new RealtimeClient({ url: "ws://server.test/ws", token: "t",
+                                            WebSocket: FakeWebSocket, backoffBaseMs: 40,
+                                            random: () => 0.5 });
+        client.onState((state, detail) => events.push([state, detail.code ?? null,
+                                                        detail.delayMs ?? null]));
+        client.onClose((event) => events.push(["close", event.code, event.willReconnect]));
+        await client.connect();
+        await client.subscribe(["user:7:orders", "market:BTC-USD"]);
+        FakeWebSocket.server.refuseConnections = true;  // the first retry fails
+        FakeWebSocket.sockets[0].drop(1006);
+        await waitFor(() => FakeWebSocket.sockets.length === 2);
+        FakeWebSocket.server.refuseConnections = false;
+        FakeWebSocket.sockets[1].drop(1006);
+        await waitFor(() => client.state === "connected");
+        const third = FakeWebSocket.sockets[2];
+        await waitFor(() => third.sentOfType("SUBSCRIPTION").length === 1);
+        return { events, resubscribed: third.sentOfType("SUBSCRIPTION")[0].payload,
+                 session: client.session.connectionId };
+        """,
+    )
+    assert result["events"] == [
+        ["connecting", None, None],
+        ["connected", None, None],
+        ["close", 1006, True],
+        ["reconnecting", 1006, 20],  # attempt 1: half of the 40 ms ceiling
+        ["close", 1006, True],
+        ["reconnecting", 1006, 40],  # attempt 2: the ceiling doubled
+        ["connected", None, None],
+    ]
+    assert result["resubscribed"] == {
+        "action": "subscribe",
+        "topics": ["user:7:orders", "market:BTC-USD"],
+    }
+    assert result["session"] == "conn-2"
+
+
+async def test_subscribing_while_reconnecting_resolves_once_the_next_connection_subscribes(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer({ reject: ["orders"] });
+        const client = new RealtimeClient({ url: "ws://server.test/ws", token: "t",
+                                            WebSocket: FakeWebSocket, backoffBaseMs: 30 });
+        await client.connect();
+        FakeWebSocket.sockets[0].drop(4508, "slow");
+        const ack = await client.subscribe(["user:7:positions", "orders"]);
+        return { ack, state: client.state, sockets: FakeWebSocket.sockets.length };
+        """,
+    )
+    assert result["ack"]["topics"] == ["user:7:positions"]
+    assert result["ack"]["rejected"] == [{"topic": "orders", "reason": "forbidden"}]
+    assert result["state"] == "connected"
+    assert result["sockets"] == 2
+
+
+@pytest.mark.parametrize("code", [4401, 4403])
+async def test_it_stays_offline_after_4401_and_4403_until_told_to_connect(page, code):
+    result = await run(
+        page,
+        f"""
+        FakeWebSocket.server = makeServer();
+        const closes = [];
+        const client = new RealtimeClient({{ url: "ws://server.test/ws", token: "t",
+                                            WebSocket: FakeWebSocket, backoffBaseMs: 10 }});
+        client.onClose((event) => closes.push(event));
+        await client.connect();
+        FakeWebSocket.sockets[0].drop({code}, "bye");
+        await sleep(100);
+        const offline = {{ state: client.state, sockets: FakeWebSocket.sockets.length }};
+        await client.connect();
+        return {{ offline, closes, state: client.state, sockets: FakeWebSocket.sockets.length }};
+        """,
+    )
+    assert result["offline"] == {"state": "offline", "sockets": 1}
+    assert result["closes"] == [
+        {"code": code, "reason": "bye", "wasClean": True, "willReconnect": False}
+    ]
+    assert result["state"] == "connected"
+    assert result["sockets"] == 2
+
+
+async def test_a_refused_first_message_token_stops_like_a_4401(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer();
+        const client = new RealtimeClient({ url: "ws://server.test/ws", token: "bad",
+                                            WebSocket: FakeWebSocket, backoffBaseMs: 10 });
+        let detail;
+        client.onState((state, d) => { if (state === "offline") detail = d; });
+        try { await client.connect(); return "connected"; } catch (error) {
+          await sleep(50);
+          return { code: error.closeCode, detail, sockets: FakeWebSocket.sockets.length,
+                   closedWith: FakeWebSocket.sockets[0].closedWith };
+        }
+        """,
+    )
+    assert result["code"] == 4401
+    assert result["detail"] == {"code": 4401, "reason": "The token was refused."}
+    assert result["sockets"] == 1
+    assert result["closedWith"] == 1000
+
+
+async def test_close_stops_reconnecting_and_connect_resumes_with_the_same_topics(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer();
+        const client = new RealtimeClient({ url: "ws://server.test/ws", token: "t",
+                                            WebSocket: FakeWebSocket, backoffBaseMs: 10 });
+        await client.connect();
+        await client.subscribe("strategy:3");
+        client.close();
+        await sleep(50);
+        const closed = { state: client.state, sockets: FakeWebSocket.sockets.length };
+        await client.connect();
+        const ws = FakeWebSocket.sockets[1];
+        await waitFor(() => ws.sentOfType("SUBSCRIPTION").length === 1);
+        return { closed, resubscribed: ws.sentOfType("SUBSCRIPTION")[0].payload.topics };
+        """,
+    )
+    assert result["closed"] == {"state": "offline", "sockets": 1}
+    assert result["resubscribed"] == ["strategy:3"]
+
+
+async def test_an_unanswered_heartbeat_drops_the_connection_and_reconnects(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer({ silent: ["HEARTBEAT"] });
+        const closes = [];
+        const client = new RealtimeClient({ url: "ws://server.test/ws", token: "t",
+                                            WebSocket: FakeWebSocket, heartbeatIntervalMs: 20,
+                                            requestTimeoutMs: 50, backoffBaseMs: 10 });
+        client.onClose((event) => closes.push([event.code, event.reason, event.willReconnect]));
+        await client.connect();
+        await waitFor(() => FakeWebSocket.sockets.length === 2);
+        return closes;
+        """,
+    )
+    assert result[0] == [1006, "heartbeat timeout", True]
+
+
+# --- token refresh --------------------------------------------------------------------------
+
+
+async def test_the_token_is_refreshed_in_band_before_it_expires(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer({ expiresInMs: 500 });
+        const reasons = [];
+        let n = 0;
+        const client = new RealtimeClient({ url: "ws://server.test/ws", WebSocket: FakeWebSocket,
+          getToken: async (context) => { reasons.push(context.reason); return `token-${++n}`; } });
+        const first = await client.connect();
+        FakeWebSocket.server.expiresInMs = 60000;
+        await waitFor(() => client.session.expiresAt !== first.expiresAt);
+        const ws = FakeWebSocket.sockets[0];
+        return { reasons, sockets: FakeWebSocket.sockets.length, state: client.state,
+                 tokens: ws.sentOfType("AUTHENTICATION").map((m) => m.payload.token) };
+        """,
+    )
+    assert result["reasons"] == ["connect", "refresh"]
+    assert result["tokens"] == ["token-1", "token-2"]  # on the same connection
+    assert result["sockets"] == 1
+    assert result["state"] == "connected"
+
+
+async def test_a_failed_refresh_is_reported_and_retried(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer({ expiresInMs: 2500 });  // refreshed at half-life
+        let calls = 0;
+        const errors = [];
+        const client = new RealtimeClient({ url: "ws://server.test/ws", WebSocket: FakeWebSocket,
+          refreshFraction: 0.5,
+          getToken: async ({ reason }) => {
+            calls += 1;
+            if (reason === "refresh" && calls === 2) throw new Error("refresh endpoint down");
+            return `token-${calls}`;
+          } });
+        client.onError((error) => errors.push([error.code, error.message]));
+        const first = await client.connect();
+        FakeWebSocket.server.expiresInMs = 60000;
+        await waitFor(() => client.session.expiresAt !== first.expiresAt, 5000);
+        return { errors, calls };
+        """,
+    )
+    assert result["errors"] == [["refresh", "Token refresh failed: refresh endpoint down"]]
+    assert result["calls"] == 3
+
+
+# --- listeners ------------------------------------------------------------------------------
+
+
+async def test_listeners_by_type_topic_and_for_uncorrelated_errors(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer();
+        const seen = [];
+        const client = new RealtimeClient({ url: "ws://server.test/ws", token: "t",
+                                            WebSocket: FakeWebSocket });
+        client.on("ORDER_UPDATE", (m) => seen.push(["type", m.payload.id]));
+        client.on("*", (m) => seen.push(["any", m.type]));
+        const off = client.onTopic("market:btc-usd", (m) => seen.push(["topic", m.payload.last]));
+        client.onError((error) => seen.push(["error", error.code]));
+        client.on("MARKET_DATA", () => { throw new Error("a broken listener"); });
+        await client.connect();
+        seen.length = 0;
+        const ws = FakeWebSocket.sockets[0];
+        ws.receive({ type: "ORDER_UPDATE", topic: "user:7:orders", payload: { id: 5 } });
+        ws.receive({ type: "MARKET_DATA", topic: "market:BTC-USD", payload: { last: "1" } });
+        off();
+        ws.receive({ type: "MARKET_DATA", topic: "market:BTC-USD", payload: { last: "2" } });
+        ws.receive({ type: "ERROR", payload: { code: "rate_limited", message: "slow down" } });
+        return seen;
+        """,
+    )
+    assert result == [
+        ["type", 5],
+        ["any", "ORDER_UPDATE"],
+        ["any", "MARKET_DATA"],
+        ["topic", "1"],
+        ["any", "MARKET_DATA"],
+        ["error", "rate_limited"],
+        ["any", "ERROR"],
+    ]
+    # The broken listener's error surfaces on the page, and did not stop the others.
+    await page.wait_for_timeout(100)
+    assert any("a broken listener" in error for error in page.page_errors)
+    page.page_errors.clear()
+
+
+# --- against the real server ----------------------------------------------------------------
+
+
+def short_token(user, seconds: float) -> str:
+    token = AccessToken.for_user(user)
+    token.set_exp(lifetime=timedelta(seconds=seconds))
+    return str(token)
+
+
+async def live_page(page, live):
+    await page.unroute_all()
+    await open_server_page(page, live.http_url)
+    await page.add_script_tag(
+        type="module",
+        content='import * as rt from "/static/realtime/client.js"; window.rt = rt;',
+    )
+    await page.wait_for_function("window.rt !== undefined")
+    return page
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+async def test_against_the_server_it_refreshes_in_band_and_keeps_receiving(
+    browser_page, live, trader, trader_token
+):
+    page = await live_page(browser_page, live)
+    tokens = [await sync_to_async(short_token)(trader, 3), trader_token]
+    await page.evaluate("(tokens) => { window.tokens = tokens; }", tokens)
+    session = await page.evaluate(
+        """async (topic) => {
+          window.received = [];
+          window.client = new rt.RealtimeClient({ getToken: async () => window.tokens.shift() });
+          window.client.onTopic(topic, (message) => window.received.push(message.payload));
+          const session = await window.client.connect();
+          await window.client.subscribe(topic);
+          return session;
+        }""",
+        f"user:{trader.pk}:orders",
+    )
+    assert session["username"] == "alice"
+    await asyncio.sleep(3.5)  # past the first token's expiry: refreshed at 80% of its life
+    state = await page.evaluate("[client.state, client.session.expiresAt]")
+    assert state[0] == "connected"
+    assert state[1] > session["expiresAt"]
+    async with httpx.AsyncClient(
+        base_url=live.http_url, headers={"Authorization": f"Bearer {trader_token}"}
+    ) as api:
+        response = await api.post(
+            "/api/orders/",
+            json={"symbol": "AAPL", "side": "BUY", "orderType": "MARKET", "quantity": "1"},
+        )
+        assert response.status_code == 201, response.text
+    await page.wait_for_function("window.received.length === 1", timeout=5000)
+    payload = await page.evaluate("window.received[0]")
+    assert payload["id"] == response.json()["id"]
+    assert payload["event"] == "created"
+    await page.evaluate("client.close()")
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+async def test_against_the_server_an_expired_token_ends_offline_with_4401(
+    browser_page, live, trader
+):
+    page = await live_page(browser_page, live)
+    token = await sync_to_async(short_token)(trader, 1.5)
+    result = await page.evaluate(
+        """async (token) => {
+          const events = [];
+          const client = new rt.RealtimeClient({
+            getToken: async ({ reason }) => {
+              if (reason === "refresh") throw new Error("no refresh token");
+              return token;
+            },
+            backoffBaseMs: 10,
+          });
+          client.onClose((event) => events.push(["close", event.code, event.willReconnect]));
+          client.onState((state, detail) => events.push([state, detail.code ?? null]));
+          await client.connect();
+          const deadline = Date.now() + 6000;
+          while (client.state !== "offline" && Date.now() < deadline) {
+            await new Promise((resolve) => setTimeout(resolve, 50));
+          }
+          await new Promise((resolve) => setTimeout(resolve, 300));  // and it stays offline
+          return events;
+        }""",
+        token,
+    )
+    assert result == [
+        ["connecting", None],
+        ["connected", None],
+        ["close", 4401, False],
+        ["offline", 4401],
+    ]
