@@ -311,6 +311,8 @@ export class RealtimeClient {
   /**
    * Listen to state changes; `detail` tells why: `{code, reason}` of the close that caused
    * `reconnecting` or `offline`, and `{attempt, delayMs}` of the next reconnect attempt.
+   * `connected` is reported once the resubscription has been sent; the server answers in
+   * order, so a request made from the listener is answered after the resubscription.
    * @param {(state: string, detail: object) => void} listener
    * @returns {() => void}
    */
@@ -435,9 +437,9 @@ export class RealtimeClient {
     if (renewal) return;
     this._authenticatedWs = ws;
     this._attempt = 0;
-    this._setState(State.CONNECTED, { session: this._session });
     this._startHeartbeat();
-    this._resubscribe();
+    this._resubscribe(); // first, so requests made by state listeners are answered after it
+    this._setState(State.CONNECTED, { session: this._session });
     for (const waiter of this._ready.splice(0)) waiter.resolve(this._session);
   }
 

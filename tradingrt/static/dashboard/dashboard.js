@@ -339,6 +339,7 @@ async function subscribeAll(userId, canViewStatus) {
   }
   document.body.classList.toggle("scope-all", scopeAll);
   showTopics();
+  log(`Subscribed to ${client.topics.length} topics`, "ok");
 }
 
 /** Reload the tables from the API: on every (re)connection, after resubscribing. */

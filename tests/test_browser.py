@@ -1,0 +1,298 @@
+"""The live dashboard and the documented browser examples, in headless Chromium against Daphne.
+
+Changes are made through the REST API, as the platform's other clients make them, and must
+appear on the page without a reload. Screenshots go to var/test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.browser import artifact, open_page, open_server_page
+from tests.factories import PASSWORD
+from tests.live import LiveServer, free_port, live_server
+
+try:
+    from playwright.async_api import expect
+except ImportError:  # the `page` fixture skips with instructions (fails in CI) before use
+    expect = None
+
+PROTOCOL_MD = Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md"
+LIVE_TIMEOUT_MS = 10_000  # an update must show within this
+RECONNECT_TIMEOUT_MS = 60_000  # a server restart plus the backoff's next attempt
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture(scope="module")
+def dashboard(django_db_setup):
+    """A Daphne serving the dashboard with the default real-time settings."""
+    with live_server() as server:
+        yield server
+
+
+@pytest.fixture
+async def page(request):
+    async with open_page(request.node.name) as page:
+        yield page
+
+
+def api(server: LiveServer, token: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=server.http_url, headers={"Authorization": f"Bearer {token}"}, timeout=10
+    )
+
+
+async def place(client: httpx.AsyncClient, **body) -> dict:
+    body = {
+        "symbol": "AAPL",
+        "side": "BUY",
+        "orderType": "LIMIT",
+        "quantity": "10",
+        "price": "100",
+    } | body
+    response = await client.post("/api/orders/", json=body)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def fill(client: httpx.AsyncClient, order: dict, quantity: str, price: str) -> None:
+    response = await client.post(
+        f"/api/orders/{order['id']}/fills/", json={"quantity": quantity, "price": price}
+    )
+    assert response.status_code == 201, response.text
+
+
+async def sign_in(page, server: LiveServer, username: str) -> None:
+    await page.goto(server.http_url + "/")
+    await page.get_by_label("Username").fill(username)
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.locator("#connection")).to_have_attribute(
+        "data-state", "connected", timeout=LIVE_TIMEOUT_MS
+    )
+    await expect(page.locator("#account-name")).to_have_text(username)
+    # The first load is done once the topics are listed; from here on only /ws changes the page.
+    await expect(page.locator("#session-topics .topic").first).to_be_visible()
+    await page.evaluate("window.loadedOnce = true")
+
+
+def cell(page, table: str, row_id: int, field: str):
+    return page.locator(f'#{table} tr[data-id="{row_id}"] [data-field="{field}"]')
+
+
+async def test_a_signed_in_trader_sees_an_order_placed_through_the_api_appear_live(
+    dashboard, page, trader, trader_token
+):
+    await sign_in(page, dashboard, "alice")
+    await expect(page.get_by_text("No orders yet.")).to_be_visible()
+
+    async with api(dashboard, trader_token) as client:
+        order = await place(client, symbol="MSFT", quantity="25", price="411.2")
+
+    await expect(cell(page, "orders", order["id"], "symbol")).to_have_text(
+        "MSFT", timeout=LIVE_TIMEOUT_MS
+    )
+    await expect(cell(page, "orders", order["id"], "status")).to_have_text("NEW")
+    await expect(cell(page, "orders", order["id"], "quantity")).to_have_text("25")
+    await expect(cell(page, "orders", order["id"], "price")).to_have_text("411.20")
+    # Its symbol joins the market-data ticker, subscribed as market:MSFT.
+    await expect(page.locator('#ticker [data-symbol="MSFT"]')).to_be_visible()
+    await expect(page.locator("#session-topics")).to_contain_text("market:MSFT")
+    assert await page.evaluate("window.loadedOnce === true"), "the page was reloaded"
+
+    async with api(dashboard, trader_token) as client:
+        response = await client.post(f"/api/orders/{order['id']}/cancel/")
+        assert response.status_code == 200, response.text
+    await expect(cell(page, "orders", order["id"], "status")).to_have_text(
+        "CANCELED", timeout=LIVE_TIMEOUT_MS
+    )
+    assert page.page_errors == []
+
+
+async def test_a_fill_updates_the_positions_pnl_live(
+    dashboard, page, trader, trader_token, staff_token
+):
+    async with api(dashboard, trader_token) as client:
+        strategy = (await client.post("/api/strategies/", json={"name": "AAPL momentum"})).json()
+        await client.post(f"/api/strategies/{strategy['id']}/start/")
+        buy = await place(client, strategyId=strategy["id"])
+    await sign_in(page, dashboard, "alice")
+
+    async with api(dashboard, staff_token) as gateway:
+        await fill(gateway, buy, "10", "100")
+    position = page.locator('#positions tr:has(th:text-is("AAPL"))')
+    await expect(position.locator('[data-field="quantity"]')).to_have_text(
+        "10", timeout=LIVE_TIMEOUT_MS
+    )
+    await expect(position.locator('[data-field="averagePrice"]')).to_have_text("100.00")
+    await expect(position.locator('[data-field="realizedPnl"]')).to_have_text("0.00")
+
+    async with api(dashboard, staff_token) as gateway:
+        response = await gateway.post(
+            "/api/market-data/",
+            json={"symbol": "AAPL", "last": "104", "bid": "103.95", "ask": "104.05"},
+        )
+        assert response.status_code == 202, response.text
+    await expect(page.locator('#ticker [data-symbol="AAPL"] .tick-last')).to_have_text(
+        "104.00", timeout=LIVE_TIMEOUT_MS
+    )
+    await expect(position.locator('[data-field="unrealizedPnl"]')).to_have_text(
+        "+40.00", timeout=LIVE_TIMEOUT_MS
+    )
+
+    async with api(dashboard, trader_token) as client:
+        sell = await place(
+            client, side="SELL", quantity="4", price="110", strategyId=strategy["id"]
+        )
+    async with api(dashboard, staff_token) as gateway:
+        await fill(gateway, sell, "4", "110")
+
+    await expect(position.locator('[data-field="quantity"]')).to_have_text(
+        "6", timeout=LIVE_TIMEOUT_MS
+    )
+    realized = position.locator('[data-field="realizedPnl"]')
+    await expect(realized).to_have_text("+40.00")
+    await expect(realized).to_have_class(re.compile(r"\bpos\b"))
+    await expect(position).to_have_class(re.compile(r"\bflash\b"))
+    await expect(cell(page, "orders", sell["id"], "status")).to_have_text("FILLED")
+    strategy_row = page.locator(f'#strategies tr[data-id="{strategy["id"]}"]')
+    await expect(strategy_row.locator('[data-field="realizedPnl"]')).to_have_text("+40.00")
+    await expect(strategy_row.locator('[data-field="status"]')).to_have_text("RUNNING")
+    await expect(page.locator("#sum-realized")).to_have_text("+40.00")
+
+    await page.wait_for_timeout(1500)  # let the flashes fade for the picture
+    await page.screenshot(path=str(artifact("dashboard.png")), full_page=True)
+    assert page.page_errors == []
+
+
+async def test_staff_see_everyones_orders_and_the_server_status_panel(
+    dashboard, page, trader_token, staff
+):
+    await sign_in(page, dashboard, "staff")
+    panel = page.get_by_role("region", name="Server")
+    await expect(panel).to_be_visible()
+    await expect(panel.locator("#server-connections")).not_to_have_text("—")
+    assert int(await panel.locator("#server-connections").inner_text()) >= 1
+
+    async with api(dashboard, trader_token) as alice:
+        order = await place(alice, symbol="NVDA")
+    await expect(cell(page, "orders", order["id"], "userId")).to_have_text(
+        f"#{order['userId']}", timeout=LIVE_TIMEOUT_MS
+    )
+    await expect(cell(page, "orders", order["id"], "userId")).to_be_visible()
+    await page.screenshot(path=str(artifact("dashboard-staff.png")), full_page=True)
+    assert page.page_errors == []
+
+
+async def test_the_dashboard_reconnects_resubscribes_and_keeps_receiving_after_the_server_dies(
+    page, trader, trader_token
+):
+    port = free_port()
+    first = LiveServer(port=port).start()
+    try:
+        await sign_in(page, first, "alice")
+        connection = page.locator("#connection")
+        first_id = await page.locator("#session-connection").get_attribute("title")
+
+        first.kill()  # the server side of the connection is gone, without a close frame
+        await expect(connection).to_have_attribute(
+            "data-state", "reconnecting", timeout=LIVE_TIMEOUT_MS
+        )
+        await expect(connection).to_contain_text("Reconnecting")
+
+        second = LiveServer(port=port).start()
+        try:
+            await expect(connection).to_have_attribute(
+                "data-state", "connected", timeout=RECONNECT_TIMEOUT_MS
+            )
+            await expect(page.locator("#session-connection")).not_to_have_attribute(
+                "title", first_id or ""
+            )
+            await expect(page.locator("#activity")).to_contain_text("Subscribed to")
+            async with api(second, trader_token) as client:
+                order = await place(client, symbol="AMZN")
+            await expect(cell(page, "orders", order["id"], "status")).to_have_text(
+                "NEW", timeout=LIVE_TIMEOUT_MS
+            )
+            assert await page.evaluate("window.loadedOnce === true"), "the page was reloaded"
+            assert await page.evaluate("tradingrtDashboard.client.state") == "connected"
+        finally:
+            second.stop()
+    finally:
+        first.stop()
+
+
+# --- the examples in docs/PROTOCOL.md -------------------------------------------------------
+
+
+def protocol_example(*needles: str) -> str:
+    """The first JavaScript example in docs/PROTOCOL.md that contains every needle."""
+    text = PROTOCOL_MD.read_text()
+    for block in re.findall(r"```(?:js|javascript)\n(.*?)```", text, flags=re.DOTALL):
+        if all(needle in block for needle in needles):
+            return block
+    raise AssertionError(f"docs/PROTOCOL.md has no JavaScript example containing {needles}")
+
+
+# Records what the page's WebSockets receive, beside the example's own handlers.
+RECORD_MESSAGES = """
+window.received = [];
+const NativeWebSocket = window.WebSocket;
+window.WebSocket = class extends NativeWebSocket {
+  constructor(...args) {
+    super(...args);
+    this.addEventListener("message", (event) => window.received.push(JSON.parse(event.data)));
+  }
+};
+"""
+
+
+async def test_the_protocol_docs_token_in_url_example_runs_and_handles_an_order_update(
+    dashboard, page, trader, trader_token
+):
+    example = protocol_example("?token=", "SUBSCRIPTION", "ORDER_UPDATE")
+    await open_server_page(page, dashboard.http_url)
+    await page.evaluate("(token) => { window.accessToken = token; }", trader_token)
+    await page.add_script_tag(content=RECORD_MESSAGES)
+    await page.add_script_tag(content=example)  # a classic script, as if pasted into a page
+    await page.wait_for_function(
+        "window.received.some((m) => m.type === 'SUBSCRIPTION')", timeout=LIVE_TIMEOUT_MS
+    )
+    ack = await page.evaluate("window.received.find((m) => m.type === 'SUBSCRIPTION')")
+    assert f"user:{trader.pk}:orders" in ack["payload"]["topics"], ack
+
+    async with api(dashboard, trader_token) as client:
+        order = await place(client)
+    await page.wait_for_function(
+        "window.received.some((m) => m.type === 'ORDER_UPDATE')", timeout=LIVE_TIMEOUT_MS
+    )
+    await page.wait_for_timeout(200)
+    logged = [line for line in page.console_lines if re.search(rf"\b{order['id']}\b", line)]
+    assert any("created" in line and "NEW" in line for line in logged), page.console_lines
+    assert page.page_errors == []
+
+
+async def test_the_protocol_docs_first_message_example_authenticates_without_a_token_in_the_url(
+    dashboard, page, trader
+):
+    example = protocol_example("/api/auth/token/", "AUTHENTICATION", "onopen")
+    await open_server_page(page, dashboard.http_url)
+    await page.evaluate(
+        "([username, password]) => { window.username = username; window.password = password; }",
+        ["alice", PASSWORD],
+    )
+    await page.add_script_tag(content=RECORD_MESSAGES)
+    await page.add_script_tag(type="module", content=example)  # it awaits at the top level
+    await page.wait_for_function(
+        "window.received.some((m) => m.type === 'AUTHENTICATION')", timeout=LIVE_TIMEOUT_MS
+    )
+    reply = await page.evaluate("window.received.find((m) => m.type === 'AUTHENTICATION')")
+    assert reply["payload"]["username"] == "alice"
+    await page.wait_for_timeout(200)
+    assert any("authenticated as alice" in line for line in page.console_lines)
+    assert page.page_errors == []
