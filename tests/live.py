@@ -45,9 +45,13 @@ class LiveServer:
     """A Daphne process serving tradingrt.asgi on 127.0.0.1, stopped by `stop()`."""
 
     def __init__(
-        self, *, realtime: dict[str, Any] | None = None, env: dict[str, str] | None = None
+        self,
+        *,
+        realtime: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
     ):
-        self.port = free_port()
+        self.port = port or free_port()
         self.realtime = realtime or {}
         self.extra_env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
