@@ -33,6 +33,7 @@ from realtime.protocol import (
     encode,
     error,
     parse,
+    peek_id,
 )
 from realtime.topics import RejectReason, Topic, TopicError, authorize_topics, parse_topic
 from realtime.transport import unsent_bytes_probe
@@ -114,7 +115,6 @@ class RealtimeConsumer(AsyncConsumer):
     async def websocket_connect(self, message: dict[str, Any]) -> None:
         self.hub = await get_hub()
         await self.base_send({"type": "websocket.accept"})
-        self.hub.register(self)
         user = self.scope.get("user")
         try:
             await database_sync_to_async(connections.connection_open)(
@@ -135,6 +135,8 @@ class RealtimeConsumer(AsyncConsumer):
             self._auth_timer = loop.call_later(
                 float(realtime_settings.AUTH_TIMEOUT_SECS), self._auth_timed_out
             )
+        # Only now does the hub send it anything (HEARTBEATs, control): AUTHENTICATION comes first.
+        self.hub.register(self)
 
     async def websocket_receive(self, message: dict[str, Any]) -> None:
         if self.closing:
@@ -144,11 +146,14 @@ class RealtimeConsumer(AsyncConsumer):
             if self._strikes > int(realtime_settings.RATE_LIMIT_MAX_STRIKES):
                 self.close_with(CloseCode.RATE_LIMITED, "rate limit exceeded")
                 return
+            text = message.get("text")
+            too_large = text is None or len(text) > int(realtime_settings.MAX_MESSAGE_BYTES)
             self.push(
                 error(
                     ErrorCode.RATE_LIMITED,
                     f"Too many messages: at most {realtime_settings.RATE_LIMIT_PER_SEC:g} a "
                     "second on average. This message was dropped; slow down or be disconnected.",
+                    reply_to=None if too_large else peek_id(text),
                 )
             )
             return
@@ -171,13 +176,21 @@ class RealtimeConsumer(AsyncConsumer):
                 )
             )
             return
+        message = None
         try:
-            await self.handle(parse(text))
+            message = parse(text, authenticated=self.user is not None)
+            await self.handle(message)
         except ProtocolError as exc:
             self.push(exc.encode())
         except Exception:
             logger.exception("Error handling a message on connection %s", self.connection_id)
-            self.push(error(ErrorCode.INTERNAL_ERROR, "The server failed to handle this message."))
+            self.push(
+                error(
+                    ErrorCode.INTERNAL_ERROR,
+                    "The server failed to handle this message; it was not applied.",
+                    reply_to=message.id if message is not None else None,
+                )
+            )
 
     async def websocket_disconnect(self) -> None:
         self.closing = True
@@ -213,7 +226,7 @@ class RealtimeConsumer(AsyncConsumer):
             )
         elif message.type is MessageType.AUTHENTICATION:
             await self.handle_authentication(message)
-        elif self.user is None:
+        elif self.user is None:  # whatever its type: the contract's answer is the same
             raise ProtocolError(
                 ErrorCode.UNAUTHENTICATED,
                 'Authenticate first: send an AUTHENTICATION message with {"token": <access JWT>}.',

@@ -75,7 +75,7 @@ class Hub:
             if self.started:
                 return
             if self.layer is not None:
-                self.channel_name = await self.layer.new_channel("rt.hub.")
+                self.channel_name = await self.layer.new_channel("rt.hub")
                 await self.layer.group_add(CONTROL_GROUP, self.channel_name)
                 self._joined.add(CONTROL_GROUP)
                 self._tasks.append(asyncio.create_task(self._receive_loop()))
@@ -261,7 +261,8 @@ class Hub:
             except Exception:
                 logger.exception("Pruning dead server processes failed")
             since_refresh += prune_every
-            if since_refresh >= GROUP_REFRESH_SECS:
+            expiry = float(getattr(self.layer, "group_expiry", GROUP_REFRESH_SECS * 3))
+            if since_refresh >= min(GROUP_REFRESH_SECS, expiry / 3):
                 since_refresh = 0.0
                 await self._rejoin_groups()
 

@@ -27,7 +27,6 @@ from realtime.conf import realtime_settings
 from realtime.models import MarketQuote
 from realtime.protocol import MessageType
 from realtime.publish import apublish_rollback_unsafe
-from strategies.services import strategy_refresh_marked
 from tradingrt.formats import format_decimal, format_timestamp
 
 logger = logging.getLogger(__name__)
@@ -71,11 +70,8 @@ def mark_to_market(ticks: Iterable[Tick]) -> None:
                     "timestamp": tick.timestamp or timezone.now(),
                 },
             )
-            marked = position_mark(symbol=tick.symbol, price=tick.last)
-            if marked:
-                strategy_refresh_marked(
-                    symbol=tick.symbol, owner_ids={position.user_id for position in marked}
-                )
+            # Also refreshes the metrics of the strategies that trade the symbol.
+            position_mark(symbol=tick.symbol, price=tick.last)
 
 
 class MarketDataService:

@@ -7,6 +7,7 @@ JSON once, then spliced into each topic's envelope), never once per connection.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import Any
@@ -29,6 +30,10 @@ class MessageType(StrEnum):
 CLIENT_TYPES = frozenset(
     {MessageType.AUTHENTICATION, MessageType.SUBSCRIPTION, MessageType.HEARTBEAT}
 )
+
+
+# Types accepted before the connection is authenticated.
+PRE_AUTHENTICATION_TYPES = frozenset({MessageType.AUTHENTICATION, MessageType.HEARTBEAT})
 
 
 class ErrorCode(StrEnum):
@@ -105,17 +110,26 @@ class ProtocolError(Exception):
 class ClientMessage:
     type: MessageType
     payload: dict[str, Any]
-    id: str | int | None
+    id: str | int | float | None
 
 
 def _valid_id(value: Any) -> bool:
-    return value is None or (
-        isinstance(value, str | int) and not isinstance(value, bool) and len(str(value)) <= 128
-    )
+    """None, a string of at most 128 characters, or any finite JSON number."""
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return len(value) <= 128
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
 
 
-def parse(text: str) -> ClientMessage:
-    """Validate one inbound text frame; raises ProtocolError with the contract's error code."""
+def parse(text: str, *, authenticated: bool = True) -> ClientMessage:
+    """Validate one inbound text frame; raises ProtocolError with the contract's error code.
+
+    Before authentication a message of any type but AUTHENTICATION and HEARTBEAT, known or
+    not, is refused as `unauthenticated`.
+    """
     try:
         message = json.loads(text)
     except ValueError as exc:
@@ -132,7 +146,7 @@ def parse(text: str) -> ClientMessage:
     if not _valid_id(message_id):
         raise ProtocolError(
             ErrorCode.INVALID_MESSAGE,
-            "'id' must be a string or a number of at most 128 characters.",
+            "'id' must be a number, or a string of at most 128 characters.",
         )
     message_type = message.get("type")
     if message_type is None:
@@ -143,6 +157,12 @@ def parse(text: str) -> ClientMessage:
         raise ProtocolError(
             ErrorCode.INVALID_MESSAGE,
             f"'type' must be a string, not {_json_kind(message_type)}.",
+            reply_to=reply_to,
+        )
+    if not authenticated and message_type not in PRE_AUTHENTICATION_TYPES:
+        raise ProtocolError(
+            ErrorCode.UNAUTHENTICATED,
+            'Authenticate first: send an AUTHENTICATION message with {"token": <access JWT>}.',
             reply_to=reply_to,
         )
     if message_type not in CLIENT_TYPES:
@@ -162,6 +182,17 @@ def parse(text: str) -> ClientMessage:
             reply_to=reply_to,
         )
     return ClientMessage(type=MessageType(message_type), payload=payload, id=message_id)
+
+
+def peek_id(text: str) -> Any:
+    """The `id` of a frame that will not be handled (rate limited), to echo in its ERROR."""
+    try:
+        message = json.loads(text)
+    except ValueError:
+        return None
+    if isinstance(message, dict) and _valid_id(message.get("id")):
+        return message.get("id")
+    return None
 
 
 def _json_kind(value: Any) -> str:

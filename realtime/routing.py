@@ -5,12 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from channels.routing import URLRouter
+from channels.security.websocket import WebsocketDenier
 from django.urls import re_path
 
 from realtime.auth import JWTAuthMiddleware, OriginValidator
 from realtime.consumers import RealtimeConsumer
 
-websocket_urlpatterns = [re_path(r"^ws/?$", RealtimeConsumer.as_asgi())]
+websocket_urlpatterns = [
+    re_path(r"^ws/?$", RealtimeConsumer.as_asgi()),
+    # Any other path: refuse the handshake (HTTP 403) rather than fail it with a server error.
+    re_path(r"", WebsocketDenier.as_asgi()),
+]
 
 
 def websocket_application() -> Any:

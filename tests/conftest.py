@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import uuid
+
 import pytest
 from rest_framework.test import APIClient
 from rest_framework_simplejwt.tokens import AccessToken
@@ -56,6 +59,7 @@ def other_client(other_trader):
 
 # --- Real-time fixtures -------------------------------------------------------------------
 
+
 @pytest.fixture(scope="session")
 def live(django_db_setup):
     """A real Daphne serving the whole project, on the test database, for the session.
@@ -65,8 +69,13 @@ def live(django_db_setup):
     from tests.live import live_server
 
     with live_server(
-        realtime={"AUTH_TIMEOUT_SECS": 1.5, "RATE_LIMIT_PER_SEC": 5, "RATE_LIMIT_BURST": 10,
-                  "RATE_LIMIT_MAX_STRIKES": 3, "MAX_TOPICS_PER_CONNECTION": 5}
+        realtime={
+            "AUTH_TIMEOUT_SECS": 1.5,
+            "RATE_LIMIT_PER_SEC": 5,
+            "RATE_LIMIT_BURST": 10,
+            "RATE_LIMIT_MAX_STRIKES": 3,
+            "MAX_TOPICS_PER_CONNECTION": 5,
+        }
     ) as server:
         yield server
 
@@ -102,3 +111,68 @@ def gateway(db):
 @pytest.fixture
 def gateway_client(gateway):
     return _client_for(gateway)
+
+
+# --- Real services: Redis and PostgreSQL ------------------------------------------------------
+
+
+def services_required() -> bool:
+    """In CI the service-backed tests must run: a missing service fails instead of skipping."""
+    return bool(os.environ.get("TRADINGRT_REQUIRE_SERVICES") or os.environ.get("CI"))
+
+
+def _unavailable(message: str):
+    if services_required():
+        pytest.fail(message + " (TRADINGRT_REQUIRE_SERVICES/CI is set, so this fails)")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def redis_target():
+    """A real Redis and a key prefix private to this test run; its keys are removed after."""
+    import redis
+
+    url = os.environ.get("TEST_REDIS_URL")
+    if not url:
+        _unavailable("needs a real Redis: set TEST_REDIS_URL=redis://127.0.0.1:6379/0 to run")
+    client = redis.Redis.from_url(url)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        _unavailable(f"Redis at {url} does not answer ({exc}); start it or unset TEST_REDIS_URL")
+    prefix = f"tradingrt-test-{uuid.uuid4().hex[:12]}"
+    yield {"url": url, "prefix": prefix}
+    # Only what this run created: every key under its own prefix.
+    for key in client.scan_iter(match=f"{prefix}*", count=1000):
+        client.delete(key)
+    client.close()
+
+
+@pytest.fixture
+def redis_layer(redis_target, settings):
+    """This test process publishes through the same Redis channel layer as the live servers."""
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [redis_target["url"]],
+                "prefix": redis_target["prefix"],
+                "capacity": 10000,
+                "expiry": 60,
+                "group_expiry": 600,
+            },
+        }
+    }
+    return redis_target
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_database_pools(django_db_setup):
+    """Return pooled PostgreSQL connections before the test database is dropped."""
+    yield
+    from django.db import connections
+
+    for connection in connections.all(initialized_only=True):
+        close_pool = getattr(connection, "close_pool", None)
+        if close_pool is not None and connection.settings_dict.get("OPTIONS", {}).get("pool"):
+            close_pool()

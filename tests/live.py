@@ -41,6 +41,48 @@ def database_url() -> str:
     raise RuntimeError(f"No live-server support for {db['ENGINE']}")
 
 
+def redis_environment(redis: dict[str, str]) -> dict[str, str]:
+    """Settings environment for the Redis channel layer under this test run's key prefix."""
+    return {"REDIS_URL": redis["url"], "REDIS_PREFIX": redis["prefix"], "REDIS_GROUP_EXPIRY": "600"}
+
+
+def server_environment(*, realtime: dict[str, Any], extra: dict[str, str]) -> dict[str, str]:
+    """The environment of a server or command process sharing this test run's database."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("REALTIME_", "PYTEST_", "DATABASE_URL", "REDIS_"))
+    }
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "tradingrt.settings",
+            "DJANGO_SECRET_KEY": settings.SECRET_KEY,
+            "DATABASE_URL": database_url(),
+            "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost,testserver",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    for key, value in realtime.items():
+        env[f"REALTIME_{key}"] = json.dumps(value)
+    env.update(extra)
+    return env
+
+
+def run_manage(
+    *args: str, env: dict[str, str], stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 class LiveServer:
     """A Daphne process serving tradingrt.asgi on 127.0.0.1, stopped by `stop()`."""
 
@@ -49,11 +91,14 @@ class LiveServer:
         *,
         realtime: dict[str, Any] | None = None,
         env: dict[str, str] | None = None,
+        redis: dict[str, str] | None = None,
         port: int | None = None,
     ):
         self.port = port or free_port()
         self.realtime = realtime or {}
-        self.extra_env = env or {}
+        self.extra_env = dict(env or {})
+        if redis is not None:
+            self.extra_env |= redis_environment(redis)
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = Path(settings.BASE_DIR) / "var" / f"daphne-{self.port}.log"
 
@@ -66,24 +111,11 @@ class LiveServer:
         return f"ws://127.0.0.1:{self.port}/ws"
 
     def environment(self) -> dict[str, str]:
-        env = {
-            key: value
-            for key, value in os.environ.items()
-            if not key.startswith(("REALTIME_", "PYTEST_", "DATABASE_URL", "REDIS_URL"))
-        }
-        env.update(
-            {
-                "DJANGO_SETTINGS_MODULE": "tradingrt.settings",
-                "DJANGO_SECRET_KEY": settings.SECRET_KEY,
-                "DATABASE_URL": database_url(),
-                "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost,testserver",
-                "PYTHONUNBUFFERED": "1",
-            }
-        )
-        for key, value in self.realtime.items():
-            env[f"REALTIME_{key}"] = json.dumps(value)
-        env.update(self.extra_env)
-        return env
+        return server_environment(realtime=self.realtime, extra=self.extra_env)
+
+    def manage(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run a management command as an operator would, configured like this server."""
+        return run_manage(*args, env=self.environment(), stdin=stdin)
 
     def start(self) -> LiveServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

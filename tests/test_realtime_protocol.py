@@ -36,6 +36,20 @@ def test_replies_echo_the_client_id_and_carry_a_millisecond_utc_timestamp():
     assert message["timestamp"].endswith("Z") and len(message["timestamp"]) == 24
 
 
+@pytest.mark.parametrize("message_id", [3, 1.5, -7, "abc", "x" * 128, 10**30])
+def test_any_json_number_or_short_string_is_a_valid_id(message_id):
+    assert parse(json.dumps({"type": "HEARTBEAT", "id": message_id})).id == message_id
+
+
+def test_before_authentication_every_other_type_is_unauthenticated():
+    for message_type in ("SUBSCRIPTION", "MARKET_DATA", "NONSENSE"):
+        with pytest.raises(ProtocolError) as refused:
+            parse(json.dumps({"type": message_type, "id": 9}), authenticated=False)
+        assert refused.value.code is ErrorCode.UNAUTHENTICATED
+        assert refused.value.reply_to == 9
+    assert parse('{"type": "HEARTBEAT"}', authenticated=False).type is MessageType.HEARTBEAT
+
+
 def test_parse_accepts_a_minimal_message_and_keeps_its_id():
     message = parse('{"type":"HEARTBEAT","id":3}')
     assert message.type is MessageType.HEARTBEAT

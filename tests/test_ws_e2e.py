@@ -91,6 +91,12 @@ async def test_browser_from_an_allowed_host_connects(live, trader_token):
         assert (await receive(ws))["type"] == "AUTHENTICATION"
 
 
+async def test_an_unknown_path_is_refused_not_failed(live, trader_token):
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        await connect(live.ws_url.replace("/ws", "/nope"), token=trader_token)
+    assert _refused(refused) == 403
+
+
 async def test_trailing_slash_path_is_served_too(live, trader_token):
     async with await connect(live.ws_url + "/", token=trader_token) as ws:
         assert (await receive(ws))["type"] == "AUTHENTICATION"
@@ -119,6 +125,25 @@ async def test_anything_but_authentication_before_it_is_refused(live, trader_tok
         assert heartbeat["type"] == "HEARTBEAT"
         ok = await request(ws, "AUTHENTICATION", {"token": trader_token}, id="a")
         assert ok["payload"]["status"] == "authenticated"
+
+
+@pytest.mark.parametrize("message_type", ["SUBSCRIPTION", "ORDER_UPDATE", "PING"])
+async def test_any_other_type_before_authentication_gets_unauthenticated(live, message_type):
+    async with await connect(live.ws_url) as ws:
+        reply = await request(ws, message_type, {"action": "list"}, id=1.5)
+    assert reply["type"] == "ERROR"
+    assert reply["payload"]["code"] == "unauthenticated"
+    assert reply["id"] == 1.5
+
+
+async def test_the_first_message_is_authentication_even_with_fast_heartbeats(trader_token):
+    from tests.live import live_server
+
+    with live_server(realtime={"HEARTBEAT_INTERVAL_SECS": 0.05}) as server:
+        for _ in range(5):
+            async with await connect(server.ws_url, token=trader_token) as ws:
+                first = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                assert first["type"] == "AUTHENTICATION"
 
 
 async def test_bad_token_in_first_message_is_an_error_and_the_connection_waits(live, trader_token):
@@ -303,13 +328,14 @@ async def test_flooding_gets_rate_limited_then_closed_with_4429(live, trader_tok
     async with await connect(live.ws_url, token=trader_token) as ws:
         await receive(ws)
         for _ in range(20):
-            await send(ws, "HEARTBEAT", {})
+            await send(ws, "HEARTBEAT", {}, id="flood")
         codes = []
         try:
             while True:
                 message = await receive(ws, heartbeats=True)
                 if message["type"] == "ERROR":
                     codes.append(message["payload"]["code"])
+                    assert message["id"] == "flood"
         except websockets.ConnectionClosed as closed:
             assert closed.rcvd.code == 4429
     assert codes and set(codes) == {"rate_limited"}

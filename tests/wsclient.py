@@ -30,11 +30,15 @@ async def send(ws: ClientConnection, message_type: str, payload: Any = None, **e
 async def receive(
     ws: ClientConnection, *, timeout: float = DEFAULT_TIMEOUT, heartbeats: bool = False
 ) -> dict[str, Any]:
-    """The next message, skipping the server's unsolicited HEARTBEATs unless asked for them."""
-    while True:
-        message = json.loads(await asyncio.wait_for(ws.recv(), timeout))
-        if heartbeats or message["type"] != "HEARTBEAT" or "id" in message:
-            return message
+    """The next message, skipping the server's unsolicited HEARTBEATs unless asked for them.
+
+    `timeout` bounds the whole wait, however many heartbeats arrive meanwhile.
+    """
+    async with asyncio.timeout(timeout):
+        while True:
+            message = json.loads(await ws.recv())
+            if heartbeats or message["type"] != "HEARTBEAT" or "id" in message:
+                return message
 
 
 async def receive_type(

@@ -116,6 +116,11 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         "max_size": env("DATABASE_POOL_MAX_SIZE"),
         "timeout": 10,
     }
+    # The test database gets a name of its own (the test runner creates and drops it), so a
+    # test run never touches a database it did not create.
+    DATABASES["default"]["TEST"] = {
+        "NAME": env.str("DATABASE_TEST_NAME", default="test_tradingrt"),
+    }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -132,7 +137,8 @@ if REDIS_URL:
                 # topic it serves, so this is the burst a process can fall behind by.
                 "capacity": 10000,
                 "expiry": 60,  # seconds an undelivered message lives
-                "group_expiry": 86400,  # seconds; each process re-joins its groups long before
+                # Seconds; every process re-joins its groups hourly (realtime.hub).
+                "group_expiry": env.int("REDIS_GROUP_EXPIRY", default=86400),
             },
         }
     }

@@ -28,5 +28,5 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/", include(router.urls)),
     path("ws/status", ConnectionStatusView.as_view(), name="ws-status"),
-    path("ws/status/", ConnectionStatusView.as_view()),
+    path("ws/status/", ConnectionStatusView.as_view(schema=None)),
 ]

@@ -1,0 +1,232 @@
+"""Scale-out: two Daphne processes sharing a Redis channel layer and the database.
+
+Run on the suite's database (PostgreSQL in CI's second run, SQLite otherwise) and a real
+Redis under a key prefix private to this test run (TEST_REDIS_URL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import pytest
+from asgiref.sync import sync_to_async
+from django.db import transaction
+
+from orders.services import order_create
+from realtime.selectors import connection_status
+from tests.conftest import access_token_for
+from tests.live import live_server
+from tests.wsclient import assert_silent, closed_with, connect, receive, receive_type, subscribe
+
+pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.django_db(transaction=True)]
+
+HEARTBEAT = 0.5
+
+
+@pytest.fixture(scope="module")
+def cluster(redis_target, django_db_setup):
+    """Servers A and B, each heartbeating every 0.5 s and pruning the dead every second."""
+    realtime = {"HEARTBEAT_INTERVAL_SECS": HEARTBEAT, "PRUNE_INTERVAL_SECS": 1.0}
+    with (
+        live_server(realtime=realtime, redis=redis_target) as a,
+        live_server(realtime=realtime, redis=redis_target) as b,
+    ):
+        yield a, b
+
+
+@pytest.fixture
+def same_heartbeat(settings, redis_layer):
+    settings.REALTIME = {"HEARTBEAT_INTERVAL_SECS": HEARTBEAT}
+
+
+async def listen(server, user, *topics):
+    token = await sync_to_async(access_token_for)(user)
+    ws = await connect(server.ws_url, token=token)
+    hello = await receive_type(ws, "AUTHENTICATION")
+    if topics:
+        ack = await subscribe(ws, *topics)
+        assert sorted(ack["topics"]) == sorted(topics), ack
+    return ws, hello["payload"]["connectionId"]
+
+
+def bearer(user) -> dict[str, str]:
+    return {"Authorization": f"Bearer {access_token_for(user)}"}
+
+
+async def eventually(check, *, timeout: float = 8.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await sync_to_async(check)()
+        if value or time.monotonic() > deadline:
+            return value
+        await asyncio.sleep(0.1)
+
+
+async def test_a_client_on_a_receives_an_order_placed_through_bs_api(
+    cluster, same_heartbeat, trader
+):
+    a, b = cluster
+    ws, _ = await listen(a, trader, f"user:{trader.pk}:orders")
+    headers = await sync_to_async(bearer)(trader)
+    async with httpx.AsyncClient(base_url=b.http_url, headers=headers, timeout=10) as client:
+        response = await client.post(
+            "/api/orders/",
+            json={"symbol": "AAPL", "side": "BUY", "orderType": "MARKET", "quantity": "3"},
+        )
+    assert response.status_code == 201, response.text
+    message = await receive_type(ws, "ORDER_UPDATE")
+    assert message["payload"] == response.json() | {"event": "created"}
+    await ws.close()
+
+
+async def test_a_client_on_a_receives_a_change_made_in_bs_admin(
+    cluster, same_heartbeat, trader, staff
+):
+    a, b = cluster
+    staff.is_superuser = True
+    await sync_to_async(staff.save)()
+    order = await sync_to_async(order_create)(
+        user=trader, symbol="MSFT", side="SELL", order_type="LIMIT", quantity="2", price="400"
+    )
+    ws, _ = await listen(a, trader, f"user:{trader.pk}:orders")
+    async with httpx.AsyncClient(base_url=b.http_url, timeout=10) as browser:
+        await browser.get("/admin/login/")
+        await browser.post(
+            "/admin/login/",
+            data={"username": "staff", "password": "correct-horse-battery",
+                  "csrfmiddlewaretoken": browser.cookies["csrftoken"], "next": "/admin/"},
+            headers={"Referer": f"{b.http_url}/admin/login/"},
+        )  # fmt: skip
+        action = await browser.post(
+            "/admin/orders/order/",
+            data={"action": "cancel_orders", "_selected_action": [str(order.pk)],
+                  "csrfmiddlewaretoken": browser.cookies["csrftoken"]},
+            headers={"Referer": f"{b.http_url}/admin/orders/order/"},
+        )  # fmt: skip
+        assert action.status_code == 302
+    message = await receive_type(ws, "ORDER_UPDATE")
+    assert message["payload"]["id"] == order.pk
+    assert message["payload"]["event"] == "canceled"
+    await ws.close()
+
+
+async def test_management_command_and_shell_changes_reach_clients_on_both_servers(
+    cluster, same_heartbeat, trader
+):
+    a, b = cluster
+    on_a, _ = await listen(a, trader, "market:IBM", f"user:{trader.pk}:orders")
+    on_b, _ = await listen(b, trader, "market:IBM")
+    ticks = "\n".join(json.dumps({"symbol": "IBM", "last": str(price)}) for price in ("150", "151"))
+    result = await sync_to_async(a.manage)("publish_market_data", "-", stdin=ticks + "\n")
+    assert result.returncode == 0, result.stderr
+    assert "Published 2 tick(s); 0 line(s) rejected." in result.stdout
+    for ws in (on_a, on_b):
+        prices = [(await receive_type(ws, "MARKET_DATA"))["payload"]["last"] for _ in range(2)]
+        assert prices == ["150", "151"]
+
+    # A service called in this process (as from `manage.py shell`) publishes through Redis too.
+    order = await sync_to_async(order_create)(
+        user=trader, symbol="IBM", side="BUY", order_type="MARKET", quantity="1"
+    )
+    message = await receive_type(on_a, "ORDER_UPDATE")
+    assert message["payload"]["id"] == order.pk
+    await on_a.close()
+    await on_b.close()
+
+
+async def test_a_rolled_back_transaction_sends_nothing(cluster, same_heartbeat, trader):
+    a, _ = cluster
+    ws, _ = await listen(a, trader, f"user:{trader.pk}:orders", f"user:{trader.pk}:positions")
+
+    def place_then_roll_back():
+        with transaction.atomic():
+            order_create(user=trader, symbol="AAPL", side="BUY", order_type="MARKET", quantity="1")
+            transaction.set_rollback(True)
+
+    await sync_to_async(place_then_roll_back)()
+    await assert_silent(ws, 1.0)
+    committed = await sync_to_async(order_create)(
+        user=trader, symbol="AAPL", side="BUY", order_type="MARKET", quantity="2"
+    )
+    message = await receive_type(ws, "ORDER_UPDATE")
+    assert message["payload"]["id"] == committed.pk  # the first thing to arrive
+    await ws.close()
+
+
+async def test_status_counts_the_connections_of_both_servers(
+    cluster, same_heartbeat, trader, staff
+):
+    a, b = cluster
+    sockets = [
+        (await listen(a, trader, "market:AAPL"))[0],
+        (await listen(a, trader))[0],
+        (await listen(b, trader, "market:AAPL"))[0],
+    ]
+    assert await eventually(lambda: connection_status()["activeConnections"] == 3)
+    headers = await sync_to_async(bearer)(staff)
+    for server in cluster:
+        async with httpx.AsyncClient(base_url=server.http_url, headers=headers) as client:
+            document = (await client.get("/ws/status")).json()
+        assert document["activeConnections"] == 3
+        assert document["topicSubscriptions"]["market:AAPL"] == 2
+        assert sorted(s["connections"] for s in document["servers"]) == [1, 2]
+    for ws in sockets:
+        await ws.close()
+
+
+async def test_ws_disconnect_drops_clients_on_either_server(
+    cluster, same_heartbeat, trader, other_trader
+):
+    a, b = cluster
+    alice_a, _ = await listen(a, trader)
+    alice_b, _ = await listen(b, trader)
+    bob_b, bob_id = await listen(b, other_trader)
+    bystander, _ = await listen(a, other_trader)
+
+    result = await sync_to_async(a.manage)("ws_disconnect", "--user", "alice")
+    assert result.returncode == 0, result.stderr
+    assert "Asked 2 live connection(s) to close with code 4000." in result.stdout
+    assert await closed_with(alice_a) == 4000
+    assert await closed_with(alice_b) == 4000
+
+    result = await sync_to_async(b.manage)("ws_disconnect", "--connection", bob_id, "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"requested": 1, "code": 4000}
+    assert await closed_with(bob_b) == 4000
+
+    heartbeat = await _request_heartbeat(bystander)
+    assert heartbeat["type"] == "HEARTBEAT"
+    await bystander.close()
+
+
+async def _request_heartbeat(ws):
+    await ws.send(json.dumps({"type": "HEARTBEAT", "id": "hb", "payload": {}}))
+    return await receive(ws)
+
+
+async def test_killing_one_server_leaves_the_other_serving_and_its_connections_leave_the_counts(
+    cluster, redis_target, same_heartbeat, trader
+):
+    a, _ = cluster
+    with live_server(realtime={"HEARTBEAT_INTERVAL_SECS": HEARTBEAT}, redis=redis_target) as doomed:
+        victims = [(await listen(doomed, trader, "market:AAPL"))[0] for _ in range(2)]
+        survivor, _ = await listen(a, trader, "market:AAPL")
+        assert await eventually(lambda: connection_status()["activeConnections"] == 3)
+        doomed.kill()
+        for ws in victims:
+            assert await closed_with(ws) in (None, 1006)  # the socket just dies
+        assert await eventually(lambda: connection_status()["activeConnections"] == 1)
+        headers = await sync_to_async(bearer)(trader)
+        async with httpx.AsyncClient(base_url=a.http_url, headers=headers) as client:
+            response = await client.post(
+                "/api/orders/",
+                json={"symbol": "AAPL", "side": "BUY", "orderType": "MARKET", "quantity": "1"},
+            )
+        assert response.status_code == 201
+        assert await eventually(
+            lambda: connection_status()["topicSubscriptions"]["market:AAPL"] == 1
+        )
+        await survivor.close()
