@@ -19,7 +19,7 @@ from tests.live import LiveServer, free_port, live_server
 try:
     from playwright.async_api import expect
 except ImportError:  # the `page` fixture skips with instructions (fails in CI) before use
-    expect = None
+    expect = None  # type: ignore[assignment]
 
 PROTOCOL_MD = Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md"
 LIVE_TIMEOUT_MS = 10_000  # an update must show within this

@@ -587,7 +587,7 @@ async def test_against_the_server_an_expired_token_ends_offline_with_4401(
     browser_page, live, trader
 ):
     page = await live_page(browser_page, live)
-    token = await sync_to_async(short_token)(trader, 1.5)
+    token = await sync_to_async(short_token)(trader, 2.5)
     result = await page.evaluate(
         """async (token) => {
           const events = [];

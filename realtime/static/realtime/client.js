@@ -226,7 +226,8 @@ export class RealtimeClient {
   /**
    * Close the connection and stop reconnecting. Pending requests are rejected; the topics are
    * kept and resubscribed by a later `connect()`.
-   * @param {number} [code=1000]
+   * @param {number} [code=1000] the code reported to `onClose` and `onState` listeners (the
+   *   socket itself is closed with 1000)
    * @param {string} [reason]
    */
   close(code = CloseCode.NORMAL, reason = "closed by the client") {
