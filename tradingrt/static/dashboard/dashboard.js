@@ -256,6 +256,7 @@ let lastConnectionId = null;
 client.onState((state, detail) => {
   const box = $("connection");
   box.dataset.state = state;
+  document.body.dataset.connection = state; // the tables dim while they may be stale
   const label = box.querySelector(".connection-label");
   const why = CLOSE_REASONS[detail.code] || (detail.code ? `code ${detail.code}` : "");
   label.textContent = {
