@@ -36,6 +36,9 @@ DEFAULTS: dict[str, Any] = {
     # Positions in a symbol are marked to market at most once per this many seconds; the
     # latest tick of the window wins (MARKET_DATA itself is never conflated).
     "MARK_TO_MARKET_INTERVAL_SECS": 0.5,
+    # Updates of one object (one order, say) are delivered in commit order: one that arrives
+    # ahead of its predecessor is held at most this many seconds waiting for it.
+    "REORDER_WAIT_SECS": 0.2,
     # Origins allowed for browser connections; None means the hosts in ALLOWED_HOSTS.
     "ALLOWED_ORIGINS": None,
     # Seconds between the running server's sweeps of dead processes' connection records.

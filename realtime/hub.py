@@ -10,6 +10,7 @@ See docs/ARCHITECTURE.md for why, with measurements.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import weakref
@@ -46,6 +47,71 @@ class Subscriber(Protocol):
     async def rerecord(self) -> None: ...
 
 
+class Sequencer:
+    """Delivers each object's updates on a topic in version order.
+
+    Versions follow commit order (tradingrt.models.TracksLoadedValues), but two writers'
+    after-commit callbacks, in two threads or two processes, can race to publish. An update
+    that arrives ahead of its predecessor is held until the predecessor comes, or for at most
+    REORDER_WAIT_SECS; an update older than one already delivered is dropped, never sent out
+    of order. What it remembers is bounded (least recently seen objects are forgotten).
+    """
+
+    MAX_TRACKED = 50_000
+
+    def __init__(self, deliver: Any) -> None:
+        self._deliver = deliver
+        self._last: collections.OrderedDict[tuple[str, str], int] = collections.OrderedDict()
+        self._held: dict[tuple[str, str], dict[int, str]] = {}
+        self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self.dropped = 0
+
+    def offer(self, topic: str, key: str, seq: int, text: str) -> None:
+        slot = (topic, key)
+        last = self._last.get(slot)
+        if last is None or seq == last + 1:
+            self._emit(slot, seq, text)
+            self._release(slot)
+        elif seq <= last:
+            self.dropped += 1
+            logger.warning("Dropped %s v%d on %s: v%d was already delivered", key, seq, topic, last)
+        else:
+            self._held.setdefault(slot, {})[seq] = text
+            if slot not in self._timers:
+                wait = float(realtime_settings.REORDER_WAIT_SECS)
+                self._timers[slot] = asyncio.get_running_loop().call_later(
+                    wait, self._give_up, slot
+                )
+
+    def _emit(self, slot: tuple[str, str], seq: int, text: str) -> None:
+        self._deliver(slot[0], text)
+        self._last[slot] = seq
+        self._last.move_to_end(slot)
+        if len(self._last) > self.MAX_TRACKED:
+            forgotten, _ = self._last.popitem(last=False)
+            self._give_up(forgotten)
+
+    def _release(self, slot: tuple[str, str]) -> None:
+        held = self._held.get(slot)
+        while held and self._last[slot] + 1 in held:
+            seq = self._last[slot] + 1
+            self._emit(slot, seq, held.pop(seq))
+        if not held:
+            self._held.pop(slot, None)
+            timer = self._timers.pop(slot, None)
+            if timer is not None:
+                timer.cancel()
+
+    def _give_up(self, slot: tuple[str, str]) -> None:
+        """The predecessor never came (or is forgotten): deliver what is held, in order."""
+        self._timers.pop(slot, None)
+        held = self._held.pop(slot, {})
+        for seq in sorted(held):
+            self._deliver(slot[0], held[seq])
+            if slot in self._last:
+                self._last[slot] = seq
+
+
 class Hub:
     """Local connections and topics of one process (one event loop)."""
 
@@ -60,6 +126,7 @@ class Hub:
         self._start_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self.messages_delivered = 0
+        self.sequencer = Sequencer(self.deliver)
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -202,7 +269,12 @@ class Hub:
     def dispatch(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
         if kind == HUB_MESSAGE:
-            self.deliver(message["topic"], message["text"])
+            if "key" in message:
+                self.sequencer.offer(
+                    message["topic"], message["key"], message["seq"], message["text"]
+                )
+            else:
+                self.deliver(message["topic"], message["text"])
         elif kind == HUB_CONTROL:
             self.handle_control(message)
         else:

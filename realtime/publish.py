@@ -34,11 +34,23 @@ def layer_is_shared() -> bool:
     return layer is not None and not isinstance(layer, InMemoryChannelLayer)
 
 
-def publish_on_commit(message_type: str, topics: Iterable[str], payload: dict[str, Any]) -> None:
+# (key, seq): the object an update is about and its version; hubs deliver one key's updates
+# in seq order even if two processes' commits race to publish them.
+Ordering = tuple[str, int] | None
+
+
+def publish_on_commit(
+    message_type: str,
+    topics: Iterable[str],
+    payload: dict[str, Any],
+    *,
+    ordering: Ordering = None,
+) -> None:
     """Publish an update to `topics` once the current transaction commits (now, if none)."""
     encoded = encode_payload(payload)  # encoded now: the state as of this change
     transaction.on_commit(
-        functools.partial(_publish_encoded, message_type, tuple(topics), encoded), robust=True
+        functools.partial(_publish_encoded, message_type, tuple(topics), encoded, ordering),
+        robust=True,
     )
 
 
@@ -46,34 +58,42 @@ def publish_rollback_unsafe(
     message_type: str, topics: Iterable[str], payload: dict[str, Any]
 ) -> None:
     """Publish at once, even inside a transaction that may still roll back."""
-    _publish_encoded(message_type, tuple(topics), encode_payload(payload))
+    _publish_encoded(message_type, tuple(topics), encode_payload(payload), None)
 
 
 async def apublish_rollback_unsafe(
     message_type: str, topics: Iterable[str], payload: dict[str, Any]
 ) -> None:
     """The async form of `publish_rollback_unsafe`, for code on the event loop."""
-    await _send_to_topics(message_type, tuple(topics), encode_payload(payload))
+    await _send_to_topics(message_type, tuple(topics), encode_payload(payload), None)
 
 
-def _publish_encoded(message_type: str, topics: tuple[str, ...], payload_json: str) -> None:
+def _publish_encoded(
+    message_type: str, topics: tuple[str, ...], payload_json: str, ordering: Ordering
+) -> None:
     try:
-        async_to_sync(_send_to_topics)(message_type, topics, payload_json)
+        async_to_sync(_send_to_topics)(message_type, topics, payload_json, ordering)
     except Exception:
         logger.exception("Publishing %s to %s failed", message_type, topics)
         raise
 
 
-async def _send_to_topics(message_type: str, topics: tuple[str, ...], payload_json: str) -> None:
+async def _send_to_topics(
+    message_type: str, topics: tuple[str, ...], payload_json: str, ordering: Ordering
+) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
     timestamp = now_timestamp()
     for topic in topics:
-        text = encode_for_topic(message_type, topic, payload_json, timestamp)
-        await layer.group_send(
-            group_name(topic), {"type": HUB_MESSAGE, "topic": topic, "text": text}
-        )
+        message: dict[str, Any] = {
+            "type": HUB_MESSAGE,
+            "topic": topic,
+            "text": encode_for_topic(message_type, topic, payload_json, timestamp),
+        }
+        if ordering is not None:
+            message["key"], message["seq"] = ordering
+        await layer.group_send(group_name(topic), message)
 
 
 def disconnect(

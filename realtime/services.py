@@ -20,7 +20,7 @@ from strategies.models import Strategy
 from strategies.serializers import StrategySerializer
 from tradingrt.formats import format_decimal, format_timestamp
 
-MARK_ONLY_FIELDS = frozenset({"market_price", "updated_at"})
+MARK_ONLY_FIELDS = frozenset({"market_price", "updated_at", "version"})
 
 
 class OrderUpdateService:
@@ -55,7 +55,12 @@ class OrderUpdateService:
             payload["previousStatus"] = previous_status
         if order.status == OrderStatus.REJECTED and order.reject_reason:
             payload["rejectReason"] = order.reject_reason
-        publish_on_commit(MessageType.ORDER_UPDATE, cls.topics(order), payload)
+        publish_on_commit(
+            MessageType.ORDER_UPDATE,
+            cls.topics(order),
+            payload,
+            ordering=(f"order:{order.pk}", order.version),
+        )
 
 
 class PositionUpdateService:
@@ -82,7 +87,12 @@ class PositionUpdateService:
     ) -> None:
         payload: dict[str, Any] = dict(PositionSerializer(position).data)
         payload["event"] = cls.event(position, created=created, update_fields=update_fields)
-        publish_on_commit(MessageType.POSITION_UPDATE, cls.topics(position), payload)
+        publish_on_commit(
+            MessageType.POSITION_UPDATE,
+            cls.topics(position),
+            payload,
+            ordering=(f"position:{position.pk}", position.version),
+        )
 
 
 class StrategyMonitorService:
@@ -108,7 +118,12 @@ class StrategyMonitorService:
             payload["event"] = "updated"
         if not created and previous_status is not None and previous_status != strategy.status:
             payload["previousStatus"] = previous_status
-        publish_on_commit(MessageType.STRATEGY_UPDATE, cls.topics(strategy), payload)
+        publish_on_commit(
+            MessageType.STRATEGY_UPDATE,
+            cls.topics(strategy),
+            payload,
+            ordering=(f"strategy:{strategy.pk}", strategy.version),
+        )
 
 
 def execution_payload(fill: Any) -> dict[str, Any]:

@@ -194,7 +194,7 @@ def test_mark_updates_only_positions_in_that_symbol_whose_price_differs(user, sa
     changed = position_mark(symbol="BTC-USD", price=D("105"))
 
     assert [(p.user, p.market_price) for p in changed] == [(user, D("105"))]
-    assert saves == [(False, frozenset({"market_price", "updated_at"}), D("1"))]
+    assert saves == [(False, frozenset({"market_price", "updated_at", "version"}), D("1"))]
     untouched.refresh_from_db()
     assert untouched.market_price == D("10")
 

@@ -230,3 +230,32 @@ async def test_killing_one_server_leaves_the_other_serving_and_its_connections_l
             lambda: connection_status()["topicSubscriptions"]["market:AAPL"] == 1
         )
         await survivor.close()
+
+
+async def test_one_orders_updates_arrive_in_commit_order_when_two_servers_race(
+    cluster, same_heartbeat, trader, staff
+):
+    a, b = cluster
+    order = await sync_to_async(order_create)(
+        user=trader, symbol="AAPL", side="BUY", order_type="MARKET", quantity="10"
+    )
+    listeners = [
+        (await listen(server, trader, f"user:{trader.pk}:orders"))[0] for server in cluster
+    ]
+    headers = await sync_to_async(bearer)(staff)
+    async with (
+        httpx.AsyncClient(base_url=a.http_url, headers=headers, timeout=10) as via_a,
+        httpx.AsyncClient(base_url=b.http_url, headers=headers, timeout=10) as via_b,
+    ):
+        responses = await asyncio.gather(
+            *(
+                client.post(f"/api/orders/{order.pk}/fills/", json={"quantity": "1", "price": "1"})
+                for client in (via_a, via_b) * 5
+            )
+        )
+    assert [r.status_code for r in responses] == [201] * 10
+    for ws in listeners:
+        received = [(await receive_type(ws, "ORDER_UPDATE"))["payload"] for _ in range(10)]
+        assert [p["filledQuantity"] for p in received] == [str(n) for n in range(1, 11)]
+        assert received[-1]["event"] == "filled"
+        await ws.close()

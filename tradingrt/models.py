@@ -16,18 +16,25 @@ def decimal_field(**kwargs: Any) -> models.DecimalField:
 
 
 class TracksLoadedValues(models.Model):
-    """Remembers the values of `tracked_fields` as last loaded or saved.
+    """Remembers the values of `tracked_fields` as last loaded or saved, and counts saves.
 
     Lets a post_save receiver tell what a save changed (an order's previous status, a position
-    going flat) without a second query and without the domain app knowing who asks.
+    going flat) without a second query and without the domain app knowing who asks. `version`
+    goes up by one with every save; writers of a row hold its lock, so versions follow commit
+    order and a reader can put the changes of one object back in order.
     """
 
     tracked_fields: tuple[str, ...] = ()
+
+    version = models.PositiveBigIntegerField(default=0, editable=False)
 
     class Meta:
         abstract = True
 
     def save(self, *args: Any, **kwargs: Any) -> None:
+        self.version = (self.version or 0) + 1
+        if kwargs.get("update_fields") is not None:
+            kwargs["update_fields"] = {*kwargs["update_fields"], "version"}
         super().save(*args, **kwargs)  # post_save receivers still see the previous values
         self.remember_loaded_values()
 
