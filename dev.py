@@ -24,7 +24,7 @@ STAMP = VENV / ".tradingrt-installed"
 
 def ensure_environment(extras: str = "dev") -> None:
     """Create the virtual environment and install the project, unless already up to date."""
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - dev.py may be run by an older python3
         sys.exit(f"Python 3.11 or newer is needed; this is {sys.version.split()[0]}.")
     wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extras.encode()).hexdigest()
     if STAMP.exists() and STAMP.read_text() == wanted and PYTHON.exists():
@@ -70,6 +70,24 @@ def test(options: argparse.Namespace) -> int:
     return code
 
 
+def check(options: argparse.Namespace) -> int:
+    """Static checks: ruff, mypy, migrations in step with the models, the OpenAPI schema."""
+    ensure_environment()
+    steps = [
+        [str(BIN / "ruff"), "check", "."],
+        [str(BIN / "ruff"), "format", "--check", "realtime", "tradingrt"],
+        [str(BIN / "mypy"), "realtime", "tradingrt", "orders", "positions", "strategies"],
+        [str(PYTHON), "manage.py", "makemigrations", "--check", "--dry-run"],
+        [str(PYTHON), "manage.py", "spectacular", "--validate", "--fail-on-warn", "--file",
+         os.devnull],
+    ]  # fmt: skip
+    for step in steps:
+        print("$", " ".join(step).replace(f"{ROOT}/", ""), flush=True)
+        if subprocess.call(step, cwd=ROOT) != 0:
+            return 1
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -78,8 +96,9 @@ def main() -> int:
     start_parser.add_argument("--port", type=int, default=8000)
     test_parser = commands.add_parser("test", help="set up and run the whole test suite")
     test_parser.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    commands.add_parser("check", help="lint, type-check, and check migrations and the schema")
     options = parser.parse_args()
-    return start(options) if options.command == "start" else test(options)
+    return {"start": start, "test": test, "check": check}[options.command](options)
 
 
 if __name__ == "__main__":

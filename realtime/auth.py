@@ -40,7 +40,7 @@ class Authenticated:
 def authenticate_token(raw_token: str) -> Authenticated:
     """Validate an access token and load its active user (blocking: call it in a thread)."""
     try:
-        token = AccessToken(raw_token)  # signature, algorithm, expiry and token type
+        token = AccessToken(raw_token)  # type: ignore[arg-type]  # signature, alg, exp, type
     except TokenError as exc:
         raise TokenRejected(str(exc)) from None
     try:

@@ -146,14 +146,15 @@ class RealtimeConsumer(AsyncConsumer):
             if self._strikes > int(realtime_settings.RATE_LIMIT_MAX_STRIKES):
                 self.close_with(CloseCode.RATE_LIMITED, "rate limit exceeded")
                 return
-            text = message.get("text")
-            too_large = text is None or len(text) > int(realtime_settings.MAX_MESSAGE_BYTES)
+            frame = message.get("text")
+            limit = int(realtime_settings.MAX_MESSAGE_BYTES)
+            reply_to = peek_id(frame) if frame is not None and len(frame) <= limit else None
             self.push(
                 error(
                     ErrorCode.RATE_LIMITED,
                     f"Too many messages: at most {realtime_settings.RATE_LIMIT_PER_SEC:g} a "
                     "second on average. This message was dropped; slow down or be disconnected.",
-                    reply_to=None if too_large else peek_id(text),
+                    reply_to=reply_to,
                 )
             )
             return
@@ -176,10 +177,10 @@ class RealtimeConsumer(AsyncConsumer):
                 )
             )
             return
-        message = None
+        parsed: ClientMessage | None = None
         try:
-            message = parse(text, authenticated=self.user is not None)
-            await self.handle(message)
+            parsed = parse(text, authenticated=self.user is not None)
+            await self.handle(parsed)
         except ProtocolError as exc:
             self.push(exc.encode())
         except Exception:
@@ -188,7 +189,7 @@ class RealtimeConsumer(AsyncConsumer):
                 error(
                     ErrorCode.INTERNAL_ERROR,
                     "The server failed to handle this message; it was not applied.",
-                    reply_to=message.id if message is not None else None,
+                    reply_to=parsed.id if parsed is not None else None,
                 )
             )
 

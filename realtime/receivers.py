@@ -10,7 +10,7 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.db import transaction
-from django.db.models.signals import post_save
+from django.db.models.signals import post_delete, post_save
 
 from realtime.protocol import CloseCode
 from realtime.services import OrderUpdateService, PositionUpdateService, StrategyMonitorService
@@ -28,6 +28,19 @@ def user_saved(sender: Any, instance: Any, created: bool, **kwargs: Any) -> None
             user_ids=[user_id],
             code=CloseCode.USER_DEACTIVATED,
             reason="user deactivated",
+        ),
+        robust=True,
+    )
+
+
+def user_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
+    """A user deleted while connected is disconnected everywhere with 4403, like a deactivation."""
+    from realtime import publish
+
+    user_id = instance.pk
+    transaction.on_commit(
+        lambda: publish.disconnect(
+            user_ids=[user_id], code=CloseCode.USER_DEACTIVATED, reason="user deleted"
         ),
         robust=True,
     )
@@ -55,6 +68,9 @@ def connect() -> None:
 
     post_save.connect(
         user_saved, sender=get_user_model(), dispatch_uid="realtime.receivers.user_saved"
+    )
+    post_delete.connect(
+        user_deleted, sender=get_user_model(), dispatch_uid="realtime.receivers.user_deleted"
     )
     post_save.connect(order_saved, sender=Order, dispatch_uid="realtime.receivers.order_saved")
     post_save.connect(

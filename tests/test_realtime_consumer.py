@@ -87,6 +87,12 @@ async def test_deactivating_a_connected_user_closes_with_4403(hub_stopper, trade
     assert await closed_code(communicator) == 4403
 
 
+async def test_deleting_a_connected_user_closes_with_4403(hub_stopper, trader):
+    communicator = await open_as(trader)
+    await database_sync_to_async(trader.delete)()
+    assert await closed_code(communicator) == 4403
+
+
 async def test_a_client_that_cannot_keep_up_is_closed_with_4508(hub_stopper, trader, settings):
     settings.REALTIME = {"SEND_BUFFER_MAX_MESSAGES": 5}
     communicator = await open_as(trader)

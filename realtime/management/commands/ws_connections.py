@@ -29,7 +29,7 @@ class Command(BaseCommand):
         connections = connection_list(
             username=options["user"], topic=options["topic"], live_only=not options["include_dead"]
         )
-        rows = [
+        rows: list[dict[str, Any]] = [
             {
                 "id": connection.pk,
                 "userId": connection.user_id,
