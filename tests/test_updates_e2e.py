@@ -341,3 +341,122 @@ async def test_a_burst_of_ticks_is_conflated_into_few_marks_ending_at_the_last_p
     assert all(mark["event"] == "marked" for mark in marks)
     assert len(marks) < len(prices) / 3
     await ws.close()
+
+
+# --- every event on every one of its topics ------------------------------------------------------
+
+
+async def _topic_listeners(live, trader, trader_token, staff_token, strategy_id, kind):
+    """Subscribers of every topic that carries `kind` updates: the owner's and staff's."""
+    owner_topics = {
+        "orders": [f"user:{trader.pk}:orders", f"strategy:{strategy_id}:orders"],
+        "positions": [f"user:{trader.pk}:positions"],
+        "strategies": [f"user:{trader.pk}:strategies", f"strategy:{strategy_id}"],
+    }[kind]
+    owner = await listen(live, trader_token, *owner_topics)
+    staff = await listen(live, staff_token, kind)
+    return [(owner, owner_topics), (staff, [kind])], [*owner_topics, kind]
+
+
+async def _one_on_each(listeners, topics, message_type):
+    """The next update on each topic; all must be `message_type` with one same payload."""
+    got = {}
+    for ws, ws_topics in listeners:
+        for _ in ws_topics:
+            message = await receive(ws)
+            assert message["type"] == message_type, message
+            got[message["topic"]] = message["payload"]
+    assert set(got) == set(topics), got
+    payloads = list(got.values())
+    assert all(p == payloads[0] for p in payloads), "every topic carries the same payload"
+    return payloads[0]
+
+
+async def test_order_events_reach_all_their_topics_with_the_same_payload(
+    live, trader, trader_token, staff_token
+):
+    async with api(live, trader_token) as client:
+        strategy = (await client.post("/api/strategies/", json={"name": "matrix"})).json()
+        sockets, topics = await _topic_listeners(
+            live, trader, trader_token, staff_token, strategy["id"], "orders"
+        )
+        order = await place(client, strategyId=strategy["id"], quantity="3")
+        created = await _one_on_each(sockets, topics, "ORDER_UPDATE")
+        assert created == order | {"event": "created"}
+        async with api(live, staff_token) as gateway:
+            rejected_order = await place(client, strategyId=strategy["id"])
+            await _one_on_each(sockets, topics, "ORDER_UPDATE")
+            response = await gateway.post(
+                f"/api/orders/{rejected_order['id']}/reject/", json={"reason": "no liquidity"}
+            )
+            assert response.status_code == 200, response.text
+            rejected = await _one_on_each(sockets, topics, "ORDER_UPDATE")
+            assert rejected["event"] == "rejected"
+            assert rejected["previousStatus"] == "NEW"
+            assert rejected["status"] == "REJECTED"
+            assert rejected["rejectReason"] == "no liquidity"
+
+            await gateway.post(
+                f"/api/orders/{order['id']}/fills/", json={"quantity": "1", "price": "10"}
+            )
+            partial = await _one_on_each(sockets, topics, "ORDER_UPDATE")
+            assert (partial["event"], partial["previousStatus"]) == ("partially_filled", "NEW")
+            await gateway.post(
+                f"/api/orders/{order['id']}/fills/", json={"quantity": "2", "price": "13"}
+            )
+            filled = await _one_on_each(sockets, topics, "ORDER_UPDATE")
+            assert filled["event"] == "filled"
+            assert filled["previousStatus"] == "PARTIALLY_FILLED"
+            assert (filled["filledQuantity"], filled["averageFillPrice"]) == ("3", "12")
+            rest = (await client.get(f"/api/orders/{order['id']}/")).json()
+            assert filled == rest | {"event": "filled", "previousStatus": "PARTIALLY_FILLED"}
+    for ws, _ in sockets:
+        await ws.close()
+
+
+async def test_position_events_opened_updated_closed_reach_all_their_topics(
+    live, trader, trader_token, staff_token
+):
+    sockets, topics = await _topic_listeners(
+        live, trader, trader_token, staff_token, 1, "positions"
+    )
+    async with api(live, trader_token) as client, api(live, staff_token) as gateway:
+        buy = await place(client, symbol="AMD", quantity="4", price="100")
+        sell = await place(client, symbol="AMD", side="SELL", quantity="4", price="110")
+        fills = [(buy, "3", "100"), (buy, "1", "104"), (sell, "4", "110")]
+        events = []
+        for order, quantity, price in fills:
+            await gateway.post(
+                f"/api/orders/{order['id']}/fills/", json={"quantity": quantity, "price": price}
+            )
+            events.append(await _one_on_each(sockets, topics, "POSITION_UPDATE"))
+        rest = (await client.get(f"/api/positions/{events[-1]['id']}/")).json()
+    assert [e["event"] for e in events] == ["opened", "updated", "closed"]
+    assert [e["quantity"] for e in events] == ["3", "4", "0"]
+    assert events[1]["averagePrice"] == "101"
+    assert events[2]["realizedPnl"] == "36"
+    assert events[2] == rest | {"event": "closed"}
+    for ws, _ in sockets:
+        await ws.close()
+
+
+async def test_strategy_events_reach_all_their_topics(live, trader, trader_token, staff_token):
+    async with api(live, trader_token) as client:
+        # The strategy topic needs the strategy to exist: create it, then watch the rest.
+        strategy = (await client.post("/api/strategies/", json={"name": "alpha"})).json()
+        sockets, topics = await _topic_listeners(
+            live, trader, trader_token, staff_token, strategy["id"], "strategies"
+        )
+        await client.post(f"/api/strategies/{strategy['id']}/start/")
+        started = await _one_on_each(sockets, topics, "STRATEGY_UPDATE")
+        assert (started["event"], started["previousStatus"]) == ("status_changed", "DRAFT")
+        await client.patch(f"/api/strategies/{strategy['id']}/", json={"parameters": {"k": 2}})
+        updated = await _one_on_each(sockets, topics, "STRATEGY_UPDATE")
+        assert (updated["event"], updated["parameters"]) == ("updated", {"k": 2})
+        await client.post(f"/api/strategies/{strategy['id']}/pause/")
+        paused = await _one_on_each(sockets, topics, "STRATEGY_UPDATE")
+        assert (paused["status"], paused["previousStatus"]) == ("PAUSED", "RUNNING")
+        rest = (await client.get(f"/api/strategies/{strategy['id']}/")).json()
+        assert paused == rest | {"event": "status_changed", "previousStatus": "RUNNING"}
+    for ws, _ in sockets:
+        await ws.close()

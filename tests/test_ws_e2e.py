@@ -381,3 +381,51 @@ def _refresh_token(user) -> str:
     from rest_framework_simplejwt.tokens import RefreshToken
 
     return str(RefreshToken.for_user(user))
+
+
+async def test_a_client_that_stops_reading_is_closed_with_4508(trader, staff):
+    """Daphne never blocks a send: the bytes its transport holds unsent are what overflow."""
+    import socket
+
+    import httpx
+
+    from tests.conftest import access_token_for
+    from tests.live import live_server
+
+    token = await sync_to_async(access_token_for)(trader)
+    staff_token = await sync_to_async(access_token_for)(staff)
+    with live_server(realtime={"SEND_BUFFER_MAX_BYTES": 65536}) as server:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a client that lags
+        sock.connect(("127.0.0.1", server.port))
+        # max_queue: the library stops reading the socket once 4 messages wait unread.
+        ws = await websockets.connect(f"{server.ws_url}?token={token}", sock=sock, max_queue=4)
+        await receive_type(ws, "AUTHENTICATION")
+        await subscribe(ws, "market:SLOW")
+
+        given_up = asyncio.Event()
+
+        async def flood():
+            ticks = [{"symbol": "SLOW", "last": "1.5", "volume": str(n)} for n in range(200)]
+            headers = {"Authorization": f"Bearer {staff_token}"}
+            async with httpx.AsyncClient(base_url=server.http_url, headers=headers) as client:
+                for _ in range(300):
+                    if given_up.is_set():
+                        return
+                    response = await client.post("/api/market-data/", json=ticks, timeout=30)
+                    assert response.status_code == 202
+
+        publisher = asyncio.create_task(flood())
+        for _ in range(1000):  # the server logs when it gives up on the client
+            if "is not keeping up" in server.log():
+                given_up.set()
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the server never found the client too slow")
+        # The close frame is queued behind what the client did not read: catch up to see it.
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:
+                await ws.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4508
+        await publisher
