@@ -185,3 +185,30 @@ async def test_revoked_permission_applies_to_the_next_subscription(hub_stopper, 
     assert refused["payload"]["topics"] == []
     assert refused["payload"]["rejected"] == [{"topic": "orders", "reason": "forbidden"}]
     await communicator.disconnect()
+
+
+async def test_a_rolled_back_change_sends_nothing_and_a_committed_one_arrives(hub_stopper, trader):
+    from django.db import transaction
+
+    from orders.services import order_create
+
+    communicator = await open_as(trader)
+    topic = f"user:{trader.pk}:orders"
+    await request(communicator, "SUBSCRIPTION", {"action": "subscribe", "topics": [topic]})
+
+    def place(quantity: str, *, roll_back: bool):
+        with transaction.atomic():
+            order = order_create(
+                user=trader, symbol="AAPL", side="BUY", order_type="MARKET", quantity=quantity
+            )
+            transaction.set_rollback(roll_back)
+        return order
+
+    await database_sync_to_async(place)("1", roll_back=True)
+    assert await communicator.receive_nothing(0.3)
+    committed = await database_sync_to_async(place)("2", roll_back=False)
+    message = await receive(communicator)
+    assert message["type"] == "ORDER_UPDATE"
+    assert message["payload"]["id"] == committed.pk
+    assert message["payload"]["quantity"] == "2"
+    await communicator.disconnect()
