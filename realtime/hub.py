@@ -181,6 +181,20 @@ class Hub:
     def unregister(self, subscriber: Subscriber, topics: Iterable[str]) -> list[str]:
         """Forget a connection; returns the topics that no longer have any local subscriber."""
         self.connections.pop(subscriber.connection_id, None)
+        return self._remove(subscriber, topics)
+
+    async def subscribe(self, subscriber: Subscriber, topics: Iterable[str]) -> None:
+        """Add local subscriptions; returns once the process receives the topics' messages."""
+        for topic in topics:
+            self.topics.setdefault(topic, set()).add(subscriber)
+            if group_name(topic) not in self._joined:
+                await self._sync_membership(topic)
+
+    async def unsubscribe(self, subscriber: Subscriber, topics: Iterable[str]) -> None:
+        await self.release_topics(self._remove(subscriber, topics))
+
+    def _remove(self, subscriber: Subscriber, topics: Iterable[str]) -> list[str]:
+        """Drop local subscriptions; returns the topics left with no local subscriber."""
         emptied = []
         for topic in topics:
             subscribers = self.topics.get(topic)
@@ -191,23 +205,6 @@ class Hub:
                 del self.topics[topic]
                 emptied.append(topic)
         return emptied
-
-    async def subscribe(self, subscriber: Subscriber, topics: Iterable[str]) -> None:
-        """Add local subscriptions; returns once the process receives the topics' messages."""
-        for topic in topics:
-            self.topics.setdefault(topic, set()).add(subscriber)
-            if group_name(topic) not in self._joined:
-                await self._sync_membership(topic)
-
-    async def unsubscribe(self, subscriber: Subscriber, topics: Iterable[str]) -> None:
-        for topic in topics:
-            subscribers = self.topics.get(topic)
-            if subscribers is None:
-                continue
-            subscribers.discard(subscriber)
-            if not subscribers:
-                del self.topics[topic]
-                await self._sync_membership(topic)
 
     async def release_topics(self, topics: Iterable[str]) -> None:
         """Leave the groups of topics left without local subscribers."""

@@ -15,6 +15,7 @@ import pytest
 from tests.browser import artifact, open_page, open_server_page
 from tests.factories import PASSWORD
 from tests.live import LiveServer, free_port, live_server
+from tests.rest import api, place
 
 try:
     from playwright.async_api import expect
@@ -39,25 +40,6 @@ def dashboard(django_db_setup):
 async def page(request):
     async with open_page(request.node.name) as page:
         yield page
-
-
-def api(server: LiveServer, token: str) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        base_url=server.http_url, headers={"Authorization": f"Bearer {token}"}, timeout=10
-    )
-
-
-async def place(client: httpx.AsyncClient, **body) -> dict:
-    body = {
-        "symbol": "AAPL",
-        "side": "BUY",
-        "orderType": "LIMIT",
-        "quantity": "10",
-        "price": "100",
-    } | body
-    response = await client.post("/api/orders/", json=body)
-    assert response.status_code == 201, response.text
-    return response.json()
 
 
 async def fill(client: httpx.AsyncClient, order: dict, quantity: str, price: str) -> None:

@@ -14,15 +14,10 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import Permission
 
+from tests.rest import api, place
 from tests.wsclient import assert_silent, connect, receive, receive_type, subscribe
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-
-
-def api(live, token: str) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        base_url=live.http_url, headers={"Authorization": f"Bearer {token}"}, timeout=10
-    )
 
 
 async def listen(live, token: str, *topics: str):
@@ -35,19 +30,6 @@ async def listen(live, token: str, *topics: str):
 
 async def updates(ws, count: int, *, timeout: float = 5) -> list[dict]:
     return [await receive(ws, timeout=timeout) for _ in range(count)]
-
-
-async def place(client: httpx.AsyncClient, **body) -> dict:
-    body = {
-        "symbol": "AAPL",
-        "side": "BUY",
-        "orderType": "LIMIT",
-        "quantity": "10",
-        "price": "100",
-    } | body
-    response = await client.post("/api/orders/", json=body)
-    assert response.status_code == 201, response.text
-    return response.json()
 
 
 async def test_order_created_reaches_the_owner_and_staff_with_the_rest_representation(
