@@ -97,7 +97,11 @@ def main() -> int:
     test_parser = commands.add_parser("test", help="set up and run the whole test suite")
     test_parser.add_argument("pytest_args", nargs=argparse.REMAINDER)
     commands.add_parser("check", help="lint, type-check, and check migrations and the schema")
-    options = parser.parse_args()
+    options, unknown = parser.parse_known_args()
+    if options.command == "test":
+        options.pytest_args = unknown + options.pytest_args  # `dev.py test -x -k name`
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     return {"start": start, "test": test, "check": check}[options.command](options)
 
 
