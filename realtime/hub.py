@@ -10,6 +10,7 @@ See docs/ARCHITECTURE.md for why, with measurements.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
 import contextlib
 import logging
@@ -150,6 +151,8 @@ class Hub:
                 channel_name=self.channel_name or ""
             )
             self.server_id = server.pk
+            # A clean exit removes this process's rows at once instead of letting them expire.
+            atexit.register(_forget_process, server.pk)
             self._tasks.append(asyncio.create_task(self._heartbeat_loop()))
             self._tasks.append(asyncio.create_task(self._maintenance_loop()))
             logger.info("Realtime hub %s started", self.server_id)
@@ -170,6 +173,7 @@ class Hub:
                     logger.debug("group_discard failed during stop", exc_info=True)
         self._joined.clear()
         if self.server_id:
+            atexit.unregister(_forget_process)
             await database_sync_to_async(connections.server_process_stop)(server_id=self.server_id)
             self.server_id = None
 
@@ -351,6 +355,13 @@ class Hub:
                 await subscriber.rerecord()
             except Exception:
                 logger.exception("Could not re-record connection %s", subscriber.connection_id)
+
+
+def _forget_process(server_id: str) -> None:
+    try:
+        connections.server_process_stop(server_id=server_id)
+    except Exception:  # the database may be gone too; the rows then expire on their own
+        logger.debug("Could not remove the records of %s at exit", server_id, exc_info=True)
 
 
 def _server_time() -> str:

@@ -155,7 +155,7 @@ def redis_layer(redis_target, settings):
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [redis_target["url"]],
+                "hosts": [{"address": redis_target["url"], "socket_timeout": 15}],
                 "prefix": redis_target["prefix"],
                 "capacity": 10000,
                 "expiry": 60,

@@ -339,3 +339,16 @@ def test_ws_status_prints_the_status_document(recorded):
     call_command("ws_status", stdout=out)
     assert "Active connections: 2 (2 authenticated, 2 users online)" in out.getvalue()
     assert "market:AAPL" in out.getvalue() and "host-9-beef" in out.getvalue()
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+async def test_a_cleanly_stopped_server_removes_its_records_at_once(trader):
+    token = await sync_to_async(access_token_for)(trader)
+    with live_server() as server:
+        ws = await connect(server.ws_url, token=token)
+        await receive(ws)
+        assert await sync_to_async(ServerProcess.objects.count)() == 1
+        server.stop()  # SIGTERM: Daphne exits normally
+    assert await sync_to_async(ServerProcess.objects.count)() == 0
+    assert await sync_to_async(Connection.objects.count)() == 0

@@ -12,11 +12,13 @@ django_asgi_app = get_asgi_application()  # sets Django up before the realtime i
 
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 
+from realtime.lifespan import lifespan_application  # noqa: E402
 from realtime.routing import websocket_application  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
         "websocket": websocket_application(),
+        "lifespan": lifespan_application,
     }
 )

@@ -126,12 +126,28 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Channel layer ------------------------------------------------------------------------
 REDIS_URL = env("REDIS_URL")
-if REDIS_URL:
+REDIS_SENTINELS = env.list("REDIS_SENTINELS", default=[])  # host:port,host:port
+# channels-redis waits up to 5 s for a message; the socket timeout must be longer, or an idle
+# process's wait fails (redis-py's default read timeout) and the next update comes late.
+_REDIS_CONNECTION = {"socket_timeout": 15, "socket_connect_timeout": 5}
+if REDIS_SENTINELS:
+    _REDIS_HOST: dict[str, object] = {
+        "sentinels": [
+            (host.strip("[]"), int(port))
+            for host, _, port in (s.rpartition(":") for s in REDIS_SENTINELS)
+        ],
+        "master_name": env.str("REDIS_SENTINEL_MASTER", default="mymaster"),
+        "sentinel_kwargs": {"socket_timeout": 2},
+        **_REDIS_CONNECTION,
+    }
+else:
+    _REDIS_HOST = {"address": REDIS_URL, **_REDIS_CONNECTION}
+if REDIS_URL or REDIS_SENTINELS:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [REDIS_URL],
+                "hosts": [_REDIS_HOST],
                 "prefix": env("REDIS_PREFIX"),
                 # Messages queued per channel: each process's hub has one channel for every
                 # topic it serves, so this is the burst a process can fall behind by.
