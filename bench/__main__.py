@@ -1,0 +1,276 @@
+"""`python -m bench SCENARIO [options]`: one command per scenario (docs/BENCHMARKS.md).
+
+  fanout        1. N subscribers of one topic: latency at a fixed rate, highest sustained rate
+  e2e           2. an order fill through the REST API to the ORDER_UPDATE at its subscribers
+  connections   3. authenticated connections one process holds: connect rate, memory each
+  status        4. /ws/status latency with N tracked connections
+  fanout-redis  5. fan-out with two Daphne processes on the Redis channel layer
+  uvicorn       6. scenarios 1 and 3 under uvicorn (also with permessage-deflate offered)
+  all           every scenario above, in order (--quick: tiny sizes, for the test suite)
+
+Each prints its tables and writes bench/results/<name>.json (--out to write elsewhere). Every
+scenario with a comparable figure also measures the bare `websockets` baseline in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import common
+
+
+def _common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that it works")
+    parser.add_argument("--out", help="directory for the JSON results (default bench/results)")
+    parser.add_argument("--workers", type=int, default=0, help="load generator processes")
+    parser.add_argument("--concurrency", type=int, default=200, help="connects in flight")
+    parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--postgres-url", default=common.DEFAULT_POSTGRES_URL)
+    parser.add_argument("--redis-url", default=common.DEFAULT_REDIS_URL)
+    parser.add_argument("--profile", action="store_true", help="also record a py-spy profile")
+    parser.add_argument(
+        "--server-args",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="extra arguments for the server command (last on the line)",
+    )
+
+
+def _fanout_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--subscribers", type=int, default=0, help="default 1000 (quick: 20)")
+    parser.add_argument("--rate", type=float, default=10.0, help="fixed rate, updates/s")
+    parser.add_argument("--duration", type=float, default=0.0, help="seconds at the fixed rate")
+    parser.add_argument("--step", type=float, default=0.0, help="seconds per ladder step")
+    parser.add_argument("--ladder-limit", type=float, default=0.0, help="highest ladder rate")
+    parser.add_argument("--no-ladder", action="store_true")
+    parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--deflate", action="store_true", help="clients offer permessage-deflate")
+
+
+def _connections_arguments(parser: argparse.ArgumentParser, *, alone: bool = True) -> None:
+    parser.add_argument("--connections", type=int, default=0, help="default 10000 (quick: 40)")
+    parser.add_argument("--hold", type=float, default=0.0, help="seconds to hold them open")
+    if alone:
+        parser.add_argument("--no-baseline", action="store_true")
+        parser.add_argument("--deflate", action="store_true", help="clients offer deflate")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="scenario", required=True)
+    for name in ("fanout", "fanout-redis"):
+        sub = commands.add_parser(name, help=f"scenario {name}")
+        _common_arguments(sub)
+        _fanout_arguments(sub)
+    sub = commands.add_parser("e2e", help="order fill -> ORDER_UPDATE")
+    _common_arguments(sub)
+    sub.add_argument("--subscribers", type=int, default=0, help="default 100 (quick: 4)")
+    sub.add_argument("--fills", type=int, default=0, help="default 200 (quick: 5)")
+    sub.add_argument("--rate", type=float, default=10.0, help="fills per second")
+    sub = commands.add_parser("connections", help="connections one process holds")
+    _common_arguments(sub)
+    _connections_arguments(sub)
+    sub.add_argument("--server", choices=["daphne", "uvicorn"], default="daphne")
+    sub = commands.add_parser("status", help="/ws/status latency")
+    _common_arguments(sub)
+    sub.add_argument("--connections", type=int, default=0, help="default 10000 (quick: 40)")
+    sub.add_argument("--requests", type=int, default=0, help="default 300 (quick: 10)")
+    sub = commands.add_parser("uvicorn", help="scenarios 1 and 3 under uvicorn")
+    _common_arguments(sub)
+    _fanout_arguments(sub)
+    _connections_arguments(sub, alone=False)
+    sub = commands.add_parser("all", help="every scenario")
+    _common_arguments(sub)
+    sub.add_argument("--skip", nargs="*", default=[], help="scenarios to leave out")
+    return parser
+
+
+def fanout_options(options: argparse.Namespace, **overrides: Any) -> argparse.Namespace:
+    result = copy.copy(options)
+    defaults = {
+        "subscribers": 0,
+        "rate": 10.0,
+        "duration": 0.0,
+        "step": 0.0,
+        "ladder_limit": 0.0,
+        "no_ladder": False,
+        "no_baseline": False,
+        "deflate": False,
+        "server": "daphne",
+        "processes": 1,
+        "name": "fanout",
+    }
+    for key, value in defaults.items():
+        if not hasattr(result, key):
+            setattr(result, key, value)
+    for key, value in overrides.items():
+        setattr(result, key, value)
+    return result
+
+
+def connections_options(options: argparse.Namespace, **overrides: Any) -> argparse.Namespace:
+    result = copy.copy(options)
+    defaults = {
+        "connections": 0,
+        "hold": 0.0,
+        "no_baseline": False,
+        "deflate": False,
+        "server": "daphne",
+        "name": "connections",
+    }
+    for key, value in defaults.items():
+        if not hasattr(result, key):
+            setattr(result, key, value)
+    for key, value in overrides.items():
+        setattr(result, key, value)
+    return result
+
+
+def run_fanout(options: argparse.Namespace) -> dict[str, Any]:
+    from bench import fanout
+
+    return fanout.run(fanout_options(options, server="daphne", processes=1, name="fanout"))
+
+
+def run_fanout_redis(options: argparse.Namespace) -> dict[str, Any]:
+    from bench import fanout
+
+    if not common.redis_available(options.redis_url):
+        raise SystemExit(f"fanout-redis needs Redis at {options.redis_url} (--redis-url)")
+    return fanout.run(fanout_options(options, server="daphne", processes=2, name="fanout_redis"))
+
+
+def run_e2e(options: argparse.Namespace) -> dict[str, Any]:
+    from bench import e2e
+
+    return e2e.run(options)
+
+
+def run_connections(options: argparse.Namespace) -> dict[str, Any]:
+    from bench import connections
+
+    server = getattr(options, "server", "daphne")
+    name = "connections" if server == "daphne" else f"{server}_connections"
+    return connections.run(connections_options(options, name=name))
+
+
+def run_status(options: argparse.Namespace) -> dict[str, Any]:
+    from bench import status
+
+    return status.run(options)
+
+
+def run_uvicorn(options: argparse.Namespace) -> dict[str, Any]:
+    from bench import connections, fanout
+
+    if not common.uvicorn_available():
+        raise SystemExit("the uvicorn scenario needs uvicorn: pip install -e '.[uvicorn]'")
+    parts = {
+        "fanout": fanout.run(fanout_options(options, server="uvicorn", name="uvicorn_fanout")),
+        "fanout_deflate": fanout.run(
+            fanout_options(
+                options,
+                server="uvicorn",
+                name="uvicorn_fanout_deflate",
+                deflate=True,
+                no_ladder=True,
+            )
+        ),
+        "connections": connections.run(
+            connections_options(options, server="uvicorn", name="uvicorn_connections")
+        ),
+        "connections_deflate": connections.run(
+            connections_options(
+                options, server="uvicorn", name="uvicorn_connections_deflate", deflate=True
+            )
+        ),
+    }
+    combined = {
+        "machine": parts["fanout"]["machine"],
+        "parts": {key: f"{value['scenario']}.json" for key, value in parts.items()},
+        "targets": [t for part in parts.values() for t in part.get("targets", [])],
+    }
+    out_dir = Path(options.out) if options.out else None
+    common.write_result("uvicorn", combined, out_dir)
+    print(common.targets_table(combined["targets"]))
+    return combined
+
+
+SCENARIOS = {
+    "fanout": run_fanout,
+    "e2e": run_e2e,
+    "connections": run_connections,
+    "status": run_status,
+    "fanout-redis": run_fanout_redis,
+    "uvicorn": run_uvicorn,
+}
+
+
+def run_all(options: argparse.Namespace) -> dict[str, Any]:
+    started = time.time()
+    summary: dict[str, Any] = {"machine": common.machine_info(), "scenarios": {}, "skipped": {}}
+    common.raise_nofile()
+    # One template database and one set of tokens for every scenario (each server still gets
+    # a fresh copy of the database).
+    with common.workspace(
+        db=options.db,
+        postgres_url=options.postgres_url,
+        users=100,
+        tokens=60 if options.quick else 10020,
+        staff_tokens=3 if options.quick else 51,
+    ) as space:
+        options.space = space
+        _run_scenarios(options, summary)
+    summary["seconds"] = round(time.time() - started, 1)
+    summary["loadavg_at_end"] = common.loadavg()
+    summary["targets"] = [t for s in summary["scenarios"].values() for t in s["targets"]]
+    out_dir = Path(options.out) if options.out else None
+    common.write_result("all", summary, out_dir)
+    print("\n" + common.targets_table(summary["targets"]))
+    print(f"all scenarios: {summary['seconds']} s")
+    return summary
+
+
+def _run_scenarios(options: argparse.Namespace, summary: dict[str, Any]) -> None:
+    for name, runner in SCENARIOS.items():
+        if name in options.skip:
+            summary["skipped"][name] = "--skip"
+            continue
+        if name == "fanout-redis" and not common.redis_available(options.redis_url):
+            summary["skipped"][name] = f"no Redis at {options.redis_url}"
+            print(f"skipping {name}: no Redis at {options.redis_url}")
+            continue
+        if name == "uvicorn" and not common.uvicorn_available():
+            summary["skipped"][name] = "uvicorn is not installed"
+            print(f"skipping {name}: uvicorn is not installed")
+            continue
+        print(f"\n##### {name}", flush=True)
+        scenario_started = time.time()
+        result = runner(copy.copy(options))
+        if name == "uvicorn":
+            result = {"targets": result["targets"]}
+        summary["scenarios"][name] = {
+            "seconds": round(time.time() - scenario_started, 1),
+            "loadavg_after": common.loadavg(),
+            "targets": result.get("targets", []),
+        }
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = build_parser().parse_args(argv)
+    runner = run_all if options.scenario == "all" else SCENARIOS[options.scenario]
+    result = runner(options)
+    json.dumps(result)  # must be serialisable
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,528 @@
+"""What every scenario shares: databases, servers, /proc readings, statistics, tables and JSON."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import resource
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = ROOT / "bench" / "results"
+PYTHON = sys.executable
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_KB = resource.getpagesize() // 1024
+DEFAULT_POSTGRES_URL = "postgres://postgres@127.0.0.1:5432/postgres"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+LOOPBACK = "127.0.0.1"  # every benchmark targets loopback only
+
+
+# --- the process and the machine ----------------------------------------------------------
+
+
+def raise_nofile() -> int:
+    """Raise this process's open-files limit to its hard limit; returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of `pid` in KiB (VmRSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds `pid` has used (its threads included)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]
+    total = sum(values[:8])
+    return (total - idle) / CLK_TCK, total / CLK_TCK
+
+
+def listen_overflows() -> int:
+    """The kernel's count of connections dropped because a listen backlog was full."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for header, values in zip(lines[::2], lines[1::2], strict=False):
+        if header.startswith("TcpExt:"):
+            names, numbers = header.split()[1:], values.split()[1:]
+            return int(dict(zip(names, numbers, strict=False)).get("ListenOverflows", 0))
+    return 0
+
+
+def loadavg() -> list[float]:
+    return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+
+
+def _version(distribution: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_kib = 0
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    packages = [
+        "daphne", "twisted", "autobahn", "channels", "channels-redis", "django", "websockets",
+        "uvicorn", "uvloop", "httptools", "redis", "psycopg",
+    ]  # fmt: skip
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kib / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "packages": {name: _version(name) for name in packages},
+        "loadavg_at_start": loadavg(),
+        "nofile_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited at start:\n{_tail(log)}")
+        with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"server did not listen on {port} within {timeout} s:\n{_tail(log)}")
+
+
+def _tail(path: Path, size: int = 4000) -> str:
+    try:
+        return path.read_text(errors="replace")[-size:]
+    except OSError:
+        return ""
+
+
+# --- statistics ------------------------------------------------------------------------
+
+
+def percentile(sorted_values: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile of already sorted values."""
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, round(fraction * len(sorted_values)) - 1))
+    return sorted_values[index]
+
+
+def summarize_ms(values_s: Iterable[float]) -> dict[str, Any]:
+    """count, p50, p90, p99, max and mean of durations given in seconds, in milliseconds."""
+    ordered = sorted(values_s)
+    if not ordered:
+        return {"count": 0, "p50": None, "p90": None, "p99": None, "max": None, "mean": None}
+    return {
+        "count": len(ordered),
+        "p50": round(percentile(ordered, 0.50) * 1000, 2),
+        "p90": round(percentile(ordered, 0.90) * 1000, 2),
+        "p99": round(percentile(ordered, 0.99) * 1000, 2),
+        "max": round(ordered[-1] * 1000, 2),
+        "mean": round(sum(ordered) / len(ordered) * 1000, 2),
+    }
+
+
+def ratio(value: float | None, reference: float | None) -> float | None:
+    if value is None or reference is None or reference == 0:
+        return None
+    return round(value / reference, 2)
+
+
+# --- databases, users and tokens -----------------------------------------------------------
+
+
+@dataclass
+class Workspace:
+    """A private directory, secret key and template database for one benchmark command.
+
+    The template is migrated once and holds the benchmark's users; every server under test
+    gets a fresh copy (`fresh_database`), so no run sees another's connection records.
+    """
+
+    db: str = "sqlite"  # or "postgres"
+    postgres_url: str = DEFAULT_POSTGRES_URL
+    users: int = 100
+    directory: Path = field(
+        default_factory=lambda: Path(tempfile.mkdtemp(prefix="tradingrt-bench-"))
+    )
+    secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(50))
+    tag: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
+    _databases: list[str] = field(default_factory=list)
+    _template: str | None = None
+    identities: dict[str, Any] = field(default_factory=dict)
+
+    def base_environment(self) -> dict[str, str]:
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(("REALTIME_", "DATABASE_URL", "REDIS_", "DJANGO_", "JWT_"))
+        }
+        env.update(
+            {
+                "DJANGO_SETTINGS_MODULE": "tradingrt.settings",
+                "DJANGO_SECRET_KEY": self.secret_key,
+                "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
+                "DJANGO_LOG_LEVEL": "WARNING",
+                "TRADINGRT_VAR_DIR": str(self.directory / "var"),
+                # Tokens minted at setup must outlive the run (the server closes a socket with
+                # 4401 at the token's expiry).
+                "JWT_ACCESS_TOKEN_MINUTES": "720",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        return env
+
+    def _postgres(self, name: str) -> str:
+        base = self.postgres_url.rsplit("/", 1)[0]
+        return f"{base}/{name}"
+
+    def _psql(self, sql: str) -> None:
+        import psycopg
+
+        with psycopg.connect(self.postgres_url, autocommit=True) as conn:
+            conn.execute(sql.encode())
+
+    def prepare(self, *, tokens: int = 0, staff_tokens: int = 1) -> Workspace:
+        """Migrate the template database, create the users (and a staff user), mint tokens."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if self.db == "sqlite":
+            self._template = str(self.directory / "template.sqlite3")
+        else:
+            self._template = f"bench_{self.tag}_template"
+            self._psql(f'CREATE DATABASE "{self._template}"')
+            self._databases.append(self._template)
+        self.identities = self._setup_db(
+            "--users", str(self.users), "--mint", str(tokens), "--staff-mint", str(staff_tokens)
+        )
+        return self
+
+    def _setup_db(self, *arguments: str) -> dict[str, Any]:
+        env = self.base_environment() | {"DATABASE_URL": self.template_url()}
+        out = subprocess.run(
+            [PYTHON, "-m", "bench.setup_db", *arguments],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"bench.setup_db failed:\n{out.stdout}\n{out.stderr}")
+        return dict(json.loads(out.stdout))
+
+    def tokens(
+        self, count: int, *, staff: bool = False, user_index: int | None = None
+    ) -> list[str]:
+        """`count` distinct access tokens: token i is user i % users' (or all one user's, or
+        the staff user's); minted once and reused for later calls."""
+        if user_index is not None and len(self.identities["user_ids"]) == 1:
+            user_index = None  # the users' tokens are that user's already
+        key = "staff_tokens" if staff else "tokens" if user_index is None else f"user{user_index}"
+        have: list[str] = self.identities.get(key, [])
+        if len(have) < count:
+            more = str(count - len(have))
+            if staff:
+                minted = self._setup_db("--staff-mint", more)["staff_tokens"]
+            elif user_index is None:
+                minted = self._setup_db("--mint", more)["tokens"]
+            else:
+                minted = self._setup_db("--mint", more, "--user-index", str(user_index))["tokens"]
+            have = self.identities[key] = have + minted
+        return have[:count]
+
+    def template_url(self) -> str:
+        assert self._template is not None, "prepare() first"
+        if self.db == "sqlite":
+            return f"sqlite:///{self._template}"
+        return self._postgres(self._template)
+
+    def fresh_database(self) -> str:
+        """A new database copied from the template; returns its DATABASE_URL."""
+        assert self._template is not None, "prepare() first"
+        name = f"bench_{self.tag}_{len(self._databases)}"
+        if self.db == "sqlite":
+            path = self.directory / f"{name}.sqlite3"
+            shutil.copyfile(self._template, path)
+            return f"sqlite:///{path}"
+        self._psql(f'CREATE DATABASE "{name}" TEMPLATE "{self._template}"')
+        self._databases.append(name)
+        return self._postgres(name)
+
+    def cleanup(self) -> None:
+        if self.db == "postgres":
+            for name in reversed(self._databases):
+                with contextlib.suppress(Exception):
+                    self._psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def workspace(*, tokens: int = 0, staff_tokens: int = 1, **kwargs: Any) -> Iterator[Workspace]:
+    space = Workspace(**kwargs)
+    try:
+        yield space.prepare(tokens=tokens, staff_tokens=staff_tokens)
+    finally:
+        space.cleanup()
+
+
+@contextlib.contextmanager
+def scenario_workspace(options: Any, **kwargs: Any) -> Iterator[Workspace]:
+    """The workspace `python -m bench all` shares between scenarios, or a new one."""
+    shared = getattr(options, "space", None)
+    if shared is not None:
+        yield shared
+        return
+    with workspace(db=options.db, postgres_url=options.postgres_url, **kwargs) as space:
+        yield space
+
+
+@contextlib.contextmanager
+def redis_prefix(url: str) -> Iterator[str]:
+    """A key prefix private to this run; only its keys are deleted afterwards (never a flush)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    client.ping()
+    prefix = f"tradingrt-bench-{uuid.uuid4().hex[:12]}"
+    try:
+        yield prefix
+    finally:
+        for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            client.delete(key)
+        client.close()
+
+
+def redis_available(url: str) -> bool:
+    try:
+        import redis
+
+        client = redis.Redis.from_url(url, socket_connect_timeout=1)
+        client.ping()
+        client.close()
+        return True
+    except Exception:
+        return False
+
+
+def uvicorn_available() -> bool:
+    try:
+        import uvicorn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# --- servers --------------------------------------------------------------------------------
+
+
+def _raise_child_nofile() -> None:  # runs in the child before exec
+    raise_nofile()
+
+
+@dataclass
+class Server:
+    """One server process under test, on 127.0.0.1: daphne, uvicorn or the baseline."""
+
+    kind: str  # "daphne" | "uvicorn" | "baseline"
+    env: dict[str, str]
+    directory: Path
+    port: int = field(default_factory=free_port)
+    control_port: int | None = None  # the baseline's HTTP publish port
+    extra_args: list[str] = field(default_factory=list)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / f"{self.kind}-{self.port}.log"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    @property
+    def publish_port(self) -> int:
+        return self.control_port if self.kind == "baseline" else self.port  # type: ignore[return-value]
+
+    @property
+    def publish_path(self) -> str:
+        return "/publish" if self.kind == "baseline" else "/api/market-data/"
+
+    def command(self) -> list[str]:
+        """The server's command line: the flags docs/DEPLOYMENT.md gives, on loopback."""
+        if self.kind == "daphne":
+            return [
+                PYTHON, "-m", "daphne", "-b", LOOPBACK, "-p", str(self.port),
+                "--ping-interval", "20", "--ping-timeout", "30",
+                *self.extra_args, "tradingrt.asgi:application",
+            ]  # fmt: skip
+        if self.kind == "uvicorn":
+            return [
+                PYTHON, "-m", "uvicorn", "--host", LOOPBACK, "--port", str(self.port),
+                "--ws-ping-interval", "20", "--ws-ping-timeout", "30",
+                "--ws-max-size", "1048576", "--no-access-log", "--log-level", "warning",
+                *self.extra_args, "tradingrt.asgi:application",
+            ]  # fmt: skip
+        if self.kind == "baseline":
+            self.control_port = self.control_port or free_port()
+            return [
+                PYTHON, "-m", "bench.baseline_server", "--port", str(self.port),
+                "--control-port", str(self.control_port), *self.extra_args,
+            ]  # fmt: skip
+        raise ValueError(self.kind)
+
+    def start(self, timeout: float = 60) -> Server:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        command = self.command()
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_raise_child_nofile,
+            )
+        wait_listening(self.port, self.process, timeout, self.log_path)
+        if self.control_port:
+            wait_listening(self.control_port, self.process, timeout, self.log_path)
+        return self
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log(self) -> str:
+        return _tail(self.log_path)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+
+@contextlib.contextmanager
+def running(*servers: Server) -> Iterator[tuple[Server, ...]]:
+    started: list[Server] = []
+    try:
+        for server in servers:
+            started.append(server.start())
+        yield servers
+    finally:
+        for server in reversed(started):
+            server.stop()
+
+
+def server_environment(
+    space: Workspace,
+    *,
+    database_url: str,
+    redis: tuple[str, str] | None = None,
+    realtime: dict[str, Any] | None = None,
+) -> dict[str, str]:
+    env = space.base_environment() | {"DATABASE_URL": database_url}
+    if redis is not None:
+        env |= {"REDIS_URL": redis[0], "REDIS_PREFIX": redis[1], "REDIS_GROUP_EXPIRY": "3600"}
+    for key, value in (realtime or {}).items():
+        env[f"REALTIME_{key}"] = json.dumps(value)
+    return env
+
+
+# --- output -------------------------------------------------------------------------------
+
+
+def fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A Markdown table (readable as plain text too)."""
+    text_rows = [[fmt(cell) for cell in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in text_rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=False)]
+    line = "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=False)) + " |"
+    rule = "| " + " | ".join("-" * w for w in widths) + " |"
+    body = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + " |"
+        for row in text_rows
+    ]
+    return "\n".join([line, rule, *body])
+
+
+def write_result(name: str, result: dict[str, Any], out_dir: Path | None = None) -> Path:
+    directory = out_dir or RESULTS_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.json"
+    result = {"scenario": name, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **result}
+    path.write_text(json.dumps(result, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def target(name: str, value: Any, limit: Any, met: bool | None, note: str = "") -> dict[str, Any]:
+    return {"target": name, "value": value, "limit": limit, "met": met, "note": note}
+
+
+def targets_table(targets: list[dict[str, Any]]) -> str:
+    return table(
+        ["target", "measured", "limit", "met"],
+        [[t["target"], t["value"], t["limit"], t["met"]] for t in targets],
+    )

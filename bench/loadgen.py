@@ -1,0 +1,555 @@
+"""The load generator: WebSocket clients spread over worker processes, one asyncio loop each.
+
+Each worker process runs many clients on one event loop (uvloop when installed). A client is a
+minimal RFC 6455 client on `asyncio.Protocol`: it does the opening handshake (optionally
+offering permessage-deflate, as browsers do), answers pings, and parses frames itself, so the
+receive path costs a few microseconds a message. Every receipt is stamped with `time.time()`
+once per read; the machine's one clock is shared by the publisher, the server and the workers.
+
+Modes of a client:
+  tick   MARKET_DATA messages carry the publisher's send time in `payload.volume`
+         (seconds since the epoch with microseconds); the worker keeps (sent, received) pairs.
+  order  ORDER_UPDATE messages are decoded; the worker keeps ((order id, filledQuantity), received).
+
+The parent talks to the workers over pipes (`LoadGenerator`): connect, record, collect, close.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import base64
+import contextlib
+import json
+import multiprocessing
+import os
+import time
+import zlib
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection as Pipe
+from typing import Any
+
+_time = time.time
+VOLUME_KEY = b'"volume":"'
+DEFLATE_OFFER = "permessage-deflate; client_max_window_bits"
+INFLATE_TAIL = b"\x00\x00\xff\xff"
+
+
+def encode_frame(payload: bytes, opcode: int = 0x1) -> bytes:
+    """One masked client frame (FIN set)."""
+    mask = os.urandom(4)
+    length = len(payload)
+    if length < 126:
+        header = bytes((0x80 | opcode, 0x80 | length))
+    elif length < 65536:
+        header = bytes((0x80 | opcode, 0x80 | 126)) + length.to_bytes(2, "big")
+    else:
+        header = bytes((0x80 | opcode, 0x80 | 127)) + length.to_bytes(8, "big")
+    if length:
+        key = (mask * (length // 4 + 1))[:length]
+        masked = (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(
+            length, "little"
+        )
+    else:
+        masked = b""
+    return header + mask + masked
+
+
+class Client(asyncio.Protocol):
+    """One WebSocket connection of the load generator."""
+
+    def __init__(self, worker: Worker, host: str, port: int, target: str, deflate: bool) -> None:
+        self.worker = worker
+        self.host, self.port, self.target = host, port, target
+        self.offer_deflate = deflate
+        self.transport: asyncio.Transport | None = None
+        self.pending = b""
+        self.handshaking = True
+        self.inflater: Any = None
+        self.reset_inflater = False
+        self.inflate_bits = 15
+        self.fragments: list[bytes] | None = None
+        self.fragment_compressed = False
+        loop = asyncio.get_running_loop()
+        self.hello: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self.reply: asyncio.Future[dict[str, Any]] | None = None
+        self.closed: asyncio.Future[int | None] = loop.create_future()
+        self.close_code: int | None = None
+
+    # --- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        key = base64.b64encode(os.urandom(16)).decode()
+        lines = [
+            f"GET {self.target} HTTP/1.1",
+            f"Host: {self.host}:{self.port}",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            f"Sec-WebSocket-Key: {key}",
+            "Sec-WebSocket-Version: 13",
+            "User-Agent: tradingrt-bench",
+        ]
+        if self.offer_deflate:
+            lines.append(f"Sec-WebSocket-Extensions: {DEFLATE_OFFER}")
+        transport.write(("\r\n".join(lines) + "\r\n\r\n").encode())  # type: ignore[attr-defined]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.worker.open_clients.discard(self)
+        if not self.hello.done():
+            self.hello.set_exception(ConnectionError(f"connection lost before hello: {exc}"))
+        if self.reply is not None and not self.reply.done():
+            self.reply.set_exception(ConnectionError("connection lost"))
+        if not self.closed.done():
+            self.closed.set_result(self.close_code)
+        self.worker.closes[str(self.close_code)] += 1
+
+    def data_received(self, data: bytes) -> None:
+        now = _time()
+        if self.pending:
+            data = self.pending + data
+            self.pending = b""
+        if self.handshaking:
+            end = data.find(b"\r\n\r\n")
+            if end < 0:
+                self.pending = data
+                return
+            self._handshake_response(data[:end])
+            data = data[end + 4 :]
+            if self.transport is None or self.transport.is_closing():
+                return
+        size = len(data)
+        position = 0
+        while size - position >= 2:
+            first = data[position]
+            length = data[position + 1] & 0x7F
+            start = position + 2
+            if length == 126:
+                if size - position < 4:
+                    break
+                length = int.from_bytes(data[start : start + 2], "big")
+                start += 2
+            elif length == 127:
+                if size - position < 10:
+                    break
+                length = int.from_bytes(data[start : start + 8], "big")
+                start += 8
+            end = start + length
+            if end > size:
+                break
+            payload = data[start:end]
+            position = end
+            opcode = first & 0x0F
+            if opcode == 0x1 or opcode == 0x2:
+                if first & 0x80:
+                    self.message(self.inflate(payload) if first & 0x40 else payload, now)
+                else:
+                    self.fragments = [payload]
+                    self.fragment_compressed = bool(first & 0x40)
+            elif opcode == 0x0 and self.fragments is not None:
+                self.fragments.append(payload)
+                if first & 0x80:
+                    whole = b"".join(self.fragments)
+                    self.fragments = None
+                    self.message(self.inflate(whole) if self.fragment_compressed else whole, now)
+            elif opcode == 0x9:
+                self.send_frame(payload, 0xA)
+            elif opcode == 0x8:
+                self.close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+                self.send_frame(payload[:2], 0x8)
+                if self.transport is not None:
+                    self.transport.close()
+                return
+        if position < size:
+            self.pending = data[position:]
+
+    # --- protocol ------------------------------------------------------------------------
+
+    def _handshake_response(self, head: bytes) -> None:
+        self.handshaking = False
+        lines = head.decode("latin1").split("\r\n")
+        if " 101 " not in lines[0] + " ":
+            self.hello.set_exception(ConnectionError(f"handshake refused: {lines[0]}"))
+            self.worker.errors[lines[0][:40]] += 1
+            assert self.transport is not None
+            self.transport.close()
+            return
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "sec-websocket-extensions" and "permessage-deflate" in value:
+                params = [p.strip() for p in value.split(";")]
+                self.reset_inflater = "server_no_context_takeover" in params
+                for param in params:
+                    if param.startswith("server_max_window_bits="):
+                        self.inflate_bits = int(param.split("=", 1)[1])
+                self.inflater = zlib.decompressobj(-self.inflate_bits)
+
+    def inflate(self, payload: bytes) -> bytes:
+        if self.inflater is None:
+            return payload
+        if self.reset_inflater:
+            self.inflater = zlib.decompressobj(-self.inflate_bits)
+        return self.inflater.decompress(payload + INFLATE_TAIL)
+
+    def message(self, payload: bytes, now: float) -> None:
+        worker = self.worker
+        worker.received += 1
+        if worker.mode == "tick":
+            index = payload.find(VOLUME_KEY)
+            if index >= 0:
+                if worker.recording:
+                    index += 10
+                    worker.sent.append(float(payload[index : payload.index(b'"', index)]))
+                    worker.recv.append(now)
+                return
+        try:
+            message = json.loads(payload)
+        except ValueError:
+            worker.errors["bad json"] += 1
+            return
+        kind = message.get("type")
+        if not self.hello.done():
+            if kind == "AUTHENTICATION":
+                self.hello.set_result(message)
+            else:
+                self.hello.set_exception(ConnectionError(f"first message was {kind}"))
+            return
+        if kind == "ORDER_UPDATE":
+            if worker.recording:
+                body = message["payload"]
+                worker.keys.append((body["id"], body["filledQuantity"], now))
+        elif kind == "MARKET_DATA" and worker.recording and worker.mode == "order":
+            volume = message["payload"].get("volume")
+            if volume is not None:
+                worker.sent.append(float(volume))
+                worker.recv.append(now)
+        elif kind in ("SUBSCRIPTION", "ERROR") and self.reply is not None:
+            if not self.reply.done():
+                self.reply.set_result(message)
+        elif kind == "ERROR":
+            worker.errors[str(message.get("payload", {}).get("code"))] += 1
+
+    def send_frame(self, payload: bytes, opcode: int = 0x1) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(encode_frame(payload, opcode))
+
+    async def request(self, message: dict[str, Any], seconds: float) -> dict[str, Any]:
+        self.reply = asyncio.get_running_loop().create_future()
+        self.send_frame(json.dumps(message).encode())
+        try:
+            return await asyncio.wait_for(self.reply, seconds)
+        finally:
+            self.reply = None
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.send_frame((1000).to_bytes(2, "big"), 0x8)
+            self.transport.close()
+
+
+@dataclass
+class ConnectSpec:
+    host: str
+    ports: list[int]  # clients are spread over these round-robin (several server processes)
+    path: str
+    tokens: list[str | None]  # one per client; None: no token in the URL
+    topics: list[list[str]]  # per client: topics to subscribe to (possibly empty)
+    concurrency: int
+    deflate: bool = False
+    timeout: float = 60.0
+
+
+class Worker:
+    """The clients of one worker process and what they recorded."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.mode = "tick"
+        self.recording = False
+        self.sent = array.array("d")
+        self.recv = array.array("d")
+        self.keys: list[tuple[int, str, float]] = []
+        self.clients: list[Client] = []
+        self.open_clients: set[Client] = set()
+        self.errors: Counter[str] = Counter()
+        self.closes: Counter[str] = Counter()
+        self.received = 0  # messages, whether recorded or not
+
+    async def connect(self, spec: ConnectSpec) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        gate = asyncio.Semaphore(spec.concurrency)
+        durations = array.array("d")
+        finished = array.array("d")
+        failures: Counter[str] = Counter()
+        first = _time()
+
+        async def one(number: int) -> None:
+            token = spec.tokens[number]
+            target = spec.path + (f"?token={token}" if token else "")
+            port = spec.ports[number % len(spec.ports)]
+            async with gate:
+                started = _time()
+                client: Client | None = None
+                try:
+                    async with asyncio.timeout(spec.timeout):
+                        _, client = await loop.create_connection(
+                            lambda: Client(self, spec.host, port, target, spec.deflate),
+                            spec.host,
+                            port,
+                        )
+                        self.open_clients.add(client)
+                        await client.hello
+                        if spec.topics[number]:
+                            reply = await client.request(
+                                {
+                                    "type": "SUBSCRIPTION",
+                                    "id": number,
+                                    "payload": {
+                                        "action": "subscribe",
+                                        "topics": spec.topics[number],
+                                    },
+                                },
+                                spec.timeout,
+                            )
+                            if reply.get("type") != "SUBSCRIPTION" or reply["payload"].get(
+                                "rejected"
+                            ):
+                                raise ConnectionError(f"subscription refused: {reply}")
+                except Exception as exc:
+                    failures[type(exc).__name__ + ": " + str(exc)[:80]] += 1
+                    if client is not None:
+                        client.close()
+                    return
+                done = _time()
+                durations.append(done - started)
+                finished.append(done)
+                self.clients.append(client)
+
+        await asyncio.gather(*(one(i) for i in range(len(spec.tokens))))
+        return {
+            "requested": len(spec.tokens),
+            "opened": len(durations),
+            "failures": dict(failures),
+            "started_at": first,
+            "durations": durations.tobytes(),
+            "finished": finished.tobytes(),
+        }
+
+    def record(self, on: bool, mode: str) -> dict[str, Any]:
+        self.mode = mode
+        self.sent = array.array("d")
+        self.recv = array.array("d")
+        self.keys = []
+        self.recording = on
+        return {"ok": True}
+
+    def collect(self) -> dict[str, Any]:
+        self.recording = False
+        result = {
+            "sent": self.sent.tobytes(),
+            "recv": self.recv.tobytes(),
+            "keys": self.keys,
+            "open": len(self.open_clients),
+            "errors": dict(self.errors),
+            "closes": dict(self.closes),
+            "pid": os.getpid(),
+        }
+        self.sent, self.recv, self.keys = array.array("d"), array.array("d"), []
+        return result
+
+    async def close_all(self) -> dict[str, Any]:
+        clients, self.clients = self.clients, []
+        for client in clients:
+            client.close()
+        waiting = [c.closed for c in clients if not c.closed.done()]
+        if waiting:
+            await asyncio.wait(waiting, timeout=10)
+        return {"closed": len(clients), "open": len(self.open_clients)}
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "open": len(self.open_clients),
+            "received": self.received,
+            "errors": dict(self.errors),
+            "closes": dict(self.closes),
+        }
+
+    async def serve(self, pipe: Pipe) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            command, argument = await loop.run_in_executor(None, pipe.recv)
+            try:
+                if command == "connect":
+                    reply = await self.connect(argument)
+                elif command == "record":
+                    reply = self.record(*argument)
+                elif command == "collect":
+                    reply = self.collect()
+                elif command == "close":
+                    reply = await self.close_all()
+                elif command == "status":
+                    reply = self.status()
+                elif command == "exit":
+                    await self.close_all()
+                    pipe.send({"ok": True})
+                    return
+                else:
+                    reply = {"error": f"unknown command {command}"}
+            except Exception as exc:  # report, keep serving
+                reply = {"error": repr(exc)}
+            pipe.send(reply)
+
+
+def _worker_main(pipe: Pipe, index: int) -> None:
+    from bench.common import raise_nofile
+
+    raise_nofile()
+    runner: Any = asyncio.run
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        runner = uvloop.run
+    runner(Worker(index).serve(pipe))
+
+
+class LoadGenerator:
+    """The parent's handle on the worker processes (started at once, stopped by `stop`)."""
+
+    def __init__(self, workers: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.pipes: list[Pipe] = []
+        self.processes: list[Any] = []
+        for index in range(workers):
+            parent, child = context.Pipe()
+            process = context.Process(target=_worker_main, args=(child, index), daemon=True)
+            process.start()
+            self.pipes.append(parent)
+            self.processes.append(process)
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.processes]
+
+    def _all(self, command: str, arguments: Sequence[Any], timeout: float = 600) -> list[Any]:
+        for pipe, argument in zip(self.pipes, arguments, strict=True):
+            pipe.send((command, argument))
+        replies = []
+        for pipe in self.pipes:
+            if not pipe.poll(timeout):
+                raise TimeoutError(f"load generator worker did not answer {command}")
+            reply = pipe.recv()
+            if isinstance(reply, dict) and "error" in reply:
+                raise RuntimeError(f"worker failed {command}: {reply['error']}")
+            replies.append(reply)
+        return replies
+
+    def connect(
+        self,
+        *,
+        host: str,
+        ports: list[int],
+        path: str,
+        tokens: Sequence[str | None],
+        topics: Sequence[list[str]],
+        concurrency: int,
+        deflate: bool = False,
+        timeout: float = 60.0,
+    ) -> dict[str, Any]:
+        """Open len(tokens) clients spread over the workers; returns timings and failures."""
+        count = len(self.pipes)
+        per_worker_concurrency = max(1, concurrency // count)
+        specs = []
+        for index in range(count):
+            specs.append(
+                ConnectSpec(
+                    host=host,
+                    ports=ports[index % len(ports) :] + ports[: index % len(ports)],
+                    path=path,
+                    tokens=list(tokens[index::count]),
+                    topics=list(topics[index::count]),
+                    concurrency=per_worker_concurrency,
+                    deflate=deflate,
+                    timeout=timeout,
+                )
+            )
+        started = time.time()
+        replies = self._all("connect", specs)
+        durations = array.array("d")
+        finished = array.array("d")
+        failures: Counter[str] = Counter()
+        for reply in replies:
+            durations.frombytes(reply["durations"])
+            finished.frombytes(reply["finished"])
+            failures.update(reply["failures"])
+        return {
+            "requested": len(tokens),
+            "opened": sum(r["opened"] for r in replies),
+            "failures": dict(failures),
+            "started_at": started,
+            "durations": list(durations),
+            "finished": list(finished),
+        }
+
+    def record(self, mode: str = "tick") -> None:
+        self._all("record", [(True, mode)] * len(self.pipes))
+
+    def collect(self) -> dict[str, Any]:
+        sent = array.array("d")
+        recv = array.array("d")
+        keys: list[tuple[int, str, float]] = []
+        errors: Counter[str] = Counter()
+        closes: Counter[str] = Counter()
+        open_clients = 0
+        for reply in self._all("collect", [None] * len(self.pipes)):
+            sent.frombytes(reply["sent"])
+            recv.frombytes(reply["recv"])
+            keys.extend(reply["keys"])
+            errors.update(reply["errors"])
+            closes.update(reply["closes"])
+            open_clients += reply["open"]
+        return {
+            "sent": sent,
+            "recv": recv,
+            "keys": keys,
+            "errors": dict(errors),
+            "closes": dict(closes),
+            "open": open_clients,
+        }
+
+    def status(self) -> dict[str, Any]:
+        replies = self._all("status", [None] * len(self.pipes))
+        closes: Counter[str] = Counter()
+        errors: Counter[str] = Counter()
+        for reply in replies:
+            closes.update(reply["closes"])
+            errors.update(reply["errors"])
+        return {
+            "open": sum(r["open"] for r in replies),
+            "received": sum(r["received"] for r in replies),
+            "closes": dict(closes),
+            "errors": dict(errors),
+        }
+
+    def close_all(self) -> dict[str, Any]:
+        replies = self._all("close", [None] * len(self.pipes), timeout=60)
+        return {
+            "closed": sum(r["closed"] for r in replies),
+            "open": sum(r["open"] for r in replies),
+        }
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self._all("exit", [None] * len(self.pipes), timeout=20)
+        for process in self.processes:
+            process.join(5)
+            if process.is_alive():
+                process.terminate()
+                process.join(5)
+
+    def __enter__(self) -> LoadGenerator:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()

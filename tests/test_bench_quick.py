@@ -1,0 +1,137 @@
+"""The benchmarks keep working: every scenario once in --quick mode (tiny sizes).
+
+Nothing here asserts a timing: the run must complete and write well-formed JSON with the keys
+docs/BENCHMARKS.md reads. The two-process Redis scenario runs when TEST_REDIS_URL is set, as
+the suite's other Redis tests do; the uvicorn scenario when uvicorn is installed (it is in the
+dev extra).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parent.parent
+
+LATENCY_KEYS = {"count", "p50", "p90", "p99", "max", "mean"}
+FANOUT_ROW_KEYS = {
+    "label",
+    "subscribers",
+    "rate",
+    "p50_ms",
+    "p99_ms",
+    "max_ms",
+    "delivered_pct",
+    "max_sustained_rate",
+    "max_delivery_per_s",
+    "server_us_per_delivery",
+}
+CONNECTION_KEYS = {
+    "label",
+    "opened",
+    "open_after_hold",
+    "connects_per_s",
+    "connect_latency_ms",
+    "kib_per_connection",
+    "rss_kib_before",
+    "rss_kib_held",
+    "server_cpu_ms_per_connect",
+}
+
+
+def _load(directory: Path, name: str) -> dict:
+    path = directory / f"{name}.json"
+    assert path.exists(), f"{name}.json was not written"
+    document = json.loads(path.read_text())
+    assert document["scenario"] == name
+    assert {"machine", "targets"} <= set(document)
+    assert document["machine"]["cores"] >= 1
+    for target in document["targets"]:
+        assert {"target", "value", "limit", "met"} <= set(target)
+    return document
+
+
+def _check_fanout(document: dict, server_label: str) -> None:
+    assert document["params"]["quick"] is True
+    labels = [session["label"] for session in document["sessions"]]
+    assert labels == [server_label, "baseline"]
+    for session in document["sessions"]:
+        fixed = session["fixed"]
+        assert set(fixed["latency_ms"]) == LATENCY_KEYS
+        assert fixed["published"] > 0
+        assert fixed["received"] == fixed["expected"] > 0  # every tick reached every subscriber
+    for row in document["summary"]["rows"]:
+        assert set(row) >= FANOUT_ROW_KEYS
+    assert {"p50_ratio", "p99_ratio"} <= set(document["summary"]["rows"][0])
+
+
+def _check_connections(document: dict, server_label: str) -> None:
+    labels = [session["label"] for session in document["sessions"]]
+    assert labels == [server_label, "baseline"]
+    for session in document["sessions"]:
+        assert set(session) >= CONNECTION_KEYS
+        assert session["opened"] == session["requested"] > 0
+        assert set(session["connect_latency_ms"]) == LATENCY_KEYS
+    assert document["sessions"][0]["tracked_by_status"] == document["sessions"][0]["opened"]
+
+
+@pytest.mark.timeout(300)
+def test_every_benchmark_runs_in_quick_mode(tmp_path):
+    command = [sys.executable, "-m", "bench", "all", "--quick", "--out", str(tmp_path)]
+    skipped = []
+    redis_url = os.environ.get("TEST_REDIS_URL")
+    if redis_url:
+        command += ["--redis-url", redis_url]
+    else:
+        skipped.append("fanout-redis")
+    has_uvicorn = importlib.util.find_spec("uvicorn") is not None
+    if not has_uvicorn:
+        skipped.append("uvicorn")
+    if skipped:
+        command += ["--skip", *skipped]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    run = subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=280, check=False
+    )
+    assert run.returncode == 0, f"{run.stdout[-4000:]}\n{run.stderr[-4000:]}"
+
+    summary = _load(tmp_path, "all")
+    ran = set(summary["scenarios"])
+    assert {"fanout", "e2e", "connections", "status"} <= ran
+    assert set(summary["skipped"]) == set(skipped)
+
+    _check_fanout(_load(tmp_path, "fanout"), "daphne")
+    assert _load(tmp_path, "fanout")["sessions"][0]["ladder"], "the ladder ran"
+
+    e2e = _load(tmp_path, "e2e")
+    assert e2e["fill"]["fills_ok"] > 0
+    assert e2e["fill"]["received"] == e2e["fill"]["expected"]
+    assert e2e["fill"]["unmatched"] == 0
+    assert set(e2e["fill"]["latency_ms"]) == LATENCY_KEYS
+    assert e2e["tick_reference"]["received"] == e2e["tick_reference"]["expected"]
+
+    _check_connections(_load(tmp_path, "connections"), "daphne")
+
+    status = _load(tmp_path, "status")
+    assert status["full"]["active_connections"] == status["params"]["connections"]
+    assert status["full"]["statuses"] == {"200": status["params"]["requests"]}
+    assert set(status["full"]["latency_ms"]) == LATENCY_KEYS
+
+    if redis_url:
+        _check_fanout(_load(tmp_path, "fanout_redis"), "daphne x2")
+    if has_uvicorn:
+        _check_fanout(_load(tmp_path, "uvicorn_fanout"), "uvicorn")
+        deflate = _load(tmp_path, "uvicorn_fanout_deflate")
+        assert deflate["params"]["deflate_offered"] is True
+        _check_fanout(deflate, "uvicorn")
+        _check_connections(_load(tmp_path, "uvicorn_connections"), "uvicorn")
+        _check_connections(_load(tmp_path, "uvicorn_connections_deflate"), "uvicorn")
+        assert _load(tmp_path, "uvicorn")["parts"]
