@@ -9,6 +9,7 @@ must authenticate with its first message (realtime.consumers).
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -20,6 +21,7 @@ from django.contrib.auth.models import AnonymousUser
 from django.http.request import validate_host
 from rest_framework_simplejwt.authentication import JWTAuthentication
 from rest_framework_simplejwt.exceptions import AuthenticationFailed, InvalidToken, TokenError
+from rest_framework_simplejwt.settings import api_settings
 from rest_framework_simplejwt.tokens import AccessToken
 
 from realtime.conf import realtime_settings
@@ -37,12 +39,20 @@ class Authenticated:
     expires_at: float  # the token's `exp`, seconds since the epoch
 
 
-def authenticate_token(raw_token: str) -> Authenticated:
-    """Validate an access token and load its active user (blocking: call it in a thread)."""
+def validate_token(raw_token: str) -> AccessToken:
+    """Signature, algorithm, expiry and token type; no database (TokenRejected if bad)."""
     try:
-        token = AccessToken(raw_token)  # type: ignore[arg-type]  # signature, alg, exp, type
+        return AccessToken(raw_token)  # type: ignore[arg-type]
     except TokenError as exc:
         raise TokenRejected(str(exc)) from None
+
+
+def authenticate_token(raw_token: str) -> Authenticated:
+    """Validate an access token and load its active user (blocking: call it in a thread)."""
+    return _load_user(validate_token(raw_token))
+
+
+def _load_user(token: AccessToken) -> Authenticated:
     try:
         user = JWTAuthentication().get_user(token)
     except (InvalidToken, AuthenticationFailed) as exc:
@@ -55,7 +65,52 @@ def authenticate_token(raw_token: str) -> Authenticated:
     return Authenticated(user=user, expires_at=float(token["exp"]))
 
 
-authenticate_token_async = database_sync_to_async(authenticate_token)
+class UserCache:
+    """Users recently loaded for a token, for USER_CACHE_SECS, so a burst of connects by the
+    same users (a trader's tabs, a desk reconnecting after a deploy) does not queue on the
+    database. A deactivated or deleted user is forgotten at once by every process (the hub's
+    control message), and in any case within USER_CACHE_SECS."""
+
+    clock = staticmethod(time.monotonic)
+
+    def __init__(self) -> None:
+        self._users: dict[Any, tuple[Any, float]] = {}
+
+    def get(self, user_id: Any) -> Any:
+        entry = self._users.get(user_id)
+        if entry is None or entry[1] < self.clock():
+            return None
+        return entry[0]
+
+    def put(self, user: Any) -> None:
+        ttl = float(realtime_settings.USER_CACHE_SECS)
+        if ttl > 0:
+            if len(self._users) > 10_000:
+                self._users.clear()
+            self._users[str(user.pk)] = (user, self.clock() + ttl)
+
+    def forget(self, user_ids: Any) -> None:
+        for user_id in user_ids:
+            self._users.pop(str(user_id), None)
+
+    def clear(self) -> None:
+        self._users.clear()
+
+
+user_cache = UserCache()
+_load_user_async = database_sync_to_async(_load_user)
+
+
+async def authenticate_token_async(raw_token: str) -> Authenticated:
+    """`authenticate_token` for the event loop: the database only when the user is not cached."""
+    token = validate_token(raw_token)
+    user_id = token.get(api_settings.USER_ID_CLAIM)
+    user = user_cache.get(str(user_id))
+    if user is None or not user.is_active:
+        authenticated = await _load_user_async(token)
+        user_cache.put(authenticated.user)
+        return authenticated
+    return Authenticated(user=user, expires_at=float(token["exp"]))
 
 
 def token_from_scope(scope: dict[str, Any]) -> str | None:

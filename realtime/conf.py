@@ -39,6 +39,9 @@ DEFAULTS: dict[str, Any] = {
     # Updates of one object (one order, say) are delivered in commit order: one that arrives
     # ahead of its predecessor is held at most this many seconds waiting for it.
     "REORDER_WAIT_SECS": 0.2,
+    # Seconds a user loaded to authenticate a token is reused for the same user's next tokens
+    # (0: always load). Deactivations and deletions are applied at once regardless.
+    "USER_CACHE_SECS": 5.0,
     # Origins allowed for browser connections; None means the hosts in ALLOWED_HOSTS.
     "ALLOWED_ORIGINS": None,
     # Seconds between the running server's sweeps of dead processes' connection records.

@@ -1,9 +1,9 @@
-"""The connection manager: server processes, connections and subscriptions in the database.
+"""The connection manager: server processes in the database, their liveness and pruning.
 
-Writes happen on connect, authenticate, subscribe, unsubscribe and disconnect, and once per
-heartbeat interval per process (never per connection). A process that dies leaves rows behind;
-they stop counting when its heartbeat is older than DEAD_AFTER_HEARTBEATS intervals and are
-removed by `prune_dead_processes`, which the running server also calls on a schedule.
+A process writes its own row once per heartbeat interval, never one row per connection; its
+connections' and subscriptions' rows are written in batches by realtime.records. A process
+that dies leaves rows behind: they stop counting when its heartbeat expires, and are removed
+by `prune_dead_processes`, which every running server also calls on a schedule.
 """
 
 from __future__ import annotations
@@ -11,16 +11,14 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-from collections.abc import Iterable
 from datetime import timedelta
-from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from realtime.conf import realtime_settings
-from realtime.models import Connection, ServerProcess, Subscription
+from realtime.models import Connection, ServerProcess
 
 
 def lifetime() -> timedelta:
@@ -60,11 +58,11 @@ def server_process_heartbeat(*, server_id: str, channel_name: str = "") -> bool:
         heartbeat_at=now, expires_at=now + lifetime()
     ):
         return False
-    _server_process_restore(server_id=server_id, channel_name=channel_name)
+    server_process_restore(server_id=server_id, channel_name=channel_name)
     return True
 
 
-def _server_process_restore(*, server_id: str, channel_name: str = "") -> None:
+def server_process_restore(*, server_id: str, channel_name: str = "") -> None:
     now = timezone.now()
     ServerProcess.objects.update_or_create(
         pk=server_id,
@@ -82,76 +80,6 @@ def _server_process_restore(*, server_id: str, channel_name: str = "") -> None:
 def server_process_stop(*, server_id: str) -> None:
     """Clean shutdown: this process's connections are gone with it."""
     ServerProcess.objects.filter(pk=server_id).delete()
-
-
-def connection_open(
-    *,
-    connection_id: str,
-    server_id: str,
-    user: Any,
-    client_address: str,
-    user_agent: str,
-) -> None:
-    now = timezone.now()
-    authenticated = bool(getattr(user, "is_authenticated", False))
-    record = Connection(
-        id=connection_id,
-        server_id=server_id,
-        user=user if authenticated else None,
-        client_address=client_address[:100],
-        user_agent=user_agent[:300],
-        connected_at=now,
-        authenticated_at=now if authenticated else None,
-    )
-    try:
-        with transaction.atomic():
-            record.save(force_insert=True)
-    except IntegrityError:
-        if ServerProcess.objects.filter(pk=server_id).exists():
-            raise
-        _server_process_restore(server_id=server_id)  # its row vanished under it: see above
-        record.save(force_insert=True)
-
-
-def connection_reopen(
-    *,
-    connection_id: str,
-    server_id: str,
-    user: Any,
-    client_address: str,
-    user_agent: str,
-    topics: list[str],
-) -> None:
-    """Write a live connection's rows again (its process's rows were lost)."""
-    with transaction.atomic():
-        Connection.objects.filter(pk=connection_id).delete()
-        connection_open(
-            connection_id=connection_id,
-            server_id=server_id,
-            user=user,
-            client_address=client_address,
-            user_agent=user_agent,
-        )
-        subscriptions_add(connection_id=connection_id, topics=topics)
-
-
-def connection_authenticated(*, connection_id: str, user: Any) -> None:
-    Connection.objects.filter(pk=connection_id).update(user=user, authenticated_at=timezone.now())
-
-
-def connection_close(*, connection_id: str) -> None:
-    Connection.objects.filter(pk=connection_id).delete()
-
-
-def subscriptions_add(*, connection_id: str, topics: Iterable[str]) -> None:
-    Subscription.objects.bulk_create(
-        [Subscription(connection_id=connection_id, topic=topic) for topic in topics],
-        ignore_conflicts=True,
-    )
-
-
-def subscriptions_remove(*, connection_id: str, topics: Iterable[str]) -> None:
-    Subscription.objects.filter(connection_id=connection_id, topic__in=list(topics)).delete()
 
 
 def prune_dead_processes() -> dict[str, int]:

@@ -19,8 +19,8 @@ from typing import Any
 
 from channels.consumer import AsyncConsumer
 from channels.db import database_sync_to_async
+from django.utils import timezone
 
-from realtime import connections
 from realtime.auth import TokenRejected, authenticate_token_async
 from realtime.conf import realtime_settings
 from realtime.hub import Hub, get_hub
@@ -35,6 +35,7 @@ from realtime.protocol import (
     parse,
     peek_id,
 )
+from realtime.records import RecordWriter
 from realtime.topics import RejectReason, Topic, TopicError, authorize_topics, parse_topic
 from realtime.transport import unsent_bytes_probe
 from tradingrt.formats import format_timestamp, now_timestamp
@@ -92,7 +93,7 @@ class RealtimeConsumer(AsyncConsumer):
         self._unsent_bytes = unsent_bytes_probe(send)
         self._auth_timer: asyncio.TimerHandle | None = None
         self._expiry_timer: asyncio.TimerHandle | None = None
-        self._recorded = False
+        self._records: RecordWriter | None = None
         self._bucket = TokenBucket(
             float(realtime_settings.RATE_LIMIT_PER_SEC), int(realtime_settings.RATE_LIMIT_BURST)
         )
@@ -116,18 +117,12 @@ class RealtimeConsumer(AsyncConsumer):
         self.hub = await get_hub()
         await self.base_send({"type": "websocket.accept"})
         user = self.scope.get("user")
-        try:
-            await database_sync_to_async(connections.connection_open)(
-                connection_id=self.connection_id,
-                server_id=self.hub.server_id,
-                user=user,
-                client_address=_client_address(self.scope),
-                user_agent=_header(self.scope, b"user-agent"),
-            )
-            self._recorded = True
-        except Exception:
-            logger.exception("Could not record connection %s", self.connection_id)
-        if user is not None and user.is_authenticated:
+        authenticated = user is not None and user.is_authenticated
+        records = self._records = self.hub.records
+        assert records is not None  # a started hub has its writer
+        self._record_open(user.pk if user is not None and authenticated else None)
+        await records.stored()  # counted by /ws/status before the client hears anything
+        if authenticated:
             self._set_user(user, self.scope["token_expires_at"])
             self.push(self._authenticated_message(reply_to=None))
         else:
@@ -199,14 +194,9 @@ class RealtimeConsumer(AsyncConsumer):
         if self._drain_task is not None:
             self._drain_task.cancel()
         await self._leave_hub()
-        if self._recorded:
-            self._recorded = False
-            try:
-                await database_sync_to_async(connections.connection_close)(
-                    connection_id=self.connection_id
-                )
-            except Exception:
-                logger.exception("Could not delete the record of %s", self.connection_id)
+        if self._records is not None:
+            self._records.closed(connection_id=self.connection_id)
+            self._records = None
 
     async def _leave_hub(self) -> None:
         if self.hub is None:
@@ -258,10 +248,11 @@ class RealtimeConsumer(AsyncConsumer):
             )
         first = self.user is None
         self._set_user(authenticated.user, authenticated.expires_at)
-        if first and self._recorded:
-            await database_sync_to_async(connections.connection_authenticated)(
-                connection_id=self.connection_id, user=authenticated.user
+        if first and self._records is not None:
+            self._records.authenticated(
+                connection_id=self.connection_id, user_id=authenticated.user.pk, at=timezone.now()
             )
+            await self._records.stored()
         self.push(self._authenticated_message(reply_to=message.id))
 
     async def handle_subscription(self, message: ClientMessage) -> None:
@@ -322,10 +313,9 @@ class RealtimeConsumer(AsyncConsumer):
             if new and self.hub is not None:  # None: closed while authorising
                 self.topics.update(new)
                 await self.hub.subscribe(self, new)
-                if self._recorded:
-                    await database_sync_to_async(connections.subscriptions_add)(
-                        connection_id=self.connection_id, topics=new
-                    )
+                if self._records is not None:
+                    self._records.subscribed(connection_id=self.connection_id, topics=new)
+                    await self._records.stored()
                 accepted.extend(new)
         return accepted, rejected
 
@@ -346,10 +336,9 @@ class RealtimeConsumer(AsyncConsumer):
                 removed.append(name)
         if removed and self.hub is not None:
             await self.hub.unsubscribe(self, removed)
-            if self._recorded:
-                await database_sync_to_async(connections.subscriptions_remove)(
-                    connection_id=self.connection_id, topics=removed
-                )
+            if self._records is not None:
+                self._records.unsubscribed(connection_id=self.connection_id, topics=removed)
+                await self._records.stored()
         return accepted, rejected
 
     # --- outbound -----------------------------------------------------------------------
@@ -476,19 +465,23 @@ class RealtimeConsumer(AsyncConsumer):
                 timer.cancel()
         self._auth_timer = self._expiry_timer = None
 
-    async def rerecord(self) -> None:
-        """Write this connection's rows again, after its process's rows were lost."""
-        if self.closing or self.hub is None:
+    def rerecord(self) -> None:
+        """Queue this connection's rows again, after its process's rows were lost."""
+        if self.closing or self._records is None:
             return
-        await database_sync_to_async(connections.connection_reopen)(
+        self._record_open(self.user_id)
+        if self.topics:
+            self._records.subscribed(connection_id=self.connection_id, topics=sorted(self.topics))
+
+    def _record_open(self, user_id: int | None) -> None:
+        assert self._records is not None
+        self._records.opened(
             connection_id=self.connection_id,
-            server_id=self.hub.server_id,
-            user=self.user,
+            user_id=user_id,
             client_address=_client_address(self.scope),
             user_agent=_header(self.scope, b"user-agent"),
-            topics=sorted(self.topics),
+            connected_at=timezone.now(),
         )
-        self._recorded = True
 
 
 def _header(scope: dict[str, Any], name: bytes) -> str:

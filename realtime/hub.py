@@ -24,6 +24,7 @@ from channels.layers import get_channel_layer
 from realtime import connections
 from realtime.conf import realtime_settings
 from realtime.protocol import MessageType, encode
+from realtime.records import RecordWriter
 from realtime.topics import group_name
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ class Subscriber(Protocol):
 
     def close_with(self, code: int, reason: str = "") -> None: ...
 
-    async def rerecord(self) -> None: ...
+    def rerecord(self) -> None: ...
 
 
 class Sequencer:
@@ -120,6 +121,7 @@ class Hub:
         self.layer = get_channel_layer()
         self.channel_name: str | None = None
         self.server_id: str | None = None
+        self.records: RecordWriter | None = None
         self.connections: dict[str, Subscriber] = {}
         self.topics: dict[str, set[Subscriber]] = {}
         self._joined: set[str] = set()
@@ -151,6 +153,8 @@ class Hub:
                 channel_name=self.channel_name or ""
             )
             self.server_id = server.pk
+            self.records = RecordWriter(server.pk)
+            self.records.start()
             # A clean exit removes this process's rows at once instead of letting them expire.
             atexit.register(_forget_process, server.pk)
             self._tasks.append(asyncio.create_task(self._heartbeat_loop()))
@@ -172,6 +176,8 @@ class Hub:
                 except Exception:
                     logger.debug("group_discard failed during stop", exc_info=True)
         self._joined.clear()
+        if self.records is not None:
+            await self.records.stop()
         if self.server_id:
             atexit.unregister(_forget_process)
             await database_sync_to_async(connections.server_process_stop)(server_id=self.server_id)
@@ -258,6 +264,10 @@ class Hub:
         reason = str(message.get("reason", ""))
         everyone = bool(message.get("all"))
         user_ids = set(message.get("user_ids") or ())
+        if user_ids:
+            from realtime.auth import user_cache
+
+            user_cache.forget(user_ids)
         connection_ids = set(message.get("connection_ids") or ())
         for subscriber in tuple(self.connections.values()):
             if (
@@ -351,10 +361,7 @@ class Hub:
     async def _rerecord_connections(self) -> None:
         """Write the rows of every local connection again, after the process's were lost."""
         for subscriber in tuple(self.connections.values()):
-            try:
-                await subscriber.rerecord()
-            except Exception:
-                logger.exception("Could not re-record connection %s", subscriber.connection_id)
+            subscriber.rerecord()
 
 
 def _forget_process(server_id: str) -> None:

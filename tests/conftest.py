@@ -176,3 +176,13 @@ def _close_database_pools(django_db_setup):
         close_pool = getattr(connection, "close_pool", None)
         if close_pool is not None and connection.settings_dict.get("OPTIONS", {}).get("pool"):
             close_pool()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_user_cache():
+    """Each test starts with no users cached by the WebSocket authentication."""
+    from realtime.auth import user_cache
+
+    user_cache.clear()
+    yield
+    user_cache.clear()

@@ -347,8 +347,10 @@ async def test_a_cleanly_stopped_server_removes_its_records_at_once(trader):
     token = await sync_to_async(access_token_for)(trader)
     with live_server() as server:
         ws = await connect(server.ws_url, token=token)
-        await receive(ws)
-        assert await sync_to_async(ServerProcess.objects.count)() == 1
+        connection_id = (await receive(ws))["payload"]["connectionId"]
+        server_id = await sync_to_async(
+            lambda: Connection.objects.get(pk=connection_id).server_id
+        )()
         server.stop()  # SIGTERM: Daphne exits normally
-    assert await sync_to_async(ServerProcess.objects.count)() == 0
-    assert await sync_to_async(Connection.objects.count)() == 0
+    assert not await sync_to_async(ServerProcess.objects.filter(pk=server_id).exists)()
+    assert not await sync_to_async(Connection.objects.filter(pk=connection_id).exists)()
