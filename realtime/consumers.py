@@ -37,7 +37,7 @@ from realtime.protocol import (
 )
 from realtime.records import RecordWriter
 from realtime.topics import RejectReason, Topic, TopicError, authorize_topics, parse_topic
-from realtime.transport import unsent_bytes_probe
+from realtime.transport import send_now, unsent_bytes_probe
 from tradingrt.formats import format_timestamp, now_timestamp
 
 logger = logging.getLogger(__name__)
@@ -91,6 +91,8 @@ class RealtimeConsumer(AsyncConsumer):
         self._draining = False
         self._drain_task: asyncio.Task[None] | None = None
         self._unsent_bytes = unsent_bytes_probe(send)
+        self._max_queued = int(realtime_settings.SEND_BUFFER_MAX_MESSAGES)
+        self._max_unsent_bytes = int(realtime_settings.SEND_BUFFER_MAX_BYTES)
         self._auth_timer: asyncio.TimerHandle | None = None
         self._expiry_timer: asyncio.TimerHandle | None = None
         self._records: RecordWriter | None = None
@@ -347,9 +349,8 @@ class RealtimeConsumer(AsyncConsumer):
         """Queue one message for this client; close with 4508 if it is not keeping up."""
         if self.closing:
             return
-        if len(self._outbox) >= int(realtime_settings.SEND_BUFFER_MAX_MESSAGES) or (
-            self._unsent_bytes is not None
-            and self._unsent_bytes() > int(realtime_settings.SEND_BUFFER_MAX_BYTES)
+        if len(self._outbox) >= self._max_queued or (
+            self._unsent_bytes is not None and self._unsent_bytes() > self._max_unsent_bytes
         ):
             logger.warning(
                 "Connection %s (user %s) is not keeping up; closing it",
@@ -359,15 +360,31 @@ class RealtimeConsumer(AsyncConsumer):
             self._outbox.clear()
             self.close_with(CloseCode.SLOW_CONSUMER, "send buffer overflow")
             return
+        if self._unsent_bytes is not None and not self._draining:
+            # Daphne: its send never blocks, so write now rather than spawn a task per message;
+            # nothing is queued ahead of this text (not draining), so order is kept.
+            try:
+                carried_on = send_now(self.base_send, {"type": "websocket.send", "text": text})
+            except Exception:
+                logger.debug("Send failed on %s; the connection is closing", self.connection_id)
+                return
+            if carried_on is None:
+                return
+            self._unsent_bytes = None  # it did block after all: queue from now on
+            self._draining = True
+            self._drain_task = asyncio.get_running_loop().create_task(self._drain(carried_on))
+            return
         self._outbox.append(text)
         if not self._draining:
             self._draining = True
             self._drain_task = asyncio.get_running_loop().create_task(self._drain())
 
-    async def _drain(self) -> None:
+    async def _drain(self, in_flight: Any = None) -> None:
         outbox = self._outbox
         send = self.base_send
         try:
+            if in_flight is not None:
+                await in_flight
             while outbox:
                 await send({"type": "websocket.send", "text": outbox.popleft()})
         except Exception:

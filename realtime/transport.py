@@ -9,6 +9,7 @@ fills instead, and no probe is needed.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -28,3 +29,39 @@ def unsent_bytes_probe(send: Any) -> Callable[[], int] | None:
         return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
 
     return unsent_bytes
+
+
+class _Resume:
+    """Awaitable that carries on a coroutine which suspended outside any task."""
+
+    def __init__(self, coroutine: Any, suspended_on: Any) -> None:
+        self.coroutine = coroutine
+        self.suspended_on = suspended_on
+
+    def __await__(self) -> Any:
+        value = yield self.suspended_on
+        while True:
+            try:
+                pending = self.coroutine.send(value)
+            except StopIteration as done:
+                return done.value
+            value = yield pending
+
+
+def send_now(send: Callable[[dict[str, Any]], Any], message: dict[str, Any]) -> Any:
+    """Run `await send(message)` to completion here if it never suspends; else a Task to await.
+
+    Daphne's `send` never suspends (it hands the frame to Twisted and returns), so a broadcast
+    can write to each of its sockets without creating a task per socket and message. A `send`
+    that does suspend (backpressure, another server) is carried on by a task, which is returned.
+    """
+    coroutine = send(message)
+    try:
+        suspended_on = coroutine.send(None)
+    except StopIteration:
+        return None
+
+    async def carry_on() -> Any:
+        return await _Resume(coroutine, suspended_on)
+
+    return asyncio.get_running_loop().create_task(carry_on())
