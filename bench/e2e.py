@@ -118,21 +118,21 @@ def run(options: Any, log: Any = print) -> dict[str, Any]:
 
             # Warm-up: a few fills and ticks, not measured.
             loadgen.record("order")
-            asyncio.run(publish(f"/api/orders/{order_id}/fills/", 3, fill_body, False))
-            asyncio.run(publish("/api/market-data/", 3, tick_body(SYMBOL), False))
-            asyncio.run(asyncio.sleep(0.5))
+            warm = asyncio.run(publish(f"/api/orders/{order_id}/fills/", 3, fill_body, False))
+            ticks = asyncio.run(publish("/api/market-data/", 3, tick_body(SYMBOL), False))
+            loadgen.wait_recorded((warm.ok() + ticks.ok()) * subscribers, quiet=3.0)
             loadgen.collect()
 
             loadgen.record("order")
             fill_log = asyncio.run(
                 publish(f"/api/orders/{order_id}/fills/", fills, fill_body, True)
             )
-            asyncio.run(asyncio.sleep(1.0))
+            loadgen.wait_recorded(fill_log.ok() * subscribers, quiet=3.0)
             fill_collected = loadgen.collect()
 
             loadgen.record("order")
             tick_log = asyncio.run(publish("/api/market-data/", fills, tick_body(SYMBOL), False))
-            asyncio.run(asyncio.sleep(1.0))
+            loadgen.wait_recorded(tick_log.ok() * subscribers, quiet=3.0)
             tick_collected = loadgen.collect()
             loadgen.close_all()
 

@@ -372,6 +372,7 @@ class Worker:
         return {
             "open": len(self.open_clients),
             "received": self.received,
+            "recorded": len(self.sent) + len(self.keys),
             "errors": dict(self.errors),
             "closes": dict(self.closes),
         }
@@ -528,9 +529,27 @@ class LoadGenerator:
         return {
             "open": sum(r["open"] for r in replies),
             "received": sum(r["received"] for r in replies),
+            "recorded": sum(r["recorded"] for r in replies),
             "closes": dict(closes),
             "errors": dict(errors),
         }
+
+    def wait_recorded(self, expected: int, quiet: float, limit: float = 60.0) -> int:
+        """Wait until `expected` receipts were recorded, or none arrived for `quiet` s."""
+        deadline = time.monotonic() + limit
+        previous, quiet_since = -1, time.monotonic()
+        recorded = 0
+        while time.monotonic() < deadline:
+            recorded = self.status()["recorded"]
+            if recorded >= expected:
+                break
+            now = time.monotonic()
+            if recorded != previous:
+                previous, quiet_since = recorded, now
+            elif now - quiet_since > quiet:
+                break
+            time.sleep(0.05)
+        return recorded
 
     def close_all(self) -> dict[str, Any]:
         replies = self._all("close", [None] * len(self.pipes), timeout=60)
