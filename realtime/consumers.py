@@ -360,24 +360,20 @@ class RealtimeConsumer(AsyncConsumer):
             self._outbox.clear()
             self.close_with(CloseCode.SLOW_CONSUMER, "send buffer overflow")
             return
-        if self._unsent_bytes is not None and not self._draining:
-            # Daphne: its send never blocks, so write now rather than spawn a task per message;
-            # nothing is queued ahead of this text (not draining), so order is kept.
-            try:
-                carried_on = send_now(self.base_send, {"type": "websocket.send", "text": text})
-            except Exception:
-                logger.debug("Send failed on %s; the connection is closing", self.connection_id)
-                return
-            if carried_on is None:
-                return
-            self._unsent_bytes = None  # it did block after all: queue from now on
+        if self._draining:
+            self._outbox.append(text)
+            return
+        # Nothing is queued ahead of this text: send it now, without a task per message. A
+        # send that completes at once (Daphne's always does) costs no task at all; one that
+        # blocks (backpressure) is carried on by a drain task, and what follows queues.
+        try:
+            carried_on = send_now(self.base_send, {"type": "websocket.send", "text": text})
+        except Exception:
+            logger.debug("Send failed on %s; the connection is closing", self.connection_id)
+            return
+        if carried_on is not None:
             self._draining = True
             self._drain_task = asyncio.get_running_loop().create_task(self._drain(carried_on))
-            return
-        self._outbox.append(text)
-        if not self._draining:
-            self._draining = True
-            self._drain_task = asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self, in_flight: Any = None) -> None:
         outbox = self._outbox

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -94,17 +95,52 @@ async def test_deleting_a_connected_user_closes_with_4403(hub_stopper, trader):
 
 
 async def test_a_client_that_cannot_keep_up_is_closed_with_4508(hub_stopper, trader, settings):
+    """A server whose send blocks (backpressure): what cannot be sent queues, up to a bound."""
     settings.REALTIME = {"SEND_BUFFER_MAX_MESSAGES": 5}
-    communicator = await open_as(trader)
-    reply = await request(
-        communicator, "SUBSCRIPTION", {"action": "subscribe", "topics": ["market:AAPL"]}
-    )
-    assert reply["payload"]["topics"] == ["market:AAPL"]
+    token = await database_sync_to_async(access_token_for)(trader)
+    inbound: asyncio.Queue = asyncio.Queue()
+    sent: list[dict] = []
+    stalled = asyncio.Event()
+
+    async def send(message):
+        sent.append(message)
+        if message["type"] == "websocket.send" and stalled.is_set():
+            await asyncio.Event().wait()  # the socket takes nothing more
+
+    async def sent_matching(predicate):
+        for _ in range(200):
+            for message in sent:
+                if predicate(message):
+                    return message
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"nothing matched in {sent}")
+
+    scope = {
+        "type": "websocket",
+        "path": "/ws",
+        "query_string": f"token={token}".encode(),
+        "headers": [],
+        "client": ("127.0.0.1", 5000),
+        "subprotocols": [],
+    }
+    app = asyncio.create_task(application(scope, inbound.get, send))
+    await inbound.put({"type": "websocket.connect"})
+    await sent_matching(lambda m: "AUTHENTICATION" in m.get("text", ""))
+    subscribe = {"type": "SUBSCRIPTION", "payload": {"action": "subscribe", "topics": ["market:X"]}}
+    await inbound.put({"type": "websocket.receive", "text": json.dumps(subscribe)})
+    await sent_matching(lambda m: "subscribed" in m.get("text", ""))
+
+    stalled.set()
     hub = current_hub()
-    for n in range(50):  # a burst larger than the buffer, delivered before it can drain
-        hub.deliver("market:AAPL", json.dumps({"type": "MARKET_DATA", "payload": {"n": n}}))
-    assert await closed_code(communicator) == 4508
-    assert not hub.topics.get("market:AAPL")
+    for n in range(20):
+        hub.deliver("market:X", json.dumps({"type": "MARKET_DATA", "payload": {"n": n}}))
+    close = await sent_matching(lambda m: m["type"] == "websocket.close")
+    assert close["code"] == 4508
+    assert not hub.topics.get("market:X")
+    texts = [m["text"] for m in sent if m["type"] == "websocket.send"]
+    assert len(texts) == 3  # AUTHENTICATION, the ack, and the one send that blocked
+    await inbound.put({"type": "websocket.disconnect", "code": 4508})
+    await asyncio.wait_for(app, 3)
 
 
 async def test_server_sends_heartbeats_every_interval(hub_stopper, trader, settings):
