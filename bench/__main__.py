@@ -90,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = commands.add_parser("all", help="every scenario")
     _common_arguments(sub)
     sub.add_argument("--skip", nargs="*", default=[], help="scenarios to leave out")
+    sub.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=None,
+        help="seconds to wait before each scenario for an idle machine (default 600; quick 0)",
+    )
     return parser
 
 
@@ -252,12 +258,17 @@ def _run_scenarios(options: argparse.Namespace, summary: dict[str, Any]) -> None
             summary["skipped"][name] = "uvicorn is not installed"
             print(f"skipping {name}: uvicorn is not installed")
             continue
-        print(f"\n##### {name}", flush=True)
+        limit = (
+            options.wait_quiet if options.wait_quiet is not None else 0 if options.quick else 600
+        )
+        quiet = common.wait_quiet(limit) if limit else None
+        print(f"\n##### {name}" + (f" (machine {quiet['busy_pct']}% busy)" if quiet else ""))
         scenario_started = time.time()
         result = runner(copy.copy(options))
         if name == "uvicorn":
             result = {"targets": result["targets"]}
         summary["scenarios"][name] = {
+            "machine_before": quiet,
             "seconds": round(time.time() - scenario_started, 1),
             "loadavg_after": common.loadavg(),
             "targets": result.get("targets", []),

@@ -90,6 +90,33 @@ def _version(distribution: str) -> str | None:
         return None
 
 
+def _commit() -> str | None:
+    """The commit measured: BENCH_COMMIT (set for an exported tree), else the checkout's HEAD
+    with "+dirty" when tracked files differ from it."""
+    if os.environ.get("BENCH_COMMIT"):
+        return os.environ["BENCH_COMMIT"]
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
 def machine_info() -> dict[str, Any]:
     cpu = "unknown"
     with contextlib.suppress(OSError):
@@ -107,6 +134,7 @@ def machine_info() -> dict[str, Any]:
         "uvicorn", "uvloop", "httptools", "redis", "psycopg",
     ]  # fmt: skip
     return {
+        "commit": _commit(),
         "cpu": cpu,
         "cores": os.cpu_count(),
         "memory_gib": round(mem_kib / 1024 / 1024, 1),
@@ -115,6 +143,26 @@ def machine_info() -> dict[str, Any]:
         "packages": {name: _version(name) for name in packages},
         "loadavg_at_start": loadavg(),
         "nofile_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+    }
+
+
+def wait_quiet(limit: float, threshold_pct: float = 10.0, window: float = 3.0) -> dict[str, Any]:
+    """Wait (up to `limit` s) until the machine is idle: busy under `threshold_pct` over
+    `window` s. Returns how long it waited and the busy share last measured."""
+    started = time.monotonic()
+    busy_pct = 100.0
+    while True:
+        before = machine_cpu_seconds()
+        time.sleep(window)
+        after = machine_cpu_seconds()
+        busy_pct = 100 * (after[0] - before[0]) / max(1e-9, after[1] - before[1])
+        if busy_pct < threshold_pct or time.monotonic() - started >= limit:
+            break
+    return {
+        "waited_s": round(time.monotonic() - started, 1),
+        "busy_pct": round(busy_pct, 1),
+        "quiet": busy_pct < threshold_pct,
+        "loadavg": loadavg(),
     }
 
 
@@ -418,14 +466,41 @@ class Server:
             ]  # fmt: skip
         raise ValueError(self.kind)
 
+    @property
+    def gc_log_base(self) -> Path:
+        return self.directory / f"gc-{self.kind}-{self.port}"
+
+    def gc_pauses(self, since: float, until: float) -> dict[str, Any]:
+        """The garbage collections the server logged between two wall-clock times."""
+        pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        for path in self.directory.glob(self.gc_log_base.name + ".*"):
+            for line in path.read_text().splitlines():
+                started, generation, took = line.split()
+                if since <= float(started) <= until:
+                    pauses[int(generation)].append(float(took))
+        return {
+            f"gen{generation}": {
+                "count": len(values),
+                "max_ms": round(max(values), 1) if values else None,
+                "total_ms": round(sum(values), 1),
+            }
+            for generation, values in pauses.items()
+        }
+
     def start(self, timeout: float = 60) -> Server:
         self.directory.mkdir(parents=True, exist_ok=True)
         command = self.command()
+        env = dict(self.env)
+        # Observe (only) the server's garbage collections: bench/gcwatch/sitecustomize.py.
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(ROOT / "bench" / "gcwatch"), env.get("PYTHONPATH")])
+        )
+        env["BENCH_GC_LOG"] = str(self.gc_log_base)
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 command,
                 cwd=ROOT,
-                env=self.env,
+                env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 preexec_fn=_raise_child_nofile,

@@ -18,6 +18,7 @@ request, the publish path and the delivery, as a feed's tick would experience it
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import time
 from pathlib import Path
@@ -72,6 +73,12 @@ class Meter:
                 100 * (busy - self.machine[0]) / max(1e-9, total - self.machine[1]), 1
             ),
         }
+        # What else ran: the machine's busy share minus the benchmark's own processes.
+        ours = (sum(server) + loadgen + time.process_time() - self.publisher) / elapsed
+        cores = os.cpu_count() or 1
+        self.result["other_load_pct"] = round(
+            max(0.0, self.result["machine_busy_pct"] - 100 * ours / cores), 1
+        )
 
 
 def analyse(collected: dict[str, Any], log: Any, subscribers: int, rate: float) -> dict[str, Any]:
@@ -199,13 +206,16 @@ class FanoutSession:
                 publisher.close()
 
         with meter:  # CPU while publishing: the steady state at this rate
+            started = time.time()
             log = asyncio.run(publish())
+            ended = time.time()
         self.loadgen.wait_recorded(log.ok() * self.subscribers, quiet=grace)
         collected = self.loadgen.collect()
         result = analyse(collected, log, self.subscribers, rate)
         result["requested"] = count
         result["delivery_per_s"] = round(result["received"] / max(1e-9, count / rate))
         result["cpu"] = meter.result
+        result["gc"] = [server.gc_pauses(started, ended) for server in self.servers]
         deliveries = max(1, result["received"])
         elapsed = meter.result["seconds"]
         # CPU cost per delivered message: immune to other load on the machine.
@@ -490,6 +500,13 @@ def summarize(sessions: list[dict[str, Any]], options: Any) -> dict[str, Any]:
             "server_cpu_pct_at_fixed": s["fixed"]["cpu"]["server_cpu_pct"],
             "server_us_per_delivery": s["fixed"]["server_us_per_delivery"],
             "loadgen_us_per_delivery": s["fixed"]["loadgen_us_per_delivery"],
+            "first_delivery_p50_ms": s["fixed"]["first_delivery_ms"]["p50"],
+            "spread_p50_ms": s["fixed"]["spread_ms"]["p50"],
+            "gc_full_collections": sum(g["gen2"]["count"] for g in s["fixed"]["gc"]),
+            "gc_full_max_ms": max(
+                (g["gen2"]["max_ms"] or 0.0 for g in s["fixed"]["gc"]), default=None
+            ),
+            "other_load_pct": s["fixed"]["cpu"]["other_load_pct"],
         }
         if base is not None and s is not base:
             bf = base["fixed"]["latency_ms"]
@@ -545,92 +562,50 @@ def targets(summary: dict[str, Any], options: Any) -> list[dict[str, Any]]:
     return found
 
 
+SUMMARY_COLUMNS = [
+    ("server", "label"), ("subs", "subscribers"), ("rate/s", "rate"), ("p50 ms", "p50_ms"),
+    ("p99 ms", "p99_ms"), ("max ms", "max_ms"), ("delivered %", "delivered_pct"),
+    ("p50 x", "p50_ratio"), ("p99 x", "p99_ratio"), ("first p50 ms", "first_delivery_p50_ms"),
+    ("spread p50 ms", "spread_p50_ms"), ("full GCs", "gc_full_collections"),
+    ("GC max ms", "gc_full_max_ms"), ("max rate/s", "max_sustained_rate"),
+    ("max deliveries/s", "max_delivery_per_s"), ("deliveries x", "delivery_ratio"),
+    ("server us/delivery", "server_us_per_delivery"), ("cost x", "cost_ratio"),
+    ("loadgen us/delivery", "loadgen_us_per_delivery"), ("other load %", "other_load_pct"),
+]  # fmt: skip
+
+LADDER_COLUMNS = [
+    ("rate/s", lambda s: s["rate"]),
+    ("p50 ms", lambda s: s["latency_ms"]["p50"]),
+    ("p99 ms", lambda s: s["latency_ms"]["p99"]),
+    ("max ms", lambda s: s["latency_ms"]["max"]),
+    ("lag growth ms", lambda s: s.get("lag_growth_ms")),
+    ("delivered %", lambda s: s["delivered_pct"]),
+    ("server cpu %", lambda s: "+".join(str(c) for c in s["cpu"]["server_cpu_pct"])),
+    ("server us/dlv", lambda s: s["server_us_per_delivery"]),
+    ("loadgen cpu %", lambda s: s["cpu"]["loadgen_cpu_pct"]),
+    ("loadgen us/dlv", lambda s: s["loadgen_us_per_delivery"]),
+    ("machine %", lambda s: s["cpu"]["machine_busy_pct"]),
+    ("other %", lambda s: s["cpu"].get("other_load_pct")),
+    ("verdict", lambda s: s["verdict"]),
+]
+
+
 def render(result: dict[str, Any]) -> str:
     rows = result["summary"]["rows"]
     main = common.table(
-        [
-            "server",
-            "subs",
-            "rate/s",
-            "p50 ms",
-            "p99 ms",
-            "max ms",
-            "delivered %",
-            "p50 x",
-            "p99 x",
-            "max rate/s",
-            "max deliveries/s",
-            "deliveries x",
-            "server us/delivery",
-            "cost x",
-            "loadgen us/delivery",
-        ],
-        [
-            [
-                r["label"],
-                r["subscribers"],
-                r["rate"],
-                r["p50_ms"],
-                r["p99_ms"],
-                r["max_ms"],
-                r["delivered_pct"],
-                r.get("p50_ratio"),
-                r.get("p99_ratio"),
-                r["max_sustained_rate"],
-                r["max_delivery_per_s"],
-                r.get("delivery_ratio"),
-                r["server_us_per_delivery"],
-                r.get("cost_ratio"),
-                r["loadgen_us_per_delivery"],
-            ]
-            for r in rows
-        ],
+        [header for header, _ in SUMMARY_COLUMNS],
+        [[row.get(key) for _, key in SUMMARY_COLUMNS] for row in rows],
     )
-    ladders = []
+    parts = [f"\n== {result.get('scenario', '')} fan-out ==", main]
     for session in result["sessions"]:
-        if not session["ladder"]:
-            continue
-        ladders.append(f"\nladder: {session['label']}")
-        ladders.append(
-            common.table(
-                [
-                    "rate/s",
-                    "p50 ms",
-                    "p99 ms",
-                    "max ms",
-                    "lag growth ms",
-                    "delivered %",
-                    "server cpu %",
-                    "server us/dlv",
-                    "loadgen cpu %",
-                    "loadgen us/dlv",
-                    "machine %",
-                    "verdict",
-                ],
-                [
-                    [
-                        s["rate"],
-                        s["latency_ms"]["p50"],
-                        s["latency_ms"]["p99"],
-                        s["latency_ms"]["max"],
-                        s.get("lag_growth_ms"),
-                        s["delivered_pct"],
-                        "+".join(str(c) for c in s["cpu"]["server_cpu_pct"]),
-                        s["server_us_per_delivery"],
-                        s["cpu"]["loadgen_cpu_pct"],
-                        s["loadgen_us_per_delivery"],
-                        s["cpu"]["machine_busy_pct"],
-                        s["verdict"],
-                    ]
-                    for s in session["ladder"]
-                ],
+        if session["ladder"]:
+            parts.append(f"\nladder: {session['label']}")
+            parts.append(
+                common.table(
+                    [header for header, _ in LADDER_COLUMNS],
+                    [[cell(step) for _, cell in LADDER_COLUMNS] for step in session["ladder"]],
+                )
             )
-        )
-    parts = [
-        f"\n== {result.get('scenario', '')} fan-out ==",
-        main,
-        *ladders,
-    ]
     if result.get("targets"):
         parts += ["", common.targets_table(result["targets"])]
     return "\n".join(parts)
