@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = commands.add_parser("status", help="/ws/status latency")
     _common_arguments(sub)
     sub.add_argument("--connections", type=int, default=0, help="default 10000 (quick: 40)")
-    sub.add_argument("--requests", type=int, default=0, help="default 300 (quick: 10)")
+    sub.add_argument("--seconds", type=float, default=0, help="default 30 (quick: 1)")
     sub = commands.add_parser("uvicorn", help="scenarios 1 and 3 under uvicorn")
     _common_arguments(sub)
     _fanout_arguments(sub)

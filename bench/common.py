@@ -473,7 +473,7 @@ class Server:
     def gc_pauses(self, since: float, until: float) -> dict[str, Any]:
         """The garbage collections the server logged between two wall-clock times."""
         pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
-        for path in self.directory.glob(self.gc_log_base.name + ".*"):
+        for path in self.directory.glob(self.gc_log_base.name + ".[0-9]*"):
             for line in path.read_text().splitlines():
                 started, generation, took = line.split()
                 if since <= float(started) <= until:
@@ -486,6 +486,19 @@ class Server:
             }
             for generation, values in pauses.items()
         }
+
+    def census(self, timeout: float = 30.0) -> dict[str, Any] | None:
+        """Objects the server's collector tracks, by type (gcwatch answers SIGUSR1)."""
+        path = self.directory / f"{self.gc_log_base.name}.census.{self.pid}"
+        path.unlink(missing_ok=True)
+        os.kill(self.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if path.exists():
+                with contextlib.suppress(ValueError):
+                    return dict(json.loads(path.read_text()))
+            time.sleep(0.1)
+        return None
 
     def start(self, timeout: float = 60) -> Server:
         self.directory.mkdir(parents=True, exist_ok=True)

@@ -49,6 +49,7 @@ def measure(
     )
     loadgen.close_all()
     time.sleep(settle)
+    census_before = server.census()
     rss_before = common.rss_kib(server.pid)
     cpu_before = common.cpu_seconds(server.pid)
     overflows_before = common.listen_overflows()
@@ -58,6 +59,7 @@ def measure(
 
         profiler = Profiler(server.pid, None, profile_to)
         time.sleep(0.5)
+    connect_started = time.time()
     connected = loadgen.connect(
         host=host,
         ports=[port],
@@ -69,11 +71,13 @@ def measure(
         timeout=120,
     )
     profile = profiler.stop() if profiler is not None else None
+    gc_pauses = server.gc_pauses(connect_started, time.time())
     cpu_connect = common.cpu_seconds(server.pid) - cpu_before
     overflows = common.listen_overflows() - overflows_before
     rss_connected = common.rss_kib(server.pid)
     time.sleep(hold)
     rss_held = common.rss_kib(server.pid)
+    census_held = server.census()
     status = loadgen.status()
     tracked = None
     if staff_token is not None:
@@ -103,7 +107,19 @@ def measure(
         "open_after_hold": status["open"],
         "closes_during_hold": status["closes"],
         "tracked_by_status": tracked,
+        "gc_during_connects": gc_pauses,
     }
+    if census_before and census_held:
+        before_types = dict(census_before["types"])
+        result["gc_tracked_objects_per_connection"] = round(
+            (census_held["tracked"] - census_before["tracked"]) / max(1, opened), 1
+        )
+        growth = [
+            [name, round((count - before_types.get(name, 0)) / max(1, opened), 2)]
+            for name, count in census_held["types"]
+        ]
+        growth.sort(key=lambda item: -item[1])
+        result["gc_tracked_types_per_connection"] = growth[:20]
     if profile is not None:
         result["profile"] = profile
     loadgen.close_all()

@@ -2,9 +2,11 @@
 
 N authenticated connections are opened and held, each subscribed to a market topic (20
 symbols) and to its user's orders, so the status document aggregates N `Connection` rows and
-2N `Subscription` rows. The status is requested one request at a time over a keep-alive
-connection with a staff token, first with no client connected, then with all N held. Each
-request's time is from writing it to reading the whole response.
+2N `Subscription` rows. The status is requested one request after another over a keep-alive
+connection with a staff token for 30 s (long enough to meet what a server does periodically:
+Daphne's keepalive pings, the hub's HEARTBEAT, full garbage collections), first with no
+client connected (5 s), then with all N held. Each request's time is from writing it to
+reading the whole response; those over 100 ms are listed with when they happened.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ SYMBOLS = 20
 
 
 async def sample(
-    port: int, token: str, requests: int, profile: tuple[int, Path] | None = None
+    port: int, token: str, seconds: float, profile: tuple[int, Path] | None = None
 ) -> dict[str, Any]:
+    """GET /ws/status one request after another for `seconds`."""
     connection = await HttpConnection.open(common.LOOPBACK, port)
     headers = {"Authorization": f"Bearer {token}", "Connection": "keep-alive"}
     durations = []
@@ -37,12 +40,18 @@ async def sample(
         profiler = Profiler(profile[0], None, profile[1])
         await asyncio.sleep(0.5)
     try:
-        for _ in range(requests):
+        began = time.time()
+        slow: list[list[float]] = []
+        while time.time() - began < seconds:
+            at = time.time()
             started = time.perf_counter()
             status, body = await connection.request(
                 "GET", f"{common.LOOPBACK}:{port}", "/ws/status", headers
             )
-            durations.append(time.perf_counter() - started)
+            took = time.perf_counter() - started
+            durations.append(took)
+            if took > 0.1:
+                slow.append([round(at - began, 2), round(took * 1000, 1)])
             statuses[status] = statuses.get(status, 0) + 1
             document = body
             if not connection.usable:
@@ -51,7 +60,9 @@ async def sample(
         connection.close()
     parsed = json.loads(document) if document else {}
     result = {
-        "requests": requests,
+        "seconds": seconds,
+        "requests": len(durations),
+        "slow_requests": slow[:100],  # [seconds into the run, ms] of those over 100 ms
         "statuses": {str(k): v for k, v in statuses.items()},
         "latency_ms": common.summarize_ms(durations),
         "active_connections": parsed.get("activeConnections"),
@@ -69,7 +80,7 @@ async def sample(
 def run(options: Any, log: Any = print) -> dict[str, Any]:
     quick = options.quick
     count = getattr(options, "connections", 0) or (40 if quick else 10000)
-    requests = getattr(options, "requests", 0) or (10 if quick else 300)
+    seconds = getattr(options, "seconds", 0) or (1.0 if quick else 30.0)
     workers = options.workers or (2 if quick else 4)
     out_dir = Path(options.out) if options.out else None
     result: dict[str, Any] = {
@@ -78,7 +89,7 @@ def run(options: Any, log: Any = print) -> dict[str, Any]:
             "server": "daphne",
             "connections": count,
             "topics_per_connection": 2,
-            "requests": requests,
+            "seconds": seconds,
             "database": options.db,
             "workers": workers,
             "quick": quick,
@@ -97,7 +108,7 @@ def run(options: Any, log: Any = print) -> dict[str, Any]:
         env = common.server_environment(space, database_url=space.fresh_database())
         server = common.Server("daphne", env, space.directory, extra_args=options.server_args)
         with LoadGenerator(workers) as loadgen, common.running(server):
-            empty = asyncio.run(sample(server.port, staff, requests))
+            empty = asyncio.run(sample(server.port, staff, min(seconds, 5.0)))
             log(
                 f"  status with 0 connections: p50 {empty['latency_ms']['p50']} ms, "
                 f"p99 {empty['latency_ms']['p99']} ms"
@@ -111,14 +122,19 @@ def run(options: Any, log: Any = print) -> dict[str, Any]:
                 concurrency=options.concurrency,
                 timeout=180,
             )
-            seconds = max(connected["finished"]) - connected["started_at"]
-            log(f"  {connected['opened']}/{count} connected and subscribed in {seconds:.1f} s")
+            connect_seconds = max(connected["finished"]) - connected["started_at"]
+            log(
+                f"  {connected['opened']}/{count} connected and subscribed "
+                f"in {connect_seconds:.1f} s"
+            )
             time.sleep(1.0)
             profile = None
             if options.profile:
                 directory = Path(options.out or common.RESULTS_DIR) / "profiles"
                 profile = (server.pid, directory / "status.txt")
-            full = asyncio.run(sample(server.port, staff, requests, profile))
+            started = time.time()
+            full = asyncio.run(sample(server.port, staff, seconds, profile))
+            full["gc"] = server.gc_pauses(started, time.time())
             log(
                 f"  status with {full['active_connections']} connections: "
                 f"p50 {full['latency_ms']['p50']} ms, p99 {full['latency_ms']['p99']} ms"
@@ -127,8 +143,8 @@ def run(options: Any, log: Any = print) -> dict[str, Any]:
     result["connect"] = {
         "opened": connected["opened"],
         "failures": connected["failures"],
-        "seconds": round(seconds, 2),
-        "connects_per_s": round(connected["opened"] / seconds, 1),
+        "seconds": round(connect_seconds, 2),
+        "connects_per_s": round(connected["opened"] / connect_seconds, 1),
     }
     result["empty"] = empty
     result["full"] = full

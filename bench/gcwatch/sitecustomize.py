@@ -23,3 +23,17 @@ if _path:
             _log.write(f"{_started[0]:.4f} {info['generation']} {took:.2f}\n")
 
     gc.callbacks.append(_watch)
+
+    def _census(signum: int, frame: object) -> None:
+        """On SIGUSR1: how many objects the collector tracks, and of which types."""
+        import collections
+        import json
+
+        objects = gc.get_objects()
+        kinds = collections.Counter(type(o).__qualname__ for o in objects)
+        with open(f"{_path}.census.{os.getpid()}", "w") as out:
+            json.dump({"tracked": len(objects), "types": kinds.most_common()}, out)
+
+    import signal
+
+    signal.signal(signal.SIGUSR1, _census)
