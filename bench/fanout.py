@@ -150,6 +150,8 @@ def sustained(step: dict[str, Any]) -> tuple[bool, str]:
     early = step.get("median_first_third_ms") or 0.0
     if growth > max(25.0, 0.25 * early):
         return False, f"lag grew {growth} ms over the step"
+    if -growth > max(25.0, 0.25 * early):  # a backlog still draining: not a steady state
+        return False, f"lag fell {-growth} ms over the step (not steady)"
     return True, "sustained"
 
 
@@ -239,15 +241,16 @@ class FanoutSession:
         after = [common.cpu_seconds(s.pid) for s in self.servers]
         return any(b - a > 0.2 * window for a, b in zip(before, after, strict=True))
 
-    def wait_idle(self, limit: float = 30.0) -> None:
-        """Before a step: no deliveries arriving and the servers idle (a backlog drained)."""
+    def wait_idle(self, limit: float = 60.0) -> None:
+        """Before a step: no delivery for a while and the servers idle (a backlog drained)."""
         deadline = time.monotonic() + limit
-        previous = -1
+        previous, since = -1, time.monotonic()
         while time.monotonic() < deadline:
             count = self.loadgen.status()["received"]
-            if count == previous and not self._server_busy():
+            if count != previous:
+                previous, since = count, time.monotonic()
+            elif time.monotonic() - since >= 2 * self.window and not self._server_busy():
                 return
-            previous = count
             time.sleep(0.05)
 
 
