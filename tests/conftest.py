@@ -186,3 +186,32 @@ def _fresh_user_cache():
     user_cache.clear()
     yield
     user_cache.clear()
+
+
+def _retry_flush_on_deadlock() -> None:
+    """PostgreSQL: a test's closing TRUNCATE can deadlock with a live server's own writes
+    (heartbeats, connection records); Postgres aborts one side, so try the flush again."""
+    import time
+
+    from django.test import TransactionTestCase
+
+    original = TransactionTestCase._fixture_teardown
+
+    def _fixture_teardown(self):  # type: ignore[no-untyped-def]
+        for attempt in range(10):
+            try:
+                return original(self)
+            except Exception as exc:
+                chain, cause = [], exc
+                while cause is not None:
+                    chain.append(str(cause))
+                    cause = cause.__cause__ or cause.__context__
+                if attempt == 9 or not any("deadlock detected" in text for text in chain):
+                    raise
+                time.sleep(0.1 * (attempt + 1))
+        return None
+
+    TransactionTestCase._fixture_teardown = _fixture_teardown
+
+
+_retry_flush_on_deadlock()
