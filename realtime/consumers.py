@@ -37,7 +37,7 @@ from realtime.protocol import (
 )
 from realtime.records import RecordWriter
 from realtime.topics import RejectReason, Topic, TopicError, authorize_topics, parse_topic
-from realtime.transport import send_now, unsent_bytes_probe
+from realtime.transport import direct_text_writer, send_now, unsent_bytes_probe
 from tradingrt.formats import format_timestamp, now_timestamp
 
 logger = logging.getLogger(__name__)
@@ -91,6 +91,7 @@ class RealtimeConsumer(AsyncConsumer):
         self._draining = False
         self._drain_task: asyncio.Task[None] | None = None
         self._unsent_bytes = unsent_bytes_probe(send)
+        self._write_direct = direct_text_writer(send, self.connection_id)
         self._max_queued = int(realtime_settings.SEND_BUFFER_MAX_MESSAGES)
         self._max_unsent_bytes = int(realtime_settings.SEND_BUFFER_MAX_BYTES)
         self._auth_timer: asyncio.TimerHandle | None = None
@@ -363,9 +364,17 @@ class RealtimeConsumer(AsyncConsumer):
         if self._draining:
             self._outbox.append(text)
             return
-        # Nothing is queued ahead of this text: send it now, without a task per message. A
-        # send that completes at once (Daphne's always does) costs no task at all; one that
-        # blocks (backpressure) is carried on by a drain task, and what follows queues.
+        # Nothing is queued ahead of this text: send it now, without a task per message. Under
+        # Daphne, an open connection's frame goes straight to its socket (realtime.transport).
+        # Otherwise a send that completes at once (Daphne's always does) costs no task at all;
+        # one that blocks (backpressure) is carried on by a drain task, and what follows queues.
+        if self._write_direct is not None:
+            try:
+                if self._write_direct(text):
+                    return
+            except Exception:  # Twisted or autobahn changed under us: keep their path
+                logger.exception("Direct write failed on %s; using Daphne's", self.connection_id)
+                self._write_direct = None
         try:
             carried_on = send_now(self.base_send, {"type": "websocket.send", "text": text})
         except Exception:

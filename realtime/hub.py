@@ -34,6 +34,8 @@ HUB_MESSAGE = "hub.message"
 HUB_CONTROL = "hub.control"
 # Channel-layer groups expire (channels-redis: group_expiry); rejoin well before.
 GROUP_REFRESH_SECS = 3600.0
+# Connections handed a server-wide broadcast per turn of the event loop (Hub.broadcast).
+BROADCAST_SLICE = 500
 
 
 class Subscriber(Protocol):
@@ -250,10 +252,19 @@ class Hub:
             subscriber.push(text)
         self.messages_delivered += len(subscribers)
 
-    def broadcast(self, text: str) -> None:
-        """Hand one encoded message to every local connection (server heartbeats)."""
-        for subscriber in tuple(self.connections.values()):
-            subscriber.push(text)
+    async def broadcast(self, text: str) -> None:
+        """Hand one encoded message to every local connection (server heartbeats).
+
+        In slices of BROADCAST_SLICE connections, yielding to the loop between them: one pass
+        over 10,000 sockets would hold the loop for a quarter to half a second, and every
+        update and request waiting behind it (docs/BENCHMARKS.md, status).
+        """
+        subscribers = tuple(self.connections.values())
+        for start in range(0, len(subscribers), BROADCAST_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            for subscriber in subscribers[start : start + BROADCAST_SLICE]:
+                subscriber.push(text)
 
     def handle_control(self, message: dict[str, Any]) -> None:
         """Close local connections an operator or a deactivation targets."""
@@ -319,7 +330,7 @@ class Hub:
         while True:
             await asyncio.sleep(interval)
             if self.connections:
-                self.broadcast(encode(MessageType.HEARTBEAT, {"serverTime": _server_time()}))
+                await self.broadcast(encode(MessageType.HEARTBEAT, {"serverTime": _server_time()}))
             try:
                 restored = await database_sync_to_async(connections.server_process_heartbeat)(
                     server_id=self.server_id, channel_name=self.channel_name or ""

@@ -1,34 +1,166 @@
-"""How many bytes the server holds unsent for one connection (slow-consumer detection).
+"""The server's side of a connection, where ASGI does not reach: unsent bytes and direct writes.
 
 ASGI gives an application no view of the socket: Daphne's `send` never blocks, it hands the
 frame to Twisted, which buffers without bound. Daphne passes `partial(handle_reply, protocol)`
-as `send`, so the protocol's Twisted transport, and its write buffer, can be read from it.
-Under other servers (uvicorn) `send` applies backpressure itself, the per-connection queue
-fills instead, and no probe is needed.
+as `send`, so the protocol (autobahn's), its Twisted transport and the transport's write
+buffer can be reached from it. Under other servers (uvicorn) `send` applies backpressure
+itself, the per-connection queue fills instead, and neither helper applies (both return None).
+
+- `unsent_bytes_probe`: how many bytes Twisted holds unsent for one connection (slow-consumer
+  detection).
+- `direct_text_writer`: write a text message as one pre-built WebSocket frame straight to the
+  socket. Daphne's own path frames every message again for every socket (autobahn), then
+  Twisted registers the socket for writability and writes on the next loop turn: two
+  `epoll_ctl` calls and two selector updates per message and socket, about half the CPU of a
+  broadcast (docs/BENCHMARKS.md). Server frames are unmasked and Daphne negotiates no
+  extension, so a broadcast's frame is the same bytes for every socket; it is built once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
+import struct
 from collections.abc import Callable
 from typing import Any
+
+logger = logging.getLogger(__name__)
+
+_LENGTH_16 = struct.Struct("!BBH")
+_LENGTH_64 = struct.Struct("!BBQ")
+_FIN_TEXT = 0x81  # FIN bit + opcode 1 (text)
+
+# The last text framed and its frame, as one tuple so a reader never sees half an update. The
+# hub hands the same `str` object to every subscriber of a broadcast, so an identity check
+# finds it; holding the text keeps its id from being reused.
+_last_frame: tuple[str | None, bytes] = (None, b"")
+
+
+def text_frame(text: str) -> bytes:
+    """The unmasked, unfragmented, uncompressed WebSocket frame carrying `text` (RFC 6455 5.2)."""
+    global _last_frame
+    last_text, frame = _last_frame
+    if text is last_text:
+        return frame
+    payload = text.encode()
+    length = len(payload)
+    if length < 126:
+        frame = bytes((_FIN_TEXT, length)) + payload
+    elif length < 65536:
+        frame = _LENGTH_16.pack(_FIN_TEXT, 126, length) + payload
+    else:
+        frame = _LENGTH_64.pack(_FIN_TEXT, 127, length) + payload
+    _last_frame = (text, frame)
+    return frame
+
+
+def _daphne_protocol(send: Any) -> Any:
+    """Daphne's protocol object behind an ASGI `send`, or None under any other server."""
+    if not isinstance(send, functools.partial) or not send.args:
+        return None
+    return send.args[0]
+
+
+def _twisted_tcp_transport(protocol: Any) -> Any:
+    """The protocol's plain-TCP Twisted transport (with its write buffer), or None."""
+    transport = getattr(protocol, "transport", None)
+    if transport is None or not all(
+        hasattr(transport, name) for name in ("dataBuffer", "offset", "_tempDataLen")
+    ):
+        return None
+    return transport
 
 
 def unsent_bytes_probe(send: Any) -> Callable[[], int] | None:
     """A function returning the transport's unsent bytes, or None when it cannot be known."""
-    if not isinstance(send, functools.partial) or not send.args:
-        return None
-    transport = getattr(send.args[0], "transport", None)
-    if transport is None or not all(
-        hasattr(transport, name) for name in ("dataBuffer", "offset", "_tempDataLen")
-    ):
+    transport = _twisted_tcp_transport(_daphne_protocol(send))
+    if transport is None:
         return None
 
     def unsent_bytes() -> int:
         return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
 
     return unsent_bytes
+
+
+def _frames_as_autobahn_would(protocol: Any) -> bool:
+    """Whether autobahn would send a text message as exactly `text_frame(text)`.
+
+    It would not with compression negotiated, server frames masked, automatic fragmentation,
+    frame or octet logging, or timing tracked: then its path is kept. (Its payload size limit,
+    which Daphne sets, is checked per message.)
+    """
+    factory = getattr(protocol, "factory", None)
+    return (
+        getattr(factory, "isServer", False) is True
+        and getattr(protocol, "_perMessageCompress", True) is None
+        and getattr(protocol, "maskServerFrames", True) is False
+        and getattr(protocol, "autoFragmentSize", 1) == 0
+        and getattr(protocol, "logFrames", True) is False
+        and getattr(protocol, "logOctets", True) is False
+        and getattr(protocol, "trackedTimings", True) is None
+    )
+
+
+def direct_text_writer(send: Any, name: str = "") -> Callable[[str], bool] | None:
+    """A function writing a text message straight to the socket, or None when it cannot.
+
+    It returns False, having written nothing, when the message must take the ASGI `send`
+    instead: the connection is not open (not yet accepted, closing, closed), autobahn has
+    frames of its own queued or a fragmented message in progress, or it would frame the message
+    differently (checked once, when the connection is first open). Otherwise it writes and
+    returns True: with nothing unsent in Twisted's buffer, `socket.send` at once and whatever
+    the kernel does not take (a full socket buffer) to `transport.write`; with bytes unsent
+    already, all of it to `transport.write`, behind them, so the order of messages is kept and
+    the unsent-bytes probe still sees a slow consumer. Errors are left to Twisted: a frame the
+    socket refuses goes to `transport.write`, whose next write finds the error and closes.
+    TLS transports (Twisted wraps those in another protocol) and other servers get None.
+    """
+    protocol = _daphne_protocol(send)
+    transport = _twisted_tcp_transport(protocol)
+    if transport is None or getattr(transport, "TLS", None) is not False:
+        return None
+    sock = getattr(transport, "socket", None)
+    state_open = getattr(protocol, "STATE_OPEN", None)  # autobahn's constants, read off it
+    send_ground = getattr(protocol, "SEND_STATE_GROUND", None)
+    if sock is None or not hasattr(sock, "send") or state_open is None or send_ground is None:
+        return None
+    checked: bool | None = None  # whether autobahn frames as text_frame does, once open
+
+    def write(text: str) -> bool:
+        nonlocal checked
+        if protocol.state != state_open or protocol.send_state != send_ground:
+            return False
+        if protocol.send_queue:
+            return False
+        if checked is None:
+            checked = _frames_as_autobahn_would(protocol)
+            if checked:
+                logger.debug("Connection %s: text frames go straight to the socket", name)
+            else:
+                logger.debug("Connection %s: text frames go through autobahn", name)
+        if not checked:
+            return False
+        if not transport.connected or transport.disconnecting or transport._writeDisconnected:
+            return False
+        frame = text_frame(text)
+        if 0 < protocol.maxMessagePayloadSize < len(frame):
+            return False  # at or near autobahn's limit: its path, and its error, decide
+        if transport._tempDataLen or len(transport.dataBuffer) > transport.offset:
+            transport.write(frame)  # behind what is already waiting
+            return True
+        try:
+            sent = sock.send(frame)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            sent = 0  # Twisted's own write will meet the error and close the connection
+        if sent < len(frame):
+            transport.write(frame[sent:])
+        return True
+
+    return write
 
 
 class _Resume:

@@ -1,4 +1,4 @@
-"""The hub's ordering of each object's updates (realtime.hub.Sequencer)."""
+"""The hub: ordering of each object's updates (Sequencer) and server-wide broadcasts."""
 
 from __future__ import annotations
 
@@ -75,3 +75,44 @@ async def test_memory_is_bounded(recorder):
         sequencer.offer("orders", f"order:{n}", 1, "x")
     assert len(sequencer._last) == 10
     assert len(recorder.delivered) == 100
+
+
+class Counted:
+    """A subscriber recording, for each message, which turn of the event loop it came in."""
+
+    turn = 0
+
+    def __init__(self, connection_id: str):
+        self.connection_id = connection_id
+        self.user_id = None
+        self.received: list[tuple[str, int]] = []
+
+    def push(self, text: str) -> None:
+        self.received.append((text, Counted.turn))
+
+    def close_with(self, code: int, reason: str = "") -> None: ...
+
+
+async def test_a_server_wide_broadcast_reaches_everyone_in_slices_letting_the_loop_run():
+    from realtime.hub import BROADCAST_SLICE, Hub
+
+    hub = Hub()
+    subscribers = [Counted(str(n)) for n in range(2 * BROADCAST_SLICE + 7)]
+    for subscriber in subscribers:
+        hub.register(subscriber)
+
+    async def ticker():  # counts turns of the loop while the broadcast runs
+        while True:
+            Counted.turn += 1
+            await asyncio.sleep(0)
+
+    ticking = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    await hub.broadcast("hb")
+    ticking.cancel()
+    assert all(len(s.received) == 1 and s.received[0][0] == "hb" for s in subscribers)
+    turns = [s.received[0][1] for s in subscribers]
+    slices = [turns[i : i + BROADCAST_SLICE] for i in range(0, len(turns), BROADCAST_SLICE)]
+    assert len(slices) == 3
+    assert all(len(set(one_slice)) == 1 for one_slice in slices), "a slice is sent in one go"
+    assert slices[0][0] < slices[1][0] < slices[2][0], "the loop ran between slices"
