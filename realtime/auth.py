@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.security.websocket import WebsocketDenier
 from django.conf import settings
@@ -37,6 +38,7 @@ class TokenRejected(Exception):
 class Authenticated:
     user: Any
     expires_at: float  # the token's `exp`, seconds since the epoch
+    token: Any = None  # the validated AccessToken (DRF's `request.auth`)
 
 
 def validate_token(raw_token: str) -> AccessToken:
@@ -62,7 +64,7 @@ def _load_user(token: AccessToken) -> Authenticated:
         raise TokenRejected(str(detail)) from None
     if not user.is_active:
         raise TokenRejected("User is inactive")
-    return Authenticated(user=user, expires_at=float(token["exp"]))
+    return Authenticated(user=user, expires_at=float(token["exp"]), token=token)
 
 
 class UserCache:
@@ -98,19 +100,23 @@ class UserCache:
 
 
 user_cache = UserCache()
+# Outside a request (consumers), channels' wrapper closes stale connections around the query;
+# inside one (an async view), Django's request cycle does, and tests' transactions stay open.
 _load_user_async = database_sync_to_async(_load_user)
+_load_user_in_request = sync_to_async(_load_user)
 
 
-async def authenticate_token_async(raw_token: str) -> Authenticated:
+async def authenticate_token_async(raw_token: str, *, in_request: bool = False) -> Authenticated:
     """`authenticate_token` for the event loop: the database only when the user is not cached."""
     token = validate_token(raw_token)
     user_id = token.get(api_settings.USER_ID_CLAIM)
     user = user_cache.get(str(user_id))
     if user is None or not user.is_active:
-        authenticated = await _load_user_async(token)
+        load = _load_user_in_request if in_request else _load_user_async
+        authenticated = await load(token)
         user_cache.put(authenticated.user)
         return authenticated
-    return Authenticated(user=user, expires_at=float(token["exp"]))
+    return Authenticated(user=user, expires_at=float(token["exp"]), token=token)
 
 
 def token_from_scope(scope: dict[str, Any]) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from rest_framework.permissions import BasePermission
 
 
@@ -28,4 +29,13 @@ class CanPublishMarketData(BasePermission):
             user
             and user.is_authenticated
             and (user.is_staff or user.has_perm("realtime.publish_market_data"))
+        )
+
+    async def ahas_permission(self, request: Any, view: Any) -> bool:
+        """The same, on the event loop: only a non-staff user's permissions need the database."""
+        user = request.user
+        if not (user and user.is_authenticated):
+            return False
+        return bool(
+            user.is_staff or await sync_to_async(user.has_perm)("realtime.publish_market_data")
         )
