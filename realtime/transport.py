@@ -1,19 +1,19 @@
 """The server's side of a connection, where ASGI does not reach: unsent bytes and direct writes.
 
-ASGI gives an application no view of the socket: Daphne's `send` never blocks, it hands the
+ASGI gives an application no view of the socket. Daphne's `send` never blocks: it hands the
 frame to Twisted, which buffers without bound. Daphne passes `partial(handle_reply, protocol)`
 as `send`, so the protocol (autobahn's), its Twisted transport and the transport's write
-buffer can be reached from it. Under other servers (uvicorn) `send` applies backpressure
-itself, the per-connection queue fills instead, and neither helper applies (both return None).
+buffer can be reached from it. uvicorn passes its protocol's bound `send`, which applies
+backpressure itself (the per-connection queue fills instead).
 
 - `unsent_bytes_probe`: how many bytes Twisted holds unsent for one connection (slow-consumer
-  detection).
-- `direct_text_writer`: write a text message as one pre-built WebSocket frame straight to the
-  socket. Daphne's own path frames every message again for every socket (autobahn), then
-  Twisted registers the socket for writability and writes on the next loop turn: two
-  `epoll_ctl` calls and two selector updates per message and socket, about half the CPU of a
-  broadcast (docs/BENCHMARKS.md). Server frames are unmasked and Daphne negotiates no
-  extension, so a broadcast's frame is the same bytes for every socket; it is built once.
+  detection under Daphne; None elsewhere).
+- `direct_text_writer`: write a text message as one pre-built WebSocket frame. Both servers
+  frame every message again for every socket, and Daphne's Twisted registers the socket for
+  writability and writes on the next loop turn: two `epoll_ctl` calls and two selector
+  updates per message and socket, about half the CPU of a broadcast (docs/BENCHMARKS.md).
+  Server frames are unmasked and, with no extension negotiated, a broadcast's frame is the
+  same bytes for every socket: it is built once and written as the server itself would.
 """
 
 from __future__ import annotations
@@ -104,20 +104,36 @@ def _frames_as_autobahn_would(protocol: Any) -> bool:
 
 
 def direct_text_writer(send: Any, name: str = "") -> Callable[[str], bool] | None:
-    """A function writing a text message straight to the socket, or None when it cannot.
+    """A function writing a text message as one pre-built frame, or None when it cannot.
 
-    It returns False, having written nothing, when the message must take the ASGI `send`
-    instead: the connection is not open (not yet accepted, closing, closed), autobahn has
-    frames of its own queued or a fragmented message in progress, or it would frame the message
-    differently (checked once, when the connection is first open). Otherwise it writes and
-    returns True: with nothing unsent in Twisted's buffer, `socket.send` at once and whatever
-    the kernel does not take (a full socket buffer) to `transport.write`; with bytes unsent
-    already, all of it to `transport.write`, behind them, so the order of messages is kept and
-    the unsent-bytes probe still sees a slow consumer. Errors are left to Twisted: a frame the
-    socket refuses goes to `transport.write`, whose next write finds the error and closes.
-    TLS transports (Twisted wraps those in another protocol) and other servers get None.
+    The function returns False, having written nothing, when the message must take the ASGI
+    `send` instead (the connection is not simply open, or the server would frame the message
+    differently); otherwise it writes and returns True. Under Daphne (plain TCP) the frame goes
+    straight to the socket; under uvicorn's default WebSocket implementation, to the asyncio
+    transport. Other servers, and Daphne over TLS, get None.
     """
     protocol = _daphne_protocol(send)
+    if protocol is not None:
+        return _daphne_writer(protocol, name)
+    protocol = getattr(send, "__self__", None)
+    if protocol is not None:
+        return _uvicorn_writer(protocol, name)
+    return None
+
+
+def _daphne_writer(protocol: Any, name: str) -> Callable[[str], bool] | None:
+    """Daphne: `socket.send` the frame when Twisted holds nothing unsent for the connection.
+
+    False when the connection is not open (not yet accepted, closing, closed), autobahn has
+    frames of its own queued or a fragmented message in progress, or it would frame the message
+    differently (checked once, when the connection is first open). With nothing unsent in
+    Twisted's buffer, `socket.send` at once and whatever the kernel does not take (a full
+    socket buffer) to `transport.write`; with bytes unsent already, all of it to
+    `transport.write`, behind them, so the order of messages is kept and the unsent-bytes probe
+    still sees a slow consumer. Errors are left to Twisted: a frame the socket refuses goes to
+    `transport.write`, whose next write finds the error and closes. TLS transports (Twisted
+    wraps those in another protocol) get None.
+    """
     transport = _twisted_tcp_transport(protocol)
     if transport is None or getattr(transport, "TLS", None) is not False:
         return None
@@ -158,6 +174,46 @@ def direct_text_writer(send: Any, name: str = "") -> Callable[[str], bool] | Non
             sent = 0  # Twisted's own write will meet the error and close the connection
         if sent < len(frame):
             transport.write(frame[sent:])
+        return True
+
+    return write
+
+
+def _uvicorn_writer(protocol: Any, name: str) -> Callable[[str], bool] | None:
+    """uvicorn (`--ws websockets-sansio`, its default): the frame to the asyncio transport.
+
+    uvicorn's `send` has the `websockets` sans-I/O connection build the frame for each socket
+    and awaits flow control on every message. Here the frame is built once per broadcast and
+    written to the transport while the connection is open, not paused by flow control and has
+    no extension negotiated (permessage-deflate compresses per connection: its path is kept).
+    When the transport is paused, False: the message takes uvicorn's `send`, which waits, and
+    the consumer queues what follows (realtime.consumers), as before.
+    """
+    conn = getattr(protocol, "conn", None)
+    state = getattr(conn, "state", None)
+    open_state = getattr(type(state), "OPEN", None)  # websockets.protocol.State.OPEN
+    if open_state is None or not all(
+        hasattr(protocol, attribute)
+        for attribute in ("transport", "writable", "close_sent", "initial_response")
+    ):
+        return None
+    if not hasattr(conn, "extensions") or not hasattr(conn, "expect_continuation_frame"):
+        return None
+    checked = False
+
+    def write(text: str) -> bool:
+        nonlocal checked
+        if conn.state is not open_state or protocol.close_sent or conn.extensions:
+            return False
+        if conn.expect_continuation_frame or protocol.initial_response is not None:
+            return False
+        transport = protocol.transport
+        if not protocol.writable.is_set() or transport.is_closing():
+            return False
+        if not checked:
+            checked = True
+            logger.debug("Connection %s: text frames go straight to the transport", name)
+        transport.write(text_frame(text))
         return True
 
     return write

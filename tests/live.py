@@ -84,7 +84,7 @@ def run_manage(
 
 
 class LiveServer:
-    """A Daphne process serving tradingrt.asgi on 127.0.0.1, stopped by `stop()`."""
+    """A Daphne (or uvicorn) process serving tradingrt.asgi on 127.0.0.1, stopped by `stop()`."""
 
     def __init__(
         self,
@@ -93,7 +93,9 @@ class LiveServer:
         env: dict[str, str] | None = None,
         redis: dict[str, str] | None = None,
         port: int | None = None,
+        server: str = "daphne",
     ):
+        self.server = server
         self.port = port or free_port()
         self.realtime = realtime or {}
         self.extra_env = dict(env or {})
@@ -117,20 +119,37 @@ class LiveServer:
         """Run a management command as an operator would, configured like this server."""
         return run_manage(*args, env=self.environment(), stdin=stdin)
 
+    def command(self) -> list[str]:
+        """Daphne as dev.py starts it, or uvicorn as docs/DEPLOYMENT.md does (deflate left on)."""
+        if self.server == "uvicorn":
+            return [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "tradingrt.asgi:application",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--lifespan",
+                "on",
+            ]
+        return [
+            sys.executable,
+            "-m",
+            "daphne",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "tradingrt.asgi:application",
+        ]
+
     def start(self) -> LiveServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "tradingrt.asgi:application",
-            ],
+            self.command(),
             cwd=ROOT,
             env=self.environment(),
             stdout=log,
@@ -140,7 +159,7 @@ class LiveServer:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"Daphne exited at start:\n{self.log()}")
+                raise RuntimeError(f"{self.server} exited at start:\n{self.log()}")
             with (
                 contextlib.suppress(OSError),
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
@@ -148,7 +167,7 @@ class LiveServer:
                 return self
             time.sleep(0.05)
         self.stop()
-        raise RuntimeError(f"Daphne did not listen within 30 s:\n{self.log()}")
+        raise RuntimeError(f"{self.server} did not listen within 30 s:\n{self.log()}")
 
     def log(self) -> str:
         try:

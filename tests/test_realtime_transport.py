@@ -266,6 +266,107 @@ def test_no_writer_for_tls_or_another_server():
         transport.socket.close()
 
 
+# --- uvicorn (websockets-sansio) ------------------------------------------------------------
+
+
+class FakeAsyncioTransport:
+    def __init__(self):
+        self.written: list[bytes] = []
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+class FakeUvicornProtocol:
+    """The attributes of uvicorn's WebSocketsSansIOProtocol that the writer reads."""
+
+    def __init__(self):
+        from websockets.protocol import State
+
+        self.conn = SimpleNamespace(
+            state=State.CONNECTING, extensions=[], expect_continuation_frame=False
+        )
+        self.transport = FakeAsyncioTransport()
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.close_sent = False
+        self.initial_response = None
+
+    async def send(self, message):
+        raise AssertionError("the writer must not go through uvicorn's send")
+
+
+@pytest.fixture
+def uvicorn_like():
+    from websockets.protocol import State
+
+    protocol = FakeUvicornProtocol()
+    write = direct_text_writer(protocol.send, "c2")
+    assert write is not None
+    assert write("before accept") is False
+    protocol.conn.state = State.OPEN
+    return write, protocol
+
+
+def test_under_uvicorn_an_open_connections_frame_goes_to_the_transport(uvicorn_like):
+    write, protocol = uvicorn_like
+    assert write("one") and write("two")
+    assert parse_frames(b"".join(protocol.transport.written)) == [
+        (True, 1, b"one"),
+        (True, 1, b"two"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda p: setattr(p.conn, "extensions", [object()]),  # permessage-deflate negotiated
+        lambda p: p.writable.clear(),  # paused by flow control: uvicorn's send waits
+        lambda p: setattr(p.transport, "closing", True),
+        lambda p: setattr(p, "close_sent", True),
+        lambda p: setattr(p.conn, "expect_continuation_frame", True),
+        lambda p: setattr(p.conn, "state", type(p.conn.state).CLOSING),
+    ],
+)
+def test_under_uvicorn_anything_but_simply_open_keeps_uvicorns_send(uvicorn_like, change):
+    write, protocol = uvicorn_like
+    change(protocol)
+    assert write("x") is False
+    assert protocol.transport.written == []
+
+
+def test_no_writer_for_a_send_that_is_a_plain_method_of_something_else():
+    queue: asyncio.Queue = asyncio.Queue()  # channels' test communicator passes queue.put
+    assert direct_text_writer(queue.put) is None
+
+
+async def _exchange_through(server, trader_token, **connect):
+    """Strategy updates of growing size, one over 64 KiB, to one subscriber: all, in order."""
+    from tests.rest import api
+    from tests.wsclient import connect as ws_connect
+    from tests.wsclient import receive, receive_type, subscribe
+
+    async with api(server, trader_token) as client:
+        strategy = (await client.post("/api/strategies/", json={"name": "s"})).json()
+        ws = await ws_connect(server.ws_url, token=trader_token, max_size=None, **connect)
+        await receive_type(ws, "AUTHENTICATION")
+        await subscribe(ws, f"strategy:{strategy['id']}")
+        big = {"blob": "z" * 70_000}  # a frame with a 64-bit length
+        sizes = [{"n": n} for n in range(20)] + [big, {"n": 20}]
+        for parameters in sizes:
+            response = await client.patch(
+                f"/api/strategies/{strategy['id']}/", json={"parameters": parameters}
+            )
+            assert response.status_code == 200, response.text
+    received = [await receive(ws) for _ in sizes]
+    assert [m["payload"]["parameters"] for m in received] == sizes
+    await ws.close()
+
+
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
 async def test_under_daphne_messages_go_straight_to_the_socket_whole_and_in_order(
@@ -273,23 +374,23 @@ async def test_under_daphne_messages_go_straight_to_the_socket_whole_and_in_orde
 ):
     """A real Daphne: the debug log says which path a connection took; the client checks frames."""
     from tests.live import live_server
-    from tests.rest import api
-    from tests.wsclient import connect, receive, receive_type, subscribe
 
     with live_server(env={"DJANGO_LOG_LEVEL": "DEBUG"}) as server:
-        async with api(server, trader_token) as client:
-            strategy = (await client.post("/api/strategies/", json={"name": "s"})).json()
-            ws = await connect(server.ws_url, token=trader_token, max_size=None)
-            await receive_type(ws, "AUTHENTICATION")
-            await subscribe(ws, f"strategy:{strategy['id']}")
-            big = {"blob": "z" * 70_000}  # a frame with a 64-bit length
-            sizes = [{"n": n} for n in range(20)] + [big, {"n": 20}]
-            for parameters in sizes:
-                response = await client.patch(
-                    f"/api/strategies/{strategy['id']}/", json={"parameters": parameters}
-                )
-                assert response.status_code == 200, response.text
-        received = [await receive(ws) for _ in sizes]
-        assert [m["payload"]["parameters"] for m in received] == sizes
-        await ws.close()
+        await _exchange_through(server, trader_token)
         assert "text frames go straight to the socket" in server.log_path.read_text()
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("compression", [None, "deflate"])
+async def test_under_uvicorn_messages_arrive_whole_and_in_order_with_or_without_deflate(
+    trader, trader_token, compression
+):
+    """uvicorn negotiates permessage-deflate when offered: then its own send compresses."""
+    pytest.importorskip("uvicorn")
+    from tests.live import live_server
+
+    with live_server(server="uvicorn", env={"DJANGO_LOG_LEVEL": "DEBUG"}) as server:
+        await _exchange_through(server, trader_token, compression=compression)
+        direct = "text frames go straight to the transport" in server.log_path.read_text()
+        assert direct is (compression is None)
