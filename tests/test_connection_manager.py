@@ -356,3 +356,40 @@ async def test_a_cleanly_stopped_server_removes_its_records_at_once(trader):
         server.stop()  # SIGTERM: Daphne exits normally
     assert not await sync_to_async(ServerProcess.objects.filter(pk=server_id).exists)()
     assert not await sync_to_async(Connection.objects.filter(pk=connection_id).exists)()
+
+
+@pytest.mark.django_db
+def test_status_reads_every_row_until_a_process_dies_then_only_live_processes(trader, staff):
+    """Both ways of counting: all rows (no dead process) and rows of live processes only."""
+    from realtime.connections import server_process_register
+
+    def with_connections(server, user, topics_per_connection):
+        for n, topics in enumerate(topics_per_connection):
+            connection = Connection.objects.create(
+                id=f"{server.pk}-{n}", server=server, user=user, connected_at=timezone.now()
+            )
+            for topic in topics:
+                Subscription.objects.create(connection=connection, topic=topic)
+
+    alive = server_process_register()
+    with_connections(alive, trader, [["market:AAPL", "orders"], ["market:AAPL"]])
+    other = server_process_register()
+    with_connections(other, staff, [["orders"]])
+    status = connection_status()
+    assert status["activeConnections"] == 3 and status["usersOnline"] == 2
+    assert status["topicSubscriptions"] == {
+        "orders": 2,
+        "positions": 0,
+        "strategies": 0,
+        "market:AAPL": 2,
+    }
+    assert [server["connections"] for server in status["servers"]] == [2, 1]
+
+    ServerProcess.objects.filter(pk=other.pk).update(
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    status = connection_status()
+    assert status["activeConnections"] == 2 and status["usersOnline"] == 1
+    assert status["topicSubscriptions"]["orders"] == 1
+    assert status["topicSubscriptions"]["market:AAPL"] == 2
+    assert [server["id"] for server in status["servers"]] == [alive.pk]
