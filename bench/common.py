@@ -447,7 +447,7 @@ class Server:
         """The server's command line: the flags docs/DEPLOYMENT.md gives, on loopback."""
         if self.kind == "daphne":
             return [
-                PYTHON, "-m", "daphne", "-b", LOOPBACK, "-p", str(self.port),
+                PYTHON, "-m", "daphne", "-e", f"tcp:port={self.port}:interface={LOOPBACK}:backlog=1024",
                 "--ping-interval", "20", "--ping-timeout", "30",
                 *self.extra_args, "tradingrt.asgi:application",
             ]  # fmt: skip
