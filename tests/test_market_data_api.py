@@ -166,13 +166,3 @@ async def test_a_cached_bearer_token_is_published_without_leaving_the_event_loop
     assert len(at_publish) == 2
     assert at_publish[0] - at_dispatch[0] >= 1, "the first request loads the user in a thread"
     assert at_publish[1] - at_dispatch[1] == 0, "the second never leaves the loop"
-
-
-def test_the_middleware_chain_has_no_synchronous_only_member():
-    """A sync-only middleware would send every ASGI request through a thread and back."""
-    from django.conf import settings
-    from django.utils.module_loading import import_string
-
-    for path in settings.MIDDLEWARE:
-        middleware = import_string(path)
-        assert getattr(middleware, "async_capable", False), f"{path} is synchronous only"

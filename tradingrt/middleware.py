@@ -1,45 +1,46 @@
-"""Project middleware: static files without a thread handoff for every other request."""
+"""Django's middleware, entered in one thread handoff per request under ASGI.
+
+Django's built-in middleware say they are async-capable, but under ASGI each of their hooks
+then runs in a thread of its own (`MiddlewareMixin.__acall__` wraps `process_request`,
+`process_view` and `process_response` in `sync_to_async`): about a dozen handoffs to a thread
+and back per request with this project's chain, 1-2 ms of every REST request and of every
+market-data publish (docs/BENCHMARKS.md). Declared synchronous only, as Django's ticket
+#37177 proposes for Django itself, the whole chain runs in one thread, entered once. Each
+class below is Django's, unchanged but for that flag, and takes its place in MIDDLEWARE (the
+admin's checks accept subclasses). WhiteNoise's middleware is synchronous only already.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from django.contrib.auth import middleware as auth
+from django.contrib.messages import middleware as messages
+from django.contrib.sessions import middleware as sessions
+from django.middleware import clickjacking, common, csrf, security
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
-from whitenoise.middleware import WhiteNoiseMiddleware
+
+class SecurityMiddleware(security.SecurityMiddleware):
+    async_capable = False
 
 
-class StaticFilesMiddleware:
-    """WhiteNoise's static files, answered in a thread; every other request goes straight on.
+class SessionMiddleware(sessions.SessionMiddleware):
+    async_capable = False
 
-    WhiteNoiseMiddleware is synchronous only, so under ASGI Django runs it in a worker thread
-    and hops back to the event loop for the rest of the chain, for every request, static or
-    not: two thread handoffs before an async view (the market-data intake, realtime.views)
-    starts. This one is async-capable: it looks the path up as WhiteNoise does and serves a
-    match in a thread; under WSGI (and Django's sync test client) it is WhiteNoise itself.
-    """
 
-    sync_capable = True
-    async_capable = True
+class CommonMiddleware(common.CommonMiddleware):
+    async_capable = False
 
-    def __init__(self, get_response: Callable[[Any], Any]) -> None:
-        self.get_response = get_response
-        self.whitenoise = WhiteNoiseMiddleware(get_response)
-        self.is_async = iscoroutinefunction(get_response)
-        if self.is_async:
-            markcoroutinefunction(self)
 
-    def __call__(self, request: Any) -> Any:
-        if self.is_async:
-            return self._acall(request)
-        return self.whitenoise(request)
+class CsrfViewMiddleware(csrf.CsrfViewMiddleware):
+    async_capable = False
 
-    async def _acall(self, request: Any) -> Any:
-        whitenoise = self.whitenoise
-        if whitenoise.autorefresh:  # DEBUG: WhiteNoise looks on disk for every request
-            static_file = await sync_to_async(whitenoise.find_file)(request.path_info)
-        else:
-            static_file = whitenoise.files.get(request.path_info)
-        if static_file is not None:
-            return await sync_to_async(whitenoise.serve)(static_file, request)
-        return await self.get_response(request)
+
+class AuthenticationMiddleware(auth.AuthenticationMiddleware):
+    async_capable = False
+
+
+class MessageMiddleware(messages.MessageMiddleware):
+    async_capable = False
+
+
+class XFrameOptionsMiddleware(clickjacking.XFrameOptionsMiddleware):
+    async_capable = False

@@ -64,15 +64,17 @@ INSTALLED_APPS = [
     "tradingrt",
 ]
 
+# Django's middleware, declared synchronous only so that ASGI requests enter the chain in one
+# thread handoff instead of one per hook (tradingrt/middleware.py).
 MIDDLEWARE = [
-    "django.middleware.security.SecurityMiddleware",
-    "tradingrt.middleware.StaticFilesMiddleware",  # WhiteNoise, async-capable
-    "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "tradingrt.middleware.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "tradingrt.middleware.SessionMiddleware",
+    "tradingrt.middleware.CommonMiddleware",
+    "tradingrt.middleware.CsrfViewMiddleware",
+    "tradingrt.middleware.AuthenticationMiddleware",
+    "tradingrt.middleware.MessageMiddleware",
+    "tradingrt.middleware.XFrameOptionsMiddleware",
 ]
 
 ROOT_URLCONF = "tradingrt.urls"
