@@ -446,8 +446,9 @@ class Server:
     def command(self) -> list[str]:
         """The server's command line: the flags docs/DEPLOYMENT.md gives, on loopback."""
         if self.kind == "daphne":
+            endpoint = f"tcp:port={self.port}:interface={LOOPBACK}:backlog=1024"
             return [
-                PYTHON, "-m", "daphne", "-e", f"tcp:port={self.port}:interface={LOOPBACK}:backlog=1024",
+                PYTHON, "-m", "daphne", "-e", endpoint,
                 "--ping-interval", "20", "--ping-timeout", "30",
                 *self.extra_args, "tradingrt.asgi:application",
             ]  # fmt: skip

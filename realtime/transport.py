@@ -189,7 +189,7 @@ def _uvicorn_writer(protocol: Any, name: str) -> Callable[[str], bool] | None:
     When the transport is paused, False: the message takes uvicorn's `send`, which waits, and
     the consumer queues what follows (realtime.consumers), as before.
     """
-    conn = getattr(protocol, "conn", None)
+    conn: Any = getattr(protocol, "conn", None)
     state = getattr(conn, "state", None)
     open_state = getattr(type(state), "OPEN", None)  # websockets.protocol.State.OPEN
     if open_state is None or not all(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 
@@ -215,3 +216,28 @@ def _retry_flush_on_deadlock() -> None:
 
 
 _retry_flush_on_deadlock()
+
+
+@pytest.fixture
+def thread_handoffs(monkeypatch):
+    """A function returning how many times the running loop has handed work to a thread so far
+    (`run_in_executor`: every sync_to_async, database_sync_to_async and executor call)."""
+    count = 0
+    patched = False
+
+    def handoffs() -> int:
+        nonlocal patched
+        if not patched:
+            loop = asyncio.get_running_loop()
+            run_in_executor = loop.run_in_executor
+
+            def counted(*args, **kwargs):
+                nonlocal count
+                count += 1
+                return run_in_executor(*args, **kwargs)
+
+            monkeypatch.setattr(loop, "run_in_executor", counted)
+            patched = True
+        return count
+
+    return handoffs

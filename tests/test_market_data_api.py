@@ -4,8 +4,6 @@ DRF would everywhere else."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import Permission
@@ -125,33 +123,20 @@ def test_other_methods_answer_as_drf_does(staff_client):
 
 @pytest.mark.django_db(transaction=True)
 async def test_a_cached_bearer_token_is_published_without_leaving_the_event_loop(
-    staff, monkeypatch
+    staff, monkeypatch, thread_handoffs
 ):
-    """No thread handoff between the view's start and the publish, once the user is cached.
-
-    Django's ASGI handler still sends `request_started` to its sync receivers in a thread, before
-    the middleware; from there on, the middleware chain and this view stay on the loop.
-    """
-    loop = asyncio.get_running_loop()
-    handoffs = 0
-    run_in_executor = loop.run_in_executor
-
-    def counted(*args, **kwargs):
-        nonlocal handoffs
-        handoffs += 1
-        return run_in_executor(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "run_in_executor", counted)
+    """No thread handoff between the view's start and the publish, once the user is cached."""
+    thread_handoffs()  # start counting
     at_publish: list[int] = []
     at_dispatch: list[int] = []
 
     async def apublish(ticks):
-        at_publish.append(handoffs)
+        at_publish.append(thread_handoffs())
 
     dispatch = views.MarketDataView._dispatch
 
     async def observed(self, *args, **kwargs):
-        at_dispatch.append(handoffs)
+        at_dispatch.append(thread_handoffs())
         return await dispatch(self, *args, **kwargs)
 
     monkeypatch.setattr(market_data, "apublish", apublish)

@@ -3,8 +3,6 @@ entered in one thread handoff per ASGI request instead of one per hook."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from asgiref.sync import sync_to_async
 from django.conf import settings as django_settings
@@ -42,37 +40,23 @@ def test_the_chain_is_djangos_own_in_the_same_order():
             }
 
 
-async def handoffs_per_request(monkeypatch, token: str) -> int:
-    """Thread handoffs (run_in_executor calls) of one GET /ws/status through the ASGI path."""
-    loop = asyncio.get_running_loop()
-    count = 0
-    run_in_executor = loop.run_in_executor
-
-    def counted(*args, **kwargs):
-        nonlocal count
-        count += 1
-        return run_in_executor(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "run_in_executor", counted)
-    try:
-        response = await AsyncClient().get(
-            "/ws/status", headers={"Authorization": f"Bearer {token}"}
-        )
-    finally:
-        monkeypatch.undo()
+async def handoffs_per_request(thread_handoffs, token: str) -> int:
+    """Thread handoffs of one GET /ws/status through the ASGI request path."""
+    before = thread_handoffs()
+    response = await AsyncClient().get("/ws/status", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 200
     assert response["X-Frame-Options"] == "DENY"  # the chain ran
     assert response["X-Content-Type-Options"] == "nosniff"
-    return count
+    return thread_handoffs() - before
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_an_asgi_request_enters_the_chain_once_not_once_per_hook(staff, settings):
+async def test_an_asgi_request_enters_the_chain_once_not_once_per_hook(
+    staff, settings, thread_handoffs
+):
     token = await sync_to_async(access_token_for)(staff)
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        ours = await handoffs_per_request(monkeypatch, token)
+    ours = await handoffs_per_request(thread_handoffs, token)
     settings.MIDDLEWARE = STOCK
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        stock = await handoffs_per_request(monkeypatch, token)
+    stock = await handoffs_per_request(thread_handoffs, token)
     assert ours <= 6, ours  # request_started, the chain, CSRF's process_view, the view, ...
     assert stock >= ours + 8, (ours, stock)  # two per process_request/process_response hook

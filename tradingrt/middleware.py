@@ -18,29 +18,19 @@ from django.contrib.sessions import middleware as sessions
 from django.middleware import clickjacking, common, csrf, security
 
 
-class SecurityMiddleware(security.SecurityMiddleware):
-    async_capable = False
+def _synchronous_only(django_class: type) -> type:
+    """`django_class` itself, declared synchronous only."""
+    return type(
+        django_class.__name__,
+        (django_class,),
+        {"async_capable": False, "__module__": __name__, "__doc__": django_class.__doc__},
+    )
 
 
-class SessionMiddleware(sessions.SessionMiddleware):
-    async_capable = False
-
-
-class CommonMiddleware(common.CommonMiddleware):
-    async_capable = False
-
-
-class CsrfViewMiddleware(csrf.CsrfViewMiddleware):
-    async_capable = False
-
-
-class AuthenticationMiddleware(auth.AuthenticationMiddleware):
-    async_capable = False
-
-
-class MessageMiddleware(messages.MessageMiddleware):
-    async_capable = False
-
-
-class XFrameOptionsMiddleware(clickjacking.XFrameOptionsMiddleware):
-    async_capable = False
+SecurityMiddleware = _synchronous_only(security.SecurityMiddleware)
+SessionMiddleware = _synchronous_only(sessions.SessionMiddleware)
+CommonMiddleware = _synchronous_only(common.CommonMiddleware)
+CsrfViewMiddleware = _synchronous_only(csrf.CsrfViewMiddleware)
+AuthenticationMiddleware = _synchronous_only(auth.AuthenticationMiddleware)
+MessageMiddleware = _synchronous_only(messages.MessageMiddleware)
+XFrameOptionsMiddleware = _synchronous_only(clickjacking.XFrameOptionsMiddleware)
