@@ -19,6 +19,7 @@ from orders.models import Fill, Order
 from orders.permissions import RECORD_FILLS_PERMISSION
 from orders.services import order_cancel, order_create, order_fill, order_reject
 from tradingrt.admin_helpers import (
+    ReadOnlyAdmin,
     SavesThroughServices,
     ServiceModelForm,
     decimal_column,
@@ -226,7 +227,7 @@ class OrderAdmin(SavesThroughServices):
 
 
 @admin.register(Fill)
-class FillAdmin(admin.ModelAdmin):
+class FillAdmin(ReadOnlyAdmin):
     """Fills are history: listed and searched, recorded only from an order's page."""
 
     list_display = ("id", "order", "quantity_shown", "price_shown", "executed_at")
@@ -238,12 +239,3 @@ class FillAdmin(admin.ModelAdmin):
     readonly_fields = fields
     quantity_shown = decimal_column("quantity", "quantity", ordering="quantity")
     price_shown = decimal_column("price", "price", ordering="price")
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False

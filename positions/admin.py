@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.contrib import admin
-from django.http import HttpRequest
 
 from positions.models import Position
 from positions.selectors import portfolio_weight, user_total_exposure
-from tradingrt.admin_helpers import decimal_column
+from tradingrt.admin_helpers import ReadOnlyAdmin, decimal_column
 from tradingrt.formats import format_decimal
 
 
 @admin.register(Position)
-class PositionAdmin(admin.ModelAdmin):
+class PositionAdmin(ReadOnlyAdmin):
     list_display = (
         "user",
         "symbol",
@@ -91,12 +88,3 @@ class PositionAdmin(admin.ModelAdmin):
                 total_exposure=user_total_exposure(user_id=position.user_id),
             )
         )
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False

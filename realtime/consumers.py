@@ -350,8 +350,9 @@ class RealtimeConsumer(AsyncConsumer):
         """Queue one message for this client; close with 4508 if it is not keeping up."""
         if self.closing:
             return
+        unsent = self._unsent_bytes() if self._unsent_bytes is not None else None
         if len(self._outbox) >= self._max_queued or (
-            self._unsent_bytes is not None and self._unsent_bytes() > self._max_unsent_bytes
+            unsent is not None and unsent > self._max_unsent_bytes
         ):
             logger.warning(
                 "Connection %s (user %s) is not keeping up; closing it",
@@ -370,7 +371,7 @@ class RealtimeConsumer(AsyncConsumer):
         # one that blocks (backpressure) is carried on by a drain task, and what follows queues.
         if self._write_direct is not None:
             try:
-                if self._write_direct(text):
+                if self._write_direct(text, unsent):
                     return
             except Exception:  # Twisted or autobahn changed under us: keep their path
                 logger.exception("Direct write failed on %s; using Daphne's", self.connection_id)

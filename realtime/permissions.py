@@ -8,27 +8,15 @@ from asgiref.sync import sync_to_async
 from rest_framework.permissions import BasePermission
 
 
-class CanViewConnections(BasePermission):
-    """Staff, or holders of realtime.view_connection (monitoring systems)."""
+class StaffOrPermission(BasePermission):
+    """Staff, or holders of the model permission `permission` (an "app_label.codename")."""
+
+    permission = ""
 
     def has_permission(self, request: Any, view: Any) -> bool:
         user = request.user
         return bool(
-            user
-            and user.is_authenticated
-            and (user.is_staff or user.has_perm("realtime.view_connection"))
-        )
-
-
-class CanPublishMarketData(BasePermission):
-    """Staff, or holders of realtime.publish_market_data (the market-data feed)."""
-
-    def has_permission(self, request: Any, view: Any) -> bool:
-        user = request.user
-        return bool(
-            user
-            and user.is_authenticated
-            and (user.is_staff or user.has_perm("realtime.publish_market_data"))
+            user and user.is_authenticated and (user.is_staff or user.has_perm(self.permission))
         )
 
     async def ahas_permission(self, request: Any, view: Any) -> bool:
@@ -36,6 +24,16 @@ class CanPublishMarketData(BasePermission):
         user = request.user
         if not (user and user.is_authenticated):
             return False
-        return bool(
-            user.is_staff or await sync_to_async(user.has_perm)("realtime.publish_market_data")
-        )
+        return bool(user.is_staff or await sync_to_async(user.has_perm)(self.permission))
+
+
+class CanViewConnections(StaffOrPermission):
+    """Staff, or holders of realtime.view_connection (monitoring systems)."""
+
+    permission = "realtime.view_connection"
+
+
+class CanPublishMarketData(StaffOrPermission):
+    """Staff, or holders of realtime.publish_market_data (the market-data feed)."""
+
+    permission = "realtime.publish_market_data"

@@ -23,7 +23,7 @@ import functools
 import logging
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 logger = logging.getLogger(__name__)
 
@@ -103,12 +103,18 @@ def _frames_as_autobahn_would(protocol: Any) -> bool:
     )
 
 
-def direct_text_writer(send: Any, name: str = "") -> Callable[[str], bool] | None:
+class TextWriter(Protocol):
+    def __call__(self, text: str, unsent: int | None = None) -> bool: ...
+
+
+def direct_text_writer(send: Any, name: str = "") -> TextWriter | None:
     """A function writing a text message as one pre-built frame, or None when it cannot.
 
     The function returns False, having written nothing, when the message must take the ASGI
     `send` instead (the connection is not simply open, or the server would frame the message
-    differently); otherwise it writes and returns True. Under Daphne (plain TCP) the frame goes
+    differently); otherwise it writes and returns True. A caller that has just read the
+    unsent-bytes probe passes its value as `unsent`, so that it is not read twice per message
+    (Daphne; uvicorn has no probe and ignores it). Under Daphne (plain TCP) the frame goes
     straight to the socket; under uvicorn's default WebSocket implementation, to the asyncio
     transport. Other servers, and Daphne over TLS, get None.
     """
@@ -121,7 +127,7 @@ def direct_text_writer(send: Any, name: str = "") -> Callable[[str], bool] | Non
     return None
 
 
-def _daphne_writer(protocol: Any, name: str) -> Callable[[str], bool] | None:
+def _daphne_writer(protocol: Any, name: str) -> TextWriter | None:
     """Daphne: `socket.send` the frame when Twisted holds nothing unsent for the connection.
 
     False when the connection is not open (not yet accepted, closing, closed), autobahn has
@@ -144,7 +150,7 @@ def _daphne_writer(protocol: Any, name: str) -> Callable[[str], bool] | None:
         return None
     checked: bool | None = None  # whether autobahn frames as text_frame does, once open
 
-    def write(text: str) -> bool:
+    def write(text: str, unsent: int | None = None) -> bool:
         nonlocal checked
         if protocol.state != state_open or protocol.send_state != send_ground:
             return False
@@ -163,7 +169,9 @@ def _daphne_writer(protocol: Any, name: str) -> Callable[[str], bool] | None:
         frame = text_frame(text)
         if 0 < protocol.maxMessagePayloadSize < len(frame):
             return False  # at or near autobahn's limit: its path, and its error, decide
-        if transport._tempDataLen or len(transport.dataBuffer) > transport.offset:
+        if unsent is None:
+            unsent = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+        if unsent:
             transport.write(frame)  # behind what is already waiting
             return True
         try:
@@ -179,7 +187,7 @@ def _daphne_writer(protocol: Any, name: str) -> Callable[[str], bool] | None:
     return write
 
 
-def _uvicorn_writer(protocol: Any, name: str) -> Callable[[str], bool] | None:
+def _uvicorn_writer(protocol: Any, name: str) -> TextWriter | None:
     """uvicorn (`--ws websockets-sansio`, its default): the frame to the asyncio transport.
 
     uvicorn's `send` has the `websockets` sans-I/O connection build the frame for each socket
@@ -201,7 +209,7 @@ def _uvicorn_writer(protocol: Any, name: str) -> Callable[[str], bool] | None:
         return None
     checked = False
 
-    def write(text: str) -> bool:
+    def write(text: str, unsent: int | None = None) -> bool:
         nonlocal checked
         if conn.state is not open_state or protocol.close_sent or conn.extensions:
             return False

@@ -67,6 +67,19 @@ class ServiceModelForm(forms.ModelForm):
         return self.instance
 
 
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """A ModelAdmin that lists and shows, never adds, changes or deletes (history, derived rows)."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 class SavesThroughServices(admin.ModelAdmin):
     """A ModelAdmin whose forms already saved through a service while validating."""
 
