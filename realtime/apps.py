@@ -8,6 +8,6 @@ class RealtimeConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from realtime import receivers
+        from realtime import checks, receivers  # noqa: F401 - checks registers itself
 
         receivers.connect()

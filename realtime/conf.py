@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 
 DEFAULTS: dict[str, Any] = {
@@ -46,6 +47,37 @@ DEFAULTS: dict[str, Any] = {
     "ALLOWED_ORIGINS": None,
     # Seconds between the running server's sweeps of dead processes' connection records.
     "PRUNE_INTERVAL_SECS": 60.0,
+    # Seconds between a server's checks that its channel layer still holds its groups (a Redis
+    # restarted or flushed loses them silently: the process would wait for messages that can no
+    # longer reach it). One cheap command per check and process.
+    "LAYER_CHECK_INTERVAL_SECS": 1.0,
+    # Subscribers handed one update per turn of the event loop; a topic with more local
+    # subscribers is delivered in slices, so a huge topic cannot stall every other socket.
+    "DELIVERY_SLICE": 1000,
+}
+
+# What each setting must be: (type, smallest, largest); None for no bound. Checked once, at
+# start-up (realtime.checks, run by `manage.py check` and by tradingrt.asgi before serving), so
+# a bad environment value stops the server with a message instead of killing a loop later.
+_NUMBER = (int, float)
+SPEC: dict[str, tuple[type | tuple[type, ...], float | None, float | None]] = {
+    "AUTH_TIMEOUT_SECS": (_NUMBER, 0.01, 3600),
+    "HEARTBEAT_INTERVAL_SECS": (_NUMBER, 0.01, 3600),
+    "DEAD_AFTER_HEARTBEATS": (int, 2, 100),
+    "MAX_MESSAGE_BYTES": (int, 256, 16 * 1024 * 1024),
+    "MAX_TOPICS_PER_CONNECTION": (int, 1, 100_000),
+    "RATE_LIMIT_PER_SEC": (_NUMBER, 0.01, 1_000_000),
+    "RATE_LIMIT_BURST": (int, 1, 1_000_000),
+    "RATE_LIMIT_MAX_STRIKES": (int, 0, 1_000_000),
+    "SEND_BUFFER_MAX_MESSAGES": (int, 1, 10_000_000),
+    "SEND_BUFFER_MAX_BYTES": (int, 1024, 1 << 40),
+    "MARK_TO_MARKET_INTERVAL_SECS": (_NUMBER, 0, 3600),
+    "REORDER_WAIT_SECS": (_NUMBER, 0, 60),
+    "USER_CACHE_SECS": (_NUMBER, 0, 3600),
+    "ALLOWED_ORIGINS": ((list, tuple), None, None),
+    "PRUNE_INTERVAL_SECS": (_NUMBER, 0.01, 86400),
+    "LAYER_CHECK_INTERVAL_SECS": (_NUMBER, 0.01, 3600),
+    "DELIVERY_SLICE": (int, 1, 1_000_000),
 }
 
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
@@ -82,15 +114,54 @@ class RealtimeSettings:
         if name not in self.defaults:
             raise AttributeError(f"Invalid REALTIME setting: {name!r}")
         value = self.user_settings.get(name, self.defaults[name])
+        problem = setting_problem(name, value)
+        if problem is not None:
+            raise ImproperlyConfigured(problem)
+        if isinstance(self.defaults[name], float) and isinstance(value, int):
+            value = float(value)  # read as a float everywhere, whatever the environment said
         self._cached.add(name)
         setattr(self, name, value)
         return value
+
+    def problems(self) -> list[str]:
+        """What is wrong with the configured values, one sentence each (empty: all valid)."""
+        try:
+            configured = self.user_settings
+        except ValueError as exc:
+            return [str(exc)]
+        return [
+            problem
+            for name in self.defaults
+            if (problem := setting_problem(name, configured.get(name, self.defaults[name])))
+        ]
 
     def reload(self) -> None:
         for name in self._cached:
             delattr(self, name)
         self._cached.clear()
         self._user_settings = None
+
+
+def setting_problem(name: str, value: Any) -> str | None:
+    """Why `value` is not valid for the setting `name`, or None when it is."""
+    if name == "ALLOWED_ORIGINS" and value is None:
+        return None
+    if name not in SPEC:
+        return f"REALTIME {name} has no entry in realtime.conf.SPEC; add its type and bounds there."
+    kind, low, high = SPEC[name]
+    if isinstance(value, bool) or not isinstance(value, kind):
+        wanted = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        return (
+            f"REALTIME {name} must be a {wanted}, not {value!r} (set REALTIME_{name} to a JSON "
+            f"value, for example {DEFAULTS[name]!r})."
+        )
+    if name == "ALLOWED_ORIGINS":
+        if not all(isinstance(origin, str) for origin in value):
+            return f"REALTIME ALLOWED_ORIGINS must be a list of origins (strings), not {value!r}."
+        return None
+    if (low is not None and value < low) or (high is not None and value > high):
+        return f"REALTIME {name} must be between {low:g} and {high:g}, not {value!r}."
+    return None
 
 
 realtime_settings = RealtimeSettings(DEFAULTS)

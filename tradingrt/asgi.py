@@ -13,6 +13,12 @@ django_asgi_app = get_asgi_application()  # sets Django up before the realtime i
 
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 
+from realtime.checks import fail_on_bad_settings  # noqa: E402
+
+# Daphne and uvicorn run no system checks: a bad REALTIME_* value must stop the server here, with
+# its reason, not kill a background loop an hour later.
+fail_on_bad_settings()
+
 from realtime.lifespan import lifespan_application  # noqa: E402
 from realtime.routing import websocket_application  # noqa: E402
 
