@@ -52,6 +52,10 @@ class CloseCode(IntEnum):
     USER_DEACTIVATED = 4403
     RATE_LIMITED = 4429  # kept sending after rate_limited errors
     SLOW_CONSUMER = 4508  # the send buffer overflowed
+    # The server's update stream was interrupted (its channel layer lost messages or groups, a
+    # Redis restart): updates may have been missed, so reconnect and reload. (RFC 6455's 1012
+    # would say it too, but servers let applications close only with 1000 or 3000-4999.)
+    STREAM_INTERRUPTED = 4503
 
 
 _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
@@ -91,6 +95,11 @@ def encode_for_topic(message_type: str, topic: str, payload_json: str, timestamp
 
 def error(code: ErrorCode, message: str, *, reply_to: Any = None) -> str:
     return encode(MessageType.ERROR, {"code": code.value, "message": message}, reply_to=reply_to)
+
+
+# Python's JSON parser recurses once per level of nesting; past the interpreter's limit it raises
+# RecursionError, which is the client's malformed input, not the server's fault.
+TOO_DEEP = "The message is not valid JSON here: it is nested too deeply."
 
 
 class ProtocolError(Exception):
@@ -136,6 +145,8 @@ def parse(text: str, *, authenticated: bool = True) -> ClientMessage:
         raise ProtocolError(
             ErrorCode.INVALID_JSON, f"The message is not valid JSON: {exc}."
         ) from None
+    except RecursionError:
+        raise ProtocolError(ErrorCode.INVALID_JSON, TOO_DEEP) from None
     if not isinstance(message, dict):
         raise ProtocolError(
             ErrorCode.INVALID_MESSAGE,
@@ -188,7 +199,7 @@ def peek_id(text: str) -> Any:
     """The `id` of a frame that will not be handled (rate limited), to echo in its ERROR."""
     try:
         message = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if isinstance(message, dict) and _valid_id(message.get("id")):
         return message.get("id")

@@ -320,6 +320,33 @@ async def test_unknown_extra_keys_are_ignored(live, trader_token):
     assert reply["id"] == 1
 
 
+async def test_deeply_nested_json_is_invalid_json_and_the_connection_lives(live, trader_token):
+    async with await connect(live.ws_url, token=trader_token) as ws:
+        await receive(ws)
+        await ws.send("[" * 60_000)  # 60 KB: under the size limit, far past Python's recursion
+        error = await receive_type(ws, "ERROR")
+        assert error["payload"]["code"] == "invalid_json"
+        assert "nested too deeply" in error["payload"]["message"]
+        alive = await request(ws, "HEARTBEAT", {}, id="alive")
+        assert alive["type"] == "HEARTBEAT"
+    assert "RecursionError" not in live.log()
+
+
+async def test_deeply_nested_json_while_rate_limited_is_refused_not_crashed(live, trader_token):
+    # Past the burst each frame is refused as rate_limited, its id peeked at: a frame too deep to
+    # parse must not take the connection's application down with it.
+    async with await connect(live.ws_url, token=trader_token) as ws:
+        await receive(ws)
+        for _ in range(12):
+            await ws.send('{"type":"HEARTBEAT","id":' + "[" * 30_000)
+        codes = [(await receive_type(ws, "ERROR"))["payload"]["code"] for _ in range(12)]
+        assert set(codes) == {"invalid_json", "rate_limited"}
+        await asyncio.sleep(1.0)
+        alive = await request(ws, "HEARTBEAT", {}, id="after")
+        assert alive["type"] == "HEARTBEAT"
+    assert "RecursionError" not in live.log()
+
+
 # --- rate limiting ----------------------------------------------------------------------------
 
 
