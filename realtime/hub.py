@@ -21,9 +21,10 @@ from typing import Any, Protocol
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
-from realtime import connections
+from realtime import connections, stats
 from realtime.conf import realtime_settings
-from realtime.protocol import MessageType, encode
+from realtime.layer import LayerProbe, probe_for
+from realtime.protocol import CloseCode, MessageType, encode
 from realtime.records import RecordWriter
 from realtime.topics import group_name
 
@@ -38,17 +39,29 @@ GROUP_REFRESH_SECS = 3600.0
 BROADCAST_SLICE = 500
 
 
+# Seconds a permission re-check may take before the connection is closed instead (4503): its
+# topics cannot be vouched for, and their messages are being held meanwhile.
+RECHECK_TIMEOUT_SECS = 10.0
+
+
+class LayerUnavailable(Exception):
+    """The channel layer could not take a group change; the topic cannot be served now."""
+
+
 class Subscriber(Protocol):
     """What the hub needs of a connection (realtime.consumers.RealtimeConsumer)."""
 
     connection_id: str
     user_id: int | None
+    topics: set[str]
 
     def push(self, text: str) -> None: ...
 
     def close_with(self, code: int, reason: str = "") -> None: ...
 
     def rerecord(self) -> None: ...
+
+    async def recheck_permissions(self, topics: set[str]) -> list[str]: ...
 
 
 class Sequencer:
@@ -106,9 +119,22 @@ class Sequencer:
             if timer is not None:
                 timer.cancel()
 
+    def forget_topic(self, topic: str) -> None:
+        """Forget what was delivered on `topic` (the process left its group).
+
+        On a later join the first update of each object is delivered at once instead of being
+        held for a predecessor this process will never see.
+        """
+        for slot in [slot for slot in self._last if slot[0] == topic]:
+            del self._last[slot]
+        for slot in [slot for slot in self._held if slot[0] == topic]:
+            self._give_up(slot)
+
     def _give_up(self, slot: tuple[str, str]) -> None:
         """The predecessor never came (or is forgotten): deliver what is held, in order."""
-        self._timers.pop(slot, None)
+        timer = self._timers.pop(slot, None)
+        if timer is not None:
+            timer.cancel()
         held = self._held.pop(slot, {})
         for seq in sorted(held):
             self._deliver(slot[0], held[seq])
@@ -127,11 +153,24 @@ class Hub:
         self.connections: dict[str, Subscriber] = {}
         self.topics: dict[str, set[Subscriber]] = {}
         self._joined: set[str] = set()
-        self._topic_locks: dict[str, asyncio.Lock] = {}
+        # One lock per group while a membership change is under way or waited for; dropped by
+        # the last user, so the map holds only the groups being changed right now.
+        self._topic_locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
         self._start_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
+        self._side_tasks: set[asyncio.Task[Any]] = set()
         self.messages_delivered = 0
         self.sequencer = Sequencer(self.deliver)
+        # Topics with a delivery in slices under way: what arrives meanwhile queues behind it.
+        self._backlog: dict[str, collections.deque[str]] = {}
+        # topic -> subscriber -> messages held while the subscriber's permissions are re-checked.
+        self._held: dict[str, dict[Subscriber, list[str]]] = {}
+        # Goes up with every permission re-check, so a subscription authorised while one ran is
+        # authorised again (realtime.consumers).
+        self.permission_changes = 0
+        self._probe: LayerProbe | None = None
+        self.layer_lost: str | None = None  # why, while the layer's state is gone
+        self._recover_lock = asyncio.Lock()
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -140,20 +179,38 @@ class Hub:
         return self.server_id is not None
 
     async def start(self) -> None:
-        """Register the process and start its loops; idempotent, done on first connection."""
+        """Register the process and start its loops; idempotent, done on first connection.
+
+        All or nothing: a step that fails undoes the ones before it, so the next connection
+        starts afresh instead of adding a second receive loop.
+        """
         if self.started:
             return
         async with self._start_lock:
             if self.started:
                 return
-            if self.layer is not None:
-                self.channel_name = await self.layer.new_channel("rt.hub")
-                await self.layer.group_add(CONTROL_GROUP, self.channel_name)
+            channel_name = None
+            try:
+                if self.layer is not None:
+                    channel_name = await self.layer.new_channel("rt.hub")
+                    await self.layer.group_add(CONTROL_GROUP, channel_name)
+                    self._probe = probe_for(self.layer)
+                    if self._probe is not None:
+                        await self._probe.remember()
+                server = await database_sync_to_async(connections.server_process_register)(
+                    channel_name=channel_name or ""
+                )
+            except BaseException:
+                if channel_name is not None and self.layer is not None:
+                    with contextlib.suppress(Exception):
+                        await self.layer.group_discard(CONTROL_GROUP, channel_name)
+                raise
+            self.channel_name = channel_name
+            if channel_name is not None:
                 self._joined.add(CONTROL_GROUP)
                 self._tasks.append(asyncio.create_task(self._receive_loop()))
-            server = await database_sync_to_async(connections.server_process_register)(
-                channel_name=self.channel_name or ""
-            )
+                if self._probe is not None:
+                    self._tasks.append(asyncio.create_task(self._layer_watch_loop()))
             self.server_id = server.pk
             self.records = RecordWriter(server.pk)
             self.records.start()
@@ -165,12 +222,13 @@ class Hub:
 
     async def stop(self) -> None:
         """Stop the loops and drop this process's records (tests and clean shutdowns)."""
-        for task in self._tasks:
+        for task in (*self._tasks, *self._side_tasks):
             task.cancel()
-        for task in self._tasks:
+        for task in (*self._tasks, *self._side_tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        self._side_tasks.clear()
         if self.layer is not None and self.channel_name:
             for topic_group in list(self._joined):
                 try:
@@ -185,6 +243,13 @@ class Hub:
             await database_sync_to_async(connections.server_process_stop)(server_id=self.server_id)
             self.server_id = None
 
+    def _spawn(self, coroutine: Any) -> asyncio.Task[Any]:
+        """A task the hub keeps a reference to until it ends (and cancels at stop)."""
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+        return task
+
     # --- connections and topics ------------------------------------------------------------
 
     def register(self, subscriber: Subscriber) -> None:
@@ -195,12 +260,23 @@ class Hub:
         self.connections.pop(subscriber.connection_id, None)
         return self._remove(subscriber, topics)
 
-    async def subscribe(self, subscriber: Subscriber, topics: Iterable[str]) -> None:
-        """Add local subscriptions; returns once the process receives the topics' messages."""
+    async def subscribe(self, subscriber: Subscriber, topics: Iterable[str]) -> list[str]:
+        """Add local subscriptions, each once the process receives the topic's messages.
+
+        Returns the topics that could not be joined (the channel layer is unreachable): those
+        are not subscribed, here or anywhere, and the caller must say so to its client.
+        """
+        failed = []
         for topic in topics:
             self.topics.setdefault(topic, set()).add(subscriber)
-            if group_name(topic) not in self._joined:
+            if group_name(topic) in self._joined:
+                continue
+            try:
                 await self._sync_membership(topic)
+            except LayerUnavailable:
+                failed.append(topic)
+                self._remove(subscriber, (topic,))
+        return failed
 
     async def unsubscribe(self, subscriber: Subscriber, topics: Iterable[str]) -> None:
         await self.release_topics(self._remove(subscriber, topics))
@@ -209,6 +285,11 @@ class Hub:
         """Drop local subscriptions; returns the topics left with no local subscriber."""
         emptied = []
         for topic in topics:
+            held = self._held.get(topic)
+            if held is not None:
+                held.pop(subscriber, None)
+                if not held:
+                    del self._held[topic]
             subscribers = self.topics.get(topic)
             if subscribers is None:
                 continue
@@ -219,38 +300,100 @@ class Hub:
         return emptied
 
     async def release_topics(self, topics: Iterable[str]) -> None:
-        """Leave the groups of topics left without local subscribers."""
+        """Leave the groups of topics left without local subscribers (a failed leave is logged:
+        the membership lapses with the layer's group expiry, and nothing is delivered here)."""
         for topic in topics:
             await self._sync_membership(topic)
 
     async def _sync_membership(self, topic: str) -> None:
-        """Make the group membership match the local subscribers, one change at a time."""
+        """Make the group membership match the local subscribers, one change at a time.
+
+        Raises LayerUnavailable when a wanted join fails.
+        """
         if self.layer is None or self.channel_name is None:
             return
         group = group_name(topic)
-        lock = self._topic_locks.setdefault(group, asyncio.Lock())
-        async with lock:
-            wanted = bool(self.topics.get(topic))
-            joined = group in self._joined
-            if wanted and not joined:
-                await self.layer.group_add(group, self.channel_name)
-                self._joined.add(group)
-            elif joined and not wanted:
-                self._joined.discard(group)
-                await self.layer.group_discard(group, self.channel_name)
-            if not wanted and not lock.locked():
-                self._topic_locks.pop(group, None)
+        lock, users = self._topic_locks.setdefault(group, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                wanted = bool(self.topics.get(topic))
+                joined = group in self._joined
+                if wanted and not joined:
+                    if self.layer_lost:
+                        raise LayerUnavailable(self.layer_lost)
+                    try:
+                        await self.layer.group_add(group, self.channel_name)
+                    except Exception as exc:
+                        logger.warning("Could not join group %s: %r", group, exc)
+                        raise LayerUnavailable(str(exc)) from exc
+                    self._joined.add(group)
+                elif joined and not wanted:
+                    self._joined.discard(group)
+                    self.sequencer.forget_topic(topic)
+                    try:
+                        await self.layer.group_discard(group, self.channel_name)
+                    except Exception as exc:
+                        logger.warning("Could not leave group %s: %r", group, exc)
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._topic_locks[group]
 
     # --- delivery ----------------------------------------------------------------------
 
     def deliver(self, topic: str, text: str) -> None:
-        """Hand one encoded message to every local subscriber of `topic`."""
+        """Hand one encoded message to every local subscriber of `topic`, in arrival order.
+
+        Up to DELIVERY_SLICE subscribers at once; a topic with more is delivered in slices by a
+        task that yields to the loop between them, and the topic's next messages queue behind it.
+        """
+        backlog = self._backlog.get(topic)
+        if backlog is not None:
+            backlog.append(text)
+            return
         subscribers = self.topics.get(topic)
         if not subscribers:
             return
-        for subscriber in tuple(subscribers):
-            subscriber.push(text)
-        self.messages_delivered += len(subscribers)
+        if len(subscribers) > realtime_settings.DELIVERY_SLICE:
+            self._backlog[topic] = collections.deque((text,))
+            self._spawn(self._deliver_in_slices(topic))
+            return
+        self._push_all(topic, tuple(subscribers), text)
+
+    def _push_all(self, topic: str, subscribers: Iterable[Subscriber], text: str) -> None:
+        held = self._held.get(topic)
+        count = 0
+        if held:
+            for subscriber in subscribers:
+                waiting = held.get(subscriber)
+                if waiting is not None:
+                    waiting.append(text)
+                else:
+                    subscriber.push(text)
+                count += 1
+        else:
+            for subscriber in subscribers:
+                subscriber.push(text)
+                count += 1
+        self.messages_delivered += count
+
+    async def _deliver_in_slices(self, topic: str) -> None:
+        backlog = self._backlog[topic]
+        size = int(realtime_settings.DELIVERY_SLICE)
+        try:
+            while backlog:
+                text = backlog.popleft()
+                subscribers = tuple(self.topics.get(topic, ()))
+                for start in range(0, len(subscribers), size):
+                    if start:
+                        await asyncio.sleep(0)
+                    current = self.topics.get(topic, ())  # unsubscribed meanwhile: skipped
+                    part = [s for s in subscribers[start : start + size] if s in current]
+                    self._push_all(topic, part, text)
+                await asyncio.sleep(0)
+        finally:
+            del self._backlog[topic]
 
     async def broadcast(self, text: str) -> None:
         """Hand one encoded message to every local connection (server heartbeats).
@@ -266,11 +409,19 @@ class Hub:
             for subscriber in subscribers[start : start + BROADCAST_SLICE]:
                 subscriber.push(text)
 
+    # --- control: operator disconnects and permission changes -----------------------------
+
     def handle_control(self, message: dict[str, Any]) -> None:
+        action = message.get("action")
+        if action == "disconnect":
+            self._disconnect(message)
+        elif action == "recheck":
+            self._recheck(message)
+        else:
+            logger.warning("Unknown hub control action %r", action)
+
+    def _disconnect(self, message: dict[str, Any]) -> None:
         """Close local connections an operator or a deactivation targets."""
-        if message.get("action") != "disconnect":
-            logger.warning("Unknown hub control action %r", message.get("action"))
-            return
         code = int(message.get("code", 4000))
         reason = str(message.get("reason", ""))
         everyone = bool(message.get("all"))
@@ -288,6 +439,57 @@ class Hub:
             ):
                 subscriber.close_with(code, reason)
 
+    def _recheck(self, message: dict[str, Any]) -> None:
+        """Permissions changed (CONTRACT section 11): re-authorise the affected subscriptions.
+
+        Every topic of the named users' connections, and the named topics of anyone's. Until a
+        connection's re-check ends, its messages on those topics are held, not delivered: a topic
+        the user may no longer see gets nothing after the change, and one still allowed gets
+        everything, in order, once the check passes.
+        """
+        from realtime.auth import user_cache
+
+        user_ids = set(message.get("user_ids") or ())
+        topics = set(message.get("topics") or ())
+        user_cache.forget(user_ids)
+        self.permission_changes += 1
+        for subscriber in tuple(self.connections.values()):
+            if subscriber.user_id is None:
+                continue
+            if subscriber.user_id in user_ids:
+                affected = set(subscriber.topics)
+            else:
+                affected = topics & subscriber.topics
+            if not affected:
+                continue
+            for topic in affected:
+                self._held.setdefault(topic, {}).setdefault(subscriber, [])
+            self._spawn(self._recheck_subscriber(subscriber, affected))
+
+    async def _recheck_subscriber(self, subscriber: Subscriber, topics: set[str]) -> None:
+        revoked: list[str] = []
+        try:
+            revoked = await asyncio.wait_for(
+                subscriber.recheck_permissions(topics), RECHECK_TIMEOUT_SECS
+            )
+        except Exception:
+            logger.exception(
+                "Could not re-check the permissions of connection %s; closing it",
+                subscriber.connection_id,
+            )
+            stats.count("permission_recheck_failed")
+            subscriber.close_with(CloseCode.STREAM_INTERRUPTED, "permissions could not be checked")
+            revoked = list(topics)
+        finally:
+            for topic in topics:
+                held = self._held.get(topic)
+                waiting = held.pop(subscriber, None) if held is not None else None
+                if held is not None and not held:
+                    del self._held[topic]
+                if waiting and topic not in revoked and subscriber in self.topics.get(topic, ()):
+                    for text in waiting:
+                        subscriber.push(text)
+
     def dispatch(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
         if kind == HUB_MESSAGE:
@@ -302,7 +504,7 @@ class Hub:
         else:
             logger.warning("Hub ignored a channel-layer message of type %r", kind)
 
-    # --- loops -------------------------------------------------------------------------
+    # --- the channel layer: receiving, and noticing that it lost this process's groups ----
 
     async def _receive_loop(self) -> None:
         assert self.layer is not None and self.channel_name is not None
@@ -312,18 +514,84 @@ class Hub:
                 message = await self.layer.receive(self.channel_name)
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
                 failures += 1
-                logger.exception("Channel layer receive failed (attempt %d); retrying", failures)
+                self._lose_layer(f"a receive from the channel layer failed: {exc!r}")
                 await asyncio.sleep(min(5.0, 0.1 * 2**failures))
+                await self._recover()
                 continue
-            if failures:
-                failures = 0
-                await self._rejoin_groups()  # the layer may have lost them (Redis restarted)
+            failures = 0
             try:
                 self.dispatch(message)
             except Exception:
                 logger.exception("Hub failed to dispatch a channel-layer message")
+
+    async def _layer_watch_loop(self) -> None:
+        """Every LAYER_CHECK_INTERVAL_SECS: is the layer's store the one this process joined?"""
+        assert self._probe is not None and self.channel_name is not None
+        while True:
+            await asyncio.sleep(float(realtime_settings.LAYER_CHECK_INTERVAL_SECS))
+            if self.layer_lost:
+                await self._recover()
+                continue
+            try:
+                reason = await self._probe.lost(CONTROL_GROUP, self.channel_name)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                reason = f"the channel layer cannot be reached: {exc!r}"
+            if reason is not None:
+                self._lose_layer(reason)
+                await self._recover()
+
+    def _lose_layer(self, reason: str) -> None:
+        """The layer lost (or may have lost) messages and groups: tell every subscriber, once.
+
+        Updates may have been published that this process can no longer receive, so a client
+        holding topics cannot know what it missed: it is closed with 4503 and reconnects and
+        reloads, rather than sitting connected while nothing reaches it.
+        """
+        if self.layer_lost:
+            return
+        self.layer_lost = reason
+        stats.count("layer_lost")
+        subscribed = [s for s in self.connections.values() if s.topics]
+        logger.warning(
+            "Realtime hub %s lost its channel layer (%s); closing %d subscribed connections "
+            "with %d so they reconnect and reload",
+            self.server_id,
+            reason,
+            len(subscribed),
+            CloseCode.STREAM_INTERRUPTED,
+        )
+        for subscriber in subscribed:
+            subscriber.close_with(CloseCode.STREAM_INTERRUPTED, "update stream interrupted")
+
+    async def _recover(self) -> None:
+        """Join every group again; on success the layer serves this process once more."""
+        if not self.layer_lost or self.layer is None or self.channel_name is None:
+            return
+        async with self._recover_lock:
+            if not self.layer_lost:
+                return
+            try:
+                for group in list(self._joined):
+                    await self.layer.group_add(group, self.channel_name)
+                if self._probe is not None:
+                    await self._probe.remember()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.info("Channel layer still unavailable: %r", exc)
+                return
+            logger.warning(
+                "Realtime hub %s rejoined %d groups; the channel layer serves it again",
+                self.server_id,
+                len(self._joined),
+            )
+            self.layer_lost = None
+
+    # --- loops -------------------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
         interval = float(realtime_settings.HEARTBEAT_INTERVAL_SECS)

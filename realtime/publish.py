@@ -7,7 +7,6 @@ Control messages (`disconnect`) reach the hub of every process sharing the chann
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -16,6 +15,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.db import transaction
 
+from realtime import stats
 from realtime.hub import CONTROL_GROUP, HUB_CONTROL, HUB_MESSAGE
 from realtime.protocol import CloseCode, encode_for_topic, encode_payload
 from realtime.topics import group_name
@@ -48,10 +48,12 @@ def publish_on_commit(
 ) -> None:
     """Publish an update to `topics` once the current transaction commits (now, if none)."""
     encoded = encode_payload(payload)  # encoded now: the state as of this change
-    transaction.on_commit(
-        functools.partial(_publish_encoded, message_type, tuple(topics), encoded, ordering),
-        robust=True,
-    )
+    topics = tuple(topics)
+
+    def publish_committed() -> None:
+        _publish_encoded(message_type, topics, encoded, ordering)
+
+    transaction.on_commit(publish_committed, robust=True)
 
 
 def publish_rollback_unsafe(
@@ -71,11 +73,17 @@ async def apublish_rollback_unsafe(
 def _publish_encoded(
     message_type: str, topics: tuple[str, ...], payload_json: str, ordering: Ordering
 ) -> None:
+    """Send a committed change; never raises: the change is committed, whatever the layer does.
+
+    A failure here (the channel layer unreachable) must not fail or change the answer of the
+    request that committed, or a client that retries would place its order twice. It is logged
+    and counted; the hubs that lost the layer close their subscribers with 4503 so they reload.
+    """
     try:
         async_to_sync(_send_to_topics)(message_type, topics, payload_json, ordering)
     except Exception:
-        logger.exception("Publishing %s to %s failed", message_type, topics)
-        raise
+        stats.count("publish_failed")
+        logger.exception("Publishing a committed %s to %s failed", message_type, topics)
 
 
 async def _send_to_topics(
@@ -137,3 +145,25 @@ async def adisconnect(
             "reason": reason,
         },
     )
+
+
+def recheck_permissions(*, user_ids: Iterable[int] = (), topics: Iterable[str] = ()) -> None:
+    """Every process re-authorises the subscriptions of `user_ids`, and anyone's on `topics`
+    (CONTRACT section 11). Never raises: it runs after the change committed; a failure is logged
+    and counted (a process that lost its layer has closed its subscribers anyway)."""
+    try:
+        async_to_sync(_send_control)(
+            {"action": "recheck", "user_ids": list(user_ids), "topics": list(topics)}
+        )
+    except Exception:
+        stats.count("publish_failed")
+        logger.exception(
+            "Sending a permission re-check failed (users %s, topics %s)", user_ids, topics
+        )
+
+
+async def _send_control(message: dict[str, Any]) -> None:
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    await layer.group_send(CONTROL_GROUP, {"type": HUB_CONTROL, **message})
