@@ -36,6 +36,7 @@ from realtime.protocol import (
     peek_id,
 )
 from realtime.records import RecordWriter
+from realtime.throttling import MessageThrottle, Verdict
 from realtime.topics import RejectReason, Topic, TopicError, authorize_topics, parse_topic
 from realtime.transport import direct_text_writer, send_now, unsent_bytes_probe
 from tradingrt.formats import format_timestamp, now_timestamp
@@ -45,29 +46,6 @@ logger = logging.getLogger(__name__)
 SUBSCRIPTION_ACTIONS = {"subscribe": "subscribed", "unsubscribe": "unsubscribed", "list": "list"}
 
 authorize_topics_async = database_sync_to_async(authorize_topics)
-
-
-class TokenBucket:
-    """Inbound rate limit: `rate` messages a second on average, bursts of up to `burst`."""
-
-    clock = staticmethod(time.monotonic)
-
-    __slots__ = ("burst", "rate", "tokens", "updated")
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate = rate
-        self.burst = float(burst)
-        self.tokens = float(burst)
-        self.updated = self.clock()
-
-    def take(self) -> bool:
-        now = self.clock()
-        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
 
 
 class RealtimeConsumer(AsyncConsumer):
@@ -97,10 +75,11 @@ class RealtimeConsumer(AsyncConsumer):
         self._auth_timer: asyncio.TimerHandle | None = None
         self._expiry_timer: asyncio.TimerHandle | None = None
         self._records: RecordWriter | None = None
-        self._bucket = TokenBucket(
-            float(realtime_settings.RATE_LIMIT_PER_SEC), int(realtime_settings.RATE_LIMIT_BURST)
+        self._throttle = MessageThrottle(
+            rate=realtime_settings.RATE_LIMIT_PER_SEC,
+            burst=realtime_settings.RATE_LIMIT_BURST,
+            max_strikes=realtime_settings.RATE_LIMIT_MAX_STRIKES,
         )
-        self._strikes = 0
         try:
             while True:
                 message = await receive()
@@ -139,9 +118,9 @@ class RealtimeConsumer(AsyncConsumer):
     async def websocket_receive(self, message: dict[str, Any]) -> None:
         if self.closing:
             return
-        if not self._bucket.take():
-            self._strikes += 1
-            if self._strikes > int(realtime_settings.RATE_LIMIT_MAX_STRIKES):
+        verdict = self._throttle.check()
+        if verdict is not Verdict.ALLOW:
+            if verdict is Verdict.CLOSE:
                 self.close_with(CloseCode.RATE_LIMITED, "rate limit exceeded")
                 return
             frame = message.get("text")
@@ -156,7 +135,6 @@ class RealtimeConsumer(AsyncConsumer):
                 )
             )
             return
-        self._strikes = 0
         text = message.get("text")
         if text is None:
             self.push(
@@ -302,7 +280,7 @@ class RealtimeConsumer(AsyncConsumer):
             else:
                 candidates.setdefault(topic.name, topic)
         if candidates:
-            decisions = await authorize_topics_async(self.user, list(candidates.values()))
+            decisions = await self._authorize(list(candidates.values()))
             room = int(realtime_settings.MAX_TOPICS_PER_CONNECTION) - len(self.topics)
             new: list[str] = []
             for name in candidates:
@@ -314,13 +292,59 @@ class RealtimeConsumer(AsyncConsumer):
                     room -= 1
                     new.append(name)
             if new and self.hub is not None:  # None: closed while authorising
-                self.topics.update(new)
-                await self.hub.subscribe(self, new)
-                if self._records is not None:
+                self.topics.update(new)  # before the joins: a close meanwhile drops them all
+                failed = await self.hub.subscribe(self, new)
+                if failed:  # not joined: held nowhere, and the client is told why
+                    self.topics.difference_update(failed)
+                    new = [name for name in new if name not in failed]
+                    rejected.extend(
+                        {"topic": name, "reason": RejectReason.UNAVAILABLE.value} for name in failed
+                    )
+                if new and self._records is not None:
                     self._records.subscribed(connection_id=self.connection_id, topics=new)
                     await self._records.stored()
                 accepted.extend(new)
         return accepted, rejected
+
+    async def _authorize(self, topics: list[Topic]) -> dict[str, RejectReason | None]:
+        """Decide on `topics` with the user's current permissions.
+
+        A permission change that reaches this process while the decision is being made may
+        have been read before it committed, so the decision is taken again.
+        """
+        while True:
+            changes = self.hub.permission_changes if self.hub is not None else 0
+            decisions = await authorize_topics_async(self.user, topics)
+            if self.hub is None or self.hub.permission_changes == changes:
+                return decisions
+
+    async def recheck_permissions(self, topics: set[str]) -> list[str]:
+        """Re-authorise `topics` after a permission change; revoke and report what is refused.
+
+        Called by the hub (CONTRACT section 11), which holds the topics' messages meanwhile.
+        Returns the revoked topics.
+        """
+        held = [parse_topic(name) for name in sorted(topics) if name in self.topics]
+        if self.user is None or self.closing or not held:
+            return []
+        decisions = await authorize_topics_async(self.user, held)
+        revoked = [
+            name for name, reason in decisions.items() if reason is not None and name in self.topics
+        ]
+        if revoked:
+            logger.info("Connection %s: subscriptions revoked: %s", self.connection_id, revoked)
+            self.push(
+                encode(
+                    MessageType.SUBSCRIPTION,
+                    {
+                        "action": "revoked",
+                        "topics": revoked,
+                        "reason": RejectReason.FORBIDDEN.value,
+                    },
+                )
+            )
+            await self._drop_topics(revoked)
+        return revoked
 
     async def unsubscribe(self, requested: list[Any]) -> tuple[list[str], list[dict[str, Any]]]:
         accepted: list[str] = []
@@ -334,15 +358,21 @@ class RealtimeConsumer(AsyncConsumer):
                 continue
             if name not in accepted:
                 accepted.append(name)
-            if name in self.topics:
-                self.topics.discard(name)
+            if name in self.topics and name not in removed:
                 removed.append(name)
-        if removed and self.hub is not None:
-            await self.hub.unsubscribe(self, removed)
-            if self._records is not None:
-                self._records.unsubscribed(connection_id=self.connection_id, topics=removed)
-                await self._records.stored()
+        if removed:
+            await self._drop_topics(removed)
         return accepted, rejected
+
+    async def _drop_topics(self, names: list[str]) -> None:
+        """End the subscriptions `names` (all currently held) here, in the hub and the records."""
+        self.topics.difference_update(names)
+        if self.hub is None:
+            return
+        await self.hub.unsubscribe(self, names)
+        if self._records is not None:
+            self._records.unsubscribed(connection_id=self.connection_id, topics=names)
+            await self._records.stored()
 
     # --- outbound -----------------------------------------------------------------------
 

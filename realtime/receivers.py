@@ -6,11 +6,13 @@ inside the writer's transaction and leaves the sending to after commit.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.db import transaction
-from django.db.models.signals import post_delete, post_save
+from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete, pre_save
 
 from realtime.protocol import CloseCode
 from realtime.services import OrderUpdateService, PositionUpdateService, StrategyMonitorService
@@ -46,6 +48,108 @@ def user_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
     )
 
 
+# --- permission changes on open connections (CONTRACT section 11) ---------------------------
+
+ACCESS_FLAGS = ("is_staff", "is_superuser", "is_active")
+
+
+def _recheck_on_commit(*, user_ids: Iterable[int] = (), topics: Iterable[str] = ()) -> None:
+    """Once the change commits, every process re-authorises the affected subscriptions."""
+    from realtime import publish
+
+    user_ids, topics = sorted(set(user_ids)), sorted(set(topics))
+    if not user_ids and not topics:
+        return
+
+    def recheck_committed() -> None:
+        publish.recheck_permissions(user_ids=user_ids, topics=topics)
+
+    transaction.on_commit(recheck_committed, robust=True)
+
+
+def user_access_changing(
+    sender: Any, instance: Any, raw: bool = False, update_fields: Any = None, **kwargs: Any
+) -> None:
+    """A user's staff or superuser flag is about to change: re-check after commit."""
+    if raw or instance.pk is None:
+        return
+    flags = [name for name in ACCESS_FLAGS if hasattr(instance, name)]
+    if update_fields is not None and not set(flags) & set(update_fields):
+        return  # a login stamping last_login, say: nothing that grants access
+    before = sender._default_manager.filter(pk=instance.pk).values(*flags).first()
+    if before is not None and any(before[name] != getattr(instance, name) for name in flags):
+        _recheck_on_commit(user_ids=[instance.pk])
+
+
+def user_memberships_changed(
+    sender: Any, instance: Any, action: str, reverse: bool, pk_set: Any, **kwargs: Any
+) -> None:
+    """A user's groups or own permissions changed (either side of the relation)."""
+    if not reverse:  # user.groups.add(...), user.user_permissions.remove(...)
+        if action in ("post_add", "post_remove", "post_clear"):
+            _recheck_on_commit(user_ids=[instance.pk])
+        return
+    # group.user_set.add(user), permission.user_set.clear(): pk_set holds users
+    if action == "pre_clear":
+        field = f"{instance._meta.model_name}_id"
+        instance._realtime_cleared_users = list(
+            sender.objects.filter(**{field: instance.pk}).values_list("user_id", flat=True)
+        )
+    elif action == "post_clear":
+        _recheck_on_commit(user_ids=instance.__dict__.pop("_realtime_cleared_users", ()))
+    elif action in ("post_add", "post_remove"):
+        _recheck_on_commit(user_ids=pk_set or ())
+
+
+def group_permissions_changed(
+    sender: Any, instance: Any, action: str, reverse: bool, pk_set: Any, **kwargs: Any
+) -> None:
+    """A group's permissions changed: every member is re-checked."""
+    if action not in ("pre_clear", "post_add", "post_remove", "post_clear"):
+        return
+    if not reverse:  # group.permissions.add(permission)
+        if action != "pre_clear":
+            _recheck_on_commit(user_ids=_members_of([instance.pk]))
+        return
+    # permission.group_set.add(group): pk_set holds groups
+    if action == "pre_clear":
+        instance._realtime_cleared_groups = list(
+            sender.objects.filter(permission_id=instance.pk).values_list("group_id", flat=True)
+        )
+    elif action == "post_clear":
+        groups = instance.__dict__.pop("_realtime_cleared_groups", ())
+        _recheck_on_commit(user_ids=_members_of(groups))
+    else:
+        _recheck_on_commit(user_ids=_members_of(pk_set or ()))
+
+
+def group_deleting(sender: Any, instance: Any, **kwargs: Any) -> None:
+    """A group is deleted: its members lose what it granted."""
+    _recheck_on_commit(user_ids=_members_of([instance.pk]))
+
+
+def _members_of(group_ids: Iterable[int]) -> list[int]:
+    return list(
+        get_user_model()
+        ._default_manager.filter(groups__in=list(group_ids))
+        .values_list("pk", flat=True)
+        .distinct()
+    )
+
+
+def strategy_owner_changing(sender: Any, instance: Any, raw: bool = False, **kwargs: Any) -> None:
+    """A strategy changes owner: whoever watches its topics is re-checked, before its update
+    (registered first, so every process revokes before the update that reveals the change)."""
+    if raw or instance.pk is None:
+        return
+    before = instance.previous_value("owner_id")
+    if before is not None and before != instance.owner_id:
+        _recheck_on_commit(topics=[f"strategy:{instance.pk}", f"strategy:{instance.pk}:orders"])
+
+
+# --- updates ------------------------------------------------------------------------------
+
+
 def order_saved(sender: Any, instance: Any, created: bool, **kwargs: Any) -> None:
     OrderUpdateService.order_saved(instance, created=created)
 
@@ -71,6 +175,32 @@ def connect() -> None:
     )
     post_delete.connect(
         user_deleted, sender=get_user_model(), dispatch_uid="realtime.receivers.user_deleted"
+    )
+    User = get_user_model()
+    pre_save.connect(
+        user_access_changing, sender=User, dispatch_uid="realtime.receivers.user_access_changing"
+    )
+    for through, name in (
+        (User.groups.through, "groups"),
+        (User.user_permissions.through, "perms"),
+    ):
+        m2m_changed.connect(
+            user_memberships_changed,
+            sender=through,
+            dispatch_uid=f"realtime.receivers.user_memberships_changed.{name}",
+        )
+    m2m_changed.connect(
+        group_permissions_changed,
+        sender=Group.permissions.through,
+        dispatch_uid="realtime.receivers.group_permissions_changed",
+    )
+    pre_delete.connect(
+        group_deleting, sender=Group, dispatch_uid="realtime.receivers.group_deleting"
+    )
+    pre_save.connect(
+        strategy_owner_changing,
+        sender=Strategy,
+        dispatch_uid="realtime.receivers.strategy_owner_changing",
     )
     post_save.connect(order_saved, sender=Order, dispatch_uid="realtime.receivers.order_saved")
     post_save.connect(

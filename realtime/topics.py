@@ -32,6 +32,8 @@ class RejectReason(StrEnum):
     INVALID_TOPIC = "invalid_topic"
     UNKNOWN_TOPIC = "unknown_topic"
     LIMIT_EXCEEDED = "limit_exceeded"
+    # The channel layer could not take the subscription now (Redis unreachable): try again later.
+    UNAVAILABLE = "unavailable"
 
 
 class TopicError(Exception):
@@ -138,7 +140,13 @@ def authorize_topics(user: Any, topics: list[Topic]) -> dict[str, RejectReason |
     """
     from strategies.models import Strategy
 
+    # The connection's user object lives as long as the connection: read the flags that grant
+    # access again, and forget cached permissions, so a demotion counts at once (section 11).
     _forget_cached_permissions(user)
+    try:
+        user.refresh_from_db(fields=["is_active", "is_staff", "is_superuser"])
+    except type(user).DoesNotExist:
+        return {topic.name: RejectReason.FORBIDDEN for topic in topics}
     if not user.is_active:
         return {topic.name: RejectReason.FORBIDDEN for topic in topics}
     strategy_ids = {t.strategy_id for t in topics if t.strategy_id is not None}

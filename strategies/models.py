@@ -36,7 +36,7 @@ def empty_metrics() -> dict[str, object]:
 
 
 class Strategy(TracksLoadedValues):
-    tracked_fields = ("status",)
+    tracked_fields = ("status", "owner_id")
 
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="strategies"

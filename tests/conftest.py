@@ -167,6 +167,28 @@ def redis_layer(redis_target, settings):
     return redis_target
 
 
+CLUSTER_HEARTBEAT = 0.5
+
+
+@pytest.fixture(scope="module")
+def cluster(redis_target, django_db_setup):
+    """Servers A and B on Redis, each heartbeating every 0.5 s and pruning the dead every second."""
+    from tests.live import live_server
+
+    realtime = {"HEARTBEAT_INTERVAL_SECS": CLUSTER_HEARTBEAT, "PRUNE_INTERVAL_SECS": 1.0}
+    with (
+        live_server(realtime=realtime, redis=redis_target) as a,
+        live_server(realtime=realtime, redis=redis_target) as b,
+    ):
+        yield a, b
+
+
+@pytest.fixture
+def same_heartbeat(settings, redis_layer):
+    """This test process publishes through the cluster's Redis and judges liveness as it does."""
+    settings.REALTIME = {"HEARTBEAT_INTERVAL_SECS": CLUSTER_HEARTBEAT}
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _close_database_pools(django_db_setup):
     """Return pooled PostgreSQL connections before the test database is dropped."""

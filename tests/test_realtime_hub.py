@@ -116,3 +116,133 @@ async def test_a_server_wide_broadcast_reaches_everyone_in_slices_letting_the_lo
     assert len(slices) == 3
     assert all(len(set(one_slice)) == 1 for one_slice in slices), "a slice is sent in one go"
     assert slices[0][0] < slices[1][0] < slices[2][0], "the loop ran between slices"
+
+
+# --- the hub itself, on a real in-process channel layer ----------------------------------------
+
+from channels.layers import InMemoryChannelLayer  # noqa: E402
+
+from realtime import connections as connection_records  # noqa: E402
+from realtime.hub import Hub  # noqa: E402
+from realtime.topics import group_name  # noqa: E402
+
+
+class Listener:
+    """A connection as the hub sees it: records what it is handed."""
+
+    def __init__(self, name: str, user_id: int | None = 1):
+        self.connection_id = name
+        self.user_id = user_id
+        self.topics: set[str] = set()
+        self.received: list[str] = []
+        self.closed: tuple[int, str] | None = None
+
+    def push(self, text: str) -> None:
+        self.received.append(text)
+
+    def close_with(self, code: int, reason: str = "") -> None:
+        self.closed = (code, reason)
+
+    def rerecord(self) -> None:
+        pass
+
+    async def recheck_permissions(self, topics):
+        return []
+
+
+class FlakyLayer(InMemoryChannelLayer):
+    """The in-process layer, whose group joins fail while `down` is set (Redis unreachable)."""
+
+    down = False
+
+    async def group_add(self, group, channel):
+        if self.down:
+            raise ConnectionError("the layer is down")
+        return await super().group_add(group, channel)
+
+
+@pytest.fixture
+async def hub(transactional_db):
+    hub = Hub()
+    hub.layer = FlakyLayer(capacity=10_000)
+    await hub.start()
+    yield hub
+    await hub.stop()
+
+
+async def test_a_failed_group_join_leaves_nothing_half_subscribed(hub):
+    listener = Listener("c1")
+    hub.layer.down = True
+    assert await hub.subscribe(listener, ["market:AAPL", "market:MSFT"]) == [
+        "market:AAPL",
+        "market:MSFT",
+    ]
+    assert hub.topics == {}
+    assert group_name("market:AAPL") not in hub._joined
+    hub.layer.down = False
+    assert await hub.subscribe(listener, ["market:AAPL"]) == []
+    assert hub.topics == {"market:AAPL": {listener}}
+
+
+async def test_membership_locks_are_dropped_once_no_change_is_under_way(hub):
+    listeners = [Listener(f"c{n}") for n in range(3)]
+    for n in range(50):
+        topic = f"market:S{n}"
+        await asyncio.gather(*(hub.subscribe(listener, [topic]) for listener in listeners))
+        await asyncio.gather(*(hub.unsubscribe(listener, [topic]) for listener in listeners))
+    assert hub._topic_locks == {}
+    assert hub._joined == {"rt.control"}
+
+
+async def test_leaving_a_topic_forgets_its_ordering_so_a_rejoin_delivers_at_once(hub, settings):
+    settings.REALTIME = {"REORDER_WAIT_SECS": 5}
+    listener = Listener("c1")
+    await hub.subscribe(listener, ["orders"])
+    hub.sequencer.offer("orders", "order:1", 1, "v1")
+    await hub.unsubscribe(listener, ["orders"])
+    await hub.subscribe(listener, ["orders"])
+    hub.sequencer.offer("orders", "order:1", 7, "v7")  # v2-v6 went while nobody here listened
+    assert listener.received == ["v1", "v7"]
+
+
+async def test_a_start_that_fails_half_way_leaves_nothing_running(transactional_db, monkeypatch):
+    hub = Hub()
+    hub.layer = FlakyLayer(capacity=100)
+    register = connection_records.server_process_register
+    calls = []
+
+    def fail_once(**kwargs):
+        calls.append(kwargs)
+        if len(calls) == 1:
+            raise RuntimeError("database unavailable")
+        return register(**kwargs)
+
+    monkeypatch.setattr(connection_records, "server_process_register", fail_once)
+    with pytest.raises(RuntimeError):
+        await hub.start()
+    assert not hub.started and hub._tasks == [] and hub.channel_name is None
+    assert hub.layer.groups.get("rt.control", {}) == {}  # its first channel left the group
+    await hub.start()
+    try:
+        receive_loops = [t for t in hub._tasks if "_receive_loop" in repr(t.get_coro())]
+        assert len(receive_loops) == 1
+        assert list(hub.layer.groups["rt.control"]) == [hub.channel_name]
+    finally:
+        await hub.stop()
+
+
+async def test_a_huge_topic_is_delivered_in_slices_in_order(hub, settings):
+    settings.REALTIME = {"DELIVERY_SLICE": 100}
+    listeners = [Listener(f"c{n}") for n in range(250)]
+    for listener in listeners:
+        await hub.subscribe(listener, ["market:AAPL"])
+    hub.deliver("market:AAPL", "t1")
+    hub.deliver("market:AAPL", "t2")  # queued behind the first one's slices
+    handed = sum(len(listener.received) for listener in listeners)
+    assert handed == 0  # nothing at once: the slices run on the loop
+    await asyncio.sleep(0)
+    assert sum(len(listener.received) for listener in listeners) <= 100
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert all(listener.received == ["t1", "t2"] for listener in listeners)
+    assert hub._backlog == {}

@@ -159,9 +159,25 @@ def test_permissions_grant_the_matching_topics(
 
 
 @pytest.mark.django_db
-def test_an_inactive_user_holds_nothing(trader):
-    trader.is_active = False
+def test_an_inactive_user_holds_nothing_even_through_a_stale_user_object(trader):
+    type(trader).objects.filter(pk=trader.pk).update(
+        is_active=False
+    )  # the object still says active
     assert _decide(trader, "market:X", f"user:{trader.pk}:orders") == {
         "market:X": RejectReason.FORBIDDEN,
         f"user:{trader.pk}:orders": RejectReason.FORBIDDEN,
     }
+
+
+@pytest.mark.django_db
+def test_a_demoted_staff_user_is_judged_by_the_database_not_the_connections_user_object(staff):
+    assert _decide(staff, "orders") == {"orders": None}
+    type(staff).objects.filter(pk=staff.pk).update(is_staff=False)  # demoted in another process
+    assert staff.is_staff  # the long-lived object a connection holds
+    assert _decide(staff, "orders") == {"orders": RejectReason.FORBIDDEN}
+
+
+@pytest.mark.django_db
+def test_a_deleted_user_holds_nothing(trader):
+    type(trader).objects.filter(pk=trader.pk).delete()
+    assert _decide(trader, "market:X") == {"market:X": RejectReason.FORBIDDEN}

@@ -17,39 +17,12 @@ from django.db import transaction
 
 from orders.services import order_create
 from realtime.selectors import connection_status
+from tests.conftest import CLUSTER_HEARTBEAT as HEARTBEAT
 from tests.conftest import access_token_for
 from tests.live import live_server
-from tests.wsclient import assert_silent, closed_with, connect, receive, receive_type, subscribe
+from tests.wsclient import assert_silent, closed_with, listen, receive, receive_type
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.django_db(transaction=True)]
-
-HEARTBEAT = 0.5
-
-
-@pytest.fixture(scope="module")
-def cluster(redis_target, django_db_setup):
-    """Servers A and B, each heartbeating every 0.5 s and pruning the dead every second."""
-    realtime = {"HEARTBEAT_INTERVAL_SECS": HEARTBEAT, "PRUNE_INTERVAL_SECS": 1.0}
-    with (
-        live_server(realtime=realtime, redis=redis_target) as a,
-        live_server(realtime=realtime, redis=redis_target) as b,
-    ):
-        yield a, b
-
-
-@pytest.fixture
-def same_heartbeat(settings, redis_layer):
-    settings.REALTIME = {"HEARTBEAT_INTERVAL_SECS": HEARTBEAT}
-
-
-async def listen(server, user, *topics):
-    token = await sync_to_async(access_token_for)(user)
-    ws = await connect(server.ws_url, token=token)
-    hello = await receive_type(ws, "AUTHENTICATION")
-    if topics:
-        ack = await subscribe(ws, *topics)
-        assert sorted(ack["topics"]) == sorted(topics), ack
-    return ws, hello["payload"]["connectionId"]
 
 
 def bearer(user) -> dict[str, str]:

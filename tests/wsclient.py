@@ -83,3 +83,18 @@ async def closed_with(ws: ClientConnection, *, timeout: float = DEFAULT_TIMEOUT)
             await asyncio.wait_for(ws.recv(), timeout)
     except websockets.ConnectionClosed as closed:
         return closed.rcvd.code if closed.rcvd else None
+
+
+async def listen(server: Any, user: Any, *topics: str) -> tuple[ClientConnection, str]:
+    """A connection of `user` to a live server, subscribed to `topics`; and its connection id."""
+    from asgiref.sync import sync_to_async
+
+    from tests.conftest import access_token_for
+
+    token = await sync_to_async(access_token_for)(user)
+    ws = await connect(server.ws_url, token=token)
+    hello = await receive_type(ws, "AUTHENTICATION")
+    if topics:
+        ack = await subscribe(ws, *topics)
+        assert sorted(ack["topics"]) == sorted(topics), ack
+    return ws, hello["payload"]["connectionId"]
