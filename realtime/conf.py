@@ -149,17 +149,18 @@ def setting_problem(name: str, value: Any) -> str | None:
     if name not in SPEC:
         return f"REALTIME {name} has no entry in realtime.conf.SPEC; add its type and bounds there."
     kind, low, high = SPEC[name]
-    if isinstance(value, bool) or not isinstance(value, kind):
-        wanted = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+    checked: Any = value  # isinstance against a variable narrows to `object`; keep it Any
+    if isinstance(checked, bool) or not isinstance(value, kind):
+        wanted = {int: "a whole number", _NUMBER: "a number", (list, tuple): "a list"}[kind]
         return (
-            f"REALTIME {name} must be a {wanted}, not {value!r} (set REALTIME_{name} to a JSON "
+            f"REALTIME {name} must be {wanted}, not {value!r} (set REALTIME_{name} to a JSON "
             f"value, for example {DEFAULTS[name]!r})."
         )
     if name == "ALLOWED_ORIGINS":
-        if not all(isinstance(origin, str) for origin in value):
+        if not all(isinstance(origin, str) for origin in checked):
             return f"REALTIME ALLOWED_ORIGINS must be a list of origins (strings), not {value!r}."
         return None
-    if (low is not None and value < low) or (high is not None and value > high):
+    if (low is not None and checked < low) or (high is not None and checked > high):
         return f"REALTIME {name} must be between {low:g} and {high:g}, not {value!r}."
     return None
 

@@ -284,8 +284,9 @@ class RealtimeConsumer(AsyncConsumer):
             room = int(realtime_settings.MAX_TOPICS_PER_CONNECTION) - len(self.topics)
             new: list[str] = []
             for name in candidates:
-                if decisions[name] is not None:
-                    rejected.append({"topic": name, "reason": decisions[name].value})
+                refused = decisions[name]
+                if refused is not None:
+                    rejected.append({"topic": name, "reason": refused.value})
                 elif room <= 0:
                     rejected.append({"topic": name, "reason": RejectReason.LIMIT_EXCEEDED.value})
                 else:

@@ -248,3 +248,31 @@ async def test_a_rolled_back_change_sends_nothing_and_a_committed_one_arrives(hu
     assert message["payload"]["id"] == committed.pk
     assert message["payload"]["quantity"] == "2"
     await communicator.disconnect()
+
+
+async def test_a_subscription_whose_group_join_fails_is_rejected_and_not_held(
+    hub_stopper, trader, monkeypatch
+):
+    alice = await open_as(trader)
+    hub = current_hub()
+    original = hub.layer.group_add
+
+    async def unreachable(group, channel):
+        raise ConnectionError("Redis is down")
+
+    monkeypatch.setattr(hub.layer, "group_add", unreachable)
+    reply = await request(alice, "SUBSCRIPTION", {"action": "subscribe", "topics": ["market:AAPL"]})
+    assert reply["payload"]["topics"] == []
+    assert reply["payload"]["rejected"] == [{"topic": "market:AAPL", "reason": "unavailable"}]
+    listed = await request(alice, "SUBSCRIPTION", {"action": "list"})
+    assert listed["payload"]["topics"] == []  # not half-applied
+    assert "market:AAPL" not in hub.topics
+
+    monkeypatch.setattr(hub.layer, "group_add", original)
+    retried = await request(
+        alice, "SUBSCRIPTION", {"action": "subscribe", "topics": ["market:AAPL"]}
+    )
+    assert retried["payload"] == {"action": "subscribed", "topics": ["market:AAPL"], "rejected": []}
+    await publish.apublish_rollback_unsafe("MARKET_DATA", ["market:AAPL"], {"symbol": "AAPL"})
+    assert (await receive(alice))["type"] == "MARKET_DATA"  # and updates do arrive
+    await alice.disconnect()
