@@ -85,7 +85,7 @@ class UserCache:
         return entry[0]
 
     def put(self, user: Any) -> None:
-        ttl = float(realtime_settings.USER_CACHE_SECS)
+        ttl = realtime_settings.USER_CACHE_SECS
         if ttl > 0:
             if len(self._users) > 10_000:
                 self._users.clear()

@@ -110,7 +110,7 @@ class RealtimeConsumer(AsyncConsumer):
         else:
             loop = asyncio.get_running_loop()
             self._auth_timer = loop.call_later(
-                float(realtime_settings.AUTH_TIMEOUT_SECS), self._auth_timed_out
+                realtime_settings.AUTH_TIMEOUT_SECS, self._auth_timed_out
             )
         # Only now does the hub send it anything (HEARTBEATs, control): AUTHENTICATION comes first.
         self.hub.register(self)
@@ -124,7 +124,7 @@ class RealtimeConsumer(AsyncConsumer):
                 self.close_with(CloseCode.RATE_LIMITED, "rate limit exceeded")
                 return
             frame = message.get("text")
-            limit = int(realtime_settings.MAX_MESSAGE_BYTES)
+            limit = realtime_settings.MAX_MESSAGE_BYTES
             reply_to = peek_id(frame) if frame is not None and len(frame) <= limit else None
             self.push(
                 error(
@@ -144,7 +144,7 @@ class RealtimeConsumer(AsyncConsumer):
                 )
             )
             return
-        limit = int(realtime_settings.MAX_MESSAGE_BYTES)
+        limit = realtime_settings.MAX_MESSAGE_BYTES
         if len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit):
             self.push(
                 error(
@@ -281,7 +281,7 @@ class RealtimeConsumer(AsyncConsumer):
                 candidates.setdefault(topic.name, topic)
         if candidates:
             decisions = await self._authorize(list(candidates.values()))
-            room = int(realtime_settings.MAX_TOPICS_PER_CONNECTION) - len(self.topics)
+            room = realtime_settings.MAX_TOPICS_PER_CONNECTION - len(self.topics)
             new: list[str] = []
             for name in candidates:
                 refused = decisions[name]

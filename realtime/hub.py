@@ -95,7 +95,7 @@ class Sequencer:
         else:
             self._held.setdefault(slot, {})[seq] = text
             if slot not in self._timers:
-                wait = float(realtime_settings.REORDER_WAIT_SECS)
+                wait = realtime_settings.REORDER_WAIT_SECS
                 self._timers[slot] = asyncio.get_running_loop().call_later(
                     wait, self._give_up, slot
                 )
@@ -380,7 +380,7 @@ class Hub:
 
     async def _deliver_in_slices(self, topic: str) -> None:
         backlog = self._backlog[topic]
-        size = int(realtime_settings.DELIVERY_SLICE)
+        size = realtime_settings.DELIVERY_SLICE
         try:
             while backlog:
                 text = backlog.popleft()
@@ -530,7 +530,7 @@ class Hub:
         """Every LAYER_CHECK_INTERVAL_SECS: is the layer's store the one this process joined?"""
         assert self._probe is not None and self.channel_name is not None
         while True:
-            await asyncio.sleep(float(realtime_settings.LAYER_CHECK_INTERVAL_SECS))
+            await asyncio.sleep(realtime_settings.LAYER_CHECK_INTERVAL_SECS)
             if self.layer_lost:
                 await self._recover()
                 continue
@@ -594,7 +594,7 @@ class Hub:
     # --- loops -------------------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
-        interval = float(realtime_settings.HEARTBEAT_INTERVAL_SECS)
+        interval = realtime_settings.HEARTBEAT_INTERVAL_SECS
         while True:
             await asyncio.sleep(interval)
             if self.connections:
@@ -612,7 +612,7 @@ class Hub:
                 logger.exception("Could not record the hub's heartbeat")
 
     async def _maintenance_loop(self) -> None:
-        prune_every = float(realtime_settings.PRUNE_INTERVAL_SECS)
+        prune_every = realtime_settings.PRUNE_INTERVAL_SECS
         since_refresh = 0.0
         while True:
             await asyncio.sleep(prune_every)
