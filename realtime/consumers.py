@@ -2,15 +2,14 @@
 
 One instance per connection. Protocol handlers (`websocket_connect`, `websocket_receive`,
 `websocket_disconnect`) are kept apart from the message handlers (`handle_subscription`, ...).
-Outbound text, replies and updates alike, goes through one bounded per-connection queue, so a
-client that cannot keep up is closed with 4508 instead of growing the server's memory.
+Outbound text, replies and updates alike, goes through the connection's outbox
+(realtime.outbound), bounded, so a client that cannot keep up is closed with 4508 instead of
+growing the server's memory.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import logging
 import time
 import uuid
@@ -24,6 +23,7 @@ from django.utils import timezone
 from realtime.auth import TokenRejected, authenticate_token_async
 from realtime.conf import realtime_settings
 from realtime.hub import Hub, get_hub
+from realtime.outbound import Outbox
 from realtime.protocol import (
     ClientMessage,
     CloseCode,
@@ -38,7 +38,6 @@ from realtime.protocol import (
 from realtime.records import RecordWriter
 from realtime.throttling import MessageThrottle, Verdict
 from realtime.topics import RejectReason, Topic, TopicError, authorize_topics, parse_topic
-from realtime.transport import direct_text_writer, send_now, unsent_bytes_probe
 from tradingrt.formats import format_timestamp, now_timestamp
 
 logger = logging.getLogger(__name__)
@@ -65,13 +64,13 @@ class RealtimeConsumer(AsyncConsumer):
         self.topics: set[str] = set()
         self.closing = False
         self._closed_by_server: int | None = None
-        self._outbox: collections.deque[str] = collections.deque()
-        self._draining = False
-        self._drain_task: asyncio.Task[None] | None = None
-        self._unsent_bytes = unsent_bytes_probe(send)
-        self._write_direct = direct_text_writer(send, self.connection_id)
-        self._max_queued = int(realtime_settings.SEND_BUFFER_MAX_MESSAGES)
-        self._max_unsent_bytes = int(realtime_settings.SEND_BUFFER_MAX_BYTES)
+        self._outbox = Outbox(
+            send,
+            name=self.connection_id,
+            give_up=self.close_with,
+            max_messages=int(realtime_settings.SEND_BUFFER_MAX_MESSAGES),
+            max_bytes=int(realtime_settings.SEND_BUFFER_MAX_BYTES),
+        )
         self._auth_timer: asyncio.TimerHandle | None = None
         self._expiry_timer: asyncio.TimerHandle | None = None
         self._records: RecordWriter | None = None
@@ -172,8 +171,7 @@ class RealtimeConsumer(AsyncConsumer):
     async def websocket_disconnect(self) -> None:
         self.closing = True
         self._cancel_timers()
-        if self._drain_task is not None:
-            self._drain_task.cancel()
+        self._outbox.disconnected()
         await self._leave_hub()
         if self._records is not None:
             self._records.closed(connection_id=self.connection_id)
@@ -378,57 +376,9 @@ class RealtimeConsumer(AsyncConsumer):
     # --- outbound -----------------------------------------------------------------------
 
     def push(self, text: str) -> None:
-        """Queue one message for this client; close with 4508 if it is not keeping up."""
-        if self.closing:
-            return
-        unsent = self._unsent_bytes() if self._unsent_bytes is not None else None
-        if len(self._outbox) >= self._max_queued or (
-            unsent is not None and unsent > self._max_unsent_bytes
-        ):
-            logger.warning(
-                "Connection %s (user %s) is not keeping up; closing it",
-                self.connection_id,
-                self.user_id,
-            )
-            self._outbox.clear()
-            self.close_with(CloseCode.SLOW_CONSUMER, "send buffer overflow")
-            return
-        if self._draining:
-            self._outbox.append(text)
-            return
-        # Nothing is queued ahead of this text: send it now, without a task per message. Under
-        # Daphne, an open connection's frame goes straight to its socket (realtime.transport).
-        # Otherwise a send that completes at once (Daphne's always does) costs no task at all;
-        # one that blocks (backpressure) is carried on by a drain task, and what follows queues.
-        if self._write_direct is not None:
-            try:
-                if self._write_direct(text, unsent):
-                    return
-            except Exception:  # Twisted or autobahn changed under us: keep their path
-                logger.exception("Direct write failed on %s; using Daphne's", self.connection_id)
-                self._write_direct = None
-        try:
-            carried_on = send_now(self.base_send, {"type": "websocket.send", "text": text})
-        except Exception:
-            logger.debug("Send failed on %s; the connection is closing", self.connection_id)
-            return
-        if carried_on is not None:
-            self._draining = True
-            self._drain_task = asyncio.get_running_loop().create_task(self._drain(carried_on))
-
-    async def _drain(self, in_flight: Any = None) -> None:
-        outbox = self._outbox
-        send = self.base_send
-        try:
-            if in_flight is not None:
-                await in_flight
-            while outbox:
-                await send({"type": "websocket.send", "text": outbox.popleft()})
-        except Exception:
-            logger.debug("Send failed on %s; the connection is closing", self.connection_id)
-        finally:
-            self._draining = False
-            self._drain_task = None
+        """Send one message to this client, after what is queued (realtime.outbound.Outbox)."""
+        if not self.closing:
+            self._outbox.push(text)
 
     def close_with(self, code: int, reason: str = "") -> None:
         """Close the connection from the server side with `code` (sent after queued text)."""
@@ -437,21 +387,8 @@ class RealtimeConsumer(AsyncConsumer):
         self.closing = True
         self._closed_by_server = code
         self._cancel_timers()
-        self._close_task = asyncio.get_running_loop().create_task(self._close(code, reason))
-
-    async def _close(self, code: int, reason: str) -> None:
-        # Stop deliveries now; the server's websocket.disconnect may come much later.
-        await self._leave_hub()
-        if self._drain_task is not None and code != CloseCode.SLOW_CONSUMER:
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
-                await asyncio.wait_for(asyncio.shield(self._drain_task), timeout=1.0)
-        message: dict[str, Any] = {"type": "websocket.close", "code": int(code)}
-        if reason:
-            message["reason"] = reason
-        try:
-            await self.base_send(message)
-        except Exception:
-            logger.debug("Close failed on %s; already gone", self.connection_id)
+        # Deliveries stop first; the server's websocket.disconnect may come much later.
+        self._close_task = self._outbox.close(code, reason, first=self._leave_hub)
 
     # --- authentication state -----------------------------------------------------------
 

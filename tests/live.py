@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -94,9 +95,16 @@ class LiveServer:
         redis: dict[str, str] | None = None,
         port: int | None = None,
         server: str = "daphne",
+        tls: bool = False,
+        server_args: list[str] | None = None,
     ):
         self.server = server
         self.port = port or free_port()
+        # With `tls`, Daphne also listens with TLS on `tls_port` (`-e ssl:...`), with a
+        # certificate for 127.0.0.1 and localhost from a CA made for this server (trustme).
+        self.tls_port = free_port() if tls else None
+        self.server_args = list(server_args or [])
+        self._ca: Any = None
         self.realtime = realtime or {}
         self.extra_env = dict(env or {})
         if redis is not None:
@@ -111,6 +119,34 @@ class LiveServer:
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws"
+
+    @property
+    def wss_url(self) -> str:
+        assert self.tls_port is not None, "start the server with tls=True"
+        return f"wss://127.0.0.1:{self.tls_port}/ws"
+
+    def client_ssl_context(self) -> ssl.SSLContext:
+        """A client context trusting this server's CA (and nothing else)."""
+        assert self._ca is not None, "start the server with tls=True"
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        self._ca.configure_trust(context)
+        return context
+
+    def _tls_endpoint(self) -> str:
+        import trustme
+
+        self._ca = trustme.CA()
+        certificate = self._ca.issue_cert("127.0.0.1", "localhost")
+        key_path = self.log_path.with_suffix(".key.pem")
+        cert_path = self.log_path.with_suffix(".cert.pem")
+        certificate.private_key_pem.write_to_path(str(key_path))
+        certificate.cert_chain_pems[0].write_to_path(str(cert_path))
+        for blob in certificate.cert_chain_pems[1:]:
+            blob.write_to_path(str(cert_path), append=True)
+        return (
+            f"ssl:port={self.tls_port}:interface=127.0.0.1"
+            f":privateKey={key_path}:certKey={cert_path}"
+        )
 
     def environment(self) -> dict[str, str]:
         return server_environment(realtime=self.realtime, extra=self.extra_env)
@@ -133,15 +169,19 @@ class LiveServer:
                 str(self.port),
                 "--lifespan",
                 "on",
+                *self.server_args,
             ]
+        if self.tls_port is not None:
+            listen = ["-e", f"tcp:port={self.port}:interface=127.0.0.1"]
+            listen += ["-e", self._tls_endpoint()]
+        else:
+            listen = ["-b", "127.0.0.1", "-p", str(self.port)]
         return [
             sys.executable,
             "-m",
             "daphne",
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(self.port),
+            *listen,
+            *self.server_args,
             "tradingrt.asgi:application",
         ]
 
@@ -160,10 +200,10 @@ class LiveServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.server} exited at start:\n{self.log()}")
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
-            ):
+            with contextlib.suppress(OSError):
+                for port in (self.port, self.tls_port):
+                    if port is not None:
+                        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
                 return self
             time.sleep(0.05)
         self.stop()
@@ -189,8 +229,13 @@ class LiveServer:
             except subprocess.TimeoutExpired:
                 self.kill()
         if not os.environ.get("KEEP_SERVER_LOGS"):
-            with contextlib.suppress(OSError):
-                self.log_path.unlink()
+            for path in (
+                self.log_path,
+                self.log_path.with_suffix(".key.pem"),
+                self.log_path.with_suffix(".cert.pem"),
+            ):
+                with contextlib.suppress(OSError):
+                    path.unlink()
 
 
 @contextlib.contextmanager

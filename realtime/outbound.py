@@ -1,0 +1,673 @@
+"""The outbound side of a connection: one bounded outbox per connection, behind one server adapter.
+
+ASGI gives an application no view of the socket: Daphne's `send` never blocks (Twisted buffers
+without bound) and uvicorn's blocks on flow control. So each connection's `Outbox` is given, once,
+the `ServerAdapter` for the server and transport it runs on, and asks it two things per message:
+how many bytes the server holds unsent (the 4508 bound), and whether it can write the message as
+one pre-built frame (a broadcast's frame is built once, not once per socket: docs/BENCHMARKS.md).
+
+- `DaphneTCPAdapter`: Daphne over plain TCP (`twisted.internet.tcp.Server`): frames go straight
+  to the socket with `socket.send` when Twisted holds nothing unsent, else behind its buffer.
+- `DaphneTLSAdapter`: Daphne over TLS (`twisted.protocols.tls.TLSMemoryBIOProtocol` wrapping a
+  `tcp.Server`): frames are written through the TLS protocol, so they are encrypted; the unsent
+  bytes are the TLS layer's buffers plus the TCP transport's.
+- `UvicornAdapter`: uvicorn's websockets-sansio protocol: frames to the asyncio transport while
+  it is not paused; unsent bytes from `transport.get_write_buffer_size()`.
+- `GenericAdapter`: any other ASGI server, or one of the above whose internals are not what this
+  module expects: the outbox counts what it queues itself, and the bound holds as far as the
+  server's `send` applies backpressure (ASGI offers nothing else). Said once per process at
+  WARNING.
+
+Private attributes of Twisted, autobahn and uvicorn are read only here, each checked when its
+adapter is chosen; anything unexpected falls back to `GenericAdapter`. `counters` holds this
+process's counts of what could not be delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import functools
+import logging
+import struct
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar
+
+from realtime.protocol import CloseCode
+
+logger = logging.getLogger(__name__)
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]  # an ASGI `send`
+
+OPCODE_TEXT = 0x1
+OPCODE_BINARY = 0x2
+# RFC 6455 7.4.1: "a message that is too big for it to process". Not in CloseCode: it is the
+# WebSocket standard's, and autobahn's `sendClose` refuses it (only 1000 and 3000-4999).
+MESSAGE_TOO_BIG = 1009
+# RFC 6455 5.5: a close frame's payload is at most 125 bytes, two of them the code.
+_MAX_CLOSE_REASON_BYTES = 123
+# Seconds a close waits for the text queued before it to be sent (not for 4508).
+CLOSE_DRAIN_TIMEOUT_SECS = 1.0
+
+_LENGTH_16 = struct.Struct("!BBH")
+_LENGTH_64 = struct.Struct("!BBQ")
+
+
+class OutboundCounters:
+    """Per-process counts of the outbound side, for a metrics endpoint to read."""
+
+    __slots__ = (
+        "dropped_at_close",
+        "fallback_connections",
+        "messages_too_large",
+        "send_failures",
+        "slow_consumer_closes",
+    )
+
+    def __init__(self) -> None:
+        self.messages_too_large = 0  # closed with 1009: a message over the server's limit
+        self.slow_consumer_closes = 0  # closed with 4508: the send buffer overflowed
+        self.fallback_connections = 0  # connections served by GenericAdapter
+        self.send_failures = 0  # the server's send raised: what was queued is dropped
+        self.dropped_at_close = 0  # queued messages never sent because the connection closed
+
+    def snapshot(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+counters = OutboundCounters()
+
+
+# --- frames -------------------------------------------------------------------------------
+
+# The last message framed and its frame, as one tuple so a reader never sees half an update. The
+# hub hands the same object to every subscriber of a broadcast, so an identity check finds it;
+# holding the message keeps its id from being reused.
+_last_frame: tuple[str | bytes | None, bytes, int] = (None, b"", 0)
+
+
+def frame(message: str | bytes) -> bytes:
+    """The unmasked, unfragmented, uncompressed WebSocket frame carrying `message` (RFC 6455 5.2).
+
+    A `str` goes in a text frame (opcode 0x1), `bytes` in a binary frame (0x2).
+    """
+    global _last_frame
+    if message is _last_frame[0]:
+        return _last_frame[1]
+    if isinstance(message, str):
+        payload, first = message.encode(), 0x80 | OPCODE_TEXT  # FIN bit + opcode
+    else:
+        payload, first = bytes(message), 0x80 | OPCODE_BINARY
+    length = len(payload)
+    if length < 126:
+        built = bytes((first, length)) + payload
+    elif length < 65536:
+        built = _LENGTH_16.pack(first, 126, length) + payload
+    else:
+        built = _LENGTH_64.pack(first, 127, length) + payload
+    _last_frame = (message, built, length)
+    return built
+
+
+def text_frame(text: str) -> bytes:
+    """The text frame carrying `text` (`frame` for a `str`)."""
+    return frame(text)
+
+
+def payload_size(message: str | bytes) -> int:
+    """The message's size on the wire, in bytes (UTF-8 for text); framed once, as `frame`."""
+    if message is not _last_frame[0]:
+        frame(message)
+    return _last_frame[2]
+
+
+# --- server adapters ------------------------------------------------------------------------
+
+
+class ServerAdapter:
+    """What the outbox needs of the server under one connection; this base is the ASGI-only one."""
+
+    kind: ClassVar[str] = "generic"
+    # The largest message the server will send, in bytes; 0 when it sets no limit.
+    max_message_bytes: int = 0
+
+    def unsent_bytes(self) -> int:
+        """Bytes the server holds unsent for this connection (0: it cannot be known)."""
+        return 0
+
+    def write(self, message: str | bytes, unsent: int) -> bool:
+        """Write `message` as one pre-built frame; False, having written nothing, if it cannot."""
+        return False
+
+    async def close(self, send: Send, code: int, reason: str) -> None:
+        closing: dict[str, Any] = {"type": "websocket.close", "code": int(code)}
+        if reason:
+            closing["reason"] = reason
+        await send(closing)
+
+
+class GenericAdapter(ServerAdapter):
+    """Any ASGI server: the outbox bounds what it queues itself, as the server's `send` blocks."""
+
+
+_generic_announced = False
+
+
+def _use_generic(name: str, why: str) -> ServerAdapter:
+    global _generic_announced
+    counters.fallback_connections += 1
+    if not _generic_announced:
+        _generic_announced = True
+        logger.warning(
+            "Outbound: %s; using the generic ASGI adapter (first connection %s). The send buffer "
+            "bound (4508) then holds only as far as the server's send applies backpressure, and "
+            "every message is framed by the server. Said once per process.",
+            why,
+            name,
+        )
+    else:
+        logger.debug("Connection %s: generic ASGI adapter (%s)", name, why)
+    return GenericAdapter()
+
+
+@functools.cache
+def _twisted_types() -> tuple[type, type, type] | None:
+    """(Daphne's WebSocketProtocol, tcp.Server, TLSMemoryBIOProtocol), imported once; or None."""
+    try:
+        from daphne.ws_protocol import WebSocketProtocol
+        from twisted.internet.tcp import Server
+        from twisted.protocols.tls import TLSMemoryBIOProtocol
+    except ImportError:
+        return None
+    return WebSocketProtocol, Server, TLSMemoryBIOProtocol
+
+
+@functools.cache
+def _uvicorn_type() -> type | None:
+    try:
+        from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+    except ImportError:
+        return None
+    return WebSocketsSansIOProtocol
+
+
+def _tcp_buffer_is_known(tcp: Any) -> bool:
+    """Whether Twisted's tcp.Server keeps its unsent bytes where `_tcp_unsent` reads them."""
+    return (
+        isinstance(getattr(tcp, "dataBuffer", None), bytes | memoryview)
+        and isinstance(getattr(tcp, "offset", None), int)
+        and isinstance(getattr(tcp, "_tempDataLen", None), int)
+        and isinstance(getattr(tcp, "_writeDisconnected", None), bool)
+        and hasattr(getattr(tcp, "socket", None), "send")
+    )
+
+
+def _autobahn_is_known(protocol: Any) -> bool:
+    return all(
+        hasattr(protocol, attribute)
+        for attribute in (
+            "STATE_OPEN",
+            "SEND_STATE_GROUND",
+            "state",
+            "send_state",
+            "send_queue",
+            "maxMessagePayloadSize",
+            "sendCloseFrame",
+        )
+    )
+
+
+def _frames_as_autobahn_would(protocol: Any) -> bool:
+    """Whether autobahn would send a message as exactly `frame(message)`.
+
+    It would not with compression negotiated, server frames masked, automatic fragmentation,
+    frame or octet logging, or timing tracked: then its path is kept.
+    """
+    factory = getattr(protocol, "factory", None)
+    return (
+        getattr(factory, "isServer", False) is True
+        and getattr(protocol, "_perMessageCompress", True) is None
+        and getattr(protocol, "maskServerFrames", True) is False
+        and getattr(protocol, "autoFragmentSize", 1) == 0
+        and getattr(protocol, "logFrames", True) is False
+        and getattr(protocol, "logOctets", True) is False
+        and getattr(protocol, "trackedTimings", True) is None
+    )
+
+
+class DaphneTCPAdapter(ServerAdapter):
+    """Daphne over plain TCP: a frame to the socket at once, or behind what Twisted holds unsent.
+
+    A frame is written only while the connection is simply open (accepted, not closing, autobahn
+    has nothing of its own queued and no fragmented message in progress) and autobahn would frame
+    the message the same way (checked once, when first open). With nothing unsent, `socket.send`
+    at once and whatever the kernel does not take to `transport.write`; with bytes unsent
+    already, all of it to `transport.write`, behind them, so order is kept and the unsent bytes
+    still show a slow consumer. A socket error is left to Twisted's next write, which closes.
+    """
+
+    kind = "daphne-tcp"
+    direct_path = "straight to the socket"
+
+    def __init__(self, protocol: Any, tcp: Any, name: str) -> None:
+        self.protocol = protocol
+        self.tcp = tcp
+        self.name = name
+        # Daphne configures autobahn with --websocket_max_message_size (default 1 MiB); autobahn
+        # raises PayloadExceededError on a larger outbound message.
+        self.max_message_bytes = int(protocol.maxMessagePayloadSize or 0)
+        self._state_open = protocol.STATE_OPEN
+        self._send_ground = protocol.SEND_STATE_GROUND
+        self._framed_alike: bool | None = None
+
+    def unsent_bytes(self) -> int:
+        tcp = self.tcp
+        return len(tcp.dataBuffer) - tcp.offset + tcp._tempDataLen
+
+    def _writable(self) -> bool:
+        protocol = self.protocol
+        if protocol.state != self._state_open or protocol.send_state != self._send_ground:
+            return False
+        if protocol.send_queue:
+            return False
+        if self._framed_alike is None:
+            self._framed_alike = _frames_as_autobahn_would(protocol)
+            logger.debug(
+                "Connection %s (%s): frames go %s",
+                self.name,
+                self.kind,
+                self.direct_path if self._framed_alike else "through autobahn",
+            )
+        if not self._framed_alike:
+            return False
+        tcp = self.tcp
+        return bool(tcp.connected) and not tcp.disconnecting and not tcp._writeDisconnected
+
+    def write(self, message: str | bytes, unsent: int) -> bool:
+        if not self._writable():
+            return False
+        data = frame(message)
+        tcp = self.tcp
+        if unsent:
+            tcp.write(data)  # behind what is already waiting
+            return True
+        try:
+            sent = tcp.socket.send(data)
+        except OSError:  # BlockingIOError: a full buffer; others: Twisted's write will close
+            sent = 0
+        if sent < len(data):
+            tcp.write(data[sent:])
+        return True
+
+    async def close(self, send: Send, code: int, reason: str) -> None:
+        # Daphne's `websocket.close` drops the reason, and autobahn's `sendClose` refuses 1009;
+        # `sendCloseFrame` (which Daphne itself uses for 1011) sends both, behind queued frames.
+        protocol = self.protocol
+        if protocol.state != self._state_open:
+            await super().close(send, code, reason)
+            return
+        reason_bytes = reason.encode()[:_MAX_CLOSE_REASON_BYTES].decode(errors="ignore").encode()
+        protocol.sendCloseFrame(code=int(code), reasonUtf8=reason_bytes or None, isReply=False)
+
+
+class DaphneTLSAdapter(DaphneTCPAdapter):
+    """Daphne over TLS: frames written through the TLS protocol, so that they are encrypted.
+
+    Twisted's TLS wrapper forwards unknown attributes (`socket`, `dataBuffer`, `TLS`) to the TCP
+    transport beneath it, so only its type tells the two apart. The unsent bytes are the TLS
+    layer's (cleartext waiting for OpenSSL, small writes aggregated for the next loop turn) plus
+    the TCP transport's (ciphertext).
+    """
+
+    kind = "daphne-tls"
+    direct_path = "through the TLS transport"
+
+    def __init__(self, protocol: Any, tls: Any, tcp: Any, name: str) -> None:
+        super().__init__(protocol, tcp, name)
+        self.tls = tls
+        aggregator = getattr(tls, "_aggregator", None)
+        self._aggregated: Callable[[], int] = (
+            (lambda: aggregator.MAX_BUFFER_SIZE - aggregator._bufferLeft)
+            if aggregator is not None
+            else (lambda: 0)
+        )
+
+    @staticmethod
+    def is_known(tls: Any) -> bool:
+        aggregator = getattr(tls, "_aggregator", None)
+        return isinstance(getattr(tls, "_appSendBuffer", None), list) and (
+            aggregator is None
+            or (
+                isinstance(getattr(aggregator, "MAX_BUFFER_SIZE", None), int)
+                and isinstance(getattr(aggregator, "_bufferLeft", None), int)
+            )
+        )
+
+    def unsent_bytes(self) -> int:
+        tcp = self.tcp
+        pending = self.tls._appSendBuffer
+        return (
+            len(tcp.dataBuffer)
+            - tcp.offset
+            + tcp._tempDataLen
+            + self._aggregated()
+            + (sum(map(len, pending)) if pending else 0)
+        )
+
+    def write(self, message: str | bytes, unsent: int) -> bool:
+        if not self._writable() or self.tls.disconnecting:
+            return False
+        self.tls.write(frame(message))  # encrypted, in order behind whatever TLS holds
+        return True
+
+
+class UvicornAdapter(ServerAdapter):
+    """uvicorn (`--ws websockets-sansio`, its default): the frame to the asyncio transport.
+
+    Written while the connection is open, not paused by flow control and with no extension
+    negotiated (permessage-deflate compresses per connection: uvicorn's send is kept). When the
+    transport is paused, uvicorn's `send` waits and the outbox queues what follows.
+    """
+
+    kind = "uvicorn"
+
+    def __init__(self, protocol: Any, name: str) -> None:
+        self.protocol = protocol
+        self.conn = protocol.conn
+        self.name = name
+        self._open = type(self.conn.state).OPEN  # websockets.protocol.State.OPEN
+        self._announced = False
+
+    @staticmethod
+    def is_known(protocol: Any) -> bool:
+        conn = getattr(protocol, "conn", None)
+        return (
+            getattr(type(getattr(conn, "state", None)), "OPEN", None) is not None
+            and hasattr(conn, "extensions")
+            and hasattr(conn, "expect_continuation_frame")
+            and all(
+                hasattr(protocol, attribute)
+                for attribute in ("transport", "writable", "close_sent", "initial_response")
+            )
+        )
+
+    def unsent_bytes(self) -> int:
+        transport = self.protocol.transport
+        return int(transport.get_write_buffer_size()) if transport is not None else 0
+
+    def write(self, message: str | bytes, unsent: int) -> bool:
+        protocol, conn = self.protocol, self.conn
+        if conn.state is not self._open or protocol.close_sent or conn.extensions:
+            return False
+        if conn.expect_continuation_frame or protocol.initial_response is not None:
+            return False
+        transport = protocol.transport
+        if not protocol.writable.is_set() or transport.is_closing():
+            return False
+        if not self._announced:
+            self._announced = True
+            logger.debug("Connection %s (uvicorn): frames go straight to the transport", self.name)
+        transport.write(frame(message))
+        return True
+
+
+def _daphne_protocol(send: Any) -> Any:
+    """Daphne's protocol object behind an ASGI `send` (`partial(handle_reply, protocol)`)."""
+    if not isinstance(send, functools.partial) or not send.args:
+        return None
+    return send.args[0]
+
+
+def adapter_for(send: Any, name: str = "") -> ServerAdapter:
+    """The adapter for the server behind this ASGI `send`; chosen once per connection."""
+    protocol = _daphne_protocol(send)
+    if protocol is not None:
+        types = _twisted_types()
+        if types is None or not isinstance(protocol, types[0]):
+            return _use_generic(name, "the server's send is a partial but not Daphne's")
+        _, tcp_server, tls_protocol = types
+        transport = getattr(protocol, "transport", None)
+        if not _autobahn_is_known(protocol):
+            return _use_generic(name, "autobahn's protocol is not what this module expects")
+        if isinstance(transport, tcp_server):
+            if _tcp_buffer_is_known(transport):
+                return DaphneTCPAdapter(protocol, transport, name)
+            return _use_generic(name, "Twisted's tcp.Server is not what this module expects")
+        if isinstance(transport, tls_protocol):
+            tcp = getattr(transport, "transport", None)
+            if (
+                isinstance(tcp, tcp_server)
+                and _tcp_buffer_is_known(tcp)
+                and DaphneTLSAdapter.is_known(transport)
+            ):
+                return DaphneTLSAdapter(protocol, transport, tcp, name)
+            return _use_generic(name, "Twisted's TLS transport is not what this module expects")
+        return _use_generic(name, f"Daphne over an unknown transport {type(transport).__name__}")
+    owner = getattr(send, "__self__", None)
+    uvicorn = _uvicorn_type()
+    if owner is not None and uvicorn is not None and isinstance(owner, uvicorn):
+        if UvicornAdapter.is_known(owner):
+            return UvicornAdapter(owner, name)
+        return _use_generic(name, "uvicorn's protocol is not what this module expects")
+    return _use_generic(name, "the ASGI server is not one this module knows")
+
+
+# --- the outbox -----------------------------------------------------------------------------
+
+
+class Outbox:
+    """One connection's outbound messages: written at once when nothing is ahead, else queued.
+
+    The queue is bounded by `max_messages`, and the bytes queued plus those the server holds
+    unsent by `max_bytes`: past either the client is too slow and `give_up(4508, ...)` is called.
+    A message over the server's size limit calls `give_up(1009, ...)`. `give_up` is the
+    connection's close (it stops deliveries and calls `close` here).
+    """
+
+    def __init__(
+        self,
+        send: Send,
+        *,
+        name: str,
+        give_up: Callable[[int, str], None],
+        max_messages: int,
+        max_bytes: int,
+        adapter: ServerAdapter | None = None,
+    ) -> None:
+        self.send = send
+        self.name = name
+        self.give_up = give_up
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.adapter = adapter if adapter is not None else adapter_for(send, name)
+        self.max_message_bytes = self.adapter.max_message_bytes
+        # Messages of at most this many characters fit the limit whatever their encoding.
+        self._fits_unchecked = self.max_message_bytes // 4 if self.max_message_bytes else 1 << 62
+        self._unsent = self.adapter.unsent_bytes
+        self._write = self.adapter.write
+        self.closing = False
+        self._queue: collections.deque[str | bytes] = collections.deque()
+        self._queued_bytes = 0
+        self._draining = False
+        self._drain_task: asyncio.Task[None] | None = None
+
+    def push(self, message: str | bytes) -> None:
+        """Send `message` (a `str` as a text frame, `bytes` as binary) after what is queued."""
+        if self.closing:
+            return
+        if len(message) > self._fits_unchecked and self._too_large(message):
+            return
+        unsent = self._unsent()
+        if len(self._queue) >= self.max_messages or unsent + self._queued_bytes > self.max_bytes:
+            self._overflow(unsent)
+            return
+        if self._draining:
+            self._queue.append(message)
+            self._queued_bytes += len(message)
+            return
+        # Nothing is queued ahead: write the pre-built frame, or send without a task per
+        # message. A send that completes at once costs no task; one that blocks (backpressure)
+        # is carried on by a drain task, and what follows queues.
+        try:
+            if self._write(message, unsent):
+                return
+        except Exception:  # the server's internals changed under us: keep its own path
+            logger.exception("Direct write failed on %s; using the server's send", self.name)
+            self._write = ServerAdapter.write.__get__(self.adapter)
+        event = (
+            {"type": "websocket.send", "text": message}
+            if isinstance(message, str)
+            else {"type": "websocket.send", "bytes": message}
+        )
+        try:
+            carried_on = send_now(self.send, event)
+        except Exception as exc:
+            self._send_failed(exc)
+            return
+        if carried_on is not None:
+            self._draining = True
+            self._drain_task = asyncio.get_running_loop().create_task(self._drain(carried_on))
+
+    def _too_large(self, message: str | bytes) -> bool:
+        size = payload_size(message)
+        if size <= self.max_message_bytes:
+            return False
+        counters.messages_too_large += 1
+        logger.warning(
+            "Connection %s: a %d-byte message is over the server's limit of %d bytes; closing "
+            "with 1009 so that the client reconnects and reloads",
+            self.name,
+            size,
+            self.max_message_bytes,
+        )
+        limit = self.max_message_bytes
+        self.give_up(MESSAGE_TOO_BIG, f"message too big: {size} bytes, limit {limit}")
+        return True
+
+    def _overflow(self, unsent: int) -> None:
+        counters.slow_consumer_closes += 1
+        logger.warning(
+            "Connection %s is not keeping up (%d messages queued, %d bytes queued or unsent, "
+            "via %s); closing it with 4508",
+            self.name,
+            len(self._queue),
+            unsent + self._queued_bytes,
+            self.adapter.kind,
+        )
+        self._discard_queue()
+        self.give_up(CloseCode.SLOW_CONSUMER, "send buffer overflow")
+
+    def _discard_queue(self) -> None:
+        self._queue.clear()
+        self._queued_bytes = 0
+
+    def _send_failed(self, exc: BaseException) -> None:
+        if self.closing:
+            logger.debug("Send failed on %s while closing: %r", self.name, exc)
+            return
+        counters.send_failures += 1
+        logger.warning(
+            "Send failed on %s (%r); %d queued messages dropped, the connection is closing",
+            self.name,
+            exc,
+            len(self._queue),
+        )
+        self._discard_queue()
+
+    async def _drain(self, in_flight: Any = None) -> None:
+        queue = self._queue
+        send = self.send
+        try:
+            if in_flight is not None:
+                await in_flight
+            while queue:
+                message = queue.popleft()
+                self._queued_bytes -= len(message)
+                if isinstance(message, str):
+                    await send({"type": "websocket.send", "text": message})
+                else:
+                    await send({"type": "websocket.send", "bytes": message})
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._send_failed(exc)
+        finally:
+            self._draining = False
+            self._drain_task = None
+
+    def close(
+        self, code: int, reason: str = "", *, first: Callable[[], Awaitable[None]] | None = None
+    ) -> asyncio.Task[None]:
+        """Close with `code` after what is queued (except for 4508); `first` runs before."""
+        self.closing = True
+        return asyncio.get_running_loop().create_task(self._close(code, reason, first))
+
+    async def _close(
+        self, code: int, reason: str, first: Callable[[], Awaitable[None]] | None
+    ) -> None:
+        if first is not None:
+            await first()
+        drain = self._drain_task
+        if code == CloseCode.SLOW_CONSUMER:
+            self._discard_queue()
+        elif drain is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(drain), timeout=CLOSE_DRAIN_TIMEOUT_SECS)
+            self._drop_queue("the close could not wait longer")
+        try:
+            await self.adapter.close(self.send, code, reason)
+        except Exception as exc:
+            logger.debug("Close failed on %s (%r); already gone", self.name, exc)
+
+    def disconnected(self) -> None:
+        """The client is gone: stop sending; what was queued is counted as dropped."""
+        self.closing = True
+        if self._drain_task is not None:
+            self._drain_task.cancel()
+        self._drop_queue("the client disconnected")
+
+    def _drop_queue(self, why: str) -> None:
+        if not self._queue:
+            return
+        counters.dropped_at_close += len(self._queue)
+        logger.warning(
+            "Connection %s: %d queued messages not sent: %s", self.name, len(self._queue), why
+        )
+        self._discard_queue()
+
+
+class _Resume:
+    """Awaitable that carries on a coroutine which suspended outside any task."""
+
+    def __init__(self, coroutine: Any, suspended_on: Any) -> None:
+        self.coroutine = coroutine
+        self.suspended_on = suspended_on
+
+    def __await__(self) -> Any:
+        value = yield self.suspended_on
+        while True:
+            try:
+                pending = self.coroutine.send(value)
+            except StopIteration as done:
+                return done.value
+            value = yield pending
+
+
+def send_now(send: Callable[[dict[str, Any]], Any], message: dict[str, Any]) -> Any:
+    """Run `await send(message)` to completion here if it never suspends; else a Task to await.
+
+    Daphne's `send` never suspends (it hands the frame to Twisted and returns), so a broadcast
+    can write to each of its sockets without creating a task per socket and message. A `send`
+    that does suspend (backpressure, another server) is carried on by a task, which is returned.
+    """
+    coroutine = send(message)
+    try:
+        suspended_on = coroutine.send(None)
+    except StopIteration:
+        return None
+
+    async def carry_on() -> Any:
+        return await _Resume(coroutine, suspended_on)
+
+    return asyncio.get_running_loop().create_task(carry_on())

@@ -1,0 +1,424 @@
+"""The outbound side of a connection (realtime.outbound): frames, server adapters, the outbox."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+
+import pytest
+
+from realtime import outbound
+from realtime.outbound import Outbox, adapter_for, frame, send_now, text_frame
+
+
+async def test_a_send_that_never_suspends_completes_on_the_spot():
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    assert send_now(send, {"text": "a"}) is None
+    assert sent == [{"text": "a"}]
+
+
+async def test_a_send_that_suspends_is_carried_on_by_a_task():
+    sent = []
+
+    async def send(message):
+        await asyncio.sleep(0.01)  # backpressure
+        sent.append(message)
+        await asyncio.sleep(0)
+        return "done"
+
+    task = send_now(send, {"text": "b"})
+    assert sent == []
+    assert await task == "done"
+    assert sent == [{"text": "b"}]
+
+
+async def test_an_error_in_a_suspended_send_reaches_whoever_awaits_it():
+    async def send(message):
+        await asyncio.sleep(0)
+        raise ConnectionResetError("gone")
+
+    task = send_now(send, {"text": "c"})
+    try:
+        await task
+    except ConnectionResetError as exc:
+        assert str(exc) == "gone"
+    else:
+        raise AssertionError("the error was lost")
+
+
+# --- frames ---------------------------------------------------------------------------------
+
+
+def parse_frames(data: bytes) -> list[tuple[bool, int, bytes]]:
+    """(fin, opcode, payload) of each frame in `data`, parsed by the `websockets` library."""
+    from websockets.frames import Frame
+    from websockets.streams import StreamReader
+
+    reader = StreamReader()
+    reader.feed_data(data)
+    reader.feed_eof()
+    frames = []
+    while reader.buffer:
+        parser = Frame.parse(reader.read_exact, mask=False)
+        try:
+            while True:
+                next(parser)
+        except StopIteration as done:
+            frame = done.value
+        frames.append((frame.fin, frame.opcode.value, bytes(frame.data)))
+    return frames
+
+
+@pytest.mark.parametrize("length", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+def test_a_text_frame_is_what_a_websocket_client_reads_at_every_length_encoding(length):
+    text = "é" * (length // 2) + "x" * (length % 2)  # multi-byte UTF-8: length in bytes
+    assert len(text.encode()) == length
+    assert parse_frames(text_frame(text)) == [(True, 1, text.encode())]
+
+
+def test_a_broadcasts_frame_is_built_once_and_never_served_for_another_text():
+    text = json.dumps({"type": "MARKET_DATA", "payload": {"price": "1.5"}})
+    assert text_frame(text) is text_frame(text)
+    other = "".join(reversed(text))[::-1]  # equal, but a different object
+    assert other == text and other is not text
+    assert text_frame(other) == text_frame(text)
+    assert parse_frames(text_frame("second")) == [(True, 1, b"second")]
+
+
+def test_a_binary_frame_carries_bytes_with_opcode_2_at_every_length_encoding():
+    for length in (0, 125, 126, 65536):
+        data = bytes(range(256)) * (length // 256) + bytes(length % 256)
+        assert parse_frames(frame(data)) == [(True, 2, data)]
+    assert parse_frames(frame("text")) == [(True, 1, b"text")]
+
+
+# --- the generic adapter and the outbox -------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_process(monkeypatch):
+    """As if no connection had yet been served in this process."""
+    monkeypatch.setattr(outbound, "_generic_announced", False)
+
+
+def test_an_unknown_server_gets_the_generic_adapter_said_at_warning_once_per_process(
+    fresh_process, caplog
+):
+    import functools
+
+    queue: asyncio.Queue = asyncio.Queue()  # channels' ApplicationCommunicator passes queue.put
+
+    async def handle_reply(protocol, message): ...
+
+    not_daphne = functools.partial(handle_reply, object())  # Daphne's shape, not its protocol
+    before = outbound.counters.fallback_connections
+    with caplog.at_level(logging.DEBUG, logger="realtime.outbound"):
+        chosen = [adapter_for(queue.put, "c1"), adapter_for(not_daphne, "c2")]
+    assert [adapter.kind for adapter in chosen] == ["generic", "generic"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "generic ASGI adapter" in warnings[0]
+    assert outbound.counters.fallback_connections == before + 2
+
+
+class StalledClient:
+    """An ASGI `send` with backpressure, as a server applies it: after `room` texts it blocks."""
+
+    def __init__(self, room: int):
+        self.room = room
+        self.sent: list[dict] = []
+
+    async def __call__(self, message: dict) -> None:
+        self.sent.append(message)
+        if message["type"] == "websocket.send" and len(self.texts()) > self.room:
+            await asyncio.Event().wait()  # the client reads nothing more
+
+    def texts(self) -> list[str]:
+        return [m["text"] for m in self.sent if m["type"] == "websocket.send"]
+
+    def close(self) -> dict:
+        return next(m for m in self.sent if m["type"] == "websocket.close")
+
+
+def outbox_for(send, **limits) -> tuple[Outbox, list[asyncio.Task]]:
+    closing: list[asyncio.Task] = []
+    box: Outbox
+
+    def give_up(code: int, reason: str) -> None:  # what the consumer's close_with does
+        closing.append(box.close(code, reason))
+
+    limits = {"max_messages": 1000, "max_bytes": 1 << 30} | limits
+    box = Outbox(send, name="c", give_up=give_up, **limits)
+    return box, closing
+
+
+@pytest.mark.parametrize("bound", [{"max_messages": 5}, {"max_bytes": 500}])
+async def test_through_the_generic_adapter_a_client_that_stops_reading_is_closed_with_4508(
+    bound, caplog
+):
+    client = StalledClient(room=1)
+    box, closing = outbox_for(client, **bound)
+    assert box.adapter.kind == "generic"
+    before = outbound.counters.slow_consumer_closes
+    with caplog.at_level(logging.WARNING, logger="realtime.outbound"):
+        for n in range(50):
+            box.push(json.dumps({"n": n, "pad": "x" * 40}))
+            await asyncio.sleep(0)
+        await asyncio.wait_for(closing[0], 2)
+    assert len(closing) == 1
+    assert client.close()["code"] == 4508
+    assert len(client.texts()) == 2  # one sent, one blocked; the rest was queued, then dropped
+    assert outbound.counters.slow_consumer_closes == before + 1
+    assert "is not keeping up" in caplog.text and "via generic" in caplog.text
+
+
+async def test_a_message_over_the_servers_limit_closes_with_1009_after_whats_queued(caplog):
+    client = StalledClient(room=100)
+    adapter = outbound.GenericAdapter()
+    adapter.max_message_bytes = 100
+    box, closing = outbox_for(client, adapter=adapter)
+    before = outbound.counters.messages_too_large
+    with caplog.at_level(logging.WARNING, logger="realtime.outbound"):
+        box.push("a" * 100)  # exactly at the limit: sent
+        box.push("é" * 60)  # 60 characters, 120 bytes: over
+        box.push("after")  # the connection is closing: nothing more
+        await asyncio.wait_for(closing[0], 2)
+    assert client.texts() == ["a" * 100]
+    close = client.close()
+    assert close["code"] == 1009 and "message too big: 120 bytes, limit 100" in close["reason"]
+    assert outbound.counters.messages_too_large == before + 1
+    assert "over the server's limit" in caplog.text
+
+
+async def test_a_close_sends_what_is_queued_first_except_for_4508():
+    gate = asyncio.Event()
+
+    async def slow_send(message):
+        sent.append(message)
+        if message["type"] == "websocket.send" and not gate.is_set():
+            await asyncio.sleep(0.05)
+
+    sent: list[dict] = []
+    box, _ = outbox_for(slow_send)
+    for n in range(3):
+        box.push(f"m{n}")
+    await asyncio.wait_for(box.close(4000, "operator"), 2)
+    assert [m.get("text", m.get("code")) for m in sent] == ["m0", "m1", "m2", 4000]
+
+
+# --- real servers ----------------------------------------------------------------------------
+
+
+class WireTap:
+    """A TCP proxy to 127.0.0.1:`target` that keeps every byte the server sends."""
+
+    def __init__(self, target: int):
+        self.target = target
+        self.from_server = bytearray()
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> WireTap:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _relay(self, client_reader, client_writer) -> None:
+        server_reader, server_writer = await asyncio.open_connection("127.0.0.1", self.target)
+
+        async def pipe(reader, writer, keep: bool) -> None:
+            try:
+                while data := await reader.read(65536):
+                    if keep:
+                        self.from_server += data
+                    writer.write(data)
+                    await writer.drain()
+            finally:
+                writer.close()
+
+        await asyncio.gather(
+            pipe(client_reader, server_writer, False),
+            pipe(server_reader, client_writer, True),
+            return_exceptions=True,
+        )
+
+
+async def _exchange_through(server, trader_token, url=None, **connect):
+    """Strategy updates of growing size, one over 64 KiB, to one subscriber: all, in order."""
+    from tests.rest import api
+    from tests.wsclient import connect as ws_connect
+    from tests.wsclient import receive, receive_type, subscribe
+
+    async with api(server, trader_token) as client:
+        strategy = (await client.post("/api/strategies/", json={"name": "s"})).json()
+        ws = await ws_connect(url or server.ws_url, token=trader_token, max_size=None, **connect)
+        await receive_type(ws, "AUTHENTICATION")
+        await subscribe(ws, f"strategy:{strategy['id']}")
+        big = {"blob": "z" * 70_000}  # a frame with a 64-bit length
+        sizes = [{"n": n} for n in range(20)] + [big, {"n": 20}]
+        for parameters in sizes:
+            response = await client.patch(
+                f"/api/strategies/{strategy['id']}/", json={"parameters": parameters}
+            )
+            assert response.status_code == 200, response.text
+    received = [await receive(ws) for _ in sizes]
+    assert [m["payload"]["parameters"] for m in received] == sizes
+    await ws.close()
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+async def test_under_daphne_messages_go_straight_to_the_socket_whole_and_in_order(
+    trader, trader_token
+):
+    """A real Daphne: the debug log says which path a connection took; the client checks frames."""
+    from tests.live import live_server
+
+    with live_server(env={"DJANGO_LOG_LEVEL": "DEBUG"}) as server:
+        await _exchange_through(server, trader_token)
+        assert "(daphne-tcp): frames go straight to the socket" in server.log_path.read_text()
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+async def test_over_tls_a_wss_client_gets_every_message_and_nothing_crosses_the_wire_in_clear(
+    trader, trader_token
+):
+    """Daphne on `-e ssl:...`: authenticate, subscribe, small and large updates, all encrypted."""
+    from tests.live import live_server
+
+    with live_server(tls=True, env={"DJANGO_LOG_LEVEL": "DEBUG"}) as server:
+        async with WireTap(server.tls_port) as tap:
+            url = f"wss://127.0.0.1:{tap.port}/ws"
+            await _exchange_through(server, trader_token, url, ssl=server.client_ssl_context())
+        log = server.log_path.read_text()
+    assert "(daphne-tls): frames go through the TLS transport" in log
+    assert len(tap.from_server) > 70_000
+    for clear in (b"AUTHENTICATION", b"connectionId", b"STRATEGY_UPDATE", b"z" * 64):
+        assert clear not in tap.from_server
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("compression", [None, "deflate"])
+async def test_under_uvicorn_messages_arrive_whole_and_in_order_with_or_without_deflate(
+    trader, trader_token, compression
+):
+    """uvicorn negotiates permessage-deflate when offered: then its own send compresses."""
+    pytest.importorskip("uvicorn")
+    from tests.live import live_server
+
+    with live_server(server="uvicorn", env={"DJANGO_LOG_LEVEL": "DEBUG"}) as server:
+        await _exchange_through(server, trader_token, compression=compression)
+        log = server.log_path.read_text()
+        direct = "(uvicorn): frames go straight to the transport" in log
+        assert direct is (compression is None)
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("path", ["daphne-tcp", "daphne-tls", "uvicorn"])
+async def test_a_client_that_stops_reading_is_closed_with_4508_on_every_server_path(
+    trader, staff, path
+):
+    """Daphne's send never blocks (Twisted's buffers overflow), uvicorn's does (the queue does)."""
+    import httpx
+    import websockets
+    from asgiref.sync import sync_to_async
+
+    from tests.conftest import access_token_for
+    from tests.live import live_server
+    from tests.wsclient import receive_type, subscribe
+
+    token = await sync_to_async(access_token_for)(trader)
+    staff_token = await sync_to_async(access_token_for)(staff)
+    tls = path == "daphne-tls"
+    options: dict = {"server": "uvicorn"} if path == "uvicorn" else {"tls": tls}
+    with live_server(realtime={"SEND_BUFFER_MAX_BYTES": 65536}, **options) as server:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a client that lags
+        sock.connect(("127.0.0.1", server.tls_port if tls else server.port))
+        secure: dict = {"ssl": server.client_ssl_context()} if tls else {}
+        url = server.wss_url if tls else server.ws_url
+        # max_queue: the library stops reading the socket once 4 messages wait unread. No
+        # permessage-deflate (uvicorn would accept it): ticks compress too well to fill buffers.
+        ws = await websockets.connect(
+            f"{url}?token={token}", sock=sock, max_queue=4, compression=None, **secure
+        )
+        await receive_type(ws, "AUTHENTICATION")
+        await subscribe(ws, "market:SLOW")
+
+        given_up = asyncio.Event()
+
+        async def flood():
+            ticks = [{"symbol": "SLOW", "last": "1.5", "volume": str(n)} for n in range(200)]
+            headers = {"Authorization": f"Bearer {staff_token}"}
+            async with httpx.AsyncClient(base_url=server.http_url, headers=headers) as client:
+                for _ in range(300):
+                    if given_up.is_set():
+                        return
+                    response = await client.post("/api/market-data/", json=ticks, timeout=30)
+                    assert response.status_code == 202
+
+        publisher = asyncio.create_task(flood())
+        for _ in range(2000):  # the server logs when it gives up on the client
+            if f"via {path}); closing it with 4508" in server.log_path.read_text():
+                given_up.set()
+                break
+            await asyncio.sleep(0.01)
+        else:
+            publisher.cancel()
+            raise AssertionError(f"the server never found the client too slow:\n{server.log()}")
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:
+                await ws.recv()
+        # The close frame comes after all the client left unread; a client that reads it within
+        # the server's closing handshake timeout sees 4508, a slower one just loses the socket.
+        assert closed.value.rcvd is None or closed.value.rcvd.code == 4508
+        await publisher
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+async def test_a_message_over_daphnes_size_limit_closes_with_1009_and_a_reason(
+    trader, trader_token, tls
+):
+    """Daphne sets autobahn's outbound limit (--websocket-max-message-size); never a silent drop."""
+    import websockets
+
+    from tests.live import live_server
+    from tests.rest import api
+    from tests.wsclient import connect as ws_connect
+    from tests.wsclient import receive, receive_type, subscribe
+
+    limit = ["--websocket-max-message-size", "20000"]
+    with live_server(tls=tls, server_args=limit) as server:
+        secure: dict = {"ssl": server.client_ssl_context()} if tls else {}
+        async with api(server, trader_token) as client:
+            strategy = (await client.post("/api/strategies/", json={"name": "s"})).json()
+            url = server.wss_url if tls else server.ws_url
+            ws = await ws_connect(url, token=trader_token, **secure)
+            await receive_type(ws, "AUTHENTICATION")
+            await subscribe(ws, f"strategy:{strategy['id']}")
+            for blob in ("small", "z" * 30_000):
+                response = await client.patch(
+                    f"/api/strategies/{strategy['id']}/", json={"parameters": {"blob": blob}}
+                )
+                assert response.status_code == 200, response.text
+        assert (await receive(ws))["payload"]["parameters"] == {"blob": "small"}
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await receive(ws)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+        assert "message too big" in closed.value.rcvd.reason
+        assert "limit 20000" in closed.value.rcvd.reason
+        assert "over the server's limit of 20000 bytes" in server.log()
