@@ -214,7 +214,8 @@ async def test_revoked_permission_applies_to_the_next_subscription(hub_stopper, 
     ok = await request(communicator, "SUBSCRIPTION", {"action": "subscribe", "topics": ["orders"]})
     assert ok["payload"]["topics"] == ["orders"]
     await database_sync_to_async(grant)(False)
-    await request(communicator, "SUBSCRIPTION", {"action": "unsubscribe", "topics": ["orders"]})
+    revoked = await receive(communicator)  # CONTRACT section 11: told at once, not at next use
+    assert revoked["payload"] == {"action": "revoked", "topics": ["orders"], "reason": "forbidden"}
     refused = await request(
         communicator, "SUBSCRIPTION", {"action": "subscribe", "topics": ["orders"]}
     )
