@@ -141,7 +141,7 @@ def order_cancel(*, order: Order) -> Order:
                 "or PARTIALLY_FILLED orders can."
             )
         order.status = OrderStatus.CANCELED
-        order.save()
+        order.save(update_fields=["status", "updated_at"])
         _refresh_strategy(order)
     return order
 
@@ -163,7 +163,7 @@ def order_reject(*, order: Order, reason: str) -> Order:
             )
         order.status = OrderStatus.REJECTED
         order.reject_reason = reason
-        order.save()
+        order.save(update_fields=["status", "reject_reason", "updated_at"])
         _refresh_strategy(order)
     return order
 
@@ -215,7 +215,9 @@ def order_fill(*, order: Order, quantity: Decimal, price: Decimal) -> Fill:
             if order.filled_quantity == order.quantity
             else OrderStatus.PARTIALLY_FILLED
         )
-        order.save()
+        order.save(
+            update_fields=["filled_quantity", "average_fill_price", "status", "updated_at"]
+        )
         position_apply_fill(
             user=order.user, symbol=order.symbol, side=order.side, quantity=quantity, price=price
         )

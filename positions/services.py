@@ -14,6 +14,9 @@ from strategies.services import strategy_refresh_marked
 from tradingrt.amounts import to_amount
 from tradingrt.symbols import symbol_normalize
 
+# What a fill writes; the row is loaded under its lock, so nothing else is written back.
+FILL_FIELDS = ("quantity", "average_price", "realized_pnl", "market_price", "updated_at")
+
 
 def position_apply_fill(
     *, user: Any, symbol: str, side: str, quantity: Decimal, price: Decimal
@@ -35,7 +38,7 @@ def position_apply_fill(
         ).first() or Position(user=user, symbol=symbol)
         _apply(position, trade=trade, price=price)
         if position.pk is not None:
-            position.save()
+            position.save(update_fields=FILL_FIELDS)
             return position
         try:
             with transaction.atomic():
@@ -44,7 +47,7 @@ def position_apply_fill(
             # A concurrent first fill inserted the row meanwhile; apply ours to that row.
             position = Position.objects.select_for_update().get(user=user, symbol=symbol)
             _apply(position, trade=trade, price=price)
-            position.save()
+            position.save(update_fields=FILL_FIELDS)
     return position
 
 

@@ -47,11 +47,16 @@ def strategy_update(*, strategy: Strategy, **fields: Any) -> Strategy:
     if unknown:
         raise TypeError(f"strategy_update() cannot change {', '.join(sorted(unknown))}")
     cleaned = _clean_fields(fields)
-    if not cleaned:
-        return strategy  # nothing to change: no save, so no "updated" event either
-    for name, value in cleaned.items():
-        setattr(strategy, name, value)
-    strategy.save()
+    with transaction.atomic():
+        # The caller's copy may be stale (an edit form loaded before a fill): writing all of it
+        # back would undo the metrics and status saved meanwhile and reuse their version.
+        _lock(strategy)
+        changed = [name for name, value in cleaned.items() if getattr(strategy, name) != value]
+        if not changed:
+            return strategy  # nothing to change: no save, so no "updated" event either
+        for name in changed:
+            setattr(strategy, name, cleaned[name])
+        strategy.save(update_fields=[*changed, "updated_at"])
     return strategy
 
 
@@ -105,7 +110,7 @@ def _transition(strategy: Strategy, action: str) -> Strategy:
                 f"{' or '.join(allowed_from)} strategies can be {done}."
             )
         strategy.status = target
-        strategy.save()
+        strategy.save(update_fields=["status", "updated_at"])
     return strategy
 
 
@@ -114,7 +119,7 @@ def strategy_refresh_metrics(*, strategy: Strategy) -> Strategy:
     with transaction.atomic():
         _lock(strategy)
         strategy.metrics = strategy_metrics(strategy=strategy)
-        strategy.save()
+        strategy.save(update_fields=["metrics", "updated_at"])
     return strategy
 
 
@@ -128,7 +133,7 @@ def strategy_record_execution(*, strategy: Strategy, fill: Any) -> Strategy:
         _lock(strategy)
         strategy.metrics = strategy_metrics(strategy=strategy)
         strategy.pending_execution = fill
-        strategy.save()
+        strategy.save(update_fields=["metrics", "updated_at"])
     return strategy
 
 
@@ -148,7 +153,7 @@ def strategy_refresh_marked(*, symbol: str, owner_ids: Iterable[int]) -> list[St
             metrics = strategy_metrics(strategy=strategy)
             if metrics != strategy.metrics:
                 strategy.metrics = metrics
-                strategy.save()
+                strategy.save(update_fields=["metrics", "updated_at"])
                 changed.append(strategy)
     return changed
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from decimal import Decimal
 
 import pytest
 from django.core.exceptions import ValidationError
+from django.db import connection
+from django.db.models.signals import post_save
 
+from orders.models import Order
 from orders.services import order_cancel, order_create, order_fill
 from positions.models import Position
 from positions.services import position_mark
@@ -308,3 +312,105 @@ def test_update_without_fields_saves_nothing(running):
 
     running.refresh_from_db()
     assert running.updated_at == updated_at
+
+
+# --- concurrent writers -----------------------------------------------------------------------
+
+
+def test_update_of_a_stale_instance_keeps_the_metrics_and_status_saved_meanwhile(running):
+    """The edit form's instance was loaded before a fill: saving it must not undo the fill."""
+    stale = Strategy.objects.get(pk=running.pk)
+    trade(running, "BUY", "2", "100")
+    strategy_pause(strategy=Strategy.objects.get(pk=running.pk))
+    fresh = Strategy.objects.get(pk=running.pk)
+
+    updated = strategy_update(strategy=stale, name="Renamed")
+
+    row = Strategy.objects.get(pk=running.pk)
+    assert row.name == "Renamed"
+    assert row.metrics == fresh.metrics
+    assert row.metrics["fillCount"] == 1
+    assert row.status == S.PAUSED
+    assert row.version == updated.version == fresh.version + 1
+
+
+def test_update_that_changes_nothing_saves_nothing(running):
+    version = Strategy.objects.get(pk=running.pk).version
+
+    strategy_update(strategy=running, name=running.name, parameters=dict(running.parameters))
+
+    assert Strategy.objects.get(pk=running.pk).version == version
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_edits_and_executions_all_land_with_contiguous_versions():
+    """An editor and an execution gateway write one strategy at once, each from a stale copy.
+
+    Every change reaches the row and every save gets its own version, one after the other,
+    so a reader ordering updates by version neither drops one nor ends on a state the
+    database does not hold.
+    """
+    rounds = 5
+    strategy = StrategyFactory(owner=UserFactory(), status=S.RUNNING)
+    orders = [
+        order_create(
+            user=strategy.owner,
+            strategy=strategy,
+            symbol="BTC-USD",
+            side="BUY",
+            order_type="MARKET",
+            quantity=D("1"),
+        )
+        for _ in range(rounds)
+    ]
+    start_version = Strategy.objects.get(pk=strategy.pk).version
+    saved_versions: list[int] = []
+    versions_lock = threading.Lock()
+
+    def record_version(sender, instance, **kwargs):
+        with versions_lock:
+            saved_versions.append(instance.version)
+
+    start = threading.Barrier(2)
+    failures: list[BaseException] = []
+
+    def edit() -> None:
+        try:
+            stale = Strategy.objects.get(pk=strategy.pk)
+            for number in range(rounds):
+                start.wait()  # each round, both writers go at once
+                strategy_update(strategy=stale, description=f"edit {number}")
+        except BaseException as error:  # reported by the main thread
+            failures.append(error)
+        finally:
+            connection.close()
+
+    def execute() -> None:
+        try:
+            stale_orders = [Order.objects.get(pk=order.pk) for order in orders]
+            for order in stale_orders:
+                start.wait()
+                order_fill(order=order, quantity=D("1"), price=D("100"))
+        except BaseException as error:
+            failures.append(error)
+        finally:
+            connection.close()
+
+    post_save.connect(record_version, sender=Strategy, dispatch_uid="test.record_version")
+    try:
+        threads = [threading.Thread(target=edit), threading.Thread(target=execute)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        post_save.disconnect(sender=Strategy, dispatch_uid="test.record_version")
+
+    assert failures == []
+    row = Strategy.objects.get(pk=strategy.pk)
+    assert row.description == f"edit {rounds - 1}"
+    assert row.metrics["fillCount"] == rounds
+    assert row.metrics["filledOrderCount"] == rounds
+    assert row.status == S.RUNNING
+    assert sorted(saved_versions) == list(range(start_version + 1, row.version + 1))
+    assert len(saved_versions) == 2 * rounds
