@@ -19,6 +19,7 @@ from tradingrt.symbols import symbol_normalize
 PRICED_TYPES = (OrderType.LIMIT, OrderType.STOP_LIMIT)
 STOP_TYPES = (OrderType.STOP, OrderType.STOP_LIMIT)
 CLOSED_STRATEGY_STATUSES = (StrategyStatus.STOPPED, StrategyStatus.ERROR)
+# The reason travels in ORDER_UPDATE (rejectReason): bounded by the column, like every order field.
 REJECT_REASON_MAX_LENGTH = Order._meta.get_field("reject_reason").max_length or 200
 STRATEGY_NOT_FOUND = "Strategy not found."
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -14,6 +15,14 @@ from strategies.selectors import strategy_metrics
 from tradingrt.errors import StateConflict
 
 NAME_MAX_LENGTH = Strategy._meta.get_field("name").max_length or 100
+# Every STRATEGY_UPDATE carries the name, description and parameters, and Daphne silently
+# drops an outbound WebSocket message over 1 MiB: so the free-form fields are bounded here,
+# where the API and the admin both pass, keeping the largest update near 30 KiB.
+DESCRIPTION_MAX_LENGTH = 2000  # characters; at most 6 bytes each on the wire (JSON escapes)
+PARAMETERS_MAX_BYTES = 16 * 1024  # the parameters as compact UTF-8 JSON, as the wire sends them
+# Nesting levels of the parameters: MessagePack encoders refuse deep nesting (msgpack-python at
+# 512) and JSON ones recurse, so a deeper object would fail to encode when it is published.
+PARAMETERS_MAX_DEPTH = 32
 EDITABLE_FIELDS = frozenset({"name", "description", "parameters"})
 
 _S = StrategyStatus
@@ -71,18 +80,58 @@ def _clean_fields(fields: dict[str, Any]) -> dict[str, Any]:
             errors["name"] = f"Use at most {NAME_MAX_LENGTH} characters."
         cleaned["name"] = name
     if "description" in fields:
-        if fields["description"] is None or isinstance(fields["description"], str):
-            cleaned["description"] = fields["description"] or ""
-        else:
+        description = fields["description"]
+        if description is not None and not isinstance(description, str):
             errors["description"] = "The description must be text."
-    if "parameters" in fields:
-        if isinstance(fields["parameters"], dict):
-            cleaned["parameters"] = fields["parameters"]
+        elif description and len(description) > DESCRIPTION_MAX_LENGTH:
+            errors["description"] = (
+                f"Use at most {DESCRIPTION_MAX_LENGTH} characters; this has {len(description)}."
+            )
         else:
-            errors["parameters"] = 'Parameters must be a JSON object, like {"window": 20}.'
+            cleaned["description"] = description or ""
+    if "parameters" in fields:
+        problem = _parameters_problem(fields["parameters"])
+        if problem:
+            errors["parameters"] = problem
+        else:
+            cleaned["parameters"] = fields["parameters"]
     if errors:
         raise ValidationError(errors)
     return cleaned
+
+
+def _parameters_problem(parameters: Any) -> str | None:
+    """Why `parameters` cannot be stored and published, or None when they can."""
+    if not isinstance(parameters, dict):
+        return 'Parameters must be a JSON object, like {"window": 20}.'
+    depth = json_depth(parameters)
+    if depth > PARAMETERS_MAX_DEPTH:
+        return f"Nest parameters at most {PARAMETERS_MAX_DEPTH} levels deep; these nest {depth}."
+    try:
+        encoded = json.dumps(
+            parameters, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        ).encode()
+    except (TypeError, ValueError):
+        return "Parameters must be plain JSON: objects, arrays, text, finite numbers, booleans."
+    if len(encoded) > PARAMETERS_MAX_BYTES:
+        return (
+            f"Parameters take at most {PARAMETERS_MAX_BYTES} bytes as compact JSON; these take "
+            f"{len(encoded)}. Keep large data elsewhere and refer to it."
+        )
+    return None
+
+
+def json_depth(value: Any) -> int:
+    """How deeply a JSON value nests objects and arrays (a scalar is 0), without recursion."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if isinstance(item, dict | list | tuple):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def strategy_start(*, strategy: Strategy) -> Strategy:

@@ -414,3 +414,21 @@ def test_concurrent_edits_and_executions_all_land_with_contiguous_versions():
     assert row.status == S.RUNNING
     assert sorted(saved_versions) == list(range(start_version + 1, row.version + 1))
     assert len(saved_versions) == 2 * rounds
+
+
+# --- bounded free-form fields -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"description": "x" * 2001}, "description"),
+        ({"parameters": {"blob": "x" * (16 * 1024)}}, "parameters"),
+        ({"parameters": {"price": float("nan")}}, "parameters"),
+    ],
+)
+def test_update_refuses_what_a_strategy_update_could_not_carry(running, fields, field):
+    with pytest.raises(ValidationError) as excinfo:
+        strategy_update(strategy=running, **fields)
+
+    assert set(excinfo.value.message_dict) == {field}
