@@ -1,17 +1,22 @@
-"""Order writes: placing, cancelling, rejecting and filling orders (each a real save())."""
+"""Order writes: placing, cancelling, rejecting and filling orders, and the strategies' metrics.
+
+Orders sit above strategies and positions: a fill changes the order, the owner's position and
+the strategy's metrics (computed from its orders), so this module orchestrates all three.
+"""
 
 from __future__ import annotations
 
 from decimal import Decimal
+from collections.abc import Iterable
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from orders.models import Fill, Order, OrderSide, OrderStatus, OrderType
+from orders.selectors import strategy_ids_trading, strategy_metrics
 from positions.services import position_apply_fill
 from strategies.models import Strategy, StrategyStatus
-from strategies.services import strategy_record_execution, strategy_refresh_metrics
 from tradingrt.amounts import round_amount, to_amount
 from tradingrt.errors import StateConflict
 from tradingrt.symbols import symbol_normalize
@@ -225,6 +230,48 @@ def order_fill(*, order: Order, quantity: Decimal, price: Decimal) -> Fill:
         if order.strategy is not None:
             strategy_record_execution(strategy=order.strategy, fill=fill)
     return fill
+
+
+def strategy_refresh_metrics(*, strategy: Strategy) -> Strategy:
+    """Recompute and save the strategy's metrics from its orders and fills."""
+    with transaction.atomic():
+        _lock(strategy)
+        strategy.metrics = strategy_metrics(strategy=strategy)
+        strategy.save(update_fields=["metrics", "updated_at"])
+    return strategy
+
+
+def strategy_record_execution(*, strategy: Strategy, fill: Any) -> Strategy:
+    """Refresh the metrics after `fill` of one of the strategy's orders, and save.
+
+    `strategy.pending_execution` holds the fill during the save, for receivers that report
+    executions.
+    """
+    with transaction.atomic():
+        _lock(strategy)
+        strategy.metrics = strategy_metrics(strategy=strategy)
+        strategy.pending_execution = fill
+        strategy.save(update_fields=["metrics", "updated_at"])
+    return strategy
+
+
+def strategy_refresh_marked(*, symbol: str, owner_ids: Iterable[int]) -> list[Strategy]:
+    """After a mark in `symbol`, refresh the metrics of those owners' strategies that traded it.
+
+    Only strategies whose metrics changed are saved (and returned).
+    """
+    traded_by_strategy = strategy_ids_trading(symbol=symbol, owner_ids=owner_ids)
+    changed = []
+    with transaction.atomic():
+        for strategy in (
+            Strategy.objects.select_for_update().filter(pk__in=traded_by_strategy).order_by("id")
+        ):
+            metrics = strategy_metrics(strategy=strategy)
+            if metrics != strategy.metrics:
+                strategy.metrics = metrics
+                strategy.save(update_fields=["metrics", "updated_at"])
+                changed.append(strategy)
+    return changed
 
 
 def _refresh_strategy(order: Order) -> None:

@@ -1,17 +1,14 @@
-"""Strategy writes: creation and edits, the lifecycle, and keeping the metrics current."""
+"""Strategy writes: creation, bounded edits and the lifecycle (orders.services keeps metrics)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from orders.models import Order
 from strategies.models import Strategy, StrategyStatus
-from strategies.selectors import strategy_metrics
 from tradingrt.errors import StateConflict
 
 NAME_MAX_LENGTH = Strategy._meta.get_field("name").max_length or 100
@@ -161,50 +158,6 @@ def _transition(strategy: Strategy, action: str) -> Strategy:
         strategy.status = target
         strategy.save(update_fields=["status", "updated_at"])
     return strategy
-
-
-def strategy_refresh_metrics(*, strategy: Strategy) -> Strategy:
-    """Recompute and save the strategy's metrics from its orders and fills."""
-    with transaction.atomic():
-        _lock(strategy)
-        strategy.metrics = strategy_metrics(strategy=strategy)
-        strategy.save(update_fields=["metrics", "updated_at"])
-    return strategy
-
-
-def strategy_record_execution(*, strategy: Strategy, fill: Any) -> Strategy:
-    """Refresh the metrics after `fill` of one of the strategy's orders, and save.
-
-    `strategy.pending_execution` holds the fill during the save, for receivers that report
-    executions.
-    """
-    with transaction.atomic():
-        _lock(strategy)
-        strategy.metrics = strategy_metrics(strategy=strategy)
-        strategy.pending_execution = fill
-        strategy.save(update_fields=["metrics", "updated_at"])
-    return strategy
-
-
-def strategy_refresh_marked(*, symbol: str, owner_ids: Iterable[int]) -> list[Strategy]:
-    """After a mark in `symbol`, refresh the metrics of those owners' strategies that traded it.
-
-    Only strategies whose metrics changed are saved (and returned).
-    """
-    traded_by_strategy = Order.objects.filter(
-        symbol=symbol, user_id__in=list(owner_ids), filled_quantity__gt=0
-    ).values("strategy_id")
-    changed = []
-    with transaction.atomic():
-        for strategy in (
-            Strategy.objects.select_for_update().filter(pk__in=traded_by_strategy).order_by("id")
-        ):
-            metrics = strategy_metrics(strategy=strategy)
-            if metrics != strategy.metrics:
-                strategy.metrics = metrics
-                strategy.save(update_fields=["metrics", "updated_at"])
-                changed.append(strategy)
-    return changed
 
 
 def _lock(strategy: Strategy) -> None:

@@ -10,17 +10,22 @@ from django.core.exceptions import ValidationError
 from django.db import connection
 from django.db.models.signals import post_save
 
+from market.services import market_mark
+from market.ticks import Tick
 from orders.models import Order
-from orders.services import order_cancel, order_create, order_fill
+from orders.selectors import strategy_metrics
+from orders.services import (
+    order_cancel,
+    order_create,
+    order_fill,
+    strategy_refresh_marked,
+    strategy_refresh_metrics,
+)
 from positions.models import Position
-from positions.services import position_mark
 from strategies.models import Strategy, StrategyStatus, empty_metrics
-from strategies.selectors import strategy_metrics
 from strategies.services import (
     strategy_create,
     strategy_pause,
-    strategy_refresh_marked,
-    strategy_refresh_metrics,
     strategy_start,
     strategy_stop,
     strategy_update,
@@ -232,7 +237,7 @@ def test_metrics_win_rate_is_null_without_closing_trades(running):
 
 def test_metrics_unrealized_pnl_uses_the_owners_market_price(running):
     trade(running, "SELL", "2", "100")
-    position_mark(symbol="BTC-USD", price=D("90"))
+    market_mark(ticks=[Tick(symbol="BTC-USD", last=D("90"))])
 
     metrics = metrics_of(running)
     assert metrics["unrealizedPnl"] == "20"
@@ -286,7 +291,7 @@ def test_a_mark_refreshes_the_unrealized_pnl_of_strategies_holding_the_symbol(ru
     flat.refresh_from_db()
     flat_updated_at = flat.updated_at
 
-    position_mark(symbol="BTC-USD", price=D("125"))
+    market_mark(ticks=[Tick(symbol="BTC-USD", last=D("125"))])
 
     assert metrics_of(running)["unrealizedPnl"] == "50"
     flat.refresh_from_db()
