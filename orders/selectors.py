@@ -42,7 +42,7 @@ def fill_list(*, order: Order) -> QuerySet[Fill]:
     return order.fills.all()
 
 
-def strategy_ids_trading(*, symbol: str, owner_ids: Iterable[int]) -> QuerySet[Order]:
+def strategy_ids_trading(*, symbol: str, owner_ids: Iterable[int]) -> QuerySet[Any]:
     """The ids (as a subquery) of those owners' strategies with a fill in `symbol`."""
     return Order.objects.filter(
         symbol=symbol, user_id__in=list(owner_ids), filled_quantity__gt=0, strategy__isnull=False

@@ -6,8 +6,8 @@ the strategy's metrics (computed from its orders), so this module orchestrates a
 
 from __future__ import annotations
 
-from decimal import Decimal
 from collections.abc import Iterable
+from decimal import Decimal
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -221,9 +221,7 @@ def order_fill(*, order: Order, quantity: Decimal, price: Decimal) -> Fill:
             if order.filled_quantity == order.quantity
             else OrderStatus.PARTIALLY_FILLED
         )
-        order.save(
-            update_fields=["filled_quantity", "average_fill_price", "status", "updated_at"]
-        )
+        order.save(update_fields=["filled_quantity", "average_fill_price", "status", "updated_at"])
         position_apply_fill(
             user=order.user, symbol=order.symbol, side=order.side, quantity=quantity, price=price
         )

@@ -6,7 +6,6 @@ from django.conf import settings
 from django.db import models
 
 
-
 class ServerProcess(models.Model):
     """One running server process; its heartbeat says whether its connections are alive."""
 
@@ -87,3 +86,6 @@ class MarketDataFeed(models.Model):
         managed = False
         default_permissions = ()
         permissions = [("publish_market_data", "Can publish market data ticks")]
+
+    def __str__(self) -> str:
+        return "market-data feed"

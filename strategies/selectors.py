@@ -6,7 +6,6 @@ from typing import Any
 
 from django.db.models import QuerySet
 
-
 from strategies.models import Strategy
 
 

@@ -1,4 +1,4 @@
-"""The domain apps import each other in one direction only: positions < strategies < orders < market.
+"""Domain apps import one way only: positions < strategies < orders < market; no cycle.
 
 Core modules (models, services, selectors, costing, ticks) import only their own app and the
 apps below it; the edges (views, serializers, admin) may use any domain app's core, but no core

@@ -237,9 +237,7 @@ def test_create_accepts_parameters_of_exactly_the_byte_limit(trader_client):
     assert response.json()["parameters"] == parameters
 
 
-def test_patch_refuses_too_large_parameters_and_keeps_the_old_ones(
-    trader_client, alice_strategy
-):
+def test_patch_refuses_too_large_parameters_and_keeps_the_old_ones(trader_client, alice_strategy):
     from strategies.services import PARAMETERS_MAX_BYTES
 
     response = trader_client.patch(

@@ -37,7 +37,9 @@ def demo_data_load() -> DemoData:
             _alice_trades(users["alice"])
             _bob_trades(users["bob"])
             prices = (("BTC-USD", "43120.5"), ("ETH-USD", "2275"), ("SOL-USD", "96.2"))
-            market_mark(ticks=[Tick(symbol=symbol, last=Decimal(price)) for symbol, price in prices])
+            market_mark(
+                ticks=[Tick(symbol=symbol, last=Decimal(price)) for symbol, price in prices]
+            )
     return DemoData(users=users, created=not already_loaded)
 
 
