@@ -14,9 +14,12 @@ from tradingrt.errors import StateConflict
 NAME_MAX_LENGTH = Strategy._meta.get_field("name").max_length or 100
 # Every STRATEGY_UPDATE carries the name, description and parameters, and Daphne silently
 # drops an outbound WebSocket message over 1 MiB: so the free-form fields are bounded here,
-# where the API and the admin both pass, keeping the largest update near 30 KiB.
+# where the API and the admin both pass, keeping the largest update near 140 KiB (under a
+# seventh of the limit, whatever the encoding).
 DESCRIPTION_MAX_LENGTH = 2000  # characters; at most 6 bytes each on the wire (JSON escapes)
-PARAMETERS_MAX_BYTES = 16 * 1024  # the parameters as compact UTF-8 JSON, as the wire sends them
+# The parameters as compact UTF-8 JSON, as the wire sends them: room for real configuration
+# (and for updates past 64 KiB, which the transport tests exercise), an eighth of the limit.
+PARAMETERS_MAX_BYTES = 128 * 1024
 # Nesting levels of the parameters: MessagePack encoders refuse deep nesting (msgpack-python at
 # 512) and JSON ones recurse, so a deeper object would fail to encode when it is published.
 PARAMETERS_MAX_DEPTH = 32

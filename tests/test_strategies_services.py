@@ -428,7 +428,7 @@ def test_concurrent_edits_and_executions_all_land_with_contiguous_versions():
     ("fields", "field"),
     [
         ({"description": "x" * 2001}, "description"),
-        ({"parameters": {"blob": "x" * (16 * 1024)}}, "parameters"),
+        ({"parameters": {"blob": "x" * (128 * 1024)}}, "parameters"),
         ({"parameters": {"price": float("nan")}}, "parameters"),
     ],
 )
