@@ -9,7 +9,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from orders.models import OrderSide, OrderStatus, OrderType
-from orders.services import STRATEGY_NOT_FOUND
+from orders.services import REJECT_REASON_MAX_LENGTH, STRATEGY_NOT_FOUND
 from strategies.models import Strategy
 from strategies.selectors import strategy_list
 from tradingrt.api import DecimalStringField, TimestampField
@@ -78,7 +78,12 @@ class OrderFilterSerializer(serializers.Serializer):
 class OrderRejectSerializer(serializers.Serializer):
     """The body of POST /api/orders/{id}/reject/."""
 
-    reason = serializers.CharField(source="reject_reason", max_length=200)
+    reason = serializers.CharField(
+        source="reject_reason",
+        max_length=REJECT_REASON_MAX_LENGTH,
+        help_text=f"Why the gateway rejects the order; at most {REJECT_REASON_MAX_LENGTH} "
+        "characters (ORDER_UPDATE carries it as rejectReason).",
+    )
 
 
 class FillSerializer(serializers.Serializer):

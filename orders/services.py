@@ -1,7 +1,12 @@
-"""Order writes: placing, cancelling, rejecting and filling orders (each a real save())."""
+"""Order writes: placing, cancelling, rejecting and filling orders, and the strategies' metrics.
+
+Orders sit above strategies and positions: a fill changes the order, the owner's position and
+the strategy's metrics (computed from its orders), so this module orchestrates all three.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
@@ -9,9 +14,9 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from orders.models import Fill, Order, OrderSide, OrderStatus, OrderType
+from orders.selectors import strategy_ids_trading, strategy_metrics
 from positions.services import position_apply_fill
 from strategies.models import Strategy, StrategyStatus
-from strategies.services import strategy_record_execution, strategy_refresh_metrics
 from tradingrt.amounts import round_amount, to_amount
 from tradingrt.errors import StateConflict
 from tradingrt.symbols import symbol_normalize
@@ -19,6 +24,7 @@ from tradingrt.symbols import symbol_normalize
 PRICED_TYPES = (OrderType.LIMIT, OrderType.STOP_LIMIT)
 STOP_TYPES = (OrderType.STOP, OrderType.STOP_LIMIT)
 CLOSED_STRATEGY_STATUSES = (StrategyStatus.STOPPED, StrategyStatus.ERROR)
+# The reason travels in ORDER_UPDATE (rejectReason): bounded by the column, like every order field.
 REJECT_REASON_MAX_LENGTH = Order._meta.get_field("reject_reason").max_length or 200
 STRATEGY_NOT_FOUND = "Strategy not found."
 
@@ -141,7 +147,7 @@ def order_cancel(*, order: Order) -> Order:
                 "or PARTIALLY_FILLED orders can."
             )
         order.status = OrderStatus.CANCELED
-        order.save()
+        order.save(update_fields=["status", "updated_at"])
         _refresh_strategy(order)
     return order
 
@@ -163,7 +169,7 @@ def order_reject(*, order: Order, reason: str) -> Order:
             )
         order.status = OrderStatus.REJECTED
         order.reject_reason = reason
-        order.save()
+        order.save(update_fields=["status", "reject_reason", "updated_at"])
         _refresh_strategy(order)
     return order
 
@@ -215,13 +221,55 @@ def order_fill(*, order: Order, quantity: Decimal, price: Decimal) -> Fill:
             if order.filled_quantity == order.quantity
             else OrderStatus.PARTIALLY_FILLED
         )
-        order.save()
+        order.save(update_fields=["filled_quantity", "average_fill_price", "status", "updated_at"])
         position_apply_fill(
             user=order.user, symbol=order.symbol, side=order.side, quantity=quantity, price=price
         )
         if order.strategy is not None:
             strategy_record_execution(strategy=order.strategy, fill=fill)
     return fill
+
+
+def strategy_refresh_metrics(*, strategy: Strategy) -> Strategy:
+    """Recompute and save the strategy's metrics from its orders and fills."""
+    with transaction.atomic():
+        _lock(strategy)
+        strategy.metrics = strategy_metrics(strategy=strategy)
+        strategy.save(update_fields=["metrics", "updated_at"])
+    return strategy
+
+
+def strategy_record_execution(*, strategy: Strategy, fill: Any) -> Strategy:
+    """Refresh the metrics after `fill` of one of the strategy's orders, and save.
+
+    `strategy.pending_execution` holds the fill during the save, for receivers that report
+    executions.
+    """
+    with transaction.atomic():
+        _lock(strategy)
+        strategy.metrics = strategy_metrics(strategy=strategy)
+        strategy.pending_execution = fill
+        strategy.save(update_fields=["metrics", "updated_at"])
+    return strategy
+
+
+def strategy_refresh_marked(*, symbol: str, owner_ids: Iterable[int]) -> list[Strategy]:
+    """After a mark in `symbol`, refresh the metrics of those owners' strategies that traded it.
+
+    Only strategies whose metrics changed are saved (and returned).
+    """
+    traded_by_strategy = strategy_ids_trading(symbol=symbol, owner_ids=owner_ids)
+    changed = []
+    with transaction.atomic():
+        for strategy in (
+            Strategy.objects.select_for_update().filter(pk__in=traded_by_strategy).order_by("id")
+        ):
+            metrics = strategy_metrics(strategy=strategy)
+            if metrics != strategy.metrics:
+                strategy.metrics = metrics
+                strategy.save(update_fields=["metrics", "updated_at"])
+                changed.append(strategy)
+    return changed
 
 
 def _refresh_strategy(order: Order) -> None:

@@ -1,4 +1,4 @@
-"""Position writes: apply a fill with average cost, and mark positions to the market."""
+"""Position writes: apply a fill with average cost, and mark positions to a price."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ from django.db import IntegrityError, transaction
 
 from positions.costing import Holding, apply_trade, signed_quantity
 from positions.models import Position
-from strategies.services import strategy_refresh_marked
 from tradingrt.amounts import to_amount
 from tradingrt.symbols import symbol_normalize
+
+# What a fill writes; the row is loaded under its lock, so nothing else is written back.
+FILL_FIELDS = ("quantity", "average_price", "realized_pnl", "market_price", "updated_at")
 
 
 def position_apply_fill(
@@ -35,7 +37,7 @@ def position_apply_fill(
         ).first() or Position(user=user, symbol=symbol)
         _apply(position, trade=trade, price=price)
         if position.pk is not None:
-            position.save()
+            position.save(update_fields=FILL_FIELDS)
             return position
         try:
             with transaction.atomic():
@@ -44,7 +46,7 @@ def position_apply_fill(
             # A concurrent first fill inserted the row meanwhile; apply ours to that row.
             position = Position.objects.select_for_update().get(user=user, symbol=symbol)
             _apply(position, trade=trade, price=price)
-            position.save()
+            position.save(update_fields=FILL_FIELDS)
     return position
 
 
@@ -63,8 +65,8 @@ def position_mark(*, symbol: str, price: Decimal) -> list[Position]:
     """Set the market price of every position in `symbol` to `price`; return those that changed.
 
     Each changed position is saved with update_fields=["market_price", "updated_at"], which is
-    how receivers tell a mark from a fill. The owners' strategies trading the symbol get their
-    unrealized P&L refreshed in the same transaction.
+    how receivers tell a mark from a fill. Strategies are not touched here (positions know
+    nothing above them): market.services.market_mark refreshes their metrics as well.
     """
     symbol = symbol_normalize(symbol)
     price = to_amount(price, field="market_price")
@@ -80,8 +82,4 @@ def position_mark(*, symbol: str, price: Decimal) -> list[Position]:
         for position in changed:
             position.market_price = price
             position.save(update_fields=["market_price", "updated_at"])
-        if changed:
-            strategy_refresh_marked(
-                symbol=symbol, owner_ids={position.user_id for position in changed}
-            )
     return changed

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from realtime import publish
 from realtime.connections import alive_q
-from realtime.models import Connection, MarketQuote, ServerProcess, Subscription
+from realtime.models import Connection, ServerProcess, Subscription
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -179,9 +179,3 @@ class ServerProcessAdmin(DisconnectPermissionMixin, ReadOnlyAdmin):
     @admin.display(description="alive", boolean=True)
     def alive(self, server: ServerProcess) -> bool:
         return server.expires_at >= timezone.now()
-
-
-@admin.register(MarketQuote)
-class MarketQuoteAdmin(ReadOnlyAdmin):
-    list_display = ("symbol", "last", "bid", "ask", "volume", "timestamp")
-    search_fields = ("symbol",)

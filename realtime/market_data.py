@@ -1,8 +1,9 @@
-"""Market data: MARKET_DATA to `market:{SYMBOL}` at once, and conflated marking to market.
+"""Market data in real time: MARKET_DATA to `market:{SYMBOL}` at once, marking conflated.
 
-Every tick is published as it comes. Marking positions (a database write and a POSITION_UPDATE
-per position) is throttled per process: the first tick after a quiet spell marks at once, and
-during a burst the latest tick of each symbol is applied once per MARK_TO_MARKET_INTERVAL_SECS.
+Every tick is published as it comes. Marking to market (market.services.market_mark: a database
+write and a POSITION_UPDATE per position) is throttled per process: the first tick after a quiet
+spell marks at once, and during a burst the latest tick of each symbol is applied once per
+MARK_TO_MARKET_INTERVAL_SECS.
 """
 
 from __future__ import annotations
@@ -12,66 +13,20 @@ import contextvars
 import logging
 import threading
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import datetime
-from decimal import Decimal
-from typing import Any
 
 from channels.db import database_sync_to_async
-from django.db import transaction
-from django.utils import timezone
 
-from positions.services import position_mark
+from market.services import market_mark
+from market.ticks import Tick
 from realtime.conf import realtime_settings
-from realtime.models import MarketQuote
 from realtime.protocol import MessageType
 from realtime.publish import apublish_rollback_unsafe
-from tradingrt.formats import format_decimal, format_timestamp
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class Tick:
-    symbol: str
-    last: Decimal
-    bid: Decimal | None = None
-    ask: Decimal | None = None
-    volume: Decimal | None = None
-    timestamp: datetime | None = None
-
-    def payload(self) -> dict[str, Any]:
-        return {
-            "symbol": self.symbol,
-            "last": format_decimal(self.last),
-            "bid": format_decimal(self.bid),
-            "ask": format_decimal(self.ask),
-            "volume": format_decimal(self.volume),
-            "timestamp": format_timestamp(self.timestamp or timezone.now()),
-        }
-
-    @property
-    def topic(self) -> str:
-        return f"market:{self.symbol}"
-
-
-def mark_to_market(ticks: Iterable[Tick]) -> None:
-    """Store each symbol's latest quote and mark its positions (and strategies) to it."""
-    with transaction.atomic():
-        for tick in ticks:
-            MarketQuote.objects.update_or_create(
-                symbol=tick.symbol,
-                defaults={
-                    "last": tick.last,
-                    "bid": tick.bid,
-                    "ask": tick.ask,
-                    "volume": tick.volume,
-                    "timestamp": tick.timestamp or timezone.now(),
-                },
-            )
-            # Also refreshes the metrics of the strategies that trade the symbol.
-            position_mark(symbol=tick.symbol, price=tick.last)
+def market_topic(tick: Tick) -> str:
+    return f"market:{tick.symbol}"
 
 
 class MarketDataService:
@@ -90,7 +45,9 @@ class MarketDataService:
     async def apublish(self, ticks: list[Tick]) -> None:
         """Publish `ticks` as MARKET_DATA now; mark to market now or at the window's end."""
         for tick in ticks:
-            await apublish_rollback_unsafe(MessageType.MARKET_DATA, (tick.topic,), tick.payload())
+            await apublish_rollback_unsafe(
+                MessageType.MARKET_DATA, (market_topic(tick),), tick.payload()
+            )
         with self._lock:
             for tick in ticks:
                 self._pending[tick.symbol] = tick
@@ -130,7 +87,7 @@ class MarketDataService:
             self._pending.clear()
             self._last_mark = self.clock()
         if ticks:
-            mark_to_market(ticks)
+            market_mark(ticks=ticks)
             self.marks += 1
         return len(ticks)
 

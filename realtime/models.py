@@ -1,11 +1,9 @@
-"""Connection records (who is connected where, to what) and the latest quote of each symbol."""
+"""Connection records (who is connected where, to what) and the market-data feed permission."""
 
 from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
-
-from tradingrt.models import decimal_field
 
 
 class ServerProcess(models.Model):
@@ -77,19 +75,17 @@ class Subscription(models.Model):
         return f"{self.connection_id} -> {self.topic}"
 
 
-class MarketQuote(models.Model):
-    """The latest tick of a symbol, kept so positions can be marked and newcomers shown a price."""
+class MarketDataFeed(models.Model):
+    """No table: holds `realtime.publish_market_data`, the market-data feed's permission.
 
-    symbol = models.CharField(primary_key=True, max_length=32)
-    last = decimal_field()
-    bid = decimal_field(null=True, blank=True)
-    ask = decimal_field(null=True, blank=True)
-    volume = decimal_field(null=True, blank=True)
-    timestamp = models.DateTimeField()
+    The quotes themselves are domain data (market.MarketQuote); publishing ticks is this
+    module's job, so its permission keeps the realtime name that grants already use.
+    """
 
     class Meta:
-        ordering = ["symbol"]
+        managed = False
+        default_permissions = ()
         permissions = [("publish_market_data", "Can publish market data ticks")]
 
     def __str__(self) -> str:
-        return f"{self.symbol} {self.last}"
+        return "market-data feed"

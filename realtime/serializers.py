@@ -7,7 +7,7 @@ from typing import Any
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
-from realtime.market_data import Tick
+from market.ticks import Tick
 from tradingrt.api import DecimalStringField, TimestampField
 from tradingrt.symbols import symbol_normalize
 

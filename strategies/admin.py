@@ -10,11 +10,11 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
 
+from orders.services import strategy_refresh_metrics
 from strategies.models import Strategy
 from strategies.services import (
     strategy_create,
     strategy_pause,
-    strategy_refresh_metrics,
     strategy_start,
     strategy_stop,
     strategy_update,

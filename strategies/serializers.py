@@ -6,9 +6,25 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from strategies.models import StrategyStatus
+from strategies.services import (
+    DESCRIPTION_MAX_LENGTH,
+    NAME_MAX_LENGTH,
+    PARAMETERS_MAX_BYTES,
+    PARAMETERS_MAX_DEPTH,
+)
 from tradingrt.api import TimestampField
 
-JSON_OBJECT_SCHEMA = {"type": "object", "additionalProperties": True}
+PARAMETERS_HELP = (
+    f"A JSON object of at most {PARAMETERS_MAX_BYTES} bytes as compact UTF-8 JSON, nested at "
+    f"most {PARAMETERS_MAX_DEPTH} levels deep (every STRATEGY_UPDATE carries it, and a WebSocket "
+    "message must stay well below 1 MiB); larger answers 400."
+)
+DESCRIPTION_HELP = f"At most {DESCRIPTION_MAX_LENGTH} characters."
+JSON_OBJECT_SCHEMA = {
+    "type": "object",
+    "additionalProperties": True,
+    "description": PARAMETERS_HELP,
+}
 
 
 class StrategyMetricsSerializer(serializers.Serializer):
@@ -48,9 +64,11 @@ class StrategySerializer(serializers.Serializer):
 
     id = serializers.IntegerField(read_only=True)
     ownerId = serializers.IntegerField(source="owner_id", read_only=True)
-    name = serializers.CharField(read_only=True)
-    description = serializers.CharField(read_only=True)
-    parameters = ParametersField(read_only=True)
+    name = serializers.CharField(read_only=True, max_length=NAME_MAX_LENGTH)
+    description = serializers.CharField(
+        read_only=True, max_length=DESCRIPTION_MAX_LENGTH, help_text=DESCRIPTION_HELP
+    )
+    parameters = ParametersField(read_only=True, help_text=PARAMETERS_HELP)
     status = serializers.ChoiceField(choices=StrategyStatus.choices, read_only=True)
     metrics = MetricsField(read_only=True)
     createdAt = TimestampField(source="created_at", read_only=True)
@@ -60,9 +78,14 @@ class StrategySerializer(serializers.Serializer):
 class StrategyWriteSerializer(serializers.Serializer):
     """The body of POST /api/strategies/ (and, every field optional, of PATCH)."""
 
-    name = serializers.CharField(max_length=100)
-    description = serializers.CharField(required=False, allow_blank=True)
-    parameters = ParametersField(required=False)
+    name = serializers.CharField(max_length=NAME_MAX_LENGTH)
+    description = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=DESCRIPTION_MAX_LENGTH,
+        help_text=DESCRIPTION_HELP,
+    )
+    parameters = ParametersField(required=False, help_text=PARAMETERS_HELP)
 
 
 class StrategyFilterSerializer(serializers.Serializer):

@@ -1,19 +1,28 @@
-"""Strategy writes: creation and edits, the lifecycle, and keeping the metrics current."""
+"""Strategy writes: creation, bounded edits and the lifecycle (orders.services keeps metrics)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from orders.models import Order
 from strategies.models import Strategy, StrategyStatus
-from strategies.selectors import strategy_metrics
 from tradingrt.errors import StateConflict
 
 NAME_MAX_LENGTH = Strategy._meta.get_field("name").max_length or 100
+# Every STRATEGY_UPDATE carries the name, description and parameters, and Daphne silently
+# drops an outbound WebSocket message over 1 MiB: so the free-form fields are bounded here,
+# where the API and the admin both pass, keeping the largest update near 140 KiB (under a
+# seventh of the limit, whatever the encoding).
+DESCRIPTION_MAX_LENGTH = 2000  # characters; at most 6 bytes each on the wire (JSON escapes)
+# The parameters as compact UTF-8 JSON, as the wire sends them: room for real configuration
+# (and for updates past 64 KiB, which the transport tests exercise), an eighth of the limit.
+PARAMETERS_MAX_BYTES = 128 * 1024
+# Nesting levels of the parameters: MessagePack encoders refuse deep nesting (msgpack-python at
+# 512) and JSON ones recurse, so a deeper object would fail to encode when it is published.
+PARAMETERS_MAX_DEPTH = 32
 EDITABLE_FIELDS = frozenset({"name", "description", "parameters"})
 
 _S = StrategyStatus
@@ -47,11 +56,16 @@ def strategy_update(*, strategy: Strategy, **fields: Any) -> Strategy:
     if unknown:
         raise TypeError(f"strategy_update() cannot change {', '.join(sorted(unknown))}")
     cleaned = _clean_fields(fields)
-    if not cleaned:
-        return strategy  # nothing to change: no save, so no "updated" event either
-    for name, value in cleaned.items():
-        setattr(strategy, name, value)
-    strategy.save()
+    with transaction.atomic():
+        # The caller's copy may be stale (an edit form loaded before a fill): writing all of it
+        # back would undo the metrics and status saved meanwhile and reuse their version.
+        _lock(strategy)
+        changed = [name for name, value in cleaned.items() if getattr(strategy, name) != value]
+        if not changed:
+            return strategy  # nothing to change: no save, so no "updated" event either
+        for name in changed:
+            setattr(strategy, name, cleaned[name])
+        strategy.save(update_fields=[*changed, "updated_at"])
     return strategy
 
 
@@ -66,18 +80,58 @@ def _clean_fields(fields: dict[str, Any]) -> dict[str, Any]:
             errors["name"] = f"Use at most {NAME_MAX_LENGTH} characters."
         cleaned["name"] = name
     if "description" in fields:
-        if fields["description"] is None or isinstance(fields["description"], str):
-            cleaned["description"] = fields["description"] or ""
-        else:
+        description = fields["description"]
+        if description is not None and not isinstance(description, str):
             errors["description"] = "The description must be text."
-    if "parameters" in fields:
-        if isinstance(fields["parameters"], dict):
-            cleaned["parameters"] = fields["parameters"]
+        elif description and len(description) > DESCRIPTION_MAX_LENGTH:
+            errors["description"] = (
+                f"Use at most {DESCRIPTION_MAX_LENGTH} characters; this has {len(description)}."
+            )
         else:
-            errors["parameters"] = 'Parameters must be a JSON object, like {"window": 20}.'
+            cleaned["description"] = description or ""
+    if "parameters" in fields:
+        problem = _parameters_problem(fields["parameters"])
+        if problem:
+            errors["parameters"] = problem
+        else:
+            cleaned["parameters"] = fields["parameters"]
     if errors:
         raise ValidationError(errors)
     return cleaned
+
+
+def _parameters_problem(parameters: Any) -> str | None:
+    """Why `parameters` cannot be stored and published, or None when they can."""
+    if not isinstance(parameters, dict):
+        return 'Parameters must be a JSON object, like {"window": 20}.'
+    depth = json_depth(parameters)
+    if depth > PARAMETERS_MAX_DEPTH:
+        return f"Nest parameters at most {PARAMETERS_MAX_DEPTH} levels deep; these nest {depth}."
+    try:
+        encoded = json.dumps(
+            parameters, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        ).encode()
+    except (TypeError, ValueError):
+        return "Parameters must be plain JSON: objects, arrays, text, finite numbers, booleans."
+    if len(encoded) > PARAMETERS_MAX_BYTES:
+        return (
+            f"Parameters take at most {PARAMETERS_MAX_BYTES} bytes as compact JSON; these take "
+            f"{len(encoded)}. Keep large data elsewhere and refer to it."
+        )
+    return None
+
+
+def json_depth(value: Any) -> int:
+    """How deeply a JSON value nests objects and arrays (a scalar is 0), without recursion."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if isinstance(item, dict | list | tuple):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def strategy_start(*, strategy: Strategy) -> Strategy:
@@ -105,52 +159,8 @@ def _transition(strategy: Strategy, action: str) -> Strategy:
                 f"{' or '.join(allowed_from)} strategies can be {done}."
             )
         strategy.status = target
-        strategy.save()
+        strategy.save(update_fields=["status", "updated_at"])
     return strategy
-
-
-def strategy_refresh_metrics(*, strategy: Strategy) -> Strategy:
-    """Recompute and save the strategy's metrics from its orders and fills."""
-    with transaction.atomic():
-        _lock(strategy)
-        strategy.metrics = strategy_metrics(strategy=strategy)
-        strategy.save()
-    return strategy
-
-
-def strategy_record_execution(*, strategy: Strategy, fill: Any) -> Strategy:
-    """Refresh the metrics after `fill` of one of the strategy's orders, and save.
-
-    `strategy.pending_execution` holds the fill during the save, for receivers that report
-    executions.
-    """
-    with transaction.atomic():
-        _lock(strategy)
-        strategy.metrics = strategy_metrics(strategy=strategy)
-        strategy.pending_execution = fill
-        strategy.save()
-    return strategy
-
-
-def strategy_refresh_marked(*, symbol: str, owner_ids: Iterable[int]) -> list[Strategy]:
-    """After a mark in `symbol`, refresh the metrics of those owners' strategies that traded it.
-
-    Only strategies whose metrics changed are saved (and returned).
-    """
-    traded_by_strategy = Order.objects.filter(
-        symbol=symbol, user_id__in=list(owner_ids), filled_quantity__gt=0
-    ).values("strategy_id")
-    changed = []
-    with transaction.atomic():
-        for strategy in (
-            Strategy.objects.select_for_update().filter(pk__in=traded_by_strategy).order_by("id")
-        ):
-            metrics = strategy_metrics(strategy=strategy)
-            if metrics != strategy.metrics:
-                strategy.metrics = metrics
-                strategy.save()
-                changed.append(strategy)
-    return changed
 
 
 def _lock(strategy: Strategy) -> None:

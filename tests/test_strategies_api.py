@@ -199,3 +199,92 @@ def test_staff_stop_any_strategy(staff_client, bob_strategy):
 def test_anonymous_is_401(api_client, alice_strategy):
     assert api_client.get("/api/strategies/").status_code == 401
     assert api_client.post(f"/api/strategies/{alice_strategy.pk}/start/").status_code == 401
+
+
+# --- bounded free-form fields (every STRATEGY_UPDATE carries them) ----------------------------
+
+
+def _parameters_of_bytes(size: int) -> dict:
+    """A parameters object whose compact JSON takes exactly `size` bytes."""
+    overhead = len('{"blob":""}')
+    return {"blob": "x" * (size - overhead)}
+
+
+def test_create_refuses_parameters_over_the_byte_limit_naming_it(trader_client):
+    from strategies.services import PARAMETERS_MAX_BYTES
+
+    response = trader_client.post(
+        "/api/strategies/",
+        {"name": "Big", "parameters": _parameters_of_bytes(PARAMETERS_MAX_BYTES + 1)},
+        format="json",
+    )
+
+    assert response.status_code == 400
+    assert set(response.json()) == {"parameters"}
+    assert str(PARAMETERS_MAX_BYTES) in response.json()["parameters"][0]
+    assert not Strategy.objects.exists()
+
+
+def test_create_accepts_parameters_of_exactly_the_byte_limit(trader_client):
+    from strategies.services import PARAMETERS_MAX_BYTES
+
+    parameters = _parameters_of_bytes(PARAMETERS_MAX_BYTES)
+    response = trader_client.post(
+        "/api/strategies/", {"name": "Full", "parameters": parameters}, format="json"
+    )
+
+    assert response.status_code == 201
+    assert response.json()["parameters"] == parameters
+
+
+def test_patch_refuses_too_large_parameters_and_keeps_the_old_ones(trader_client, alice_strategy):
+    from strategies.services import PARAMETERS_MAX_BYTES
+
+    response = trader_client.patch(
+        f"/api/strategies/{alice_strategy.pk}/",
+        {"parameters": _parameters_of_bytes(PARAMETERS_MAX_BYTES + 1)},
+        format="json",
+    )
+
+    assert response.status_code == 400
+    assert "bytes" in response.json()["parameters"][0]
+    alice_strategy.refresh_from_db()
+    assert alice_strategy.parameters == {"window": 20}
+
+
+def test_patch_refuses_parameters_nested_too_deep(trader_client, alice_strategy):
+    from strategies.services import PARAMETERS_MAX_DEPTH
+
+    nested: dict = {}
+    for _ in range(PARAMETERS_MAX_DEPTH):  # the outer object makes it one level deeper
+        nested = {"n": nested}
+
+    response = trader_client.patch(
+        f"/api/strategies/{alice_strategy.pk}/", {"parameters": nested}, format="json"
+    )
+
+    assert response.status_code == 400
+    assert str(PARAMETERS_MAX_DEPTH) in response.json()["parameters"][0]
+
+
+def test_create_refuses_a_description_over_the_limit_naming_it(trader_client):
+    from strategies.services import DESCRIPTION_MAX_LENGTH
+
+    response = trader_client.post(
+        "/api/strategies/",
+        {"name": "Wordy", "description": "x" * (DESCRIPTION_MAX_LENGTH + 1)},
+        format="json",
+    )
+
+    assert response.status_code == 400
+    assert str(DESCRIPTION_MAX_LENGTH) in response.json()["description"][0]
+
+
+def test_schema_documents_the_limits(api_client):
+    from strategies.services import DESCRIPTION_MAX_LENGTH, PARAMETERS_MAX_BYTES
+
+    schema = api_client.get("/api/schema/", {"format": "json"}).json()
+    body = schema["components"]["schemas"]["StrategyWriteRequest"]["properties"]
+
+    assert body["description"]["maxLength"] == DESCRIPTION_MAX_LENGTH
+    assert str(PARAMETERS_MAX_BYTES) in body["parameters"]["description"]

@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import threading
 from decimal import Decimal
 
 import pytest
 from django.core.exceptions import ValidationError
+from django.db import connection
+from django.db.models.signals import post_save
 
-from orders.services import order_cancel, order_create, order_fill
+from market.services import market_mark
+from market.ticks import Tick
+from orders.models import Order
+from orders.selectors import strategy_metrics
+from orders.services import (
+    order_cancel,
+    order_create,
+    order_fill,
+    strategy_refresh_marked,
+    strategy_refresh_metrics,
+)
 from positions.models import Position
-from positions.services import position_mark
 from strategies.models import Strategy, StrategyStatus, empty_metrics
-from strategies.selectors import strategy_metrics
 from strategies.services import (
     strategy_create,
     strategy_pause,
-    strategy_refresh_marked,
-    strategy_refresh_metrics,
     strategy_start,
     strategy_stop,
     strategy_update,
@@ -228,7 +237,7 @@ def test_metrics_win_rate_is_null_without_closing_trades(running):
 
 def test_metrics_unrealized_pnl_uses_the_owners_market_price(running):
     trade(running, "SELL", "2", "100")
-    position_mark(symbol="BTC-USD", price=D("90"))
+    market_mark(ticks=[Tick(symbol="BTC-USD", last=D("90"))])
 
     metrics = metrics_of(running)
     assert metrics["unrealizedPnl"] == "20"
@@ -282,7 +291,7 @@ def test_a_mark_refreshes_the_unrealized_pnl_of_strategies_holding_the_symbol(ru
     flat.refresh_from_db()
     flat_updated_at = flat.updated_at
 
-    position_mark(symbol="BTC-USD", price=D("125"))
+    market_mark(ticks=[Tick(symbol="BTC-USD", last=D("125"))])
 
     assert metrics_of(running)["unrealizedPnl"] == "50"
     flat.refresh_from_db()
@@ -308,3 +317,123 @@ def test_update_without_fields_saves_nothing(running):
 
     running.refresh_from_db()
     assert running.updated_at == updated_at
+
+
+# --- concurrent writers -----------------------------------------------------------------------
+
+
+def test_update_of_a_stale_instance_keeps_the_metrics_and_status_saved_meanwhile(running):
+    """The edit form's instance was loaded before a fill: saving it must not undo the fill."""
+    stale = Strategy.objects.get(pk=running.pk)
+    trade(running, "BUY", "2", "100")
+    strategy_pause(strategy=Strategy.objects.get(pk=running.pk))
+    fresh = Strategy.objects.get(pk=running.pk)
+
+    updated = strategy_update(strategy=stale, name="Renamed")
+
+    row = Strategy.objects.get(pk=running.pk)
+    assert row.name == "Renamed"
+    assert row.metrics == fresh.metrics
+    assert row.metrics["fillCount"] == 1
+    assert row.status == S.PAUSED
+    assert row.version == updated.version == fresh.version + 1
+
+
+def test_update_that_changes_nothing_saves_nothing(running):
+    version = Strategy.objects.get(pk=running.pk).version
+
+    strategy_update(strategy=running, name=running.name, parameters=dict(running.parameters))
+
+    assert Strategy.objects.get(pk=running.pk).version == version
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_edits_and_executions_all_land_with_contiguous_versions():
+    """An editor and an execution gateway write one strategy at once, each from a stale copy.
+
+    Every change reaches the row and every save gets its own version, one after the other,
+    so a reader ordering updates by version neither drops one nor ends on a state the
+    database does not hold.
+    """
+    rounds = 5
+    strategy = StrategyFactory(owner=UserFactory(), status=S.RUNNING)
+    orders = [
+        order_create(
+            user=strategy.owner,
+            strategy=strategy,
+            symbol="BTC-USD",
+            side="BUY",
+            order_type="MARKET",
+            quantity=D("1"),
+        )
+        for _ in range(rounds)
+    ]
+    start_version = Strategy.objects.get(pk=strategy.pk).version
+    saved_versions: list[int] = []
+    versions_lock = threading.Lock()
+
+    def record_version(sender, instance, **kwargs):
+        with versions_lock:
+            saved_versions.append(instance.version)
+
+    start = threading.Barrier(2)
+    failures: list[BaseException] = []
+
+    def edit() -> None:
+        try:
+            stale = Strategy.objects.get(pk=strategy.pk)
+            for number in range(rounds):
+                start.wait()  # each round, both writers go at once
+                strategy_update(strategy=stale, description=f"edit {number}")
+        except BaseException as error:  # reported by the main thread
+            failures.append(error)
+        finally:
+            connection.close()
+
+    def execute() -> None:
+        try:
+            stale_orders = [Order.objects.get(pk=order.pk) for order in orders]
+            for order in stale_orders:
+                start.wait()
+                order_fill(order=order, quantity=D("1"), price=D("100"))
+        except BaseException as error:
+            failures.append(error)
+        finally:
+            connection.close()
+
+    post_save.connect(record_version, sender=Strategy, dispatch_uid="test.record_version")
+    try:
+        threads = [threading.Thread(target=edit), threading.Thread(target=execute)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        post_save.disconnect(sender=Strategy, dispatch_uid="test.record_version")
+
+    assert failures == []
+    row = Strategy.objects.get(pk=strategy.pk)
+    assert row.description == f"edit {rounds - 1}"
+    assert row.metrics["fillCount"] == rounds
+    assert row.metrics["filledOrderCount"] == rounds
+    assert row.status == S.RUNNING
+    assert sorted(saved_versions) == list(range(start_version + 1, row.version + 1))
+    assert len(saved_versions) == 2 * rounds
+
+
+# --- bounded free-form fields -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"description": "x" * 2001}, "description"),
+        ({"parameters": {"blob": "x" * (128 * 1024)}}, "parameters"),
+        ({"parameters": {"price": float("nan")}}, "parameters"),
+    ],
+)
+def test_update_refuses_what_a_strategy_update_could_not_carry(running, fields, field):
+    with pytest.raises(ValidationError) as excinfo:
+        strategy_update(strategy=running, **fields)
+
+    assert set(excinfo.value.message_dict) == {field}

@@ -60,6 +60,7 @@ INSTALLED_APPS = [
     "orders",
     "positions",
     "strategies",
+    "market",
     "realtime",
     "tradingrt",
 ]

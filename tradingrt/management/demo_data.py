@@ -9,8 +9,9 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
+from market.services import market_mark
+from market.ticks import Tick
 from orders.services import order_cancel, order_create, order_fill, order_reject
-from positions.services import position_mark
 from strategies.services import strategy_create, strategy_pause, strategy_start, strategy_stop
 
 ADMIN = ("admin", "admin-demo-pass")
@@ -35,8 +36,10 @@ def demo_data_load() -> DemoData:
         if not already_loaded:
             _alice_trades(users["alice"])
             _bob_trades(users["bob"])
-            for symbol, price in (("BTC-USD", "43120.5"), ("ETH-USD", "2275"), ("SOL-USD", "96.2")):
-                position_mark(symbol=symbol, price=Decimal(price))
+            prices = (("BTC-USD", "43120.5"), ("ETH-USD", "2275"), ("SOL-USD", "96.2"))
+            market_mark(
+                ticks=[Tick(symbol=symbol, last=Decimal(price)) for symbol, price in prices]
+            )
     return DemoData(users=users, created=not already_loaded)
 
 
