@@ -75,8 +75,8 @@ def check(options: argparse.Namespace) -> int:
     ensure_environment()
     steps = [
         [str(BIN / "ruff"), "check", "."],
-        [str(BIN / "ruff"), "format", "--check", "realtime", "tradingrt"],
-        [str(BIN / "mypy"), "realtime", "tradingrt", "orders", "positions", "strategies"],
+        [str(BIN / "ruff"), "format", "--check", "realtime", "tradingrt", "market"],
+        [str(BIN / "mypy"), "realtime", "tradingrt", "orders", "positions", "strategies", "market"],
         [str(PYTHON), "manage.py", "makemigrations", "--check", "--dry-run"],
         [str(PYTHON), "manage.py", "spectacular", "--validate", "--fail-on-warn", "--file",
          os.devnull],
