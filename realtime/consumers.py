@@ -68,8 +68,8 @@ class RealtimeConsumer(AsyncConsumer):
             send,
             name=self.connection_id,
             give_up=self.close_with,
-            max_messages=int(realtime_settings.SEND_BUFFER_MAX_MESSAGES),
-            max_bytes=int(realtime_settings.SEND_BUFFER_MAX_BYTES),
+            max_messages=realtime_settings.SEND_BUFFER_MAX_MESSAGES,
+            max_bytes=realtime_settings.SEND_BUFFER_MAX_BYTES,
         )
         self._auth_timer: asyncio.TimerHandle | None = None
         self._expiry_timer: asyncio.TimerHandle | None = None

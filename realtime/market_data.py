@@ -51,7 +51,7 @@ class MarketDataService:
         with self._lock:
             for tick in ticks:
                 self._pending[tick.symbol] = tick
-            interval = float(realtime_settings.MARK_TO_MARKET_INTERVAL_SECS)
+            interval = realtime_settings.MARK_TO_MARKET_INTERVAL_SECS
             wait = self._last_mark + interval - self.clock()
         if wait <= 0:
             await database_sync_to_async(self.flush)()
