@@ -13,10 +13,12 @@ one pre-built frame (a broadcast's frame is built once, not once per socket: doc
   bytes are the TLS layer's buffers plus the TCP transport's.
 - `UvicornAdapter`: uvicorn's websockets-sansio protocol: frames to the asyncio transport while
   it is not paused; unsent bytes from `transport.get_write_buffer_size()`.
-- `GenericAdapter`: any other ASGI server, or one of the above whose internals are not what this
-  module expects: the outbox counts what it queues itself, and the bound holds as far as the
-  server's `send` applies backpressure (ASGI offers nothing else). Said once per process at
-  WARNING.
+- `TwistedBackpressureAdapter`: Daphne whose Twisted internals are not what this module expects:
+  Twisted's public producer API pauses the outbox's `send` while the transport's buffer is full,
+  so the outbox queues and its bounds hold; Daphne frames every message. Said once at WARNING.
+- `GenericAdapter`: any other ASGI server, or uvicorn with unexpected internals: the outbox
+  counts what it queues itself, and the bound holds as far as the server's `send` applies
+  backpressure (ASGI offers nothing else; uvicorn's does). Said once per process at WARNING.
 
 Private attributes of Twisted, autobahn and uvicorn are read only here, each checked when its
 adapter is chosen; anything unexpected falls back to `GenericAdapter`. `counters` holds this
@@ -140,6 +142,10 @@ class ServerAdapter:
         """Write `message` as one pre-built frame; False, having written nothing, if it cannot."""
         return False
 
+    def wrap_send(self, send: Send) -> Send:
+        """The `send` the outbox uses for messages (an adapter may make it wait)."""
+        return send
+
     async def close(self, send: Send, code: int, reason: str) -> None:
         closing: dict[str, Any] = {"type": "websocket.close", "code": int(code)}
         if reason:
@@ -151,7 +157,100 @@ class GenericAdapter(ServerAdapter):
     """Any ASGI server: the outbox bounds what it queues itself, as the server's `send` blocks."""
 
 
+class TwistedBackpressureAdapter(ServerAdapter):
+    """Daphne whose Twisted internals are not what the direct adapters expect: Twisted's public
+    producer API (`registerProducer`, streaming) turned into backpressure.
+
+    Twisted pauses a registered producer when the transport holds more than its buffer size
+    unsent and resumes it when the buffer drains. While paused, the send this adapter hands the
+    outbox waits, exactly as uvicorn's does, so further messages queue in the outbox and its
+    message and byte bounds (4508) hold: the bound stands even when no private attribute can be
+    read. Messages are framed by Daphne.
+    """
+
+    kind = "daphne-backpressure"
+
+    def __init__(self, transport: Any, name: str) -> None:
+        self.name = name
+        self.paused = False
+        self._resumed = asyncio.Event()
+        self._resumed.set()
+        # The TCP transport's producer slot (under TLS too: the TLS layer registers its own
+        # producer with the TCP transport, whose buffer holds what is unsent). Daphne's
+        # HTTPChannel already holds it, streaming; both are told of every pause and resume.
+        tcp = (
+            getattr(transport, "transport", None) if hasattr(transport, "wrappedProtocol") else None
+        )
+        consumer = tcp if tcp is not None else transport
+        held = consumer.producer
+        if held is not None and not consumer.streamingProducer:
+            raise RuntimeError("a pull producer holds the transport")
+        if held is not None:
+            consumer.unregisterProducer()
+        consumer.registerProducer(_BothProducers(held, self), True)
+
+    # IPushProducer, called by Twisted on the event loop's thread
+    def pauseProducing(self) -> None:
+        self.paused = True
+        self._resumed.clear()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._resumed.set()
+
+    def stopProducing(self) -> None:  # the connection is gone: let waiting sends fail
+        self.resumeProducing()
+
+    def wrap_send(self, send: Send) -> Send:
+        async def send_when_drained(message: dict[str, Any]) -> None:
+            if self.paused:
+                await self._resumed.wait()
+            await send(message)
+
+        return send_when_drained
+
+
+class _BothProducers:
+    """A streaming producer that passes Twisted's pause, resume and stop on to two."""
+
+    def __init__(self, first: Any, second: Any) -> None:
+        self.producers = [p for p in (first, second) if p is not None]
+
+    def pauseProducing(self) -> None:
+        for producer in self.producers:
+            producer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        for producer in self.producers:
+            producer.resumeProducing()
+
+    def stopProducing(self) -> None:
+        for producer in self.producers:
+            producer.stopProducing()
+
+
 _generic_announced = False
+
+
+def _use_backpressure(transport: Any, name: str, why: str) -> ServerAdapter:
+    """Daphne with unexpected internals: Twisted's producer API, else the generic adapter."""
+    counters.fallback_connections += 1
+    try:
+        adapter = TwistedBackpressureAdapter(transport, name)
+    except Exception as exc:  # no producer API, or a producer already registered
+        counters.fallback_connections -= 1  # counted again by the generic one
+        return _use_generic(name, f"{why}, and Twisted's producer API is not usable ({exc!r})")
+    global _generic_announced
+    if not _generic_announced:
+        _generic_announced = True
+        logger.warning(
+            "Outbound: %s; using Twisted's producer API for backpressure (first connection %s). "
+            "The send buffer bound (4508) holds; every message is framed by Daphne. Said once "
+            "per process.",
+            why,
+            name,
+        )
+    return adapter
 
 
 def _use_generic(name: str, why: str) -> ServerAdapter:
@@ -429,12 +528,12 @@ def adapter_for(send: Any, name: str = "") -> ServerAdapter:
         _, tcp_server, tls_protocol = types
         transport = getattr(protocol, "transport", None)
         if not _autobahn_is_known(protocol):
-            return _use_generic(name, "autobahn's protocol is not what this module expects")
-        if isinstance(transport, tcp_server):
+            why = "autobahn's protocol is not what this module expects"
+        elif isinstance(transport, tcp_server):
             if _tcp_buffer_is_known(transport):
                 return DaphneTCPAdapter(protocol, transport, name)
-            return _use_generic(name, "Twisted's tcp.Server is not what this module expects")
-        if isinstance(transport, tls_protocol):
+            why = "Twisted's tcp.Server is not what this module expects"
+        elif isinstance(transport, tls_protocol):
             tcp = getattr(transport, "transport", None)
             if (
                 isinstance(tcp, tcp_server)
@@ -442,8 +541,10 @@ def adapter_for(send: Any, name: str = "") -> ServerAdapter:
                 and DaphneTLSAdapter.is_known(transport)
             ):
                 return DaphneTLSAdapter(protocol, transport, tcp, name)
-            return _use_generic(name, "Twisted's TLS transport is not what this module expects")
-        return _use_generic(name, f"Daphne over an unknown transport {type(transport).__name__}")
+            why = "Twisted's TLS transport is not what this module expects"
+        else:
+            why = f"Daphne over an unknown transport {type(transport).__name__}"
+        return _use_backpressure(transport, name, why)
     owner = getattr(send, "__self__", None)
     uvicorn = _uvicorn_type()
     if owner is not None and uvicorn is not None and isinstance(owner, uvicorn):
@@ -475,12 +576,13 @@ class Outbox:
         max_bytes: int,
         adapter: ServerAdapter | None = None,
     ) -> None:
-        self.send = send
         self.name = name
         self.give_up = give_up
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self.adapter = adapter if adapter is not None else adapter_for(send, name)
+        self.send = self.adapter.wrap_send(send)  # messages: it may wait (backpressure)
+        self._close_send = send  # a close never waits behind a client that stopped reading
         self.max_message_bytes = self.adapter.max_message_bytes
         # Messages of at most this many characters fit the limit whatever their encoding.
         self._fits_unchecked = self.max_message_bytes // 4 if self.max_message_bytes else 1 << 62
@@ -616,7 +718,7 @@ class Outbox:
                 await asyncio.wait_for(asyncio.shield(drain), timeout=CLOSE_DRAIN_TIMEOUT_SECS)
             self._drop_queue("the close could not wait longer")
         try:
-            await self.adapter.close(self.send, code, reason)
+            await self.adapter.close(self._close_send, code, reason)
         except Exception as exc:
             logger.debug("Close failed on %s (%r); already gone", self.name, exc)
 

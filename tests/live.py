@@ -97,8 +97,12 @@ class LiveServer:
         server: str = "daphne",
         tls: bool = False,
         server_args: list[str] | None = None,
+        prelude: str = "",
     ):
         self.server = server
+        # Python run in the server process before Daphne starts (to make it meet a Twisted
+        # whose internals differ from what realtime.outbound expects, say).
+        self.prelude = prelude
         self.port = port or free_port()
         # With `tls`, Daphne also listens with TLS on `tls_port` (`-e ssl:...`), with a
         # certificate for 127.0.0.1 and localhost from a CA made for this server (trustme).
@@ -176,14 +180,14 @@ class LiveServer:
             listen += ["-e", self._tls_endpoint()]
         else:
             listen = ["-b", "127.0.0.1", "-p", str(self.port)]
-        return [
-            sys.executable,
-            "-m",
-            "daphne",
-            *listen,
-            *self.server_args,
-            "tradingrt.asgi:application",
-        ]
+        start = ["-m", "daphne"]
+        if self.prelude:
+            start = [
+                "-c",
+                f"{self.prelude}\nimport sys\nfrom daphne.cli import CommandLineInterface\n"
+                "sys.argv[0] = 'daphne'\nCommandLineInterface.entrypoint()",
+            ]
+        return [sys.executable, *start, *listen, *self.server_args, "tradingrt.asgi:application"]
 
     def start(self) -> LiveServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
