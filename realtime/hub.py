@@ -155,7 +155,7 @@ class Hub:
                 channel_name=self.channel_name or ""
             )
             self.server_id = server.pk
-            self.records = RecordWriter(server.pk)
+            self.records = RecordWriter(server.pk, channel_name=self.channel_name or "")
             self.records.start()
             # A clean exit removes this process's rows at once instead of letting them expire.
             atexit.register(_forget_process, server.pk)
@@ -371,8 +371,8 @@ class Hub:
 
     async def _rerecord_connections(self) -> None:
         """Write the rows of every local connection again, after the process's were lost."""
-        for subscriber in tuple(self.connections.values()):
-            subscriber.rerecord()
+        if self.records is not None:
+            self.records.rewrite_all()  # it holds every live connection's state
 
 
 def _forget_process(server_id: str) -> None:
