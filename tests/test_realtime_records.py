@@ -178,13 +178,23 @@ async def _deleted_user_id() -> int:
     return await sync_to_async(create_and_delete)()
 
 
+async def _in_flight() -> None:
+    """Let the writer task take what is queued and hand it to the database thread."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
 async def test_open_then_a_failed_write_then_close_leaves_no_ghost_row(writer, caplog):
     caplog.set_level(logging.INFO, logger="realtime.records")
-    await sync_to_async(_add_fault)("realtime_connection")
     try:
-        _open(writer, "c1")
+        # The write of the open waits on the lock, then meets the fault; the close comes
+        # while it is under way.
+        async with WriteLock(then=lambda: _add_fault("realtime_connection")) as lock:
+            _open(writer, "c1")
+            await _in_flight()
+            writer.closed(connection_id="c1")
+            await lock.release()
         await _write_failed(caplog)
-        writer.closed(connection_id="c1")
     finally:
         await sync_to_async(_drop_fault)("realtime_connection")
     _open(writer, "c2")
@@ -198,11 +208,13 @@ async def test_subscribe_then_a_failed_write_then_unsubscribe_leaves_no_subscrip
     _open(writer, "c1")
     await writer.flushed()
     caplog.set_level(logging.INFO, logger="realtime.records")
-    await sync_to_async(_add_fault)("realtime_subscription")
     try:
-        writer.subscribed(connection_id="c1", topics=["orders"])
+        async with WriteLock(then=lambda: _add_fault("realtime_subscription")) as lock:
+            writer.subscribed(connection_id="c1", topics=["orders"])
+            await _in_flight()
+            writer.unsubscribed(connection_id="c1", topics=["orders"])
+            await lock.release()
         await _write_failed(caplog)
-        writer.unsubscribed(connection_id="c1", topics=["orders"])
     finally:
         await sync_to_async(_drop_fault)("realtime_subscription")
     await writer.flushed()
@@ -271,7 +283,7 @@ async def started(server) -> None:
 
 
 class WriteLock:
-    """Holds the connection table's write lock in a thread of its own until released, so the
+    """Holds the connection tables' write lock in a thread of its own until released, so the
     server's record writes wait; `then` runs inside the locking transaction before it ends."""
 
     def __init__(self, then: Callable[[], None] = lambda: None) -> None:
@@ -286,7 +298,10 @@ class WriteLock:
             with transaction.atomic():
                 if connection.vendor == "postgresql":
                     with connection.cursor() as cursor:
-                        cursor.execute("LOCK TABLE realtime_connection IN SHARE ROW EXCLUSIVE MODE")
+                        cursor.execute(
+                            "LOCK TABLE realtime_connection, realtime_subscription "
+                            "IN SHARE ROW EXCLUSIVE MODE"
+                        )
                 else:  # SQLite's IMMEDIATE transaction took the database's write lock at BEGIN
                     ServerProcess.objects.filter(pk="").update(pid=0)
                 self._held.set()
