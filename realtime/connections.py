@@ -23,8 +23,8 @@ from realtime.models import Connection, ServerProcess
 
 def lifetime() -> timedelta:
     """How long this process counts as alive after each of its heartbeats."""
-    interval = float(realtime_settings.HEARTBEAT_INTERVAL_SECS)
-    return timedelta(seconds=interval * int(realtime_settings.DEAD_AFTER_HEARTBEATS))
+    interval = realtime_settings.HEARTBEAT_INTERVAL_SECS
+    return timedelta(seconds=interval * realtime_settings.DEAD_AFTER_HEARTBEATS)
 
 
 def alive_q(prefix: str = "") -> Q:
@@ -47,7 +47,7 @@ def server_process_register(*, channel_name: str = "") -> ServerProcess:
     )
 
 
-def server_process_heartbeat(*, server_id: str, channel_name: str = "") -> bool:
+def server_process_heartbeat(*, server_id: str, channel_name: str) -> bool:
     """Refresh this process's heartbeat; True when its row had to be recreated.
 
     The row can vanish under a live process (pruned after a long stall or a clock jump, or
@@ -62,7 +62,8 @@ def server_process_heartbeat(*, server_id: str, channel_name: str = "") -> bool:
     return True
 
 
-def server_process_restore(*, server_id: str, channel_name: str = "") -> None:
+def server_process_restore(*, server_id: str, channel_name: str) -> None:
+    """Write this process's row again, whole: operator commands reach it by its channel."""
     now = timezone.now()
     ServerProcess.objects.update_or_create(
         pk=server_id,
@@ -75,6 +76,14 @@ def server_process_restore(*, server_id: str, channel_name: str = "") -> None:
             "expires_at": now + lifetime(),
         },
     )
+
+
+def server_process_restore_if_missing(*, server_id: str, channel_name: str) -> bool:
+    """Restore this process's row if it vanished; True when it had to be."""
+    if ServerProcess.objects.filter(pk=server_id).exists():
+        return False
+    server_process_restore(server_id=server_id, channel_name=channel_name)
+    return True
 
 
 def server_process_stop(*, server_id: str) -> None:

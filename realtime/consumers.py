@@ -102,7 +102,8 @@ class RealtimeConsumer(AsyncConsumer):
         records = self._records = self.hub.records
         assert records is not None  # a started hub has its writer
         self._record_open(user.pk if user is not None and authenticated else None)
-        await records.stored()  # counted by /ws/status before the client hears anything
+        # Counted by /ws/status before the client hears anything (this connection's record only).
+        await records.stored(self.connection_id)
         if authenticated:
             self._set_user(user, self.scope["token_expires_at"])
             self.push(self._authenticated_message(reply_to=None))
@@ -231,7 +232,7 @@ class RealtimeConsumer(AsyncConsumer):
             self._records.authenticated(
                 connection_id=self.connection_id, user_id=authenticated.user.pk, at=timezone.now()
             )
-            await self._records.stored()
+            await self._records.stored(self.connection_id)
         self.push(self._authenticated_message(reply_to=message.id))
 
     async def handle_subscription(self, message: ClientMessage) -> None:
@@ -301,7 +302,7 @@ class RealtimeConsumer(AsyncConsumer):
                     )
                 if new and self._records is not None:
                     self._records.subscribed(connection_id=self.connection_id, topics=new)
-                    await self._records.stored()
+                    await self._records.stored(self.connection_id)
                 accepted.extend(new)
         return accepted, rejected
 
@@ -371,7 +372,7 @@ class RealtimeConsumer(AsyncConsumer):
         await self.hub.unsubscribe(self, names)
         if self._records is not None:
             self._records.unsubscribed(connection_id=self.connection_id, topics=names)
-            await self._records.stored()
+            await self._records.stored(self.connection_id)
 
     # --- outbound -----------------------------------------------------------------------
 
@@ -455,14 +456,6 @@ class RealtimeConsumer(AsyncConsumer):
             if timer is not None:
                 timer.cancel()
         self._auth_timer = self._expiry_timer = None
-
-    def rerecord(self) -> None:
-        """Queue this connection's rows again, after its process's rows were lost."""
-        if self.closing or self._records is None:
-            return
-        self._record_open(self.user_id)
-        if self.topics:
-            self._records.subscribed(connection_id=self.connection_id, topics=sorted(self.topics))
 
     def _record_open(self, user_id: int | None) -> None:
         assert self._records is not None

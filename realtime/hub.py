@@ -59,8 +59,6 @@ class Subscriber(Protocol):
 
     def close_with(self, code: int, reason: str = "") -> None: ...
 
-    def rerecord(self) -> None: ...
-
     async def recheck_permissions(self, topics: set[str]) -> list[str]: ...
 
 
@@ -212,7 +210,7 @@ class Hub:
                 if self._probe is not None:
                     self._tasks.append(asyncio.create_task(self._layer_watch_loop()))
             self.server_id = server.pk
-            self.records = RecordWriter(server.pk)
+            self.records = RecordWriter(server.pk, channel_name=self.channel_name or "")
             self.records.start()
             # A clean exit removes this process's rows at once instead of letting them expire.
             atexit.register(_forget_process, server.pk)
@@ -607,7 +605,8 @@ class Hub:
                     logger.warning(
                         "Hub %s had lost its records; writing them again", self.server_id
                     )
-                    await self._rerecord_connections()
+                    if self.records is not None:
+                        self.records.rewrite_all()  # it holds every live connection's state
             except Exception:
                 logger.exception("Could not record the hub's heartbeat")
 
@@ -636,11 +635,6 @@ class Hub:
                 await self.layer.group_add(group, self.channel_name)
             except Exception:
                 logger.exception("Could not rejoin group %s", group)
-
-    async def _rerecord_connections(self) -> None:
-        """Write the rows of every local connection again, after the process's were lost."""
-        for subscriber in tuple(self.connections.values()):
-            subscriber.rerecord()
 
 
 def _forget_process(server_id: str) -> None:

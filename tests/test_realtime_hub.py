@@ -143,9 +143,6 @@ class Listener:
     def close_with(self, code: int, reason: str = "") -> None:
         self.closed = (code, reason)
 
-    def rerecord(self) -> None:
-        pass
-
     async def recheck_permissions(self, topics):
         return []
 

@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+
 import pytest
 from asgiref.sync import sync_to_async
+from django.db import connection, transaction
 from django.utils import timezone
 
 from realtime import connections
 from realtime.auth import authenticate_token_async, user_cache
 from realtime.models import Connection, ServerProcess, Subscription
 from realtime.records import RecordWriter
+from realtime.selectors import connection_status
 from tests.conftest import access_token_for
+from tests.factories import UserFactory
+from tests.live import live_server
+from tests.wsclient import connect, receive_type, subscribe
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
 async def writer():
-    server = await sync_to_async(connections.server_process_register)()
-    records = RecordWriter(server.pk)
+    server = await sync_to_async(connections.server_process_register)(channel_name="rt.hub!test")
+    records = RecordWriter(server.pk, channel_name="rt.hub!test")
     records.start()
     yield records
     await records.stop()
@@ -48,7 +59,7 @@ async def test_a_burst_of_connects_is_written_in_one_batch(writer):
     for n in range(500):
         _open(writer, f"c{n:03}")
         writer.subscribed(connection_id=f"c{n:03}", topics=["market:AAPL", "orders"])
-    await writer.stored()
+    await writer.flushed()
     connection_ids, subscriptions = await rows()
     assert connection_ids == [f"c{n:03}" for n in range(500)]
     assert len(subscriptions) == 1000
@@ -60,31 +71,31 @@ async def test_a_connection_closed_before_it_was_written_is_never_written(writer
     writer.subscribed(connection_id="fleeting", topics=["orders"])
     writer.closed(connection_id="fleeting")
     _open(writer, "stays")
-    await writer.stored()
+    await writer.flushed()
     assert await rows() == (["stays"], [])
 
 
 async def test_subscribe_then_unsubscribe_and_back_nets_out(writer):
     _open(writer, "c1")
-    await writer.stored()
+    await writer.flushed()
     writer.subscribed(connection_id="c1", topics=["a", "b"])
     writer.unsubscribed(connection_id="c1", topics=["a"])
-    await writer.stored()
+    await writer.flushed()
     assert (await rows())[1] == [("c1", "b")]
     writer.unsubscribed(connection_id="c1", topics=["b"])
     writer.subscribed(connection_id="c1", topics=["b", "c"])
-    await writer.stored()
+    await writer.flushed()
     assert (await rows())[1] == [("c1", "b"), ("c1", "c")]
     writer.closed(connection_id="c1")
-    await writer.stored()
+    await writer.flushed()
     assert await rows() == ([], [])
 
 
 async def test_authentication_after_the_open_is_recorded(writer, trader):
     _open(writer, "c1")
-    await writer.stored()
+    await writer.flushed()
     writer.authenticated(connection_id="c1", user_id=trader.pk, at=timezone.now())
-    await writer.stored()
+    await writer.flushed()
     record = await sync_to_async(Connection.objects.get)(pk="c1")
     assert record.user_id == trader.pk and record.authenticated_at is not None
 
@@ -92,9 +103,10 @@ async def test_authentication_after_the_open_is_recorded(writer, trader):
 async def test_records_of_a_process_whose_row_vanished_restore_it(writer):
     await sync_to_async(ServerProcess.objects.all().delete)()
     _open(writer, "c1")
-    await writer.stored()
+    await writer.flushed()
     assert (await rows())[0] == ["c1"]
-    assert await sync_to_async(ServerProcess.objects.filter(pk=writer.server_id).exists)()
+    restored = await sync_to_async(ServerProcess.objects.get)(pk=writer.server_id)
+    assert restored.channel_name == "rt.hub!test"  # operator commands reach it again
 
 
 async def test_tokens_of_one_user_load_the_user_once_until_it_is_forgotten(trader, monkeypatch):
@@ -116,3 +128,278 @@ async def test_tokens_of_one_user_load_the_user_once_until_it_is_forgotten(trade
     user_cache.forget([trader.pk])
     await authenticate_token_async(token)
     assert len(loads) == 2
+
+
+# --- faults: real database errors, caused in the database -----------------------------------
+
+
+def _add_fault(table: str) -> None:
+    """Every INSERT into `table` fails, in the database itself, until _drop_fault."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
+            cursor.execute(
+                f"CREATE TRIGGER rt_fault BEFORE INSERT ON {table} "
+                "BEGIN SELECT RAISE(ABORT, 'injected fault'); END"
+            )
+        else:
+            cursor.execute(
+                "CREATE OR REPLACE FUNCTION rt_fault() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'injected fault'; END $$"
+            )
+            cursor.execute(
+                f"CREATE TRIGGER rt_fault BEFORE INSERT ON {table} "
+                "FOR EACH ROW EXECUTE FUNCTION rt_fault()"
+            )
+
+
+def _drop_fault(table: str) -> None:
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
+            cursor.execute("DROP TRIGGER IF EXISTS rt_fault")
+        else:
+            cursor.execute(f"DROP TRIGGER IF EXISTS rt_fault ON {table}")
+            cursor.execute("DROP FUNCTION IF EXISTS rt_fault()")
+
+
+async def _write_failed(caplog) -> None:
+    """Until the writer has reported a failed write (whatever its wording)."""
+    async with asyncio.timeout(10):
+        while not any(r.name == "realtime.records" for r in caplog.records):
+            await asyncio.sleep(0.02)
+
+
+async def _deleted_user_id() -> int:
+    def create_and_delete() -> int:
+        user = UserFactory(username="gone")
+        pk = user.pk
+        user.delete()
+        return pk
+
+    return await sync_to_async(create_and_delete)()
+
+
+async def _in_flight() -> None:
+    """Let the writer task take what is queued and hand it to the database thread."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_open_then_a_failed_write_then_close_leaves_no_ghost_row(writer, caplog):
+    caplog.set_level(logging.INFO, logger="realtime.records")
+    try:
+        # The write of the open waits on the lock, then meets the fault; the close comes
+        # while it is under way.
+        async with WriteLock(then=lambda: _add_fault("realtime_connection")) as lock:
+            _open(writer, "c1")
+            await _in_flight()
+            writer.closed(connection_id="c1")
+            await lock.release()
+        await _write_failed(caplog)
+    finally:
+        await sync_to_async(_drop_fault)("realtime_connection")
+    _open(writer, "c2")
+    await writer.flushed()
+    assert await rows() == (["c2"], [])
+
+
+async def test_subscribe_then_a_failed_write_then_unsubscribe_leaves_no_subscription(
+    writer, caplog
+):
+    _open(writer, "c1")
+    await writer.flushed()
+    caplog.set_level(logging.INFO, logger="realtime.records")
+    try:
+        async with WriteLock(then=lambda: _add_fault("realtime_subscription")) as lock:
+            writer.subscribed(connection_id="c1", topics=["orders"])
+            await _in_flight()
+            writer.unsubscribed(connection_id="c1", topics=["orders"])
+            await lock.release()
+        await _write_failed(caplog)
+    finally:
+        await sync_to_async(_drop_fault)("realtime_subscription")
+    await writer.flushed()
+    assert await rows() == (["c1"], [])
+
+
+async def test_a_record_that_cannot_be_written_does_not_hold_up_the_others(writer):
+    gone = await _deleted_user_id()
+    _open(writer, "orphan", user_id=gone)  # the foreign key fails: the user was deleted
+    _open(writer, "fine")
+    writer.subscribed(connection_id="fine", topics=["orders"])
+    assert await writer.stored("fine") is True
+    assert await rows() == (["fine"], [("fine", "orders")])
+
+
+async def test_a_permanently_failing_record_is_skipped_after_max_tries_with_a_warning(
+    writer, caplog, monkeypatch
+):
+    monkeypatch.setattr(RecordWriter, "retry_secs", 0.01)
+    monkeypatch.setattr(RecordWriter, "max_tries", 3)
+    caplog.set_level(logging.INFO, logger="realtime.records")
+    gone = await _deleted_user_id()
+    _open(writer, "orphan", user_id=gone)
+    assert await writer.stored("orphan") is False  # released as skipped, not timed out
+    assert writer.failures == 3 and writer.skipped == 1 and writer.late == 0
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "Skipped the record of connection orphan after 3 failed writes" in warnings[0].message
+    assert "IntegrityError" in warnings[0].message
+    # The writer goes on, and so does the skipped connection's next change.
+    _open(writer, "next")
+    writer.closed(connection_id="orphan")
+    await writer.flushed()
+    assert await rows() == (["next"], [])
+
+
+# --- against a real server ------------------------------------------------------------------------
+
+HEARTBEAT = 0.5  # seconds
+
+
+@pytest.fixture(scope="module")
+def records_live(django_db_setup):
+    """A server heartbeating every 0.5 s that keeps loaded users a minute."""
+    with live_server(
+        realtime={"HEARTBEAT_INTERVAL_SECS": HEARTBEAT, "USER_CACHE_SECS": 60}
+    ) as server:
+        yield server
+
+
+async def eventually(check: Callable[[], object], *, timeout: float = 10.0) -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await sync_to_async(check)()
+        if value or time.monotonic() > deadline:
+            return value
+        await asyncio.sleep(0.1)
+
+
+async def started(server) -> None:
+    """The server's hub is started (its first connection registers the process)."""
+    ws = await connect(server.ws_url)
+    assert await eventually(lambda: connection_status()["activeConnections"] >= 1)
+    await ws.close()
+    assert await eventually(lambda: not Connection.objects.exists())
+
+
+class WriteLock:
+    """Holds the connection tables' write lock in a thread of its own until released, so the
+    server's record writes wait; `then` runs inside the locking transaction before it ends."""
+
+    def __init__(self, then: Callable[[], None] = lambda: None) -> None:
+        self.then = then
+        self._held = threading.Event()
+        self._release = threading.Event()
+        self._thread = threading.Thread(target=self._hold, daemon=True)
+        self.error: BaseException | None = None
+
+    def _hold(self) -> None:
+        try:
+            with transaction.atomic():
+                if connection.vendor == "postgresql":
+                    with connection.cursor() as cursor:
+                        cursor.execute(
+                            "LOCK TABLE realtime_connection, realtime_subscription "
+                            "IN SHARE ROW EXCLUSIVE MODE"
+                        )
+                else:  # SQLite's IMMEDIATE transaction took the database's write lock at BEGIN
+                    ServerProcess.objects.filter(pk="").update(pid=0)
+                self._held.set()
+                self._release.wait(30)
+                self.then()
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self._held.set()
+            connection.close()
+
+    async def __aenter__(self) -> WriteLock:
+        self._thread.start()
+        await asyncio.to_thread(self._held.wait, 10)
+        assert self.error is None, self.error
+        return self
+
+    async def release(self) -> None:
+        self._release.set()
+        await asyncio.to_thread(self._thread.join, 30)
+        assert self.error is None, self.error
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._thread.is_alive():
+            await self.release()
+
+
+@pytest.mark.e2e
+async def test_a_user_deleted_while_their_record_is_queued_does_not_stall_other_connects(
+    records_live, trader, other_trader
+):
+    alice_token = await sync_to_async(access_token_for)(trader)
+    bob_token = await sync_to_async(access_token_for)(other_trader)
+    await started(records_live)
+    # Alice is authenticated, and her record queued behind the lock; then she is deleted.
+    async with WriteLock(then=trader.delete) as lock:
+        alice = await connect(records_live.ws_url, token=alice_token)
+        await lock.release()
+    bob = await connect(records_live.ws_url, token=bob_token)
+    reply = await receive_type(bob, "AUTHENTICATION")
+    assert reply["payload"]["userId"] == other_trader.pk
+    await subscribe(bob, "market:AAPL")
+    status = await sync_to_async(connection_status)()
+    assert status["activeConnections"] == 1 and status["usersOnline"] == 1
+    assert status["topicSubscriptions"]["market:AAPL"] == 1
+    await alice.close()
+    await bob.close()
+
+
+@pytest.mark.e2e
+async def test_connects_go_on_while_the_database_cannot_take_their_records(records_live, trader):
+    token = await sync_to_async(access_token_for)(trader)
+    first = await connect(records_live.ws_url, token=token)  # loads the user, which is kept
+    await receive_type(first, "AUTHENTICATION")
+    async with WriteLock() as lock:
+        second = await connect(records_live.ws_url, token=token)
+        # stored() gives up after RecordWriter.stored_wait_secs; the lock is still held.
+        reply = await receive_type(second, "AUTHENTICATION", timeout=20)
+        assert not await sync_to_async(
+            Connection.objects.filter(pk=reply["payload"]["connectionId"]).exists
+        )()
+        await lock.release()
+    # Once the database takes writes again, the record is written.
+    assert await eventually(Connection.objects.filter(pk=reply["payload"]["connectionId"]).exists)
+    await first.close()
+    await second.close()
+
+
+@pytest.mark.e2e
+async def test_a_process_row_deleted_under_a_live_server_is_restored_with_its_connections(
+    records_live, trader, other_trader
+):
+    alice_token = await sync_to_async(access_token_for)(trader)
+    bob_token = await sync_to_async(access_token_for)(other_trader)
+    alice = await connect(records_live.ws_url, token=alice_token)
+    alice_id = (await receive_type(alice, "AUTHENTICATION"))["payload"]["connectionId"]
+    await subscribe(alice, "market:AAPL", f"user:{trader.pk}:orders")
+    process = await sync_to_async(lambda: Connection.objects.get(pk=alice_id).server)()
+    assert process.channel_name
+
+    await sync_to_async(ServerProcess.objects.filter(pk=process.pk).delete)()  # cascades
+    # A record written before the next heartbeat finds the row missing.
+    bob = await connect(records_live.ws_url, token=bob_token)
+    await receive_type(bob, "AUTHENTICATION")
+
+    def restored() -> bool:
+        return (
+            ServerProcess.objects.filter(pk=process.pk, channel_name=process.channel_name).exists()
+            and sorted(
+                Subscription.objects.filter(connection_id=alice_id).values_list("topic", flat=True)
+            )
+            == sorted(["market:AAPL", f"user:{trader.pk}:orders"])
+            and Connection.objects.filter(server_id=process.pk).count() == 2
+        )
+
+    assert await eventually(restored, timeout=10)
+    record = await sync_to_async(Connection.objects.get)(pk=alice_id)
+    assert record.user_id == trader.pk and record.authenticated_at is not None
+    assert record.client_address.startswith("127.0.0.1:")
+    await alice.close()
+    await bob.close()
