@@ -451,6 +451,12 @@ class Hub:
         topics = set(message.get("topics") or ())
         user_cache.forget(user_ids)
         self.permission_changes += 1
+        logger.info(
+            "Permissions changed (users %s, topics %s): re-checking %d local connections",
+            sorted(user_ids),
+            sorted(topics),
+            sum(1 for s in self.connections.values() if s.user_id in user_ids or topics & s.topics),
+        )
         for subscriber in tuple(self.connections.values()):
             if subscriber.user_id is None:
                 continue

@@ -19,7 +19,10 @@ from realtime.services import OrderUpdateService, PositionUpdateService, Strateg
 
 
 def user_saved(sender: Any, instance: Any, created: bool, **kwargs: Any) -> None:
-    """A user deactivated while connected is disconnected everywhere with 4403."""
+    """A user deactivated while connected is disconnected everywhere with 4403; one whose
+    access flags changed is re-checked everywhere (CONTRACT section 11)."""
+    if instance.__dict__.pop("_realtime_access_changed", False):
+        _recheck_on_commit(user_ids=[instance.pk])
     if created or instance.is_active:
         return
     from realtime import publish
@@ -70,7 +73,11 @@ def _recheck_on_commit(*, user_ids: Iterable[int] = (), topics: Iterable[str] = 
 def user_access_changing(
     sender: Any, instance: Any, raw: bool = False, update_fields: Any = None, **kwargs: Any
 ) -> None:
-    """A user's staff or superuser flag is about to change: re-check after commit."""
+    """A user's staff or superuser flag is about to change: noted for `user_saved`.
+
+    Only noted: outside a transaction `on_commit` runs at once, and a re-check sent before the
+    row is written would find the old flags.
+    """
     if raw or instance.pk is None:
         return
     flags = [name for name in ACCESS_FLAGS if hasattr(instance, name)]
@@ -78,7 +85,7 @@ def user_access_changing(
         return  # a login stamping last_login, say: nothing that grants access
     before = sender._default_manager.filter(pk=instance.pk).values(*flags).first()
     if before is not None and any(before[name] != getattr(instance, name) for name in flags):
-        _recheck_on_commit(user_ids=[instance.pk])
+        instance._realtime_access_changed = True
 
 
 def user_memberships_changed(
@@ -124,8 +131,12 @@ def group_permissions_changed(
 
 
 def group_deleting(sender: Any, instance: Any, **kwargs: Any) -> None:
-    """A group is deleted: its members lose what it granted."""
-    _recheck_on_commit(user_ids=_members_of([instance.pk]))
+    """A group is about to be deleted: note its members, who lose what it granted."""
+    instance._realtime_members = _members_of([instance.pk])
+
+
+def group_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
+    _recheck_on_commit(user_ids=instance.__dict__.pop("_realtime_members", ()))
 
 
 def _members_of(group_ids: Iterable[int]) -> list[int]:
@@ -135,16 +146,6 @@ def _members_of(group_ids: Iterable[int]) -> list[int]:
         .values_list("pk", flat=True)
         .distinct()
     )
-
-
-def strategy_owner_changing(sender: Any, instance: Any, raw: bool = False, **kwargs: Any) -> None:
-    """A strategy changes owner: whoever watches its topics is re-checked, before its update
-    (registered first, so every process revokes before the update that reveals the change)."""
-    if raw or instance.pk is None:
-        return
-    before = instance.previous_value("owner_id")
-    if before is not None and before != instance.owner_id:
-        _recheck_on_commit(topics=[f"strategy:{instance.pk}", f"strategy:{instance.pk}:orders"])
 
 
 # --- updates ------------------------------------------------------------------------------
@@ -161,6 +162,14 @@ def position_saved(
 
 
 def strategy_saved(sender: Any, instance: Any, created: bool, **kwargs: Any) -> None:
+    """A strategy's update; when it changed owner, its watchers are re-checked first.
+
+    Both are sent after commit, the re-check registered first: every process revokes the old
+    owner's subscriptions before the update that shows the new owner can reach them.
+    """
+    before = None if created else instance.previous_value("owner_id")
+    if before is not None and before != instance.owner_id:
+        _recheck_on_commit(topics=[f"strategy:{instance.pk}", f"strategy:{instance.pk}:orders"])
     StrategyMonitorService.strategy_saved(instance, created=created)
 
 
@@ -197,10 +206,8 @@ def connect() -> None:
     pre_delete.connect(
         group_deleting, sender=Group, dispatch_uid="realtime.receivers.group_deleting"
     )
-    pre_save.connect(
-        strategy_owner_changing,
-        sender=Strategy,
-        dispatch_uid="realtime.receivers.strategy_owner_changing",
+    post_delete.connect(
+        group_deleted, sender=Group, dispatch_uid="realtime.receivers.group_deleted"
     )
     post_save.connect(order_saved, sender=Order, dispatch_uid="realtime.receivers.order_saved")
     post_save.connect(
