@@ -520,7 +520,13 @@ class Hub:
                 raise
             except Exception as exc:
                 failures += 1
-                self._lose_layer(f"a receive from the channel layer failed: {exc!r}")
+                if await self._layer_intact():
+                    # A connection of the pool broke (say, one opened before a restart that was
+                    # already handled): the store still holds this process's groups and queued
+                    # messages (channels_redis keeps a backup of what it pops), so none is lost.
+                    logger.warning("A channel-layer receive failed (%r); receiving again", exc)
+                else:
+                    self._lose_layer(f"a receive from the channel layer failed: {exc!r}")
                 await asyncio.sleep(min(5.0, 0.1 * 2**failures))
                 await self._recover()
                 continue
@@ -538,15 +544,35 @@ class Hub:
             if self.layer_lost:
                 await self._recover()
                 continue
-            try:
-                reason = await self._probe.lost(CONTROL_GROUP, self.channel_name)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                reason = f"the channel layer cannot be reached: {exc!r}"
+            reason = await self._probe_layer()
             if reason is not None:
                 self._lose_layer(reason)
                 await self._recover()
+
+    async def _layer_intact(self) -> bool:
+        """Whether the layer's store answers and still holds this process's state (a probe says
+        so; without one, nothing can be vouched for)."""
+        if self._probe is None or self.layer_lost:
+            return False
+        return await self._probe_layer() is None
+
+    async def _probe_layer(self) -> str | None:
+        """Why the layer's state is gone or out of reach, or None while it is intact.
+
+        A failed probe is tried once more at once: after a Redis restart the pool still holds
+        connections to the old server, and the first command on one fails even though the new
+        server answers.
+        """
+        assert self._probe is not None and self.channel_name is not None
+        for attempt in (1, 2):
+            try:
+                return await self._probe.lost(CONTROL_GROUP, self.channel_name)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if attempt == 2:
+                    return f"the channel layer cannot be reached: {exc!r}"
+        return None  # not reached
 
     def _lose_layer(self, reason: str) -> None:
         """The layer lost (or may have lost) messages and groups: tell every subscriber, once.

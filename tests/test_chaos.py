@@ -196,8 +196,9 @@ async def test_a_redis_that_loses_its_data_is_noticed_and_updates_flow_again(
         for follower in followers:
             assert set(before) <= follower.seen  # all of them, before the fault
             assert set(settled) <= follower.seen, (follower.closes, sorted(follower.seen))
-            # Told, not left deaf: each was closed with 4503, the stream interrupted.
-            assert 4503 in follower.closes, follower.closes
+            # Told, not left deaf: each was closed with 4503, the stream interrupted; and once
+            # only (a stale pooled connection failing later is not a second loss).
+            assert follower.closes == [4503], follower.closes
         first_back = min(
             (at for at, order_id in placed if at > restarted_at and all(
                 order_id in f.seen for f in followers)),
