@@ -15,7 +15,7 @@ import collections
 import contextlib
 import logging
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from channels.db import database_sync_to_async
@@ -359,22 +359,19 @@ class Hub:
             return
         self._push_all(topic, tuple(subscribers), text)
 
-    def _push_all(self, topic: str, subscribers: Iterable[Subscriber], text: str) -> None:
+    def _push_all(self, topic: str, subscribers: Sequence[Subscriber], text: str) -> None:
         held = self._held.get(topic)
-        count = 0
-        if held:
+        if held:  # a permission re-check is under way on this topic: its messages wait
             for subscriber in subscribers:
                 waiting = held.get(subscriber)
                 if waiting is not None:
                     waiting.append(text)
                 else:
                     subscriber.push(text)
-                count += 1
         else:
             for subscriber in subscribers:
                 subscriber.push(text)
-                count += 1
-        self.messages_delivered += count
+        self.messages_delivered += len(subscribers)
 
     async def _deliver_in_slices(self, topic: str) -> None:
         backlog = self._backlog[topic]
