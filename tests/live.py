@@ -249,3 +249,18 @@ def live_server(**kwargs: Any) -> Iterator[LiveServer]:
         yield server
     finally:
         server.stop()
+
+
+async def eventually(check: Any, *, timeout: float = 10.0) -> Any:
+    """Poll the blocking `check` (in a thread) until it returns something true, or `timeout`
+    seconds pass; its last value."""
+    import asyncio
+
+    from asgiref.sync import sync_to_async
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await sync_to_async(check)()
+        if value or time.monotonic() > deadline:
+            return value
+        await asyncio.sleep(0.1)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections.abc import Callable
 
 import pytest
@@ -20,7 +19,7 @@ from realtime.records import RecordWriter
 from realtime.selectors import connection_status
 from tests.conftest import access_token_for
 from tests.factories import UserFactory
-from tests.live import live_server
+from tests.live import eventually, live_server
 from tests.wsclient import connect, receive_type, subscribe
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -263,15 +262,6 @@ def records_live(django_db_setup):
         realtime={"HEARTBEAT_INTERVAL_SECS": HEARTBEAT, "USER_CACHE_SECS": 60}
     ) as server:
         yield server
-
-
-async def eventually(check: Callable[[], object], *, timeout: float = 10.0) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await sync_to_async(check)()
-        if value or time.monotonic() > deadline:
-            return value
-        await asyncio.sleep(0.1)
 
 
 async def started(server) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 import httpx
 import pytest
@@ -19,7 +18,7 @@ from orders.services import order_create
 from realtime.selectors import connection_status
 from tests.conftest import CLUSTER_HEARTBEAT as HEARTBEAT
 from tests.conftest import access_token_for
-from tests.live import live_server
+from tests.live import eventually, live_server
 from tests.wsclient import assert_silent, closed_with, listen, receive, receive_type
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.django_db(transaction=True)]
@@ -27,15 +26,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.django_db(transact
 
 def bearer(user) -> dict[str, str]:
     return {"Authorization": f"Bearer {access_token_for(user)}"}
-
-
-async def eventually(check, *, timeout: float = 8.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await sync_to_async(check)()
-        if value or time.monotonic() > deadline:
-            return value
-        await asyncio.sleep(0.1)
 
 
 async def test_a_client_on_a_receives_an_order_placed_through_bs_api(
