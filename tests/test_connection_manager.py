@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
-import time
 from datetime import timedelta
 
 import httpx
@@ -18,7 +16,7 @@ from django.utils import timezone
 from realtime.models import Connection, ServerProcess, Subscription
 from realtime.selectors import connection_status
 from tests.conftest import access_token_for
-from tests.live import live_server
+from tests.live import eventually, live_server
 from tests.wsclient import closed_with, connect, receive, receive_type, request, subscribe
 
 HEARTBEAT = 0.5  # seconds; the servers below and this process agree on it
@@ -36,16 +34,6 @@ def fast_live(django_db_setup):
 @pytest.fixture
 def fast_heartbeat(settings):
     settings.REALTIME = {"HEARTBEAT_INTERVAL_SECS": HEARTBEAT}
-
-
-async def eventually(check, *, timeout: float = 5.0):
-    """Poll `check` (sync, run in a thread) until it returns truthy; return its value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await sync_to_async(check)()
-        if value or time.monotonic() > deadline:
-            return value
-        await asyncio.sleep(0.1)
 
 
 def status_of(server) -> dict:
