@@ -21,8 +21,8 @@ one pre-built frame (a broadcast's frame is built once, not once per socket: doc
   backpressure (ASGI offers nothing else; uvicorn's does). Said once per process at WARNING.
 
 Private attributes of Twisted, autobahn and uvicorn are read only here, each checked when its
-adapter is chosen; anything unexpected falls back to `GenericAdapter`. `counters` holds this
-process's counts of what could not be delivered.
+adapter is chosen; anything unexpected falls back to `GenericAdapter`. What could not be
+delivered is logged and counted in `realtime.stats`.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ import struct
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
+from realtime import stats
 from realtime.protocol import CloseCode
 
 logger = logging.getLogger(__name__)
@@ -56,29 +57,10 @@ _LENGTH_16 = struct.Struct("!BBH")
 _LENGTH_64 = struct.Struct("!BBQ")
 
 
-class OutboundCounters:
-    """Per-process counts of the outbound side, for a metrics endpoint to read."""
-
-    __slots__ = (
-        "dropped_at_close",
-        "fallback_connections",
-        "messages_too_large",
-        "send_failures",
-        "slow_consumer_closes",
-    )
-
-    def __init__(self) -> None:
-        self.messages_too_large = 0  # closed with 1009: a message over the server's limit
-        self.slow_consumer_closes = 0  # closed with 4508: the send buffer overflowed
-        self.fallback_connections = 0  # connections served by GenericAdapter
-        self.send_failures = 0  # the server's send raised: what was queued is dropped
-        self.dropped_at_close = 0  # queued messages never sent because the connection closed
-
-    def snapshot(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.__slots__}
-
-
-counters = OutboundCounters()
+# Per-process counts kept in realtime.stats (one place for every drop the module counts):
+# messages_too_large (closed with 1009), slow_consumer_closes (4508), fallback_connections (not
+# served by a direct adapter), send_failures (the server's send raised), dropped_at_close
+# (queued messages never sent because the connection closed).
 
 
 # --- frames -------------------------------------------------------------------------------
@@ -234,12 +216,11 @@ _generic_announced = False
 
 def _use_backpressure(transport: Any, name: str, why: str) -> ServerAdapter:
     """Daphne with unexpected internals: Twisted's producer API, else the generic adapter."""
-    counters.fallback_connections += 1
     try:
         adapter = TwistedBackpressureAdapter(transport, name)
     except Exception as exc:  # no producer API, or a producer already registered
-        counters.fallback_connections -= 1  # counted again by the generic one
         return _use_generic(name, f"{why}, and Twisted's producer API is not usable ({exc!r})")
+    stats.count("fallback_connections")
     global _generic_announced
     if not _generic_announced:
         _generic_announced = True
@@ -255,7 +236,7 @@ def _use_backpressure(transport: Any, name: str, why: str) -> ServerAdapter:
 
 def _use_generic(name: str, why: str) -> ServerAdapter:
     global _generic_announced
-    counters.fallback_connections += 1
+    stats.count("fallback_connections")
     if not _generic_announced:
         _generic_announced = True
         logger.warning(
@@ -635,7 +616,7 @@ class Outbox:
         size = payload_size(message)
         if size <= self.max_message_bytes:
             return False
-        counters.messages_too_large += 1
+        stats.count("messages_too_large")
         logger.warning(
             "Connection %s: a %d-byte message is over the server's limit of %d bytes; closing "
             "with 1009 so that the client reconnects and reloads",
@@ -648,7 +629,7 @@ class Outbox:
         return True
 
     def _overflow(self, unsent: int) -> None:
-        counters.slow_consumer_closes += 1
+        stats.count("slow_consumer_closes")
         logger.warning(
             "Connection %s is not keeping up (%d messages queued, %d bytes queued or unsent, "
             "via %s); closing it with 4508",
@@ -668,7 +649,7 @@ class Outbox:
         if self.closing:
             logger.debug("Send failed on %s while closing: %r", self.name, exc)
             return
-        counters.send_failures += 1
+        stats.count("send_failures")
         logger.warning(
             "Send failed on %s (%r); %d queued messages dropped, the connection is closing",
             self.name,
@@ -732,7 +713,7 @@ class Outbox:
     def _drop_queue(self, why: str) -> None:
         if not self._queue:
             return
-        counters.dropped_at_close += len(self._queue)
+        stats.count("dropped_at_close", len(self._queue))
         logger.warning(
             "Connection %s: %d queued messages not sent: %s", self.name, len(self._queue), why
         )

@@ -1,7 +1,7 @@
 """Per-process counters of what the real-time module could not do (failed publishes, drops).
 
-Every drop that remains is logged where it happens and counted here, so tests and operators
-(`GET /ws/status`, later metrics) can see that it happened.
+Every drop that remains is logged where it happens and counted here, in one place, so tests
+(and the metrics endpoint, when it exists) can see that it happened.
 """
 
 from __future__ import annotations

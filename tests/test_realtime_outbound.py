@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from realtime import outbound
+from realtime import outbound, stats
 from realtime.outbound import Outbox, adapter_for, frame, send_now, text_frame
 
 
@@ -117,13 +117,13 @@ def test_an_unknown_server_gets_the_generic_adapter_said_at_warning_once_per_pro
     async def handle_reply(protocol, message): ...
 
     not_daphne = functools.partial(handle_reply, object())  # Daphne's shape, not its protocol
-    before = outbound.counters.fallback_connections
+    before = stats.counters["fallback_connections"]
     with caplog.at_level(logging.DEBUG, logger="realtime.outbound"):
         chosen = [adapter_for(queue.put, "c1"), adapter_for(not_daphne, "c2")]
     assert [adapter.kind for adapter in chosen] == ["generic", "generic"]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "generic ASGI adapter" in warnings[0]
-    assert outbound.counters.fallback_connections == before + 2
+    assert stats.counters["fallback_connections"] == before + 2
 
 
 class StalledClient:
@@ -164,7 +164,7 @@ async def test_through_the_generic_adapter_a_client_that_stops_reading_is_closed
     client = StalledClient(room=1)
     box, closing = outbox_for(client, **bound)
     assert box.adapter.kind == "generic"
-    before = outbound.counters.slow_consumer_closes
+    before = stats.counters["slow_consumer_closes"]
     with caplog.at_level(logging.WARNING, logger="realtime.outbound"):
         for n in range(50):
             box.push(json.dumps({"n": n, "pad": "x" * 40}))
@@ -173,7 +173,7 @@ async def test_through_the_generic_adapter_a_client_that_stops_reading_is_closed
     assert len(closing) == 1
     assert client.close()["code"] == 4508
     assert len(client.texts()) == 2  # one sent, one blocked; the rest was queued, then dropped
-    assert outbound.counters.slow_consumer_closes == before + 1
+    assert stats.counters["slow_consumer_closes"] == before + 1
     assert "is not keeping up" in caplog.text and "via generic" in caplog.text
 
 
@@ -182,7 +182,7 @@ async def test_a_message_over_the_servers_limit_closes_with_1009_after_whats_que
     adapter = outbound.GenericAdapter()
     adapter.max_message_bytes = 100
     box, closing = outbox_for(client, adapter=adapter)
-    before = outbound.counters.messages_too_large
+    before = stats.counters["messages_too_large"]
     with caplog.at_level(logging.WARNING, logger="realtime.outbound"):
         box.push("a" * 100)  # exactly at the limit: sent
         box.push("é" * 60)  # 60 characters, 120 bytes: over
@@ -191,7 +191,7 @@ async def test_a_message_over_the_servers_limit_closes_with_1009_after_whats_que
     assert client.texts() == ["a" * 100]
     close = client.close()
     assert close["code"] == 1009 and "message too big: 120 bytes, limit 100" in close["reason"]
-    assert outbound.counters.messages_too_large == before + 1
+    assert stats.counters["messages_too_large"] == before + 1
     assert "over the server's limit" in caplog.text
 
 
