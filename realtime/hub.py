@@ -79,11 +79,14 @@ class Sequencer:
         self._last: collections.OrderedDict[tuple[str, str], int] = collections.OrderedDict()
         self._held: dict[tuple[str, str], dict[int, str]] = {}
         self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self._keys: dict[str, set[str]] = {}  # topic -> keys in _last, to forget a topic at once
         self.dropped = 0
 
     def offer(self, topic: str, key: str, seq: int, text: str) -> None:
         slot = (topic, key)
         last = self._last.get(slot)
+        if last is None:
+            self._keys.setdefault(topic, set()).add(key)
         if last is None or seq == last + 1:
             self._emit(slot, seq, text)
             self._release(slot)
@@ -104,6 +107,7 @@ class Sequencer:
         self._last.move_to_end(slot)
         if len(self._last) > self.MAX_TRACKED:
             forgotten, _ = self._last.popitem(last=False)
+            self._unindex(forgotten)
             self._give_up(forgotten)
 
     def _release(self, slot: tuple[str, str]) -> None:
@@ -123,10 +127,17 @@ class Sequencer:
         On a later join the first update of each object is delivered at once instead of being
         held for a predecessor this process will never see.
         """
-        for slot in [slot for slot in self._last if slot[0] == topic]:
-            del self._last[slot]
+        for key in self._keys.pop(topic, ()):
+            self._last.pop((topic, key), None)
         for slot in [slot for slot in self._held if slot[0] == topic]:
             self._give_up(slot)
+
+    def _unindex(self, slot: tuple[str, str]) -> None:
+        keys = self._keys.get(slot[0])
+        if keys is not None:
+            keys.discard(slot[1])
+            if not keys:
+                del self._keys[slot[0]]
 
     def _give_up(self, slot: tuple[str, str]) -> None:
         """The predecessor never came (or is forgotten): deliver what is held, in order."""
