@@ -85,6 +85,13 @@ def _version_key(key: str) -> str:
     return f"v:{key}"
 
 
+# Seconds an object's last appended version is remembered for the version gate. The gate only
+# has to outlive the race between two publishers of consecutive versions (milliseconds; at most
+# REORDER_WAIT_SECS), and forgetting soon means a database restored from a backup (versions go
+# back) is refused as stale for minutes at most, not for days.
+VERSION_TTL_SECS = 300
+
+
 class MemoryHistory:
     """History for the in-process channel layer: one process, kept in memory.
 
@@ -97,7 +104,7 @@ class MemoryHistory:
         self._lock = threading.Lock()
         self._heads: dict[str, int] = {}
         self._messages: dict[str, collections.deque[tuple[int, float, str]]] = {}
-        self._versions: dict[str, int] = {}
+        self._versions: collections.OrderedDict[str, tuple[int, float]] = collections.OrderedDict()
 
     def reset(self, epoch: str | None = None) -> None:
         """Forget everything and name a new epoch (tests; an operator's reset)."""
@@ -131,12 +138,19 @@ class MemoryHistory:
         now = time.time()
         with self._lock:
             if key is not None and version is not None:
-                last = self._versions.get(key)
+                while self._versions:  # forget what is older than the gate needs
+                    oldest = next(iter(self._versions.values()))
+                    if oldest[1] >= now - VERSION_TTL_SECS:
+                        break
+                    self._versions.popitem(last=False)
+                known = self._versions.get(key)
+                last = known[0] if known is not None else None
                 if last is not None and version <= last:
                     return Appended(stale=True)
                 if last is not None and version > last + 1 and not force:
                     return Appended(waiting=True)
-                self._versions[key] = version
+                self._versions[key] = (version, now)
+                self._versions.move_to_end(key)
             result = Appended()
             for topic, envelope in zip(topics, envelopes, strict=True):
                 seq = self._heads.get(topic, 0) + 1
@@ -191,7 +205,7 @@ end
 
 # KEYS: version key, then (meta, stream) per topic.
 # ARGV: candidate epoch, meta TTL, version (or ''), force (0/1), size, stream TTL, now (ms),
-#       then (head, tail) per topic.
+#       version TTL, then (head, tail) per topic.
 # Returns {'ok', epoch1, seq1, epoch2, seq2, ...} | {'stale'} | {'wait'}.
 _APPEND_LUA = (
     _EPOCH_LUA
@@ -199,12 +213,13 @@ _APPEND_LUA = (
 local candidate, meta_ttl = ARGV[1], tonumber(ARGV[2])
 local version, force = ARGV[3], ARGV[4] == '1'
 local size, ttl, now = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+local version_ttl = tonumber(ARGV[8])
 if version ~= '' then
   local last = tonumber(redis.call('GET', KEYS[1]))
   local v = tonumber(version)
   if last and v <= last then return {'stale'} end
   if last and v > last + 1 and not force then return {'wait'} end
-  redis.call('SET', KEYS[1], version, 'EX', meta_ttl)
+  redis.call('SET', KEYS[1], version, 'EX', version_ttl)
 end
 local run = current_run()
 local result = {'ok'}
@@ -214,7 +229,7 @@ for i = 1, topics do
   local epoch = epoch_of(meta, stream, candidate, meta_ttl, run)
   local seq = redis.call('HINCRBY', meta, 's', 1)
   redis.call('EXPIRE', meta, meta_ttl)
-  local text = ARGV[6 + 2 * i] .. seq .. ',"epoch":"' .. epoch .. '"' .. ARGV[7 + 2 * i]
+  local text = ARGV[7 + 2 * i] .. seq .. ',"epoch":"' .. epoch .. '"' .. ARGV[8 + 2 * i]
   redis.call('XADD', stream, 'MAXLEN', '~', size, '0-' .. seq, 't', text, 'ms', now)
   redis.call('EXPIRE', stream, ttl)
   result[#result + 1] = epoch
@@ -319,6 +334,7 @@ class RedisHistory:
             realtime_settings.HISTORY_SIZE,
             int(realtime_settings.HISTORY_TTL_SECS),
             int(time.time() * 1000),
+            VERSION_TTL_SECS,
         ]
         for topic, envelope in zip(topics, envelopes, strict=True):
             keys.extend(self._keys(topic))

@@ -523,7 +523,12 @@ class Hub:
             stream.repairing = False
         if self._streams.get(topic) is not stream:
             return
+        before = stream.last
         self._advance(topic, stream, entries)
+        if stream.last > before:
+            logger.info(
+                "Topic %s: repaired seqs %d-%d from the history", topic, before + 1, stream.last
+            )
         self._drain_pending(topic, stream, may_repair=False)
 
     def _advance(self, topic: str, stream: Stream, entries: Sequence[tuple[int, str]]) -> None:

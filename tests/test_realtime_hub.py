@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+
 class Counted:
     """A subscriber recording, for each message, which turn of the event loop it came in."""
 
@@ -221,9 +222,7 @@ async def test_messages_during_a_fence_wait_in_the_hold_and_follow_the_replay(hu
     publish(hub, "orders", 5)
     epoch = json.loads(watcher.received[0])["epoch"]
     resumer.topics.add("orders")
-    [result] = await hub.subscribe(
-        resumer, [SubscribeRequest("orders", since=Position(epoch, 2))]
-    )
+    [result] = await hub.subscribe(resumer, [SubscribeRequest("orders", since=Position(epoch, 2))])
     assert result.recovered and [json.loads(t)["seq"] for t in result.replay] == [3, 4, 5]
     publish(hub, "orders", 2)  # live while the reply is being sent: held
     assert resumer.received == []
