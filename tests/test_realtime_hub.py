@@ -292,7 +292,7 @@ async def test_heartbeat_positions_never_run_ahead_of_what_a_connection_was_hand
     watcher.topics = {"orders"}
     assert hub.positions(watcher) == {"orders": {"epoch": hub.history.epoch, "seq": 3}}
     resumer.topics.add("orders")
-    [result] = await hub.subscribe(resumer, [SubscribeRequest("orders")])
+    await hub.subscribe(resumer, [SubscribeRequest("orders")])
     publish(hub, "orders", 1)
     assert hub.positions(resumer) == {}  # held: nothing to report yet
     hub.release("orders", resumer)

@@ -11,8 +11,8 @@ from realtime.protocol import (
     MessageType,
     ProtocolError,
     encode,
-    envelope_for_topic,
     encode_payload,
+    envelope_for_topic,
     parse,
 )
 
