@@ -26,6 +26,8 @@ from tests.conftest import access_token_for
 from tests.live import live_server
 from tests.wsclient import assert_silent, closed_with, listen, receive
 
+D = Decimal
+
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
@@ -58,7 +60,7 @@ async def test_deleting_an_order_publishes_its_last_state_on_each_of_its_topics(
 ):
     strategy = await sync_to_async(strategy_create)(owner=trader, name="momentum")
     order = await sync_to_async(order_create)(
-        user=trader, symbol="AAPL", side="BUY", order_type="LIMIT", quantity="5", price="100",
+        user=trader, symbol="AAPL", side="BUY", order_type="LIMIT", quantity=D(5), price=D(100),
         strategy=strategy,
     )  # fmt: skip
     await sync_to_async(order_cancel)(order=order)
@@ -93,8 +95,8 @@ async def test_a_deleted_position_keeps_the_portfolio_weight_it_had(
                 user=trader,
                 symbol=symbol,
                 side="BUY",
-                quantity=Decimal(quantity),
-                price=Decimal(100),
+                quantity=D(quantity),
+                price=D(100),
             )
         return position
 
@@ -143,7 +145,7 @@ async def test_a_strategy_with_orders_is_not_deleted_and_nothing_is_sent(
 ):
     strategy = await sync_to_async(strategy_create)(owner=trader, name="busy")
     await sync_to_async(order_create)(
-        user=trader, symbol="AAPL", side="BUY", order_type="MARKET", quantity="1",
+        user=trader, symbol="AAPL", side="BUY", order_type="MARKET", quantity=D(1),
         strategy=strategy,
     )  # fmt: skip
     ws, _ = await listen(
@@ -164,7 +166,7 @@ async def test_a_rolled_back_delete_sends_nothing(server, redis_layer, trader):
         await sync_to_async(order_create)(
             user=trader, symbol="AAPL", side="BUY", order_type="MARKET", quantity=quantity
         )
-        for quantity in ("1", "2")
+        for quantity in (D(1), D(2))
     ]
     ws, _ = await listen(server, trader, f"user:{trader.pk}:orders")
 
@@ -190,12 +192,12 @@ async def test_deleting_a_user_publishes_each_of_their_objects_deleted_once(
     def own_things():
         strategy = strategy_create(owner=trader, name="alpha")
         on_strategy = order_create(
-            user=trader, symbol="AAPL", side="BUY", order_type="LIMIT", quantity="2",
-            price="100", strategy=strategy,
+            user=trader, symbol="AAPL", side="BUY", order_type="LIMIT", quantity=D(2),
+            price=D(100), strategy=strategy,
         )  # fmt: skip
-        order_fill(order=on_strategy, quantity=Decimal("2"), price=Decimal("100"))  # a position
+        order_fill(order=on_strategy, quantity=D(2), price=D(100))  # a position
         alone = order_create(
-            user=trader, symbol="MSFT", side="SELL", order_type="MARKET", quantity="1"
+            user=trader, symbol="MSFT", side="SELL", order_type="MARKET", quantity=D(1)
         )
         return {
             ("ORDER_UPDATE", on_strategy.pk): on_strategy.version + 1,
