@@ -54,6 +54,9 @@ DEFAULTS: dict[str, Any] = {
     # Subscribers handed one update per turn of the event loop; a topic with more local
     # subscribers is delivered in slices, so a huge topic cannot stall every other socket.
     "DELIVERY_SLICE": 1000,
+    # Items per SNAPSHOT message: a larger state is sent in several pages (each also kept under
+    # 256 KiB of items, realtime.snapshots.PAGE_MAX_BYTES), so no message nears the 1 MiB limit.
+    "SNAPSHOT_PAGE_SIZE": 500,
 }
 
 # What each setting must be: (type, smallest, largest); None for no bound. Checked once, at
@@ -78,6 +81,7 @@ SPEC: dict[str, tuple[type | tuple[type, ...], float | None, float | None]] = {
     "PRUNE_INTERVAL_SECS": (_NUMBER, 0.01, 86400),
     "LAYER_CHECK_INTERVAL_SECS": (_NUMBER, 0.01, 3600),
     "DELIVERY_SLICE": (int, 1, 1_000_000),
+    "SNAPSHOT_PAGE_SIZE": (int, 1, 10_000),
 }
 
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
