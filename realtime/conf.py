@@ -45,8 +45,6 @@ DEFAULTS: dict[str, Any] = {
     # older than HISTORY_TTL_SECS; a resume from further back is a reset.
     "HISTORY_SIZE": 1000,
     "HISTORY_TTL_SECS": 86400.0,
-    # Items per SNAPSHOT message; a larger state is sent in pages (all fenced at one seq).
-    "SNAPSHOT_PAGE_SIZE": 500,
     # Seconds a user loaded to authenticate a token is reused for the same user's next tokens
     # (0: always load). Deactivations and deletions are applied at once regardless.
     "USER_CACHE_SECS": 5.0,
@@ -61,6 +59,9 @@ DEFAULTS: dict[str, Any] = {
     # Subscribers handed one update per turn of the event loop; a topic with more local
     # subscribers is delivered in slices, so a huge topic cannot stall every other socket.
     "DELIVERY_SLICE": 1000,
+    # Items per SNAPSHOT message: a larger state is sent in several pages (each also kept under
+    # 256 KiB of items, realtime.snapshots.PAGE_MAX_BYTES), so no message nears the 1 MiB limit.
+    "SNAPSHOT_PAGE_SIZE": 500,
 }
 
 # What each setting must be: (type, smallest, largest); None for no bound. Checked once, at
