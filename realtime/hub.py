@@ -204,6 +204,7 @@ class Hub:
             atexit.register(_forget_process, server.pk)
             self._tasks.append(asyncio.create_task(self._heartbeat_loop()))
             self._tasks.append(asyncio.create_task(self._maintenance_loop()))
+            self._tasks.append(asyncio.create_task(self._outbox_loop()))
             logger.info("Realtime hub %s started", self.server_id)
 
     async def stop(self) -> None:
@@ -892,6 +893,20 @@ class Hub:
             if since_refresh >= min(GROUP_REFRESH_SECS, expiry / 3):
                 since_refresh = 0.0
                 await self._rejoin_groups()
+
+    async def _outbox_loop(self) -> None:
+        """Publish committed updates their publisher did not (realtime.publish.publish_pending)."""
+        from realtime.publish import publish_pending
+
+        sweep = database_sync_to_async(publish_pending)
+        while True:
+            await asyncio.sleep(realtime_settings.PUBLISH_SWEEP_SECS)
+            try:
+                published = await sweep()
+                if published:
+                    logger.warning("Published %d updates left in the outbox", published)
+            except Exception:
+                logger.exception("Sweeping the outbox of committed updates failed")
 
     async def _rejoin_groups(self) -> None:
         if self.layer is None or self.channel_name is None:

@@ -575,3 +575,74 @@ async def test_a_snapshot_and_a_resume_in_one_request(live, trader):
     assert [item["id"] for item in snapshot["payload"]["items"]] == [order["id"]]
     assert snapshot["payload"]["items"][0]["version"] == order["version"]
     await ws.close()
+
+
+# --- the outbox: committed, then the publisher dies or Redis is down ---------------------------
+
+KILLED_AFTER_COMMIT = """
+import os, signal
+from django.contrib.auth import get_user_model
+from orders.services import order_create
+from realtime import publish
+
+def die(*args, **kwargs):  # the process dies between its commit and its publish
+    os.kill(os.getpid(), signal.SIGKILL)
+
+publish._publish_encoded = die
+user = get_user_model().objects.get(username={username!r})
+order_create(user=user, symbol="AAPL", side="BUY", order_type="LIMIT", quantity="1", price="7")
+"""
+
+OUTBOX_QUICK = {"PUBLISH_GRACE_SECS": 0.5, "PUBLISH_SWEEP_SECS": 0.2}
+
+
+@pytest.mark.redis
+async def test_an_update_whose_publisher_was_killed_after_commit_is_published_by_a_server(
+    redis_target, trader
+):
+    from realtime.models import PendingPublication
+
+    topic = f"user:{trader.pk}:orders"
+    with live_server(realtime=OUTBOX_QUICK, redis=redis_target) as server:
+        ws = await open_ws(server, trader)
+        start = (await subscribe_entries(ws, topic))["positions"][topic]
+        script = KILLED_AFTER_COMMIT.format(username=trader.username)
+        result = await asyncio.to_thread(server.manage, "shell", "-c", script)
+        assert result.returncode == -9, (result.returncode, result.stderr)  # SIGKILLed
+        order = await sync_to_async(Order.objects.get)(user=trader, price=7)
+        [update] = await updates(ws, topic, until_seq=start["seq"] + 1)
+        assert update["payload"]["id"] == order.pk and update["payload"]["event"] == "created"
+        assert await sync_to_async(PendingPublication.objects.count)() == 0
+        assert "not published by its publisher" in server.log()
+        await ws.close()
+
+
+async def test_updates_committed_while_redis_is_down_are_published_when_it_is_back(
+    private_redis, trader
+):
+    from realtime.models import PendingPublication
+
+    topic = f"user:{trader.pk}:orders"
+    token = await sync_to_async(access_token_for)(trader)
+    realtime = {**OUTBOX_QUICK, "LAYER_CHECK_INTERVAL_SECS": 0.2}
+    redis = {"url": private_redis.url, "prefix": "tradingrt-outbox"}
+    with live_server(realtime=realtime, redis=redis) as server:
+        ws = await open_ws(server, trader)
+        await subscribe_entries(ws, topic)
+        private_redis.kill()
+        placed = [await post_order(server, token) for _ in range(3)]  # 201 each, unpublished
+        assert await sync_to_async(PendingPublication.objects.count)() == 3
+        private_redis.start()  # empty: a new epoch
+        for _ in range(50):  # reconnect until the server serves again
+            with contextlib.suppress(Exception):
+                ws = await open_ws(server, trader)
+                reply = await subscribe_entries(ws, topic)
+                if topic in reply["topics"]:
+                    break
+            await asyncio.sleep(0.2)
+        assert topic in reply["topics"], reply
+        got = await updates(ws, topic, until_seq=3, timeout=20)  # the sweep publishes them
+        assert [m["payload"]["id"] for m in got] == [o["id"] for o in placed]
+        assert [m["seq"] for m in got] == [1, 2, 3]
+        await ws.close()
+        assert await sync_to_async(PendingPublication.objects.count)() == 0
