@@ -295,6 +295,10 @@ class Hub:
                 result.recovered = True
             else:
                 await self._recover_range(topic, stream, hold, since, result)
+            if result.recovered:
+                stats.count("resumes_recovered")
+        if result.reset is not None:
+            stats.count(f"resumes_reset_{result.reset}")
         if request.snapshot and not result.recovered:
             result.snapshot = True
         return result
@@ -327,7 +331,6 @@ class Hub:
             hold.after = since.seq
             result.position = Position(since.epoch, since.seq)
         result.recovered = True
-        stats.count("resumes_recovered")
 
     def release(self, topic: str, subscriber: Subscriber) -> None:
         """End one hold of `subscriber` on `topic`: once none is left, send what waited."""
