@@ -39,8 +39,10 @@ from realtime.protocol import (
     peek_id,
 )
 from realtime.records import RecordWriter
+from realtime.selectors import presence_page
 from realtime.snapshots import snapshot_items
 from realtime.subscriptions import (
+    Shaping,
     SubscribeEntry,
     SubscribeOptionError,
     parse_subscribe_entry,
@@ -52,6 +54,7 @@ from realtime.topics import (
     Topic,
     TopicError,
     TopicKind,
+    authorize_presence,
     authorize_topics,
     parse_topic,
 )
@@ -59,9 +62,18 @@ from tradingrt.formats import format_timestamp, now_timestamp
 
 logger = logging.getLogger(__name__)
 
-SUBSCRIPTION_ACTIONS = {"subscribe": "subscribed", "unsubscribe": "unsubscribed", "list": "list"}
+SUBSCRIPTION_ACTIONS = {
+    "subscribe": "subscribed",
+    "unsubscribe": "unsubscribed",
+    "list": "list",
+    "presence": "presence",
+}
+# Members per topic in one presence reply; a bigger topic is paged (`after`, `next`).
+PRESENCE_PAGE_MAX = 1000
 
 authorize_topics_async = database_sync_to_async(authorize_topics)
+authorize_presence_async = database_sync_to_async(authorize_presence)
+presence_page_async = database_sync_to_async(presence_page)
 snapshot_items_async = database_sync_to_async(snapshot_items)
 
 
@@ -259,7 +271,8 @@ class RealtimeConsumer(AsyncConsumer):
         if action not in SUBSCRIPTION_ACTIONS:
             raise ProtocolError(
                 ErrorCode.INVALID_MESSAGE,
-                "A SUBSCRIPTION needs payload.action 'subscribe', 'unsubscribe' or 'list'.",
+                "A SUBSCRIPTION needs payload.action 'subscribe', 'unsubscribe', 'list' or "
+                "'presence'.",
                 reply_to=message.id,
             )
         if action == "list":
@@ -274,6 +287,9 @@ class RealtimeConsumer(AsyncConsumer):
             )
         if action == "subscribe":
             await self.subscribe(requested, message.id)
+            return
+        if action == "presence":
+            await self.presence(message.payload, requested, message.id)
             return
         accepted, rejected = await self.unsubscribe(requested)
         self.push(self._subscription_reply("unsubscribed", accepted, rejected, message.id))
@@ -305,6 +321,13 @@ class RealtimeConsumer(AsyncConsumer):
                 )
                 continue
             wanted.setdefault(entry.topic.name, entry)
+        watching = [e.topic for e in wanted.values() if e.presence]
+        if watching:  # presence: true on a topic whose presence the user may not see
+            refused = await authorize_presence_async(self.user, watching)
+            for name, reason in refused.items():
+                if reason is not None and name in wanted:
+                    del wanted[name]
+                    rejected.append({"topic": name, "reason": reason.value})
         candidates = [e.topic for name, e in wanted.items() if name not in self.topics]
         new: list[str] = []
         if candidates:
@@ -325,7 +348,13 @@ class RealtimeConsumer(AsyncConsumer):
         hub = self.hub
         self.topics.update(new)  # before the joins: a close meanwhile drops them all
         requests = [
-            SubscribeRequest(name, since=entry.since, snapshot=entry.snapshot)
+            SubscribeRequest(
+                name,
+                since=entry.since,
+                snapshot=entry.snapshot,
+                shaping=entry.shaping,
+                presence=entry.presence,
+            )
             for name, entry in wanted.items()
         ]
         results = await hub.subscribe(self, requests) if requests else []
@@ -357,19 +386,22 @@ class RealtimeConsumer(AsyncConsumer):
             for result in results:
                 if result.failed:
                     continue
-                for text in result.replay:
+                shaping = wanted[result.topic].shaping
+                for text in _shaped_replay(result.replay, shaping):
                     self.push(text)
                 if result.snapshot:
-                    await self._send_snapshot(wanted[result.topic].topic, result)
+                    await self._send_snapshot(wanted[result.topic], result)
         finally:
             for result in results:
                 if not result.failed:
                     hub.release(result.topic, self)
 
-    async def _send_snapshot(self, topic: Topic, result: Subscribed) -> None:
+    async def _send_snapshot(self, entry: SubscribeEntry, result: Subscribed) -> None:
         """The topic's state, fenced at the subscription's position: every message up to it is
-        in the state, and every later one follows (CONTRACT section 9)."""
+        in the state, and every later one follows (CONTRACT section 9); narrowed by the
+        subscription's filter (section 10)."""
         assert result.position is not None and self.hub is not None
+        topic = entry.topic
         position = result.position
         items: list[dict[str, Any]] | None = None
         if topic.kind is TopicKind.MARKET:  # the tick at the fence, else the stored quote
@@ -379,12 +411,57 @@ class RealtimeConsumer(AsyncConsumer):
                     items = [json.loads(latest)["payload"]]
         if items is None:
             items = await snapshot_items_async(topic)
+        if entry.shaping is not None and entry.shaping.filter is not None:
+            items = [item for item in items if entry.shaping.filter.accepts(item)]
         for text in snapshot_messages(
             topic.name, position, items, realtime_settings.SNAPSHOT_PAGE_SIZE
         ):
             # A large state goes out as the client reads it, not all into the send buffer.
             await self._outbox.wait_for_room(len(text))
             self.push(text)
+
+    async def presence(self, payload: dict[str, Any], requested: list[Any], reply_to: Any) -> None:
+        """Who is subscribed to each of `requested`, on any server (CONTRACT section 10); a
+        large topic in pages of `limit` members, the next one `after` the reply's `next`."""
+        limit = payload.get("limit", PRESENCE_PAGE_MAX)
+        after = payload.get("after") or {}
+        if (
+            isinstance(limit, bool)
+            or not isinstance(limit, int)
+            or not 1 <= limit <= PRESENCE_PAGE_MAX
+            or not isinstance(after, dict)
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in after.values())
+        ):
+            raise ProtocolError(
+                ErrorCode.INVALID_MESSAGE,
+                f"A presence request takes topics, an optional limit (1 to {PRESENCE_PAGE_MAX}) "
+                "and an optional after: {topic: userId} from a previous reply's next.",
+                reply_to=reply_to,
+            )
+        rejected: list[dict[str, Any]] = []
+        topics: dict[str, Topic] = {}
+        for raw in requested:
+            try:
+                topic = parse_topic(raw)
+            except TopicError as exc:
+                rejected.append({"topic": raw, "reason": exc.reason.value})
+                continue
+            topics.setdefault(topic.name, topic)
+        decisions = await authorize_presence_async(self.user, list(topics.values()))
+        presence: dict[str, list[dict[str, Any]]] = {}
+        following: dict[str, int] = {}
+        for name, reason in decisions.items():
+            if reason is not None:
+                rejected.append({"topic": name, "reason": reason.value})
+                continue
+            members, more = await presence_page_async(name, limit=limit, after=after.get(name))
+            presence[name] = members
+            if more is not None:
+                following[name] = more
+        reply: dict[str, Any] = {"action": "presence", "presence": presence, "rejected": rejected}
+        if following:
+            reply["next"] = following
+        self.push(encode(MessageType.SUBSCRIPTION, reply, reply_to=reply_to))
 
     async def _authorize(self, topics: list[Topic]) -> dict[str, RejectReason | None]:
         """Decide on `topics` with the user's current permissions.
@@ -570,3 +647,15 @@ def _client_address(scope: dict[str, Any]) -> str:
 def _entry_name(raw: Any) -> Any:
     """What a rejected entry is called in the reply: its topic (a name or an object's)."""
     return raw.get("topic") if isinstance(raw, dict) else raw
+
+
+def _shaped_replay(texts: list[str], shaping: Shaping | None) -> list[str]:
+    """A recovery as the subscription wants it: filtered; throttled, only the latest."""
+    if shaping is None:
+        return texts
+    if shaping.filter is not None:
+        wanted = shaping.filter
+        texts = [t for t in texts if wanted.accepts(json.loads(t).get("payload") or {})]
+    if shaping.throttle_ms is not None:
+        texts = texts[-1:]
+    return texts

@@ -25,6 +25,7 @@ class MessageType(StrEnum):
     HEARTBEAT = "HEARTBEAT"
     ERROR = "ERROR"
     SNAPSHOT = "SNAPSHOT"
+    PRESENCE = "PRESENCE"
 
 
 # Types a client may send; the rest are server-to-client only.
