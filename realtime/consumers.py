@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from realtime.auth import TokenRejected, authenticate_token_async
 from realtime.conf import realtime_settings
+from realtime.encoding import Encoding, UndecodableMessage, from_msgpack, negotiate, to_msgpack
 from realtime.history import HistoryUnavailable
 from realtime.hub import Hub, Subscribed, SubscribeRequest, get_hub
 from realtime.outbound import Outbox
@@ -36,6 +37,7 @@ from realtime.protocol import (
     encode,
     error,
     parse,
+    parse_value,
     peek_id,
 )
 from realtime.records import RecordWriter
@@ -94,6 +96,8 @@ class RealtimeConsumer(AsyncConsumer):
         self.topics: set[str] = set()
         self.closing = False
         self._closed_by_server: int | None = None
+        self.encoding = Encoding.JSON
+        self._transcode: Any = None
         self._outbox = Outbox(
             send,
             name=self.connection_id,
@@ -126,7 +130,13 @@ class RealtimeConsumer(AsyncConsumer):
 
     async def websocket_connect(self, message: dict[str, Any]) -> None:
         self.hub = await get_hub()
-        await self.base_send({"type": "websocket.accept"})
+        self.encoding, subprotocol = negotiate(self.scope.get("subprotocols"))
+        if self.encoding is Encoding.MSGPACK:
+            self._transcode = to_msgpack
+        accept: dict[str, Any] = {"type": "websocket.accept"}
+        if subprotocol is not None:
+            accept["subprotocol"] = subprotocol
+        await self.base_send(accept)
         user = self.scope.get("user")
         authenticated = user is not None and user.is_authenticated
         records = self._records = self.hub.records
@@ -148,14 +158,17 @@ class RealtimeConsumer(AsyncConsumer):
     async def websocket_receive(self, message: dict[str, Any]) -> None:
         if self.closing:
             return
+        msgpack = self.encoding is Encoding.MSGPACK
+        frame = message.get("bytes") if msgpack else message.get("text")
+        limit = realtime_settings.MAX_MESSAGE_BYTES
         verdict = self._throttle.check()
         if verdict is not Verdict.ALLOW:
             if verdict is Verdict.CLOSE:
                 self.close_with(CloseCode.RATE_LIMITED, "rate limit exceeded")
                 return
-            frame = message.get("text")
-            limit = realtime_settings.MAX_MESSAGE_BYTES
-            reply_to = peek_id(frame) if frame is not None and len(frame) <= limit else None
+            reply_to = None
+            if frame is not None and len(frame) <= limit:
+                reply_to = _peek_msgpack_id(frame) if msgpack else peek_id(frame)
             self.push(
                 error(
                     ErrorCode.RATE_LIMITED,
@@ -165,17 +178,19 @@ class RealtimeConsumer(AsyncConsumer):
                 )
             )
             return
-        text = message.get("text")
-        if text is None:
+        if frame is None:
+            wanted = "a MessagePack binary frame" if msgpack else "a JSON text frame"
             self.push(
                 error(
                     ErrorCode.INVALID_MESSAGE,
-                    "Binary frames are not accepted; send each message as a JSON text frame.",
+                    f"{'Text' if msgpack else 'Binary'} frames are not accepted on this "
+                    f"connection ({self.encoding.value}); send each message as {wanted}.",
                 )
             )
             return
-        limit = realtime_settings.MAX_MESSAGE_BYTES
-        if len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit):
+        if len(frame) > limit or (
+            not msgpack and len(frame) * 4 > limit and len(frame.encode()) > limit
+        ):
             self.push(
                 error(
                     ErrorCode.MESSAGE_TOO_LARGE,
@@ -185,7 +200,14 @@ class RealtimeConsumer(AsyncConsumer):
             return
         parsed: ClientMessage | None = None
         try:
-            parsed = parse(text, authenticated=self.user is not None)
+            if msgpack:
+                try:
+                    value = from_msgpack(frame)
+                except UndecodableMessage as exc:
+                    raise ProtocolError(ErrorCode.INVALID_MESSAGE, str(exc)) from None
+                parsed = parse_value(value, authenticated=self.user is not None)
+            else:
+                parsed = parse(frame, authenticated=self.user is not None)
             await self.handle(parsed)
         except ProtocolError as exc:
             self.push(exc.encode())
@@ -534,9 +556,11 @@ class RealtimeConsumer(AsyncConsumer):
     # --- outbound -----------------------------------------------------------------------
 
     def push(self, text: str) -> None:
-        """Send one message to this client, after what is queued (realtime.outbound.Outbox)."""
+        """Send one message to this client, after what is queued (realtime.outbound.Outbox);
+        on a MessagePack connection as its binary form (once per message and process)."""
         if not self.closing:
-            self._outbox.push(text)
+            transcode = self._transcode
+            self._outbox.push(text if transcode is None else transcode(text))
 
     def close_with(self, code: int, reason: str = "") -> None:
         """Close the connection from the server side with `code` (sent after queued text)."""
@@ -659,3 +683,16 @@ def _shaped_replay(texts: list[str], shaping: Shaping | None) -> list[str]:
     if shaping.throttle_ms is not None:
         texts = texts[-1:]
     return texts
+
+
+def _peek_msgpack_id(frame: bytes) -> Any:
+    """The `id` of a MessagePack frame that will not be handled (rate limited)."""
+    try:
+        value = from_msgpack(frame)
+    except UndecodableMessage:
+        return None
+    if isinstance(value, dict):
+        candidate = value.get("id")
+        if isinstance(candidate, str | int | float) and not isinstance(candidate, bool):
+            return candidate if not isinstance(candidate, str) or len(candidate) <= 128 else None
+    return None
