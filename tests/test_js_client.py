@@ -24,7 +24,10 @@ FAKE_ORIGIN = "http://127.0.0.1:9"  # never contacted: every request to it is an
 pytestmark = [pytest.mark.asyncio(loop_scope="module")]
 
 # A fake server in the page: FakeWebSocket.server answers AUTHENTICATION, SUBSCRIPTION and
-# HEARTBEAT like the real one unless told to stay silent or to reject.
+# HEARTBEAT like the real one unless told to stay silent or to reject. It keeps topics as the
+# server does (docs/PROTOCOL.md section 7): a seq per topic and epoch, a bounded history that
+# answers `since` with a replay (`recovered`) or a `reset`, a state sent as SNAPSHOT pages, and
+# HEARTBEAT positions; `lose` drops a topic's next deliveries (kept in the history) to make gaps.
 HARNESS = """
 import * as rt from "/client.js";
 
@@ -35,6 +38,8 @@ class FakeWebSocket {
     this.url = url;
     this.readyState = 0;
     this.sent = [];
+    this.received = [];
+    this.topics = new Set();
     this.closedWith = null;
     FakeWebSocket.sockets.push(this);
     if (FakeWebSocket.server && !FakeWebSocket.server.refuseConnections) {
@@ -53,23 +58,109 @@ class FakeWebSocket {
   }
   close(code = 1000) { this.readyState = 3; this.closedWith = code; }
   receive(message) {
-    this.onmessage?.({ data: JSON.stringify({ timestamp: new Date().toISOString(), ...message }) });
+    if (this.readyState !== 1) return;
+    const full = { timestamp: new Date().toISOString(), ...message };
+    this.received.push(full);
+    this.onmessage?.({ data: JSON.stringify(full) });
   }
   drop(code, reason = "") {
     this.readyState = 3;
     this.onclose?.({ code, reason, wasClean: code !== 1006 });
   }
   sentOfType(type) { return this.sent.filter((m) => m.type === type); }
+  subscribeEntries() { return this.sentOfType("SUBSCRIPTION").map((m) => m.payload.topics); }
 }
 
-function makeServer({ expiresInMs = 600000, reject = [], silent = [] } = {}) {
+const UPDATE_KINDS = { ORDER_UPDATE: "orders", POSITION_UPDATE: "positions" };
+
+function makeServer({ expiresInMs = 600000, reject = [], silent = [], historySize = 100,
+                      pageSize = 2, noSnapshots = false } = {}) {
   return {
     expiresInMs, reject: new Set(reject), silent: new Set(silent), refuseConnections: false,
+    historySize, pageSize, noSnapshots, state: new Map(),
     authenticate(ws, id) {
       ws.receive({ type: "AUTHENTICATION", id, payload: {
         status: "authenticated", userId: 7, username: "alice",
         connectionId: `conn-${FakeWebSocket.sockets.indexOf(ws)}`,
         expiresAt: new Date(Date.now() + this.expiresInMs).toISOString() } });
+    },
+    topic(name) {
+      if (!this.state.has(name)) {
+        this.state.set(name, { epoch: "e1", seq: 0, history: [], items: new Map(), lose: 0 });
+      }
+      return this.state.get(name);
+    },
+    // Publish an update: the next seq, into the history and the state, to every holder.
+    publish(name, type, payload) {
+      const topic = this.topic(name);
+      topic.seq += 1;
+      const message = { type, topic: name, seq: topic.seq, epoch: topic.epoch, payload };
+      topic.history.push(message);
+      if (topic.history.length > this.historySize) topic.history.shift();
+      const { event, ...item } = payload;
+      if (event === "deleted") topic.items.delete(item.id);
+      else topic.items.set(item.id ?? item.symbol, item);
+      if (topic.lose > 0) { topic.lose -= 1; return message; }
+      for (const ws of FakeWebSocket.sockets) if (ws.topics.has(name)) ws.receive(message);
+      return message;
+    },
+    // The history is lost: a new epoch, seq from 1 again (the state stays, as in a database).
+    newEpoch(name, epoch) {
+      const topic = this.topic(name);
+      Object.assign(topic, { epoch, seq: 0, history: [] });
+    },
+    heartbeat(ws, overrides = {}) {
+      const positions = {};
+      for (const name of ws.topics) {
+        const { epoch, seq } = this.topic(name);
+        positions[name] = { epoch, seq };
+      }
+      ws.receive({ type: "HEARTBEAT", payload: { serverTime: new Date().toISOString(),
+                                                 positions: { ...positions, ...overrides } } });
+    },
+    subscribe(ws, message) {
+      const reply = { action: "subscribed", topics: [], rejected: [], positions: {},
+                      recovered: [], reset: [] };
+      const after = [];
+      for (const entry of message.payload.topics || []) {
+        const options = typeof entry === "string" ? { topic: entry } : entry;
+        const name = rt.canonicalTopic(options.topic);
+        if (this.reject.has(name)) {
+          reply.rejected.push({ topic: name, reason: "forbidden" });
+          continue;
+        }
+        const topic = this.topic(name);
+        const held = ws.topics.has(name);
+        ws.topics.add(name);
+        reply.topics.push(name);
+        reply.positions[name] = { epoch: topic.epoch, seq: topic.seq };
+        if (held && !options.since && !options.snapshot) continue;
+        let recovered = false;
+        if (options.since) {
+          const oldest = topic.history.length ? topic.history[0].seq : topic.seq + 1;
+          if (options.since.epoch !== topic.epoch) {
+            reply.reset.push({ topic: name, reason: "epoch" });
+          } else if (options.since.seq + 1 < oldest) {
+            reply.reset.push({ topic: name, reason: "expired" });
+          } else {
+            recovered = true;
+            reply.recovered.push(name);
+            after.push(...topic.history.filter((m) => m.seq > options.since.seq));
+          }
+        }
+        if (options.snapshot && !recovered && !this.noSnapshots) {
+          const items = [...topic.items.values()];
+          const pages = [];
+          for (let i = 0; i < items.length || pages.length === 0; i += this.pageSize) {
+            pages.push(items.slice(i, i + this.pageSize));
+          }
+          pages.forEach((page, index) => after.push({
+            type: "SNAPSHOT", topic: name, seq: topic.seq, epoch: topic.epoch,
+            payload: { items: page, last: index === pages.length - 1 } }));
+        }
+      }
+      ws.receive({ type: "SUBSCRIPTION", id: message.id, payload: reply });
+      for (const next of after) ws.receive(next);
     },
     handle(ws, message) {
       if (this.silent.has(message.type) || ws.readyState !== 1) return;
@@ -80,17 +171,23 @@ function makeServer({ expiresInMs = 600000, reject = [], silent = [] } = {}) {
         } else {
           this.authenticate(ws, message.id);
         }
+      } else if (message.type === "SUBSCRIPTION" && message.payload.action === "subscribe") {
+        if (this.silent.has("subscribe")) return;
+        if (this.errorOnSubscribe) {
+          reply("ERROR", { code: this.errorOnSubscribe, message: "refused" });
+        } else {
+          this.subscribe(ws, message);
+        }
       } else if (message.type === "SUBSCRIPTION") {
-        const topics = message.payload.topics || [];
-        const action = { subscribe: "subscribed", unsubscribe: "unsubscribed" };
-        reply("SUBSCRIPTION", {
-          action: action[message.payload.action],
-          topics: topics.filter((t) => !this.reject.has(t)),
-          rejected: topics.filter((t) => this.reject.has(t))
-            .map((topic) => ({ topic, reason: "forbidden" })),
-        });
+        const topics = (message.payload.topics || []).map(rt.canonicalTopic);
+        for (const topic of topics) ws.topics.delete(topic);
+        reply("SUBSCRIPTION", { action: "unsubscribed", topics, rejected: [] });
       } else if (message.type === "HEARTBEAT") {
-        reply("HEARTBEAT", { serverTime: new Date().toISOString() });
+        if (this.errorOnHeartbeat) {
+          reply("ERROR", { code: this.errorOnHeartbeat, message: "slow down" });
+        } else {
+          reply("HEARTBEAT", { serverTime: new Date().toISOString() });
+        }
       }
     },
   };
@@ -256,25 +353,42 @@ async def test_pending_requests_are_rejected_when_the_connection_closes(page):
     result = await run(
         page,
         """
-        FakeWebSocket.server = makeServer({ silent: ["SUBSCRIPTION"] });
+        FakeWebSocket.server = makeServer({ silent: ["HEARTBEAT"] });
         const client = new RealtimeClient({ url: "ws://server.test/ws", token: "t",
                                             WebSocket: FakeWebSocket, backoffBaseMs: 5000 });
         await client.connect();
-        const pending = client.subscribe("user:7:orders");
+        const pending = client.request("HEARTBEAT");
         await sleep(10);
         FakeWebSocket.sockets[0].drop(4000, "operator");
         try { await pending; return "resolved"; } catch (error) {
-          return { code: error.code, closeCode: error.closeCode, state: client.state,
-                   topics: client.topics };
+          return { code: error.code, closeCode: error.closeCode, state: client.state };
         }
         """,
     )
-    assert result == {
-        "code": "closed",
-        "closeCode": 4000,
-        "state": "reconnecting",
-        "topics": ["user:7:orders"],  # still wanted: resubscribed once reconnected
-    }
+    assert result == {"code": "closed", "closeCode": 4000, "state": "reconnecting"}
+
+
+async def test_a_subscribe_cut_off_by_a_drop_resolves_with_the_next_connections_ack(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer({ silent: ["subscribe"] });
+        const client = new RealtimeClient({ url: "ws://server.test/ws", token: "t",
+                                            WebSocket: FakeWebSocket, backoffBaseMs: 20 });
+        await client.connect();
+        const pending = client.subscribe("user:7:orders");
+        await sleep(10);
+        FakeWebSocket.server.silent.delete("subscribe");
+        FakeWebSocket.sockets[0].drop(4000, "operator");
+        const ack = await pending;
+        return { ack, topics: client.topics, sockets: FakeWebSocket.sockets.length,
+                 asked: FakeWebSocket.sockets[1].subscribeEntries() };
+        """,
+    )
+    assert result["ack"]["topics"] == ["user:7:orders"]
+    assert result["ack"]["positions"] == {"user:7:orders": {"epoch": "e1", "seq": 0}}
+    assert result["topics"] == ["user:7:orders"]
+    assert result["asked"] == [[{"topic": "user:7:orders", "snapshot": True}]]
 
 
 # --- reconnecting ---------------------------------------------------------------------------
@@ -303,6 +417,7 @@ async def test_after_a_drop_it_reconnects_with_backoff_and_resubscribes_to_every
         const third = FakeWebSocket.sockets[2];
         await waitFor(() => third.sentOfType("SUBSCRIPTION").length === 1);
         return { events, resubscribed: third.sentOfType("SUBSCRIPTION")[0].payload,
+                 first: FakeWebSocket.sockets[0].subscribeEntries(),
                  session: client.session.connectionId };
         """,
     )
@@ -315,9 +430,20 @@ async def test_after_a_drop_it_reconnects_with_backoff_and_resubscribes_to_every
         ["reconnecting", 1006, 40],  # attempt 2: the ceiling doubled
         ["connected", None, None],
     ]
+    # First: a snapshot of each topic's state. After the drop: resume each from its position
+    # (nothing was published, so seq 0), or else a snapshot, in one request.
+    assert result["first"] == [
+        [
+            {"topic": "user:7:orders", "snapshot": True},
+            {"topic": "market:BTC-USD", "snapshot": True},
+        ]
+    ]
     assert result["resubscribed"] == {
         "action": "subscribe",
-        "topics": ["user:7:orders", "market:BTC-USD"],
+        "topics": [
+            {"topic": "user:7:orders", "since": {"epoch": "e1", "seq": 0}, "snapshot": True},
+            {"topic": "market:BTC-USD", "since": {"epoch": "e1", "seq": 0}, "snapshot": True},
+        ],
     }
     assert result["session"] == "conn-2"
 
@@ -408,7 +534,9 @@ async def test_close_stops_reconnecting_and_connect_resumes_with_the_same_topics
         """,
     )
     assert result["closed"] == {"state": "offline", "sockets": 1}
-    assert result["resubscribed"] == ["strategy:3"]
+    assert result["resubscribed"] == [
+        {"topic": "strategy:3", "since": {"epoch": "e1", "seq": 0}, "snapshot": True}
+    ]
 
 
 async def test_an_unanswered_heartbeat_drops_the_connection_and_reconnects(page):
