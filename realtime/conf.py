@@ -37,9 +37,16 @@ DEFAULTS: dict[str, Any] = {
     # Positions in a symbol are marked to market at most once per this many seconds; the
     # latest tick of the window wins (MARKET_DATA itself is never conflated).
     "MARK_TO_MARKET_INTERVAL_SECS": 0.5,
-    # Updates of one object (one order, say) are delivered in commit order: one that arrives
-    # ahead of its predecessor is held at most this many seconds waiting for it.
-    "REORDER_WAIT_SECS": 0.2,
+    # Updates of one object (one order, say) take seqs in commit (version) order: a publisher
+    # whose update is ahead of its predecessor waits at most this many seconds for it to be
+    # published first (realtime.history); past that it publishes anyway, logged and counted.
+    "REORDER_WAIT_SECS": 2.0,
+    # Each topic's history (CONTRACT section 9): at least its last HISTORY_SIZE messages, none
+    # older than HISTORY_TTL_SECS; a resume from further back is a reset.
+    "HISTORY_SIZE": 1000,
+    "HISTORY_TTL_SECS": 86400.0,
+    # Items per SNAPSHOT message; a larger state is sent in pages (all fenced at one seq).
+    "SNAPSHOT_PAGE_SIZE": 500,
     # Seconds a user loaded to authenticate a token is reused for the same user's next tokens
     # (0: always load). Deactivations and deletions are applied at once regardless.
     "USER_CACHE_SECS": 5.0,
@@ -73,6 +80,9 @@ SPEC: dict[str, tuple[type | tuple[type, ...], float | None, float | None]] = {
     "SEND_BUFFER_MAX_BYTES": (int, 1024, 1 << 40),
     "MARK_TO_MARKET_INTERVAL_SECS": (_NUMBER, 0, 3600),
     "REORDER_WAIT_SECS": (_NUMBER, 0, 60),
+    "HISTORY_SIZE": (int, 1, 1_000_000),
+    "HISTORY_TTL_SECS": (_NUMBER, 1, 365 * 86400),
+    "SNAPSHOT_PAGE_SIZE": (int, 1, 10_000),
     "USER_CACHE_SECS": (_NUMBER, 0, 3600),
     "ALLOWED_ORIGINS": ((list, tuple), None, None),
     "PRUNE_INTERVAL_SECS": (_NUMBER, 0.01, 86400),

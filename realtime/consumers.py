@@ -10,6 +10,7 @@ growing the server's memory.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -22,7 +23,7 @@ from django.utils import timezone
 
 from realtime.auth import TokenRejected, authenticate_token_async
 from realtime.conf import realtime_settings
-from realtime.hub import Hub, get_hub
+from realtime.hub import Hub, Subscribed, SubscribeRequest, get_hub
 from realtime.outbound import Outbox
 from realtime.protocol import (
     ClientMessage,
@@ -36,8 +37,21 @@ from realtime.protocol import (
     peek_id,
 )
 from realtime.records import RecordWriter
+from realtime.subscriptions import (
+    SubscribeEntry,
+    SubscribeOptionError,
+    parse_subscribe_entry,
+    snapshot_messages,
+)
 from realtime.throttling import MessageThrottle, Verdict
-from realtime.topics import RejectReason, Topic, TopicError, authorize_topics, parse_topic
+from realtime.topics import (
+    RejectReason,
+    Topic,
+    TopicError,
+    TopicKind,
+    authorize_topics,
+    parse_topic,
+)
 from tradingrt.formats import format_timestamp, now_timestamp
 
 logger = logging.getLogger(__name__)
@@ -45,6 +59,8 @@ logger = logging.getLogger(__name__)
 SUBSCRIPTION_ACTIONS = {"subscribe": "subscribed", "unsubscribe": "unsubscribed", "list": "list"}
 
 authorize_topics_async = database_sync_to_async(authorize_topics)
+# Largest SNAPSHOT message: a bigger page is split (the client's own frame limit may be lower).
+SNAPSHOT_MAX_BYTES = 512 * 1024
 
 
 class RealtimeConsumer(AsyncConsumer):
@@ -192,9 +208,10 @@ class RealtimeConsumer(AsyncConsumer):
 
     async def handle(self, message: ClientMessage) -> None:
         if message.type is MessageType.HEARTBEAT:
-            self.push(
-                encode(MessageType.HEARTBEAT, {"serverTime": now_timestamp()}, reply_to=message.id)
-            )
+            payload: dict[str, Any] = {"serverTime": now_timestamp()}
+            if self.topics and self.hub is not None:
+                payload["positions"] = self.hub.positions(self)
+            self.push(encode(MessageType.HEARTBEAT, payload, reply_to=message.id))
         elif message.type is MessageType.AUTHENTICATION:
             await self.handle_authentication(message)
         elif self.user is None:  # whatever its type: the contract's answer is the same
@@ -254,57 +271,120 @@ class RealtimeConsumer(AsyncConsumer):
                 reply_to=message.id,
             )
         if action == "subscribe":
-            accepted, rejected = await self.subscribe(requested)
-        else:
-            accepted, rejected = await self.unsubscribe(requested)
-        self.push(
-            self._subscription_reply(SUBSCRIPTION_ACTIONS[action], accepted, rejected, message.id)
-        )
+            await self.subscribe(requested, message.id)
+            return
+        accepted, rejected = await self.unsubscribe(requested)
+        self.push(self._subscription_reply("unsubscribed", accepted, rejected, message.id))
 
     # --- subscriptions --------------------------------------------------------------------
 
-    async def subscribe(self, requested: list[Any]) -> tuple[list[str], list[dict[str, Any]]]:
-        accepted: list[str] = []
+    async def subscribe(self, requested: list[Any], reply_to: Any = None) -> None:
+        """Subscribe the entries of `requested`; reply, then send recoveries and snapshots.
+
+        CONTRACT sections 4 and 9: every accepted topic is fenced by seq in the hub, so the
+        reply's position, the replayed or snapshot messages and the live ones join with no gap
+        and no duplicate.
+        """
         rejected: list[dict[str, Any]] = []
-        candidates: dict[str, Topic] = {}
+        wanted: dict[str, SubscribeEntry] = {}  # in request order; a repeated topic: first wins
         for raw in requested:
             try:
-                topic = parse_topic(raw)
+                entry = parse_subscribe_entry(raw)
             except TopicError as exc:
-                rejected.append({"topic": raw, "reason": exc.reason.value})
+                rejected.append({"topic": _entry_name(raw), "reason": exc.reason.value})
                 continue
-            if topic.name in self.topics:
-                if topic.name not in accepted:
-                    accepted.append(topic.name)  # already held: harmless, delivered once
-            else:
-                candidates.setdefault(topic.name, topic)
+            except SubscribeOptionError as exc:
+                rejected.append(
+                    {
+                        "topic": _entry_name(raw),
+                        "reason": RejectReason.INVALID_OPTION.value,
+                        "message": str(exc),
+                    }
+                )
+                continue
+            wanted.setdefault(entry.topic.name, entry)
+        candidates = [e.topic for name, e in wanted.items() if name not in self.topics]
+        new: list[str] = []
         if candidates:
-            decisions = await self._authorize(list(candidates.values()))
+            decisions = await self._authorize(candidates)
             room = realtime_settings.MAX_TOPICS_PER_CONNECTION - len(self.topics)
-            new: list[str] = []
-            for name in candidates:
-                refused = decisions[name]
+            for topic in candidates:
+                refused = decisions[topic.name]
+                if refused is None and room <= 0:
+                    refused = RejectReason.LIMIT_EXCEEDED
                 if refused is not None:
-                    rejected.append({"topic": name, "reason": refused.value})
-                elif room <= 0:
-                    rejected.append({"topic": name, "reason": RejectReason.LIMIT_EXCEEDED.value})
+                    rejected.append({"topic": topic.name, "reason": refused.value})
+                    del wanted[topic.name]
                 else:
                     room -= 1
-                    new.append(name)
-            if new and self.hub is not None:  # None: closed while authorising
-                self.topics.update(new)  # before the joins: a close meanwhile drops them all
-                failed = await self.hub.subscribe(self, new)
-                if failed:  # not joined: held nowhere, and the client is told why
-                    self.topics.difference_update(failed)
-                    new = [name for name in new if name not in failed]
-                    rejected.extend(
-                        {"topic": name, "reason": RejectReason.UNAVAILABLE.value} for name in failed
-                    )
-                if new and self._records is not None:
-                    self._records.subscribed(connection_id=self.connection_id, topics=new)
-                    await self._records.stored(self.connection_id)
-                accepted.extend(new)
-        return accepted, rejected
+                    new.append(topic.name)
+        if self.hub is None:  # closed while authorising
+            return
+        hub = self.hub
+        self.topics.update(new)  # before the joins: a close meanwhile drops them all
+        requests = [
+            SubscribeRequest(name, since=entry.since, snapshot=entry.snapshot)
+            for name, entry in wanted.items()
+        ]
+        results = await hub.subscribe(self, requests) if requests else []
+        accepted: list[str] = []
+        payload_extra: dict[str, Any] = {"positions": {}, "recovered": [], "reset": []}
+        for result in results:
+            if result.failed:  # not joined: held nowhere, and the client is told why
+                self.topics.discard(result.topic)
+                if result.topic in new:
+                    new.remove(result.topic)
+                rejected.append({"topic": result.topic, "reason": RejectReason.UNAVAILABLE.value})
+                continue
+            accepted.append(result.topic)
+            assert result.position is not None
+            payload_extra["positions"][result.topic] = result.position.as_json()
+            if result.recovered:
+                payload_extra["recovered"].append(result.topic)
+            elif result.reset is not None:
+                payload_extra["reset"].append({"topic": result.topic, "reason": result.reset})
+        try:
+            if new and self._records is not None:
+                self._records.subscribed(connection_id=self.connection_id, topics=new)
+                await self._records.stored(self.connection_id)
+            self.push(
+                self._subscription_reply(
+                    "subscribed", accepted, rejected, reply_to, extra=payload_extra
+                )
+            )
+            for result in results:
+                if result.failed:
+                    continue
+                for text in result.replay:
+                    self.push(text)
+                if result.snapshot:
+                    await self._send_snapshot(wanted[result.topic].topic, result)
+        finally:
+            for result in results:
+                if not result.failed:
+                    hub.release(result.topic, self)
+
+    async def _send_snapshot(self, topic: Topic, result: Subscribed) -> None:
+        """The topic's state, fenced at the subscription's position: every message up to it is
+        in the state, and every later one follows (CONTRACT section 9)."""
+        assert result.position is not None and self.hub is not None
+        position = result.position
+        items: list[dict[str, Any]] | None = None
+        if topic.kind is TopicKind.MARKET:
+            latest = await self.hub.latest(topic.name, position.seq)
+            if latest is not None:
+                items = [json.loads(latest)["payload"]]
+        if items is None:
+            from realtime.snapshots import snapshot_items
+
+            items = await database_sync_to_async(snapshot_items)(topic)
+        limit = min(self._outbox.max_message_bytes or SNAPSHOT_MAX_BYTES, SNAPSHOT_MAX_BYTES)
+        for text in snapshot_messages(
+            topic.name, position, items, realtime_settings.SNAPSHOT_PAGE_SIZE, limit
+        ):
+            # A large state goes out as the client reads it, not all into the send buffer.
+            await self._outbox.wait_for_room(len(text))
+            self.push(text)
 
     async def _authorize(self, topics: list[Topic]) -> dict[str, RejectReason | None]:
         """Decide on `topics` with the user's current permissions.
@@ -424,10 +504,14 @@ class RealtimeConsumer(AsyncConsumer):
         topics: list[str],
         rejected: list[dict[str, Any]] | None,
         reply_to: Any,
+        *,
+        extra: dict[str, Any] | None = None,
     ) -> str:
         payload: dict[str, Any] = {"action": action, "topics": topics}
         if rejected is not None:
             payload["rejected"] = rejected
+        if extra:
+            payload.update(extra)
         return encode(MessageType.SUBSCRIPTION, payload, reply_to=reply_to)
 
     def _auth_timed_out(self) -> None:
@@ -481,3 +565,8 @@ def _client_address(scope: dict[str, Any]) -> str:
         return ""
     host, port = client[0], client[1]
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def _entry_name(raw: Any) -> Any:
+    """What a rejected entry is called in the reply: its topic (a name or an object's)."""
+    return raw.get("topic") if isinstance(raw, dict) else raw

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import weakref
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from channels.db import database_sync_to_async
@@ -23,6 +24,7 @@ from channels.layers import get_channel_layer
 
 from realtime import connections, stats
 from realtime.conf import realtime_settings
+from realtime.history import HistoryUnavailable, Position, history_for
 from realtime.layer import LayerProbe, probe_for
 from realtime.protocol import CloseCode, MessageType, encode
 from realtime.records import RecordWriter
@@ -62,93 +64,66 @@ class Subscriber(Protocol):
     async def recheck_permissions(self, topics: set[str]) -> list[str]: ...
 
 
-class Sequencer:
-    """Delivers each object's updates on a topic in version order.
+class Stream:
+    """One topic's live stream in this process: the position delivered so far, and repairs.
 
-    Versions follow commit order (tradingrt.models.TracksLoadedValues), but two writers'
-    after-commit callbacks, in two threads or two processes, can race to publish. An update
-    that arrives ahead of its predecessor is held until the predecessor comes, or for at most
-    REORDER_WAIT_SECS; an update older than one already delivered is dropped, never sent out
-    of order. What it remembers is bounded (least recently seen objects are forgotten).
+    Messages arrive through the channel layer with their seq (realtime.history). One with the
+    next seq is delivered at once; one ahead of it means a gap (the layer dropped a message, or
+    two publishers' sends crossed): it waits while the missing ones are read from the history,
+    so a drop costs latency, not data. A seq already delivered is a duplicate and is skipped.
     """
 
-    MAX_TRACKED = 50_000
+    __slots__ = ("delivered", "epoch", "last", "pending", "ready", "repairing", "retired")
 
-    def __init__(self, deliver: Any) -> None:
-        self._deliver = deliver
-        self._last: collections.OrderedDict[tuple[str, str], int] = collections.OrderedDict()
-        self._held: dict[tuple[str, str], dict[int, str]] = {}
-        self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
-        self._keys: dict[str, set[str]] = {}  # topic -> keys in _last, to forget a topic at once
-        self.dropped = 0
+    def __init__(self) -> None:
+        self.epoch: str | None = None
+        self.last = 0  # highest seq handed to the subscribers (in order, no gap)
+        self.delivered = 0  # highest seq every subscriber has been handed (slices finished)
+        self.ready = False  # its starting position is known (read from the history after joining)
+        self.repairing = False
+        self.pending: dict[int, tuple[str, str]] = {}  # seq -> (epoch, text), waiting for a repair
+        self.retired: set[str] = set()  # earlier epochs: a late message of one is ignored
 
-    def offer(self, topic: str, key: str, seq: int, text: str) -> None:
-        slot = (topic, key)
-        last = self._last.get(slot)
-        if last is None:
-            self._keys.setdefault(topic, set()).add(key)
-        if last is None or seq == last + 1:
-            self._emit(slot, seq, text)
-            self._release(slot)
-        elif seq <= last:
-            self.dropped += 1
-            logger.warning("Dropped %s v%d on %s: v%d was already delivered", key, seq, topic, last)
-        else:
-            self._held.setdefault(slot, {})[seq] = text
-            if slot not in self._timers:
-                wait = realtime_settings.REORDER_WAIT_SECS
-                self._timers[slot] = asyncio.get_running_loop().call_later(
-                    wait, self._give_up, slot
-                )
+    def position(self) -> Position:
+        return Position(self.epoch or "", self.last)
 
-    def _emit(self, slot: tuple[str, str], seq: int, text: str) -> None:
-        self._deliver(slot[0], text)
-        self._last[slot] = seq
-        self._last.move_to_end(slot)
-        if len(self._last) > self.MAX_TRACKED:
-            forgotten, _ = self._last.popitem(last=False)
-            self._unindex(forgotten)
-            self._give_up(forgotten)
 
-    def _release(self, slot: tuple[str, str]) -> None:
-        held = self._held.get(slot)
-        while held and self._last[slot] + 1 in held:
-            seq = self._last[slot] + 1
-            self._emit(slot, seq, held.pop(seq))
-        if not held:
-            self._held.pop(slot, None)
-            timer = self._timers.pop(slot, None)
-            if timer is not None:
-                timer.cancel()
+class Hold:
+    """A subscriber's messages on one topic, held while its subscription is being fenced (a
+    resume or snapshot) or its permissions re-checked; released in order, those after `after`."""
 
-    def forget_topic(self, topic: str) -> None:
-        """Forget what was delivered on `topic` (the process left its group).
+    __slots__ = ("after", "messages", "users")
 
-        On a later join the first update of each object is delivered at once instead of being
-        held for a predecessor this process will never see.
-        """
-        for key in self._keys.pop(topic, ()):
-            self._last.pop((topic, key), None)
-        for slot in [slot for slot in self._held if slot[0] == topic]:
-            self._give_up(slot)
+    def __init__(self, after: int | None) -> None:
+        self.after = after  # None until the topic's stream knows its position
+        self.messages: list[tuple[int, str]] = []
+        self.users = 1
 
-    def _unindex(self, slot: tuple[str, str]) -> None:
-        keys = self._keys.get(slot[0])
-        if keys is not None:
-            keys.discard(slot[1])
-            if not keys:
-                del self._keys[slot[0]]
 
-    def _give_up(self, slot: tuple[str, str]) -> None:
-        """The predecessor never came (or is forgotten): deliver what is held, in order."""
-        timer = self._timers.pop(slot, None)
-        if timer is not None:
-            timer.cancel()
-        held = self._held.pop(slot, {})
-        for seq in sorted(held):
-            self._deliver(slot[0], held[seq])
-            if slot in self._last:
-                self._last[slot] = seq
+@dataclass(slots=True)
+class SubscribeRequest:
+    """One entry of a subscribe request (CONTRACT section 9)."""
+
+    topic: str
+    since: Position | None = None
+    snapshot: bool = False
+
+
+@dataclass(slots=True)
+class Subscribed:
+    """What subscribing one topic gave: its position, and a recovery or a reason for a reset.
+
+    The topic stays held (its live messages wait) until `Hub.release`: the caller sends its
+    reply, then `replay` (or a snapshot fenced at `position`), then releases.
+    """
+
+    topic: str
+    position: Position | None = None
+    failed: bool = False
+    recovered: bool = False
+    reset: str | None = None
+    replay: list[str] = field(default_factory=list)
+    snapshot: bool = False
 
 
 class Hub:
@@ -169,11 +144,13 @@ class Hub:
         self._tasks: list[asyncio.Task[None]] = []
         self._side_tasks: set[asyncio.Task[Any]] = set()
         self.messages_delivered = 0
-        self.sequencer = Sequencer(self.deliver)
+        self.history = history_for(self.layer)
+        # topic -> its live stream here (seq tracking, gap repair), while the process serves it.
+        self._streams: dict[str, Stream] = {}
         # Topics with a delivery in slices under way: what arrives meanwhile queues behind it.
-        self._backlog: dict[str, collections.deque[str]] = {}
-        # topic -> subscriber -> messages held while the subscriber's permissions are re-checked.
-        self._held: dict[str, dict[Subscriber, list[str]]] = {}
+        self._backlog: dict[str, collections.deque[tuple[int, str]]] = {}
+        # topic -> subscriber -> its held messages (a subscription being fenced, a re-check).
+        self._held: dict[str, dict[Subscriber, Hold]] = {}
         # Goes up with every permission re-check, so a subscription authorised while one ran is
         # authorised again (realtime.consumers).
         self.permission_changes = 0
@@ -269,23 +246,125 @@ class Hub:
         self.connections.pop(subscriber.connection_id, None)
         return self._remove(subscriber, topics)
 
-    async def subscribe(self, subscriber: Subscriber, topics: Iterable[str]) -> list[str]:
-        """Add local subscriptions, each once the process receives the topic's messages.
+    async def subscribe(
+        self, subscriber: Subscriber, requests: Sequence[SubscribeRequest]
+    ) -> list[Subscribed]:
+        """Add local subscriptions, each fenced by seq (CONTRACT section 9).
 
-        Returns the topics that could not be joined (the channel layer is unreachable): those
-        are not subscribed, here or anywhere, and the caller must say so to its client.
+        Each topic is held for the subscriber from this instant: its position is what the
+        stream had delivered here just before (or its head, once a first join reads it), and
+        every later message waits in the hold until `release`. A `since` is then answered from
+        the history (recovered, or reset with a reason), and a snapshot wanted is fenced at the
+        position. A topic that cannot be joined (the channel layer or the history is unreachable)
+        comes back `failed`: not subscribed, here or anywhere, and the caller must say so.
         """
-        failed = []
-        for topic in topics:
+        for request in requests:
+            topic = request.topic
             self.topics.setdefault(topic, set()).add(subscriber)
-            if group_name(topic) in self._joined:
-                continue
-            try:
+            stream = self._streams.get(topic)
+            if stream is None:
+                stream = self._streams[topic] = Stream()
+            self._hold(topic, subscriber, stream)
+        return list(await asyncio.gather(*(self._subscribe_one(subscriber, r) for r in requests)))
+
+    async def _subscribe_one(self, subscriber: Subscriber, request: SubscribeRequest) -> Subscribed:
+        topic = request.topic
+        result = Subscribed(topic)
+        stream = self._streams.get(topic)
+        try:
+            if stream is None or not stream.ready or group_name(topic) not in self._joined:
                 await self._sync_membership(topic)
-            except LayerUnavailable:
-                failed.append(topic)
-                self._remove(subscriber, (topic,))
-        return failed
+            stream = self._streams.get(topic)
+            hold = self._held.get(topic, {}).get(subscriber)
+            if stream is None or not stream.ready or hold is None or hold.after is None:
+                raise LayerUnavailable("the subscription ended while it was being set up")
+        except LayerUnavailable:
+            result.failed = True
+            self._remove(subscriber, (topic,))
+            await self.release_topics([t for t in (topic,) if not self.topics.get(t)])
+            return result
+        assert stream.epoch is not None
+        position = hold.after
+        result.position = Position(stream.epoch, position)
+        since = request.since
+        if since is not None:
+            if since.epoch != stream.epoch:
+                result.reset = "epoch"
+            elif since.seq == position:
+                result.recovered = True
+            else:
+                await self._recover_range(topic, stream, hold, since, result)
+        if request.snapshot and not result.recovered:
+            result.snapshot = True
+        return result
+
+    async def _recover_range(
+        self, topic: str, stream: Stream, hold: Hold, since: Position, result: Subscribed
+    ) -> None:
+        """Answer a `since` other than the position from the history: exact, or a reset."""
+        assert result.position is not None
+        position = result.position.seq
+        try:
+            read = await self.history.read(topic, min(since.seq, position))
+        except HistoryUnavailable as exc:
+            logger.warning("Could not read the history of %s for a resume: %s", topic, exc)
+            result.reset = "unavailable"
+            return
+        if read.epoch != since.epoch or since.seq > read.head:
+            result.reset = "epoch"  # the history was reset, or never held that position
+            return
+        if not read.complete:
+            result.reset = "expired"
+            return
+        # What the history holds beyond this process's stream goes to every subscriber now (it
+        # reaches this one's hold, after its position), and the live copies become duplicates.
+        if self._streams.get(topic) is stream and read.epoch == stream.epoch:
+            self._advance(topic, stream, read.entries)
+        if since.seq < position:
+            result.replay = [text for seq, text in read.entries if seq <= position]
+        else:  # the client saw more than this process has delivered: skip what it holds
+            hold.after = since.seq
+            result.position = Position(since.epoch, since.seq)
+        result.recovered = True
+        stats.count("resumes_recovered")
+
+    def release(self, topic: str, subscriber: Subscriber) -> None:
+        """End one hold of `subscriber` on `topic`: once none is left, send what waited."""
+        held = self._held.get(topic)
+        if held is None or (hold := held.get(subscriber)) is None:
+            return
+        hold.users -= 1
+        if hold.users > 0:
+            return
+        del held[subscriber]
+        if not held:
+            del self._held[topic]
+        if subscriber not in self.topics.get(topic, ()):
+            return
+        after = hold.after or 0
+        for seq, text in hold.messages:
+            if seq > after:
+                subscriber.push(text)
+
+    def _hold(self, topic: str, subscriber: Subscriber, stream: Stream | None) -> Hold:
+        held = self._held.setdefault(topic, {})
+        hold = held.get(subscriber)
+        if hold is not None:
+            hold.users += 1
+            return hold
+        after = stream.last if stream is not None and stream.ready else None
+        hold = held[subscriber] = Hold(after)
+        return hold
+
+    async def latest(self, topic: str, seq: int) -> str | None:
+        """The message `seq` of `topic` from the history (a latest-value topic's snapshot)."""
+        if seq <= 0:
+            return None
+        read = await self.history.read(topic, seq - 1)
+        for entry_seq, text in read.entries:
+            if entry_seq == seq:
+                return text
+        return None
 
     async def unsubscribe(self, subscriber: Subscriber, topics: Iterable[str]) -> None:
         await self.release_topics(self._remove(subscriber, topics))
@@ -320,6 +399,10 @@ class Hub:
         Raises LayerUnavailable when a wanted join fails.
         """
         if self.layer is None or self.channel_name is None:
+            if self.topics.get(topic):
+                await self._start_stream(topic)
+            else:
+                self._streams.pop(topic, None)
             return
         group = group_name(topic)
         lock, users = self._topic_locks.setdefault(group, (asyncio.Lock(), [0]))
@@ -337,9 +420,12 @@ class Hub:
                         logger.warning("Could not join group %s: %r", group, exc)
                         raise LayerUnavailable(str(exc)) from exc
                     self._joined.add(group)
-                elif joined and not wanted:
+                if wanted:
+                    await self._start_stream(topic)
+                else:
+                    self._streams.pop(topic, None)
+                if joined and not wanted:
                     self._joined.discard(group)
-                    self.sequencer.forget_topic(topic)
                     try:
                         await self.layer.group_discard(group, self.channel_name)
                     except Exception as exc:
@@ -349,9 +435,121 @@ class Hub:
             if not users[0]:
                 del self._topic_locks[group]
 
+    # --- streams: seqs in order, gaps repaired from the history ------------------------------
+
+    async def _start_stream(self, topic: str) -> None:
+        """Learn where the topic's stream starts here: its head in the history, read after the
+        group was joined (so every later message reaches this process)."""
+        stream = self._streams.get(topic)
+        if stream is None:
+            stream = self._streams[topic] = Stream()
+        if stream.ready:
+            return
+        try:
+            head = await self.history.head(topic)
+        except HistoryUnavailable as exc:
+            logger.warning("Could not read the history head of %s: %s", topic, exc)
+            raise LayerUnavailable(str(exc)) from exc
+        if self._streams.get(topic) is not stream or stream.ready:
+            return
+        stream.epoch = head.epoch
+        stream.last = stream.delivered = head.seq
+        stream.ready = True
+        for hold in self._held.get(topic, {}).values():
+            if hold.after is None:
+                hold.after = head.seq
+        self._drain_pending(topic, stream, may_repair=True)
+
+    def receive(self, topic: str, epoch: str, seq: int, text: str) -> None:
+        """A message from the channel layer: deliver it in seq order (see Stream)."""
+        stream = self._streams.get(topic)
+        if stream is None:
+            return  # no longer served here (left meanwhile)
+        if not stream.ready or stream.repairing:
+            stream.pending[seq] = (epoch, text)
+            return
+        self._accept(topic, stream, epoch, seq, text, may_repair=True)
+
+    def _accept(
+        self, topic: str, stream: Stream, epoch: str, seq: int, text: str, *, may_repair: bool
+    ) -> None:
+        if epoch != stream.epoch:
+            if epoch in stream.retired:
+                return  # sent before the history was reset, arriving late
+            logger.warning(
+                "Topic %s: new epoch %s (was %s at seq %d): its history was reset",
+                topic,
+                epoch,
+                stream.epoch,
+                stream.last,
+            )
+            stats.count("epoch_changes")
+            if stream.epoch is not None:
+                stream.retired.add(stream.epoch)
+            stream.epoch, stream.last, stream.delivered = epoch, 0, 0
+        if seq <= stream.last:
+            return  # delivered already: a repair read it from the history first
+        if seq > stream.last + 1:
+            if may_repair:
+                stream.pending[seq] = (epoch, text)
+                stream.repairing = True
+                self._spawn(self._repair(topic, stream))
+                return
+            stats.count("gaps_unrepaired")
+            logger.warning(
+                "Topic %s: seqs %d-%d are missing and not in the history; delivering %d "
+                "(its subscribers see the gap and reload)",
+                topic,
+                stream.last + 1,
+                seq - 1,
+                seq,
+            )
+        stream.last = seq
+        self.deliver(topic, seq, text)
+
+    async def _repair(self, topic: str, stream: Stream) -> None:
+        """Read what a gap misses from the history, then deliver it and what waited, in order."""
+        stats.count("gap_repairs")
+        entries: list[tuple[int, str]] = []
+        try:
+            read = await self.history.read(topic, stream.last)
+            if read.epoch == stream.epoch:
+                entries = read.entries
+        except HistoryUnavailable as exc:
+            logger.warning("Could not repair a gap on %s from the history: %s", topic, exc)
+        except Exception:
+            logger.exception("Repairing a gap on %s failed", topic)
+        finally:
+            stream.repairing = False
+        if self._streams.get(topic) is not stream:
+            return
+        before = stream.last
+        self._advance(topic, stream, entries)
+        if stream.last > before:
+            logger.info(
+                "Topic %s: repaired seqs %d-%d from the history", topic, before + 1, stream.last
+            )
+        self._drain_pending(topic, stream, may_repair=False)
+
+    def _advance(self, topic: str, stream: Stream, entries: Sequence[tuple[int, str]]) -> None:
+        """Deliver history entries that follow the stream's position, as far as they are
+        contiguous."""
+        for seq, text in entries:
+            if seq == stream.last + 1:
+                stream.last = seq
+                self.deliver(topic, seq, text)
+            elif seq > stream.last + 1:
+                break
+
+    def _drain_pending(self, topic: str, stream: Stream, *, may_repair: bool) -> None:
+        while stream.pending and not stream.repairing:
+            seq = min(stream.pending)
+            epoch, text = stream.pending.pop(seq)
+            self._accept(topic, stream, epoch, seq, text, may_repair=may_repair)
+
     # --- delivery ----------------------------------------------------------------------
 
-    def deliver(self, topic: str, text: str) -> None:
+    def deliver(self, topic: str, seq: int, text: str) -> None:
         """Hand one encoded message to every local subscriber of `topic`, in arrival order.
 
         Up to DELIVERY_SLICE subscribers at once; a topic with more is delivered in slices by a
@@ -359,24 +557,30 @@ class Hub:
         """
         backlog = self._backlog.get(topic)
         if backlog is not None:
-            backlog.append(text)
+            backlog.append((seq, text))
             return
         subscribers = self.topics.get(topic)
         if not subscribers:
             return
         if len(subscribers) > realtime_settings.DELIVERY_SLICE:
-            self._backlog[topic] = collections.deque((text,))
+            self._backlog[topic] = collections.deque(((seq, text),))
             self._spawn(self._deliver_in_slices(topic))
             return
-        self._push_all(topic, tuple(subscribers), text)
+        self._push_all(topic, tuple(subscribers), seq, text)
+        self._delivered(topic, seq)
 
-    def _push_all(self, topic: str, subscribers: Sequence[Subscriber], text: str) -> None:
+    def _delivered(self, topic: str, seq: int) -> None:
+        stream = self._streams.get(topic)
+        if stream is not None and seq > stream.delivered:
+            stream.delivered = seq
+
+    def _push_all(self, topic: str, subscribers: Sequence[Subscriber], seq: int, text: str) -> None:
         held = self._held.get(topic)
-        if held:  # a permission re-check is under way on this topic: its messages wait
+        if held:  # some subscriptions are being fenced or re-checked: theirs wait
             for subscriber in subscribers:
-                waiting = held.get(subscriber)
-                if waiting is not None:
-                    waiting.append(text)
+                hold = held.get(subscriber)
+                if hold is not None:
+                    hold.messages.append((seq, text))
                 else:
                     subscriber.push(text)
         else:
@@ -389,17 +593,53 @@ class Hub:
         size = realtime_settings.DELIVERY_SLICE
         try:
             while backlog:
-                text = backlog.popleft()
+                seq, text = backlog.popleft()
                 subscribers = tuple(self.topics.get(topic, ()))
                 for start in range(0, len(subscribers), size):
                     if start:
                         await asyncio.sleep(0)
                     current = self.topics.get(topic, ())  # unsubscribed meanwhile: skipped
                     part = [s for s in subscribers[start : start + size] if s in current]
-                    self._push_all(topic, part, text)
+                    self._push_all(topic, part, seq, text)
+                self._delivered(topic, seq)
                 await asyncio.sleep(0)
         finally:
             del self._backlog[topic]
+
+    def positions(self, subscriber: Subscriber) -> dict[str, dict[str, Any]]:
+        """The positions a HEARTBEAT reports to `subscriber`: of its topics not held right now,
+        the last seq every subscriber was handed (never more than it was handed)."""
+        result = {}
+        for topic in subscriber.topics:
+            stream = self._streams.get(topic)
+            if stream is None or not stream.ready or stream.epoch is None:
+                continue
+            held = self._held.get(topic)
+            if held and subscriber in held:
+                continue
+            result[topic] = {"epoch": stream.epoch, "seq": stream.delivered}
+        return result
+
+    async def send_heartbeats(self) -> None:
+        """A HEARTBEAT to every local connection, with the positions of its topics (CONTRACT
+        section 9), in slices like `broadcast`; one shared text for connections without topics."""
+        server_time = _server_time()
+        bare = encode(MessageType.HEARTBEAT, {"serverTime": server_time})
+        subscribers = tuple(self.connections.values())
+        for start in range(0, len(subscribers), BROADCAST_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            for subscriber in subscribers[start : start + BROADCAST_SLICE]:
+                positions = self.positions(subscriber) if subscriber.topics else None
+                if positions:
+                    subscriber.push(
+                        encode(
+                            MessageType.HEARTBEAT,
+                            {"serverTime": server_time, "positions": positions},
+                        )
+                    )
+                else:
+                    subscriber.push(bare)
 
     async def broadcast(self, text: str) -> None:
         """Hand one encoded message to every local connection (server heartbeats).
@@ -475,15 +715,12 @@ class Hub:
             if not affected:
                 continue
             for topic in affected:
-                self._held.setdefault(topic, {}).setdefault(subscriber, [])
+                self._hold(topic, subscriber, self._streams.get(topic))
             self._spawn(self._recheck_subscriber(subscriber, affected))
 
     async def _recheck_subscriber(self, subscriber: Subscriber, topics: set[str]) -> None:
-        revoked: list[str] = []
         try:
-            revoked = await asyncio.wait_for(
-                subscriber.recheck_permissions(topics), RECHECK_TIMEOUT_SECS
-            )
+            await asyncio.wait_for(subscriber.recheck_permissions(topics), RECHECK_TIMEOUT_SECS)
         except Exception:
             logger.exception(
                 "Could not re-check the permissions of connection %s; closing it",
@@ -491,26 +728,15 @@ class Hub:
             )
             stats.count("permission_recheck_failed")
             subscriber.close_with(CloseCode.STREAM_INTERRUPTED, "permissions could not be checked")
-            revoked = list(topics)
         finally:
+            # A revoked topic was dropped with its hold, and a closing connection sends nothing.
             for topic in topics:
-                held = self._held.get(topic)
-                waiting = held.pop(subscriber, None) if held is not None else None
-                if held is not None and not held:
-                    del self._held[topic]
-                if waiting and topic not in revoked and subscriber in self.topics.get(topic, ()):
-                    for text in waiting:
-                        subscriber.push(text)
+                self.release(topic, subscriber)
 
     def dispatch(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
         if kind == HUB_MESSAGE:
-            if "key" in message:
-                self.sequencer.offer(
-                    message["topic"], message["key"], message["seq"], message["text"]
-                )
-            else:
-                self.deliver(message["topic"], message["text"])
+            self.receive(message["topic"], message["epoch"], message["seq"], message["text"])
         elif kind == HUB_CONTROL:
             self.handle_control(message)
         else:
@@ -636,7 +862,7 @@ class Hub:
         while True:
             await asyncio.sleep(interval)
             if self.connections:
-                await self.broadcast(encode(MessageType.HEARTBEAT, {"serverTime": _server_time()}))
+                await self.send_heartbeats()
             try:
                 restored = await database_sync_to_async(connections.server_process_heartbeat)(
                     server_id=self.server_id, channel_name=self.channel_name or ""

@@ -48,6 +48,8 @@ OPCODE_BINARY = 0x2
 # RFC 6455 7.4.1: "a message that is too big for it to process". Not in CloseCode: it is the
 # WebSocket standard's, and autobahn's `sendClose` refuses it (only 1000 and 3000-4999).
 MESSAGE_TOO_BIG = 1009
+# Seconds a large reply in parts (a snapshot) waits for the client to read before sending on.
+ROOM_WAIT_SECS = 30.0
 # RFC 6455 5.5: a close frame's payload is at most 125 bytes, two of them the code.
 _MAX_CLOSE_REASON_BYTES = 123
 # Seconds a close waits for the text queued before it to be sent (not for 4508).
@@ -702,6 +704,24 @@ class Outbox:
             await self.adapter.close(self._close_send, code, reason)
         except Exception as exc:
             logger.debug("Close failed on %s (%r); already gone", self.name, exc)
+
+    async def wait_for_room(self, size: int) -> None:
+        """Wait until `size` more bytes fit in half the send buffer, or ROOM_WAIT_SECS pass.
+
+        For large replies sent in parts (snapshots): each part goes out as the client reads, so
+        one state does not fill the buffer that live updates need. A client that reads nothing
+        for that long gets the rest anyway, and overflows like any slow client (4508). Polled:
+        the server's transport offers no event for its buffer draining below a mark.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ROOM_WAIT_SECS
+        budget = max(self.max_bytes // 2, size)
+        while True:
+            if self.closing or loop.time() >= deadline:
+                return
+            if self._unsent() + self._queued_bytes + size <= budget:
+                return
+            await asyncio.sleep(0.01)
 
     def disconnected(self) -> None:
         """The client is gone: stop sending; what was queued is counted as dropped."""

@@ -24,6 +24,7 @@ class MessageType(StrEnum):
     SUBSCRIPTION = "SUBSCRIPTION"
     HEARTBEAT = "HEARTBEAT"
     ERROR = "ERROR"
+    SNAPSHOT = "SNAPSHOT"
 
 
 # Types a client may send; the rest are server-to-client only.
@@ -85,11 +86,25 @@ def encode_payload(payload: dict[str, Any]) -> str:
     return encode_json(payload)
 
 
-def encode_for_topic(message_type: str, topic: str, payload_json: str, timestamp: str) -> str:
-    """An update's envelope for one topic, around its already-encoded payload."""
-    return (
-        f'{{"type":"{message_type}","topic":{encode_json(topic)},'
-        f'"timestamp":"{timestamp}","payload":{payload_json}}}'
+@dataclass(slots=True)
+class Envelope:
+    """An update's text for one topic, around the seq and epoch that `append` fills in."""
+
+    head: str  # '{"type":"ORDER_UPDATE","topic":"user:1:orders","seq":'
+    tail: str  # ',"timestamp":"...","payload":{...}}'
+
+    def text(self, seq: int, epoch: str) -> str:
+        return f'{self.head}{seq},"epoch":"{epoch}"{self.tail}'
+
+
+def envelope_for_topic(
+    message_type: str, topic: str, payload_json: str, timestamp: str
+) -> Envelope:
+    """An update's envelope for one topic, around its already-encoded payload; the history fills
+    in its seq and epoch (CONTRACT section 9)."""
+    return Envelope(
+        f'{{"type":"{message_type}","topic":{encode_json(topic)},"seq":',
+        f',"timestamp":"{timestamp}","payload":{payload_json}}}',
     )
 
 

@@ -16,8 +16,9 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.db import transaction
 
 from realtime import stats
+from realtime.history import HistoryUnavailable, append_in_order, history_for
 from realtime.hub import CONTROL_GROUP, HUB_CONTROL, HUB_MESSAGE
-from realtime.protocol import CloseCode, encode_for_topic, encode_payload
+from realtime.protocol import CloseCode, encode_payload, envelope_for_topic
 from realtime.topics import group_name
 from tradingrt.formats import now_timestamp
 
@@ -34,8 +35,8 @@ def layer_is_shared() -> bool:
     return layer is not None and not isinstance(layer, InMemoryChannelLayer)
 
 
-# (key, seq): the object an update is about and its version; hubs deliver one key's updates
-# in seq order even if two processes' commits race to publish them.
+# (key, version): the object an update is about and its version; its seqs follow versions even
+# if two processes' commits race to publish them (realtime.history).
 Ordering = tuple[str, int] | None
 
 
@@ -81,6 +82,14 @@ def _publish_encoded(
     """
     try:
         async_to_sync(_send_to_topics)(message_type, topics, payload_json, ordering)
+    except HistoryUnavailable as exc:
+        stats.count("publish_failed")
+        logger.error(
+            "Publishing a committed %s to %s failed: the history store cannot be reached (%s)",
+            message_type,
+            topics,
+            exc,
+        )
     except Exception:
         stats.count("publish_failed")
         logger.exception("Publishing a committed %s to %s failed", message_type, topics)
@@ -89,19 +98,33 @@ def _publish_encoded(
 async def _send_to_topics(
     message_type: str, topics: tuple[str, ...], payload_json: str, ordering: Ordering
 ) -> None:
+    """Give the update its seq on every topic (realtime.history), then send it to the hubs.
+
+    The text a hub delivers is the one stored in the history, byte for byte, so what a client
+    gets live and what it gets replayed are the same message.
+    """
     layer = get_channel_layer()
     if layer is None:
         return
     timestamp = now_timestamp()
-    for topic in topics:
-        message: dict[str, Any] = {
-            "type": HUB_MESSAGE,
-            "topic": topic,
-            "text": encode_for_topic(message_type, topic, payload_json, timestamp),
-        }
-        if ordering is not None:
-            message["key"], message["seq"] = ordering
-        await layer.group_send(group_name(topic), message)
+    envelopes = [
+        envelope_for_topic(message_type, topic, payload_json, timestamp) for topic in topics
+    ]
+    key, version = ordering if ordering is not None else (None, None)
+    appended = await append_in_order(
+        history_for(layer), topics, envelopes, key=key, version=version
+    )
+    for topic, envelope, position in zip(topics, envelopes, appended.positions, strict=False):
+        await layer.group_send(
+            group_name(topic),
+            {
+                "type": HUB_MESSAGE,
+                "topic": topic,
+                "seq": position.seq,
+                "epoch": position.epoch,
+                "text": envelope.text(position.seq, position.epoch),
+            },
+        )
 
 
 def disconnect(

@@ -59,7 +59,7 @@ class OrderUpdateService:
             MessageType.ORDER_UPDATE,
             cls.topics(order),
             payload,
-            ordering=(f"order:{order.pk}", order.version),
+            ordering=(ordering_key("order", order), order.version),
         )
 
 
@@ -91,7 +91,7 @@ class PositionUpdateService:
             MessageType.POSITION_UPDATE,
             cls.topics(position),
             payload,
-            ordering=(f"position:{position.pk}", position.version),
+            ordering=(ordering_key("position", position), position.version),
         )
 
 
@@ -122,8 +122,19 @@ class StrategyMonitorService:
             MessageType.STRATEGY_UPDATE,
             cls.topics(strategy),
             payload,
-            ordering=(f"strategy:{strategy.pk}", strategy.version),
+            ordering=(ordering_key("strategy", strategy), strategy.version),
         )
+
+
+def ordering_key(kind: str, instance: Any) -> str:
+    """The object an update is about, for the history's version gate (realtime.history).
+
+    The creation time is part of it: a primary key used again (a database restored, rolled-back
+    test data) names another object, whose versions start again at 1.
+    """
+    created = instance.created_at
+    stamp = int(created.timestamp() * 1_000_000) if created is not None else 0
+    return f"{kind}:{instance.pk}:{stamp}"
 
 
 def execution_payload(fill: Any) -> dict[str, Any]:

@@ -34,6 +34,8 @@ class RejectReason(StrEnum):
     LIMIT_EXCEEDED = "limit_exceeded"
     # The channel layer could not take the subscription now (Redis unreachable): try again later.
     UNAVAILABLE = "unavailable"
+    # A subscribe entry's option (since, snapshot, ...) is malformed (CONTRACT section 9).
+    INVALID_OPTION = "invalid_option"
 
 
 class TopicError(Exception):

@@ -211,6 +211,14 @@ def _fresh_user_cache():
     user_cache.clear()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_history():
+    """Each test starts with an empty in-process topic history, in a new epoch."""
+    from realtime.history import memory_history
+
+    memory_history().reset()
+
+
 def _retry_flush_on_deadlock() -> None:
     """PostgreSQL: a test's closing TRUNCATE can deadlock with a live server's own writes
     (heartbeats, connection records); Postgres aborts one side, so try the flush again."""

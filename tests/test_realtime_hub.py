@@ -1,80 +1,12 @@
-"""The hub: ordering of each object's updates (Sequencer) and server-wide broadcasts."""
+"""The hub: server-wide broadcasts, group membership, and each topic's stream (seq order,
+duplicates, gap repair from the history, fenced subscriptions, resume)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
-
-from realtime.hub import Sequencer
-
-
-class Recorder:
-    def __init__(self):
-        self.delivered: list[tuple[str, str]] = []
-
-    def __call__(self, topic: str, text: str) -> None:
-        self.delivered.append((topic, text))
-
-    def texts(self, topic: str = "orders") -> list[str]:
-        return [text for t, text in self.delivered if t == topic]
-
-
-@pytest.fixture
-def recorder():
-    return Recorder()
-
-
-async def test_in_order_updates_pass_straight_through(recorder):
-    sequencer = Sequencer(recorder)
-    for seq in (1, 2, 3):
-        sequencer.offer("orders", "order:1", seq, f"v{seq}")
-    assert recorder.texts() == ["v1", "v2", "v3"]
-
-
-async def test_an_update_ahead_of_its_predecessor_waits_for_it(recorder, settings):
-    settings.REALTIME = {"REORDER_WAIT_SECS": 5}
-    sequencer = Sequencer(recorder)
-    sequencer.offer("orders", "order:1", 1, "v1")
-    sequencer.offer("orders", "order:1", 3, "v3")
-    sequencer.offer("orders", "order:1", 4, "v4")
-    assert recorder.texts() == ["v1"]
-    sequencer.offer("orders", "order:1", 2, "v2")
-    assert recorder.texts() == ["v1", "v2", "v3", "v4"]
-
-
-async def test_a_predecessor_that_never_comes_is_given_up_on(recorder, settings):
-    settings.REALTIME = {"REORDER_WAIT_SECS": 0.05}
-    sequencer = Sequencer(recorder)
-    sequencer.offer("orders", "order:1", 1, "v1")
-    sequencer.offer("orders", "order:1", 4, "v4")
-    sequencer.offer("orders", "order:1", 3, "v3")
-    await asyncio.sleep(0.2)
-    assert recorder.texts() == ["v1", "v3", "v4"]
-    sequencer.offer("orders", "order:1", 2, "v2")  # too late: never delivered out of order
-    sequencer.offer("orders", "order:1", 5, "v5")
-    assert recorder.texts() == ["v1", "v3", "v4", "v5"]
-    assert sequencer.dropped == 1
-
-
-async def test_objects_and_topics_are_ordered_independently(recorder, settings):
-    settings.REALTIME = {"REORDER_WAIT_SECS": 5}
-    sequencer = Sequencer(recorder)
-    sequencer.offer("orders", "order:1", 7, "a7")
-    sequencer.offer("orders", "order:2", 3, "b3")
-    sequencer.offer("user:1:orders", "order:1", 9, "c9")  # first seen on this topic
-    sequencer.offer("orders", "order:1", 8, "a8")
-    assert recorder.texts() == ["a7", "b3", "a8"]
-    assert recorder.texts("user:1:orders") == ["c9"]
-
-
-async def test_memory_is_bounded(recorder):
-    sequencer = Sequencer(recorder)
-    sequencer.MAX_TRACKED = 10
-    for n in range(100):
-        sequencer.offer("orders", f"order:{n}", 1, "x")
-    assert len(sequencer._last) == 10
-    assert len(recorder.delivered) == 100
 
 
 class Counted:
@@ -123,7 +55,10 @@ async def test_a_server_wide_broadcast_reaches_everyone_in_slices_letting_the_lo
 from channels.layers import InMemoryChannelLayer  # noqa: E402
 
 from realtime import connections as connection_records  # noqa: E402
-from realtime.hub import Hub  # noqa: E402
+from realtime import stats  # noqa: E402
+from realtime.history import Position, memory_history  # noqa: E402
+from realtime.hub import Hub, SubscribeRequest  # noqa: E402
+from realtime.protocol import envelope_for_topic  # noqa: E402
 from realtime.topics import group_name  # noqa: E402
 
 
@@ -160,24 +95,58 @@ class FlakyLayer(InMemoryChannelLayer):
 
 @pytest.fixture
 async def hub(transactional_db):
+    memory_history().reset()
     hub = Hub()
     hub.layer = FlakyLayer(capacity=10_000)
+    hub.history = memory_history()
     await hub.start()
     yield hub
     await hub.stop()
 
 
+async def subscribe(hub, listener, *topics, since=None, snapshot=False):
+    """Subscribe like the consumer: fenced, then released; returns the results."""
+    listener.topics.update(topics)
+    results = await hub.subscribe(
+        listener, [SubscribeRequest(t, since=since, snapshot=snapshot) for t in topics]
+    )
+    for result in results:
+        if result.failed:
+            listener.topics.discard(result.topic)
+            continue
+        for text in result.replay:
+            listener.push(text)
+        hub.release(result.topic, listener)
+    return results
+
+
+def publish(hub, topic, n=1, *, deliver=True):
+    """Append `n` messages to the topic's history and hand them to the hub (unless dropped)."""
+    texts = []
+    for _ in range(n):
+        envelope = envelope_for_topic("MARKET_DATA", topic, "{}", "2026-11-29T00:00:00.000Z")
+        position = hub.history.append_now([topic], [envelope]).positions[0]
+        text = envelope.text(position.seq, position.epoch)
+        texts.append(text)
+        if deliver:
+            hub.receive(topic, position.epoch, position.seq, text)
+    return texts
+
+
+def seqs(listener):
+    return [json.loads(text)["seq"] for text in listener.received]
+
+
 async def test_a_failed_group_join_leaves_nothing_half_subscribed(hub):
     listener = Listener("c1")
     hub.layer.down = True
-    assert await hub.subscribe(listener, ["market:AAPL", "market:MSFT"]) == [
-        "market:AAPL",
-        "market:MSFT",
-    ]
-    assert hub.topics == {}
+    results = await subscribe(hub, listener, "market:AAPL", "market:MSFT")
+    assert [r.failed for r in results] == [True, True]
+    assert hub.topics == {} and hub._held == {} and hub._streams == {}
     assert group_name("market:AAPL") not in hub._joined
     hub.layer.down = False
-    assert await hub.subscribe(listener, ["market:AAPL"]) == []
+    results = await subscribe(hub, listener, "market:AAPL")
+    assert not results[0].failed and results[0].position.seq == 0
     assert hub.topics == {"market:AAPL": {listener}}
 
 
@@ -185,21 +154,149 @@ async def test_membership_locks_are_dropped_once_no_change_is_under_way(hub):
     listeners = [Listener(f"c{n}") for n in range(3)]
     for n in range(50):
         topic = f"market:S{n}"
-        await asyncio.gather(*(hub.subscribe(listener, [topic]) for listener in listeners))
+        await asyncio.gather(*(subscribe(hub, listener, topic) for listener in listeners))
         await asyncio.gather(*(hub.unsubscribe(listener, [topic]) for listener in listeners))
-    assert hub._topic_locks == {}
+    assert hub._topic_locks == {} and hub._streams == {} and hub._held == {}
     assert hub._joined == {"rt.control"}
 
 
-async def test_leaving_a_topic_forgets_its_ordering_so_a_rejoin_delivers_at_once(hub, settings):
-    settings.REALTIME = {"REORDER_WAIT_SECS": 5}
+async def test_a_stream_delivers_in_seq_order_and_skips_duplicates(hub):
     listener = Listener("c1")
-    await hub.subscribe(listener, ["orders"])
-    hub.sequencer.offer("orders", "order:1", 1, "v1")
-    await hub.unsubscribe(listener, ["orders"])
-    await hub.subscribe(listener, ["orders"])
-    hub.sequencer.offer("orders", "order:1", 7, "v7")  # v2-v6 went while nobody here listened
-    assert listener.received == ["v1", "v7"]
+    [result] = await subscribe(hub, listener, "orders")
+    assert result.position.seq == 0
+    texts = publish(hub, "orders", 3)
+    hub.receive("orders", result.position.epoch, 2, texts[1])  # again: a duplicate
+    assert seqs(listener) == [1, 2, 3]
+
+
+async def test_a_message_dropped_by_the_layer_is_repaired_from_the_history(hub):
+    listener = Listener("c1")
+    await subscribe(hub, listener, "orders")
+    publish(hub, "orders", 2)
+    publish(hub, "orders", 2, deliver=False)  # seqs 3 and 4 never reach the hub
+    publish(hub, "orders", 1)  # 5 shows the gap
+    assert seqs(listener) == [1, 2]  # 5 waits for the repair
+    await asyncio.sleep(0.01)
+    assert seqs(listener) == [1, 2, 3, 4, 5]
+    publish(hub, "orders", 1)
+    assert seqs(listener) == [1, 2, 3, 4, 5, 6]
+
+
+async def test_messages_crossing_in_the_layer_are_delivered_in_seq_order(hub):
+    listener = Listener("c1")
+    await subscribe(hub, listener, "orders")
+    first, second = publish(hub, "orders", 2, deliver=False)
+    epoch = json.loads(first)["epoch"]
+    hub.receive("orders", epoch, 2, second)  # the later publisher's send arrived first
+    hub.receive("orders", epoch, 1, first)
+    await asyncio.sleep(0.01)
+    assert seqs(listener) == [1, 2]
+
+
+async def test_a_gap_the_history_no_longer_holds_is_delivered_and_counted(hub, settings):
+    settings.REALTIME = {"HISTORY_SIZE": 2}
+    listener = Listener("c1")
+    await subscribe(hub, listener, "orders")
+    publish(hub, "orders", 1)
+    publish(hub, "orders", 4, deliver=False)  # 2-5 never reach the hub
+    before = stats.counters["gaps_unrepaired"]
+    publish(hub, "orders", 1)  # 6: the history holds only 5 and 6 now
+    await asyncio.sleep(0.01)
+    assert seqs(listener) == [1, 6]  # the client sees the jump and reloads
+    assert stats.counters["gaps_unrepaired"] == before + 1
+
+
+async def test_a_subscription_takes_effect_at_its_position_with_no_gap_or_duplicate(hub):
+    early, late = Listener("c1"), Listener("c2")
+    await subscribe(hub, early, "orders")
+    publish(hub, "orders", 3)
+    [result] = await subscribe(hub, late, "orders")
+    assert result.position.seq == 3
+    publish(hub, "orders", 2)
+    assert seqs(early) == [1, 2, 3, 4, 5] and seqs(late) == [4, 5]
+
+
+async def test_messages_during_a_fence_wait_in_the_hold_and_follow_the_replay(hub):
+    watcher, resumer = Listener("c1"), Listener("c2")
+    await subscribe(hub, watcher, "orders")
+    publish(hub, "orders", 5)
+    epoch = json.loads(watcher.received[0])["epoch"]
+    resumer.topics.add("orders")
+    [result] = await hub.subscribe(resumer, [SubscribeRequest("orders", since=Position(epoch, 2))])
+    assert result.recovered and [json.loads(t)["seq"] for t in result.replay] == [3, 4, 5]
+    publish(hub, "orders", 2)  # live while the reply is being sent: held
+    assert resumer.received == []
+    for text in result.replay:
+        resumer.push(text)
+    hub.release("orders", resumer)
+    assert seqs(resumer) == [3, 4, 5, 6, 7]
+    assert seqs(watcher) == [1, 2, 3, 4, 5, 6, 7]
+
+
+async def test_a_resume_reports_recovered_or_reset_with_a_reason(hub, settings):
+    settings.REALTIME = {"HISTORY_SIZE": 10}
+    watcher = Listener("c1")
+    await subscribe(hub, watcher, "orders")
+    publish(hub, "orders", 30)
+    epoch = hub.history.epoch
+
+    def resume(seq, epoch=epoch):
+        return subscribe(hub, Listener("r"), "orders", since=Position(epoch, seq))
+
+    [nothing_missed] = await resume(30)
+    assert nothing_missed.recovered and nothing_missed.replay == []
+    [recent] = await resume(25)
+    assert recent.recovered and len(recent.replay) == 5
+    [too_old] = await resume(5)
+    assert too_old.reset == "expired" and too_old.replay == []
+    [other_epoch] = await resume(25, epoch="another")
+    assert other_epoch.reset == "epoch"
+    [ahead] = await resume(99)
+    assert ahead.reset == "epoch"  # a position this history never had
+
+
+async def test_a_client_ahead_of_this_process_gets_nothing_it_already_holds(hub):
+    watcher = Listener("c1")
+    await subscribe(hub, watcher, "orders")
+    publish(hub, "orders", 2)
+    texts = publish(hub, "orders", 3, deliver=False)  # 3-5 still on their way here
+    resumer = Listener("c2")
+    [result] = await subscribe(hub, resumer, "orders", since=Position(hub.history.epoch, 4))
+    assert result.recovered and result.position.seq == 4
+    for text in texts:  # the live copies arrive after all
+        payload = json.loads(text)
+        hub.receive("orders", payload["epoch"], payload["seq"], text)
+    publish(hub, "orders", 1)
+    assert seqs(resumer) == [5, 6]
+    assert seqs(watcher) == [1, 2, 3, 4, 5, 6]
+
+
+async def test_a_new_epoch_restarts_the_stream(hub):
+    listener = Listener("c1")
+    await subscribe(hub, listener, "orders")
+    publish(hub, "orders", 2)
+    old = hub.history.epoch
+    hub.history.reset()
+    publish(hub, "orders", 1)
+    assert [(json.loads(t)["epoch"], json.loads(t)["seq"]) for t in listener.received] == [
+        (old, 1),
+        (old, 2),
+        (hub.history.epoch, 1),
+    ]
+
+
+async def test_heartbeat_positions_never_run_ahead_of_what_a_connection_was_handed(hub):
+    watcher, resumer = Listener("c1"), Listener("c2")
+    await subscribe(hub, watcher, "orders")
+    publish(hub, "orders", 3)
+    watcher.topics = {"orders"}
+    assert hub.positions(watcher) == {"orders": {"epoch": hub.history.epoch, "seq": 3}}
+    resumer.topics.add("orders")
+    await hub.subscribe(resumer, [SubscribeRequest("orders")])
+    publish(hub, "orders", 1)
+    assert hub.positions(resumer) == {}  # held: nothing to report yet
+    hub.release("orders", resumer)
+    assert hub.positions(resumer)["orders"]["seq"] == 4
 
 
 async def test_a_start_that_fails_half_way_leaves_nothing_running(transactional_db, monkeypatch):
@@ -232,9 +329,9 @@ async def test_a_huge_topic_is_delivered_in_slices_in_order(hub, settings):
     settings.REALTIME = {"DELIVERY_SLICE": 100}
     listeners = [Listener(f"c{n}") for n in range(250)]
     for listener in listeners:
-        await hub.subscribe(listener, ["market:AAPL"])
-    hub.deliver("market:AAPL", "t1")
-    hub.deliver("market:AAPL", "t2")  # queued behind the first one's slices
+        await subscribe(hub, listener, "market:AAPL")
+    hub.deliver("market:AAPL", 1, "t1")
+    hub.deliver("market:AAPL", 2, "t2")  # queued behind the first one's slices
     handed = sum(len(listener.received) for listener in listeners)
     assert handed == 0  # nothing at once: the slices run on the loop
     await asyncio.sleep(0)

@@ -11,20 +11,23 @@ from realtime.protocol import (
     MessageType,
     ProtocolError,
     encode,
-    encode_for_topic,
     encode_payload,
+    envelope_for_topic,
     parse,
 )
 
 
 def test_topic_envelope_is_the_contract_envelope_with_the_payload_spliced_in():
     payload = {"id": 1, "symbol": "AAPL", "price": "101.25", "note": 'quote " and ü'}
-    text = encode_for_topic(
+    envelope = envelope_for_topic(
         "ORDER_UPDATE", "user:1:orders", encode_payload(payload), "2026-11-25T10:15:30.123Z"
     )
+    text = envelope.text(58, "h7Kp2-_x")
     assert json.loads(text) == {
         "type": "ORDER_UPDATE",
         "topic": "user:1:orders",
+        "seq": 58,
+        "epoch": "h7Kp2-_x",
         "timestamp": "2026-11-25T10:15:30.123Z",
         "payload": payload,
     }

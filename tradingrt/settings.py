@@ -156,7 +156,7 @@ if REDIS_URL or REDIS_SENTINELS:
                 "prefix": env("REDIS_PREFIX"),
                 # Messages queued per channel: each process's hub has one channel for every
                 # topic it serves, so this is the burst a process can fall behind by.
-                "capacity": 10000,
+                "capacity": env.int("REDIS_CHANNEL_CAPACITY", default=10000),
                 "expiry": 60,  # seconds an undelivered message lives
                 # Seconds; every process re-joins its groups hourly (realtime.hub).
                 "group_expiry": env.int("REDIS_GROUP_EXPIRY", default=86400),

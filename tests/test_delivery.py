@@ -1,0 +1,433 @@
+"""Delivery guarantees (CONTRACT section 9), caused for real: real Daphne processes, a real Redis,
+the suite's database. Missed updates are replayed exactly or refused with a reason; a killed
+server, a restarted or flushed Redis and a channel layer dropping messages lose nothing silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+from typing import Any
+
+import httpx
+import pytest
+from asgiref.sync import sync_to_async
+from websockets.exceptions import ConnectionClosed
+
+from orders.services import order_create
+from realtime import publish
+from tests.conftest import access_token_for
+from tests.live import live_server
+from tests.test_chaos import PrivateRedis
+from tests.wsclient import connect, receive, receive_type, request
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+async def open_ws(server: Any, user: Any):
+    token = await sync_to_async(access_token_for)(user)
+    ws = await connect(server.ws_url, token=token)
+    await receive_type(ws, "AUTHENTICATION")
+    return ws
+
+
+async def subscribe_entries(ws, *entries: Any, id: str = "s1") -> dict[str, Any]:
+    reply = await request(
+        ws, "SUBSCRIPTION", {"action": "subscribe", "topics": list(entries)}, id=id
+    )
+    assert reply["type"] == "SUBSCRIPTION", reply
+    return reply["payload"]
+
+
+async def updates(ws, topic: str, *, until_seq: int, timeout: float = 20.0) -> list[dict]:
+    """The topic's messages, in arrival order, until one with seq `until_seq` arrives."""
+    received: list[dict] = []
+    async with asyncio.timeout(timeout):
+        while not received or received[-1]["seq"] < until_seq:
+            message = await receive(ws, timeout=timeout)
+            if message.get("topic") == topic:
+                received.append(message)
+    return received
+
+
+def assert_contiguous(messages: list[dict], *, after: int) -> None:
+    seqs = [m["seq"] for m in messages]
+    assert seqs == list(range(after + 1, after + 1 + len(seqs))), seqs
+
+
+def place(user, n: int) -> list[int]:
+    """Place `n` orders for `user`, one transaction each (as n REST requests would)."""
+    return [
+        order_create(
+            user=user, symbol="AAPL", side="BUY", order_type="LIMIT", quantity="1", price="100"
+        ).pk
+        for _ in range(n)
+    ]
+
+
+class Writer:
+    """Places orders for `user` until stopped, like a busy trading day; remembers their ids."""
+
+    def __init__(self, user) -> None:
+        self.user = user
+        self.ids: list[int] = []
+        self._stop = False
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while not self._stop:
+            self.ids.extend(await sync_to_async(place)(self.user, 1))
+            await asyncio.sleep(0.005)
+
+    def __enter__(self) -> Writer:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    async def stop(self) -> list[int]:
+        self._stop = True
+        assert self._task is not None
+        await self._task
+        return self.ids
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop = True
+
+
+# --- resume on one server ----------------------------------------------------------------------
+
+
+@pytest.mark.redis
+async def test_a_client_that_missed_50_updates_resumes_with_exactly_those_then_live_ones(
+    cluster, redis_layer, trader
+):
+    a, _ = cluster
+    topic = f"user:{trader.pk}:orders"
+    ws = await open_ws(a, trader)
+    reply = await subscribe_entries(ws, topic)
+    start = reply["positions"][topic]
+    assert reply["recovered"] == [] and reply["reset"] == []
+    seen = await sync_to_async(place)(trader, 3)
+    first = await updates(ws, topic, until_seq=start["seq"] + 3)
+    assert_contiguous(first, after=start["seq"])
+    assert [m["payload"]["id"] for m in first] == seen
+    assert {m["epoch"] for m in first} == {start["epoch"]}
+    held = first[-1]["seq"]
+    await ws.close()
+
+    missed = await sync_to_async(place)(trader, 50)
+    with Writer(trader) as writer:  # and the market does not wait for the resume
+        ws = await open_ws(a, trader)
+        reply = await subscribe_entries(
+            ws, {"topic": topic, "since": {"epoch": start["epoch"], "seq": held}}
+        )
+        assert reply["recovered"] == [topic] and reply["reset"] == [], reply
+        assert reply["positions"][topic]["seq"] >= held + 50
+        await asyncio.sleep(0.3)
+        during = await writer.stop()
+    assert during, "the writer placed orders during the resume"
+    got = await updates(ws, topic, until_seq=held + 50 + len(during))
+    assert_contiguous(got, after=held)
+    assert [m["payload"]["id"] for m in got] == missed + during  # each once, in commit order
+    assert {m["epoch"] for m in got} == {start["epoch"]}
+    live = await sync_to_async(place)(trader, 1)
+    [after] = await updates(ws, topic, until_seq=held + 51 + len(during))
+    assert after["payload"]["id"] == live[0]
+    await ws.close()
+
+
+@pytest.mark.redis
+async def test_a_resume_of_many_topics_at_once_answers_each(cluster, redis_layer, trader):
+    a, _ = cluster
+    orders_topic = f"user:{trader.pk}:orders"
+    ws = await open_ws(a, trader)
+    reply = await subscribe_entries(ws, orders_topic, "market:MANY1", "market:MANY2")
+    positions = reply["positions"]
+    await ws.close()
+    await sync_to_async(place)(trader, 2)
+    for symbol in ("MANY1", "MANY2"):
+        await publish.apublish_rollback_unsafe(
+            "MARKET_DATA", [f"market:{symbol}"], {"symbol": symbol}
+        )
+    ws = await open_ws(a, trader)
+    reply = await subscribe_entries(
+        ws,
+        {"topic": orders_topic, "since": positions[orders_topic]},
+        {"topic": "market:MANY1", "since": positions["market:MANY1"]},
+        {"topic": "market:MANY2", "since": {"epoch": "another", "seq": 1}},
+    )
+    assert sorted(reply["recovered"]) == sorted([orders_topic, "market:MANY1"])
+    assert reply["reset"] == [{"topic": "market:MANY2", "reason": "epoch"}]
+    got = await updates(ws, orders_topic, until_seq=positions[orders_topic]["seq"] + 2)
+    assert_contiguous(got, after=positions[orders_topic]["seq"])
+    await ws.close()
+
+
+@pytest.mark.redis
+async def test_a_resume_older_than_the_history_is_reset_expired(
+    cluster, redis_layer, trader, settings
+):
+    a, _ = cluster
+    settings.REALTIME = {"HISTORY_SIZE": 10}  # what this publisher keeps: at least 10
+    topic = "market:EXPIRE"
+    ws = await open_ws(a, trader)
+    start = (await subscribe_entries(ws, topic))["positions"][topic]
+    await ws.close()
+    for n in range(300):  # Redis trims whole nodes of 100: far more than 10 are needed
+        await publish.apublish_rollback_unsafe("MARKET_DATA", [topic], {"n": n})
+    ws = await open_ws(a, trader)
+    reply = await subscribe_entries(ws, {"topic": topic, "since": start})
+    assert reply["reset"] == [{"topic": topic, "reason": "expired"}] and reply["recovered"] == []
+    assert reply["positions"][topic] == {"epoch": start["epoch"], "seq": start["seq"] + 300}
+    with pytest.raises(TimeoutError):  # nothing of the missed range is sent
+        while True:
+            message = await receive(ws, timeout=0.5)
+            assert message.get("topic") != topic, message
+    await ws.close()
+
+
+@pytest.mark.redis
+async def test_a_resume_from_another_epoch_is_reset_epoch(cluster, redis_layer, trader):
+    a, _ = cluster
+    topic = f"user:{trader.pk}:orders"
+    ws = await open_ws(a, trader)
+    reply = await subscribe_entries(ws, {"topic": topic, "since": {"epoch": "gone", "seq": 3}})
+    assert reply["reset"] == [{"topic": topic, "reason": "epoch"}]
+    assert reply["positions"][topic]["epoch"] != "gone"
+    await ws.close()
+
+
+async def test_a_restarted_single_process_server_names_a_new_epoch(trader):
+    topic = f"user:{trader.pk}:orders"
+    token = await sync_to_async(access_token_for)(trader)
+    with live_server() as server:
+        ws = await open_ws(server, trader)
+        before = (await subscribe_entries(ws, topic))["positions"][topic]
+        await post_order(server, token)
+        [update] = await updates(ws, topic, until_seq=before["seq"] + 1)
+        await ws.close()
+    with live_server() as server:
+        ws = await open_ws(server, trader)
+        reply = await subscribe_entries(
+            ws, {"topic": topic, "since": {"epoch": update["epoch"], "seq": update["seq"]}}
+        )
+        assert reply["reset"] == [{"topic": topic, "reason": "epoch"}]
+        assert reply["positions"][topic]["epoch"] != update["epoch"]
+        await ws.close()
+
+
+async def post_order(server: Any, token: str) -> dict[str, Any]:
+    async with httpx.AsyncClient(
+        base_url=server.http_url, headers={"Authorization": f"Bearer {token}"}, timeout=10
+    ) as client:
+        response = await client.post(
+            "/api/orders/",
+            json={
+                "symbol": "AAPL",
+                "side": "BUY",
+                "orderType": "LIMIT",
+                "quantity": "1",
+                "price": "100",
+            },
+        )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+# --- Redis losing its data ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def private_redis():
+    server = PrivateRedis()
+    server.start()
+    yield server
+    server.kill()
+
+
+async def test_a_flushed_redis_means_a_new_epoch_and_resets_never_a_wrong_recovered(
+    private_redis, trader
+):
+    import redis.asyncio as aioredis
+
+    topic = f"user:{trader.pk}:orders"
+    token = await sync_to_async(access_token_for)(trader)
+    realtime = {"HEARTBEAT_INTERVAL_SECS": 0.5, "LAYER_CHECK_INTERVAL_SECS": 0.2}
+    redis = {"url": private_redis.url, "prefix": "tradingrt-delivery"}
+    with live_server(realtime=realtime, redis=redis) as server:
+        ws = await open_ws(server, trader)
+        start = (await subscribe_entries(ws, topic))["positions"][topic]
+        await post_order(server, token)
+        [before] = await updates(ws, topic, until_seq=start["seq"] + 1)
+        client = aioredis.Redis.from_url(private_redis.url)
+        await client.flushall()  # the store loses everything: this Redis is the test's own
+        await client.aclose()
+        with contextlib.suppress(ConnectionClosed, TimeoutError):
+            while True:  # the server notices and closes its subscribers (4503)
+                await receive(ws, timeout=5)
+        reply = None
+        for _ in range(50):  # reconnect until the server serves again
+            ws = await open_ws(server, trader)
+            since = {"epoch": before["epoch"], "seq": before["seq"]}
+            reply = await subscribe_entries(ws, {"topic": topic, "since": since})
+            if topic in reply["topics"]:
+                break
+            await ws.close()
+            await asyncio.sleep(0.2)
+        assert reply is not None and topic in reply["topics"], reply
+        assert reply["recovered"] == []
+        assert reply["reset"] == [{"topic": topic, "reason": "epoch"}]
+        new_epoch = reply["positions"][topic]["epoch"]
+        assert new_epoch != before["epoch"]
+        await post_order(server, token)
+        [after] = await updates(ws, topic, until_seq=reply["positions"][topic]["seq"] + 1)
+        assert after["epoch"] == new_epoch and after["seq"] == 1
+        await ws.close()
+
+
+# --- a server killed mid-stream -----------------------------------------------------------------
+
+
+@pytest.mark.redis
+async def test_clients_of_a_killed_server_resume_on_the_other_with_nothing_lost(
+    redis_target, redis_layer, trader
+):
+    topic = f"user:{trader.pk}:orders"
+    realtime = {"HEARTBEAT_INTERVAL_SECS": 0.5}
+    with (
+        live_server(realtime=realtime, redis=redis_target) as doomed,
+        live_server(realtime=realtime, redis=redis_target) as survivor,
+    ):
+        clients = [await open_ws(doomed, trader) for _ in range(5)]
+        replies = [await subscribe_entries(ws, topic) for ws in clients]
+        start = replies[0]["positions"][topic]["seq"]
+        epoch = replies[0]["positions"][topic]["epoch"]
+        with Writer(trader) as writer:
+            await asyncio.sleep(0.3)
+            held = []
+            doomed.kill()  # SIGKILL, mid-stream
+            for ws in clients:
+                got: list[dict] = []
+                with contextlib.suppress(ConnectionClosed, TimeoutError):
+                    while True:
+                        message = await receive(ws, timeout=5)
+                        if message.get("topic") == topic:
+                            got.append(message)
+                assert_contiguous(got, after=start)
+                held.append(got[-1]["seq"] if got else start)
+            resumed = []
+            for seq in held:
+                ws = await open_ws(survivor, trader)
+                reply = await subscribe_entries(
+                    ws, {"topic": topic, "since": {"epoch": epoch, "seq": seq}}
+                )
+                assert reply["recovered"] == [topic], reply
+                resumed.append(ws)
+            await asyncio.sleep(0.3)
+            placed = await writer.stop()
+        final = start + len(placed)
+        for seq, ws in zip(held, resumed, strict=True):
+            got = await updates(ws, topic, until_seq=final)
+            assert_contiguous(got, after=seq)
+            ids = [m["payload"]["id"] for m in got]
+            assert ids == placed[seq - start :]  # nothing lost, nothing twice
+            await ws.close()
+
+
+# --- order per object under concurrent writers ----------------------------------------------
+
+
+@pytest.mark.redis
+async def test_concurrent_fills_of_one_order_from_two_processes_keep_its_order(
+    cluster, redis_layer, trader, gateway
+):
+    a, b = cluster
+    order = await sync_to_async(order_create)(
+        user=trader, symbol="AAPL", side="BUY", order_type="LIMIT", quantity="40", price="100"
+    )
+    topic = f"user:{trader.pk}:orders"
+    ws = await open_ws(a, trader)
+    start = (await subscribe_entries(ws, topic))["positions"][topic]["seq"]
+    token = await sync_to_async(access_token_for)(gateway)
+    headers = {"Authorization": f"Bearer {token}"}
+
+    async def fill(server: Any, client: httpx.AsyncClient) -> None:
+        response = await client.post(
+            f"{server.http_url}/api/orders/{order.pk}/fills/",
+            json={"quantity": "1", "price": "100"},
+        )
+        assert response.status_code == 201, response.text
+
+    async with httpx.AsyncClient(headers=headers, timeout=20) as client:
+        await asyncio.gather(*(fill(a if n % 2 else b, client) for n in range(40)))
+    got = await updates(ws, topic, until_seq=start + 40)
+    assert_contiguous(got, after=start)  # no seq skipped
+    filled = [float(m["payload"]["filledQuantity"]) for m in got]
+    assert filled == [float(n) for n in range(1, 41)]  # seq order is commit order
+    assert got[-1]["payload"]["status"] == "FILLED"
+    await ws.close()
+
+
+# --- the channel layer dropping messages ---------------------------------------------------------
+
+
+@pytest.mark.redis
+async def test_group_messages_the_layer_drops_are_repaired_from_the_history(
+    redis_target, redis_layer, trader, settings
+):
+    tiny = copy.deepcopy(settings.CHANNEL_LAYERS)
+    tiny["default"]["CONFIG"]["capacity"] = 1  # the sender enforces it: bursts are dropped
+    settings.CHANNEL_LAYERS = tiny
+    topic = "market:DROPS"
+    with live_server(redis=redis_target, env={"REDIS_CHANNEL_CAPACITY": "1"}) as server:
+        ws = await open_ws(server, trader)
+        start = (await subscribe_entries(ws, topic))["positions"][topic]["seq"]
+
+        async def burst(first: int) -> None:
+            for n in range(first, first + 50):
+                await publish.apublish_rollback_unsafe("MARKET_DATA", [topic], {"n": n})
+
+        await asyncio.gather(*(burst(first) for first in range(0, 300, 50)))
+        got = await updates(ws, topic, until_seq=start + 300)
+        assert_contiguous(got, after=start)
+        assert sorted(m["payload"]["n"] for m in got) == list(range(300))
+        await ws.close()
+        assert "repaired seqs" in server.log()
+
+
+# --- heartbeats carry positions ------------------------------------------------------------------
+
+
+async def test_a_heartbeat_tells_a_client_the_position_of_each_of_its_topics(live, trader):
+    topic = f"user:{trader.pk}:orders"
+    ws = await open_ws(live, trader)
+    start = (await subscribe_entries(ws, topic))["positions"][topic]
+    token = await sync_to_async(access_token_for)(trader)
+    await post_order(live, token)
+    [update] = await updates(ws, topic, until_seq=start["seq"] + 1)
+    beat = await request(ws, "HEARTBEAT", {}, id="hb")
+    assert beat["payload"]["positions"] == {topic: {"epoch": update["epoch"], "seq": update["seq"]}}
+    await ws.close()
+
+
+async def test_a_malformed_subscribe_option_rejects_that_entry_only(live, trader):
+    topic = f"user:{trader.pk}:orders"
+    ws = await open_ws(live, trader)
+    reply = await subscribe_entries(
+        ws,
+        {"topic": topic, "since": {"epoch": "x", "seq": -1}},
+        {"topic": "market:OK", "snapshot": "yes"},
+        {"topic": "market:FINE"},
+        {"topic": "market:LATER", "filter": {"symbol": ["X"]}},
+    )
+    assert reply["topics"] == ["market:FINE"]
+    assert [(r["topic"], r["reason"]) for r in reply["rejected"]] == [
+        (topic, "invalid_option"),
+        ("market:OK", "invalid_option"),
+        ("market:LATER", "invalid_option"),
+    ]
+    assert all(r["message"] for r in reply["rejected"])
+    await ws.close()
