@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.db import models
 
+from market.ticks import Tick
 from tradingrt.models import decimal_field
 
 
@@ -22,3 +23,14 @@ class MarketQuote(models.Model):
 
     def __str__(self) -> str:
         return f"{self.symbol} {self.last}"
+
+    def tick(self) -> Tick:
+        """The quote as the tick it was recorded from (what MARKET_DATA carries)."""
+        return Tick(
+            symbol=self.symbol,
+            last=self.last,
+            bid=self.bid,
+            ask=self.ask,
+            volume=self.volume,
+            timestamp=self.timestamp,
+        )

@@ -40,9 +40,12 @@ class Order(TracksLoadedValues):
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="orders"
     )
+    # RESTRICT: a strategy with orders cannot be deleted on its own (its orders' attribution is
+    # history, and clearing it would change every order without a save or a new version);
+    # deleting the owner deletes both, the orders first.
     strategy = models.ForeignKey(
         "strategies.Strategy",
-        on_delete=models.SET_NULL,
+        on_delete=models.RESTRICT,
         null=True,
         blank=True,
         related_name="orders",

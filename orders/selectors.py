@@ -1,9 +1,10 @@
-"""Order reads: listing with the API's filters, an order's fills, a strategy's performance."""
+"""Order reads: listings (the API's filters; the open and recent), fills, strategy performance."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -35,6 +36,19 @@ def order_list(
     if strategy_id is not None:
         orders = orders.filter(strategy_id=strategy_id)
     return orders
+
+
+def order_list_open_or_changed(
+    *, changed_since: datetime, user_id: int | None = None, strategy_id: int | None = None
+) -> QuerySet[Order]:
+    """Orders open now or changed at or after `changed_since`, by id; optionally one user's or
+    one strategy's (what a blotter shows: the working orders and those that just finished)."""
+    orders = Order.objects.filter(Q(status__in=OPEN_STATUSES) | Q(updated_at__gte=changed_since))
+    if user_id is not None:
+        orders = orders.filter(user_id=user_id)
+    if strategy_id is not None:
+        orders = orders.filter(strategy_id=strategy_id)
+    return orders.order_by("pk")
 
 
 def fill_list(*, order: Order) -> QuerySet[Fill]:

@@ -12,7 +12,7 @@ from orders.models import OrderSide, OrderStatus, OrderType
 from orders.services import REJECT_REASON_MAX_LENGTH, STRATEGY_NOT_FOUND
 from strategies.models import Strategy
 from strategies.selectors import strategy_list
-from tradingrt.api import DecimalStringField, TimestampField
+from tradingrt.api import VERSION_HELP, DecimalStringField, TimestampField
 
 
 class OrderSerializer(serializers.Serializer):
@@ -36,6 +36,7 @@ class OrderSerializer(serializers.Serializer):
     )
     createdAt = TimestampField(source="created_at", read_only=True)
     updatedAt = TimestampField(source="updated_at", read_only=True)
+    version = serializers.IntegerField(read_only=True, help_text=VERSION_HELP)
 
 
 @extend_schema_field(OpenApiTypes.INT)

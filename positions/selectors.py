@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
-from django.db.models import DecimalField, F, QuerySet, Sum
+from django.db.models import DecimalField, F, QuerySet, Sum, Window
 from django.db.models.functions import Abs, Coalesce
 
 from positions.models import Position
@@ -16,6 +16,16 @@ from tradingrt.models import DECIMAL_PLACES, MAX_DIGITS
 _AMOUNT: DecimalField[Decimal, Decimal] = DecimalField(
     max_digits=MAX_DIGITS, decimal_places=DECIMAL_PLACES
 )
+
+if TYPE_CHECKING:
+    from django_stubs_ext import WithAnnotations
+
+    class OwnerExposure(TypedDict):
+        owner_total_exposure: Decimal
+
+    # A position read by position_list_with_owner_exposure (types only: the stubs are dev tools).
+    PositionWithOwnerExposure = WithAnnotations[Position, OwnerExposure]
+
 # The same formula as Position.exposure: |quantity| x (market price, else average price).
 EXPOSURE = Abs(F("quantity")) * Coalesce(F("market_price"), F("average_price"))
 
@@ -28,6 +38,22 @@ def position_list(*, user: Any | None, symbol: str | None = None) -> QuerySet[Po
     if symbol:
         positions = positions.filter(symbol=symbol.strip().upper())
     return positions
+
+
+def position_list_with_owner_exposure(
+    *, user_id: int | None = None
+) -> QuerySet[PositionWithOwnerExposure]:
+    """Positions by id, everyone's or one user's, each annotated with `owner_total_exposure`
+    (its owner's total exposure over all positions) by the same query, so that the weights
+    derived from it agree with the rows read."""
+    positions = Position.objects.annotate(
+        owner_total_exposure=Window(
+            Sum(EXPOSURE, output_field=_AMOUNT), partition_by=[F("user_id")]
+        )
+    )
+    if user_id is not None:
+        positions = positions.filter(user_id=user_id)  # every position of the partition's user
+    return positions.order_by("pk")
 
 
 def total_exposure_by_user(*, user_ids: Iterable[int] | QuerySet[Any]) -> dict[int, Decimal]:

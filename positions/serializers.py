@@ -11,7 +11,7 @@ from rest_framework import serializers
 
 from positions.models import Position
 from positions.selectors import portfolio_weight, total_exposure_by_user, user_total_exposure
-from tradingrt.api import DecimalStringField, TimestampField
+from tradingrt.api import VERSION_HELP, DecimalStringField, TimestampField
 from tradingrt.formats import format_decimal
 
 # Serializer context key: {user id: total exposure}, so a list costs one aggregate query.
@@ -47,6 +47,7 @@ class PositionSerializer(serializers.Serializer):
     realizedPnl = DecimalStringField(source="realized_pnl", read_only=True)
     totalPnl = DecimalStringField(source="total_pnl", read_only=True)
     updatedAt = TimestampField(source="updated_at", read_only=True)
+    version = serializers.IntegerField(read_only=True, help_text=VERSION_HELP)
     exposure = DecimalStringField(read_only=True)
     portfolioWeight = serializers.SerializerMethodField()
 

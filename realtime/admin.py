@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from realtime import publish
 from realtime.connections import alive_q
-from realtime.models import Connection, ServerProcess, Subscription
+from realtime.models import Connection, PendingPublication, ServerProcess, Subscription
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -151,6 +151,16 @@ class SubscriptionAdmin(ReadOnlyAdmin):
     @admin.display(description="user", ordering="connection__user__username")
     def user(self, subscription: Subscription) -> Any:
         return subscription.connection.user
+
+
+@admin.register(PendingPublication)
+class PendingPublicationAdmin(ReadOnlyAdmin):
+    """Committed updates not published yet: normally empty; a row lingering here means the
+    history store (Redis) cannot be reached, and the servers' sweeps keep trying."""
+
+    list_display = ("id", "created_at", "message_type", "key", "version", "topics", "attempts")
+    list_filter = ("message_type",)
+    search_fields = ("key",)
 
 
 @admin.register(ServerProcess)

@@ -45,8 +45,11 @@ DEFAULTS: dict[str, Any] = {
     # older than HISTORY_TTL_SECS; a resume from further back is a reset.
     "HISTORY_SIZE": 1000,
     "HISTORY_TTL_SECS": 86400.0,
-    # Items per SNAPSHOT message; a larger state is sent in pages (all fenced at one seq).
-    "SNAPSHOT_PAGE_SIZE": 500,
+    # A committed update still unpublished after this many seconds (its publisher died, or
+    # found Redis down) is published by a server's sweep of the outbox, every
+    # PUBLISH_SWEEP_SECS.
+    "PUBLISH_GRACE_SECS": 5.0,
+    "PUBLISH_SWEEP_SECS": 2.0,
     # Seconds a user loaded to authenticate a token is reused for the same user's next tokens
     # (0: always load). Deactivations and deletions are applied at once regardless.
     "USER_CACHE_SECS": 5.0,
@@ -61,6 +64,9 @@ DEFAULTS: dict[str, Any] = {
     # Subscribers handed one update per turn of the event loop; a topic with more local
     # subscribers is delivered in slices, so a huge topic cannot stall every other socket.
     "DELIVERY_SLICE": 1000,
+    # Items per SNAPSHOT message: a larger state is sent in several pages (each also kept under
+    # 256 KiB of items, realtime.snapshots.PAGE_MAX_BYTES), so no message nears the 1 MiB limit.
+    "SNAPSHOT_PAGE_SIZE": 500,
 }
 
 # What each setting must be: (type, smallest, largest); None for no bound. Checked once, at
@@ -82,6 +88,8 @@ SPEC: dict[str, tuple[type | tuple[type, ...], float | None, float | None]] = {
     "REORDER_WAIT_SECS": (_NUMBER, 0, 60),
     "HISTORY_SIZE": (int, 1, 1_000_000),
     "HISTORY_TTL_SECS": (_NUMBER, 1, 365 * 86400),
+    "PUBLISH_GRACE_SECS": (_NUMBER, 0, 3600),
+    "PUBLISH_SWEEP_SECS": (_NUMBER, 0.05, 3600),
     "SNAPSHOT_PAGE_SIZE": (int, 1, 10_000),
     "USER_CACHE_SECS": (_NUMBER, 0, 3600),
     "ALLOWED_ORIGINS": ((list, tuple), None, None),

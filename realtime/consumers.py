@@ -10,6 +10,7 @@ growing the server's memory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -23,6 +24,7 @@ from django.utils import timezone
 
 from realtime.auth import TokenRejected, authenticate_token_async
 from realtime.conf import realtime_settings
+from realtime.history import HistoryUnavailable
 from realtime.hub import Hub, Subscribed, SubscribeRequest, get_hub
 from realtime.outbound import Outbox
 from realtime.protocol import (
@@ -37,6 +39,7 @@ from realtime.protocol import (
     peek_id,
 )
 from realtime.records import RecordWriter
+from realtime.snapshots import snapshot_items
 from realtime.subscriptions import (
     SubscribeEntry,
     SubscribeOptionError,
@@ -59,8 +62,7 @@ logger = logging.getLogger(__name__)
 SUBSCRIPTION_ACTIONS = {"subscribe": "subscribed", "unsubscribe": "unsubscribed", "list": "list"}
 
 authorize_topics_async = database_sync_to_async(authorize_topics)
-# Largest SNAPSHOT message: a bigger page is split (the client's own frame limit may be lower).
-SNAPSHOT_MAX_BYTES = 512 * 1024
+snapshot_items_async = database_sync_to_async(snapshot_items)
 
 
 class RealtimeConsumer(AsyncConsumer):
@@ -370,17 +372,15 @@ class RealtimeConsumer(AsyncConsumer):
         assert result.position is not None and self.hub is not None
         position = result.position
         items: list[dict[str, Any]] | None = None
-        if topic.kind is TopicKind.MARKET:
-            latest = await self.hub.latest(topic.name, position.seq)
-            if latest is not None:
-                items = [json.loads(latest)["payload"]]
+        if topic.kind is TopicKind.MARKET:  # the tick at the fence, else the stored quote
+            with contextlib.suppress(HistoryUnavailable):
+                latest = await self.hub.latest(topic.name, position.seq)
+                if latest is not None:
+                    items = [json.loads(latest)["payload"]]
         if items is None:
-            from realtime.snapshots import snapshot_items
-
-            items = await database_sync_to_async(snapshot_items)(topic)
-        limit = min(self._outbox.max_message_bytes or SNAPSHOT_MAX_BYTES, SNAPSHOT_MAX_BYTES)
+            items = await snapshot_items_async(topic)
         for text in snapshot_messages(
-            topic.name, position, items, realtime_settings.SNAPSHOT_PAGE_SIZE, limit
+            topic.name, position, items, realtime_settings.SNAPSHOT_PAGE_SIZE
         ):
             # A large state goes out as the client reads it, not all into the send buffer.
             await self._outbox.wait_for_room(len(text))

@@ -61,6 +61,7 @@ class Appended:
 
     positions: list[Position] = field(default_factory=list)
     stale: bool = False  # the version was older than one already appended: nothing stored
+    duplicate: bool = False  # this very version was appended already (a retry): nothing stored
     waiting: bool = False  # the predecessor version is not appended yet: nothing stored
 
 
@@ -145,7 +146,9 @@ class MemoryHistory:
                     self._versions.popitem(last=False)
                 known = self._versions.get(key)
                 last = known[0] if known is not None else None
-                if last is not None and version <= last:
+                if last is not None and version == last:
+                    return Appended(duplicate=True)
+                if last is not None and version < last:
                     return Appended(stale=True)
                 if last is not None and version > last + 1 and not force:
                     return Appended(waiting=True)
@@ -206,7 +209,7 @@ end
 # KEYS: version key, then (meta, stream) per topic.
 # ARGV: candidate epoch, meta TTL, version (or ''), force (0/1), size, stream TTL, now (ms),
 #       version TTL, then (head, tail) per topic.
-# Returns {'ok', epoch1, seq1, epoch2, seq2, ...} | {'stale'} | {'wait'}.
+# Returns {'ok', epoch1, seq1, epoch2, seq2, ...} | {'duplicate'} | {'stale'} | {'wait'}.
 _APPEND_LUA = (
     _EPOCH_LUA
     + """
@@ -217,7 +220,8 @@ local version_ttl = tonumber(ARGV[8])
 if version ~= '' then
   local last = tonumber(redis.call('GET', KEYS[1]))
   local v = tonumber(version)
-  if last and v <= last then return {'stale'} end
+  if last and v == last then return {'duplicate'} end
+  if last and v < last then return {'stale'} end
   if last and v > last + 1 and not force then return {'wait'} end
   redis.call('SET', KEYS[1], version, 'EX', version_ttl)
 end
@@ -341,6 +345,8 @@ class RedisHistory:
             args.extend((envelope.head, envelope.tail))
         reply = await self._run(_append_script, keys, args)
         status = _text(reply[0])
+        if status == "duplicate":
+            return Appended(duplicate=True)
         if status == "stale":
             return Appended(stale=True)
         if status == "wait":
@@ -443,6 +449,9 @@ async def append_in_order(
     while True:
         force = time.monotonic() >= deadline
         appended = await history.append(topics, envelopes, key=key, version=version, force=force)
+        if appended.duplicate:  # published before: a retry after a failure past the append
+            logger.debug("%s version %s was published already", key, version)
+            return appended
         if appended.stale:
             stats.count("stale_versions")
             logger.warning(

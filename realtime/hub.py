@@ -204,6 +204,7 @@ class Hub:
             atexit.register(_forget_process, server.pk)
             self._tasks.append(asyncio.create_task(self._heartbeat_loop()))
             self._tasks.append(asyncio.create_task(self._maintenance_loop()))
+            self._tasks.append(asyncio.create_task(self._outbox_loop()))
             logger.info("Realtime hub %s started", self.server_id)
 
     async def stop(self) -> None:
@@ -294,6 +295,10 @@ class Hub:
                 result.recovered = True
             else:
                 await self._recover_range(topic, stream, hold, since, result)
+            if result.recovered:
+                stats.count("resumes_recovered")
+        if result.reset is not None:
+            stats.count(f"resumes_reset_{result.reset}")
         if request.snapshot and not result.recovered:
             result.snapshot = True
         return result
@@ -326,7 +331,6 @@ class Hub:
             hold.after = since.seq
             result.position = Position(since.epoch, since.seq)
         result.recovered = True
-        stats.count("resumes_recovered")
 
     def release(self, topic: str, subscriber: Subscriber) -> None:
         """End one hold of `subscriber` on `topic`: once none is left, send what waited."""
@@ -892,6 +896,20 @@ class Hub:
             if since_refresh >= min(GROUP_REFRESH_SECS, expiry / 3):
                 since_refresh = 0.0
                 await self._rejoin_groups()
+
+    async def _outbox_loop(self) -> None:
+        """Publish committed updates their publisher did not (realtime.publish.publish_pending)."""
+        from realtime.publish import publish_pending
+
+        sweep = database_sync_to_async(publish_pending)
+        while True:
+            await asyncio.sleep(realtime_settings.PUBLISH_SWEEP_SECS)
+            try:
+                published = await sweep()
+                if published:
+                    logger.warning("Published %d updates left in the outbox", published)
+            except Exception:
+                logger.exception("Sweeping the outbox of committed updates failed")
 
     async def _rejoin_groups(self) -> None:
         if self.layer is None or self.channel_name is None:

@@ -1,9 +1,11 @@
-"""Connection records (who is connected where, to what) and the market-data feed permission."""
+"""Connection records (who is connected where, to what), the outbox of committed updates not yet
+published, and the market-data feed permission."""
 
 from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 
 class ServerProcess(models.Model):
@@ -89,3 +91,26 @@ class MarketDataFeed(models.Model):
 
     def __str__(self) -> str:
         return "market-data feed"
+
+
+class PendingPublication(models.Model):
+    """An update committed but not yet published: the transactional outbox.
+
+    Written in the transaction that made the change and deleted once the update is published,
+    so a publisher killed between its commit and its publish (or one that found Redis down)
+    leaves the row behind, and a server's sweeper publishes it (realtime.publish).
+    """
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    message_type = models.CharField(max_length=32)
+    topics = models.JSONField()
+    payload = models.TextField()  # the encoded JSON payload, as it is published
+    key = models.CharField(max_length=100, blank=True)  # the object, for the version gate
+    version = models.PositiveBigIntegerField(null=True)
+    attempts = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.message_type} {self.key} v{self.version} to {self.topics}"

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.db import transaction
+from django.utils import timezone
 
 from realtime import stats
+from realtime.conf import realtime_settings
 from realtime.history import HistoryUnavailable, append_in_order, history_for
 from realtime.hub import CONTROL_GROUP, HUB_CONTROL, HUB_MESSAGE
+from realtime.models import PendingPublication
 from realtime.protocol import CloseCode, encode_payload, envelope_for_topic
 from realtime.topics import group_name
 from tradingrt.formats import now_timestamp
@@ -47,14 +51,75 @@ def publish_on_commit(
     *,
     ordering: Ordering = None,
 ) -> None:
-    """Publish an update to `topics` once the current transaction commits (now, if none)."""
+    """Publish an update to `topics` once the current transaction commits (now, if none).
+
+    Inside a transaction the update is also written to the outbox (PendingPublication), in
+    that transaction: a publisher killed between its commit and its publish, or one that finds
+    the history store down, leaves it there, and a server's sweeper publishes it
+    (`publish_pending`). The row is deleted once the update is published.
+    """
     encoded = encode_payload(payload)  # encoded now: the state as of this change
     topics = tuple(topics)
+    pending: list[int] = []
+    if transaction.get_connection().in_atomic_block:
+        key, version = ordering if ordering is not None else ("", None)
+        pending.append(
+            PendingPublication.objects.create(
+                message_type=message_type,
+                topics=list(topics),
+                payload=encoded,
+                key=key,
+                version=version,
+            ).pk
+        )
 
     def publish_committed() -> None:
-        _publish_encoded(message_type, topics, encoded, ordering)
+        if _publish_encoded(message_type, topics, encoded, ordering) and pending:
+            _forget_pending(pending)
 
     transaction.on_commit(publish_committed, robust=True)
+
+
+def _forget_pending(ids: list[int]) -> None:
+    try:
+        PendingPublication.objects.filter(pk__in=ids).delete()
+    except Exception:  # the sweeper finds it, and the history's version gate skips it
+        logger.warning("Could not delete published outbox rows %s", ids, exc_info=True)
+
+
+def publish_pending(*, older_than: float | None = None, limit: int = 500) -> int:
+    """Publish committed updates whose publisher did not (the outbox's sweeper); how many.
+
+    Rows younger than `older_than` seconds (PUBLISH_GRACE_SECS) are left to their own
+    publisher. Each row is locked while it is published (skipped by another process's sweep on
+    PostgreSQL) and deleted once published; one that fails stays for the next sweep. An update
+    published meanwhile after all is recognised by the history's version gate, not sent twice.
+    """
+    grace = realtime_settings.PUBLISH_GRACE_SECS if older_than is None else older_than
+    cutoff = timezone.now() - timedelta(seconds=grace)
+    due = PendingPublication.objects.filter(created_at__lt=cutoff)
+    if not due.exists():  # the common case, without taking a write lock
+        return 0
+    published = 0
+    with transaction.atomic():
+        for row in due.select_for_update(skip_locked=True).order_by("id")[:limit]:
+            ordering = (row.key, row.version) if row.key and row.version is not None else None
+            logger.warning(
+                "Publishing %s %s v%s to %s, committed %s but not published by its publisher",
+                row.message_type,
+                row.key,
+                row.version,
+                row.topics,
+                row.created_at,
+            )
+            if _publish_encoded(row.message_type, tuple(row.topics), row.payload, ordering):
+                row.delete()
+                published += 1
+                stats.count("outbox_published")
+            else:
+                row.attempts += 1
+                row.save(update_fields=["attempts"])
+    return published
 
 
 def publish_rollback_unsafe(
@@ -73,15 +138,18 @@ async def apublish_rollback_unsafe(
 
 def _publish_encoded(
     message_type: str, topics: tuple[str, ...], payload_json: str, ordering: Ordering
-) -> None:
-    """Send a committed change; never raises: the change is committed, whatever the layer does.
+) -> bool:
+    """Send a committed change; whether it was. Never raises: the change is committed, whatever
+    the layer does.
 
     A failure here (the channel layer unreachable) must not fail or change the answer of the
     request that committed, or a client that retries would place its order twice. It is logged
-    and counted; the hubs that lost the layer close their subscribers with 4503 so they reload.
+    and counted; the update waits in the outbox for a sweep, and the hubs that lost the layer
+    close their subscribers with 4503 so they resume.
     """
     try:
         async_to_sync(_send_to_topics)(message_type, topics, payload_json, ordering)
+        return True
     except HistoryUnavailable as exc:
         stats.count("publish_failed")
         logger.error(
@@ -93,6 +161,7 @@ def _publish_encoded(
     except Exception:
         stats.count("publish_failed")
         logger.exception("Publishing a committed %s to %s failed", message_type, topics)
+    return False
 
 
 async def _send_to_topics(

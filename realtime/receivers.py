@@ -1,4 +1,4 @@
-"""Signal receivers: thin glue from the models' post_save to the update services.
+"""Signal receivers: thin glue from the models' post_save and deletions to the update services.
 
 The domain apps never import realtime; this module listens to them. Every receiver runs
 inside the writer's transaction and leaves the sending to after commit.
@@ -15,7 +15,12 @@ from django.db import transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete, pre_save
 
 from realtime.protocol import CloseCode
-from realtime.services import OrderUpdateService, PositionUpdateService, StrategyMonitorService
+from realtime.services import (
+    OrderUpdateService,
+    PositionUpdateService,
+    StrategyMonitorService,
+    remember_last_state,
+)
 
 
 def user_saved(sender: Any, instance: Any, created: bool, **kwargs: Any) -> None:
@@ -173,6 +178,35 @@ def strategy_saved(sender: Any, instance: Any, created: bool, **kwargs: Any) -> 
     StrategyMonitorService.strategy_saved(instance, created=created)
 
 
+# A deletion publishes the object's last state (CONTRACT section 9). Deleting a user cascades
+# to their orders, positions and strategies: each instance is deleted once and sends one
+# pre_delete and one post_delete, so each publishes `deleted` once; the user's row goes last.
+
+
+def order_deleting(sender: Any, instance: Any, **kwargs: Any) -> None:
+    remember_last_state(instance, OrderUpdateService.state)
+
+
+def order_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
+    OrderUpdateService.order_deleted(instance)
+
+
+def position_deleting(sender: Any, instance: Any, **kwargs: Any) -> None:
+    remember_last_state(instance, PositionUpdateService.state)
+
+
+def position_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
+    PositionUpdateService.position_deleted(instance)
+
+
+def strategy_deleting(sender: Any, instance: Any, **kwargs: Any) -> None:
+    remember_last_state(instance, StrategyMonitorService.state)
+
+
+def strategy_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
+    StrategyMonitorService.strategy_deleted(instance)
+
+
 def connect() -> None:
     """Connect every receiver, once (dispatch_uid), from RealtimeConfig.ready()."""
     from orders.models import Order
@@ -216,3 +250,14 @@ def connect() -> None:
     post_save.connect(
         strategy_saved, sender=Strategy, dispatch_uid="realtime.receivers.strategy_saved"
     )
+    for model, deleting, deleted in (
+        (Order, order_deleting, order_deleted),
+        (Position, position_deleting, position_deleted),
+        (Strategy, strategy_deleting, strategy_deleted),
+    ):
+        pre_delete.connect(
+            deleting, sender=model, dispatch_uid=f"realtime.receivers.{deleting.__name__}"
+        )
+        post_delete.connect(
+            deleted, sender=model, dispatch_uid=f"realtime.receivers.{deleted.__name__}"
+        )

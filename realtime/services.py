@@ -1,19 +1,24 @@
 """Update services (the seed's OrderUpdateService, PositionUpdateService, StrategyMonitorService).
 
-Each turns one saved domain object into one update: the REST representation plus `event`,
-built once while the saving transaction is still open (so it is the state that this change
-committed) and published to every topic it belongs to after commit.
+Each turns one saved or deleted domain object into one update: its state (the REST
+representation, plus what the service adds that is state) and `event`, built once while the
+writing transaction is still open (so it is the state that this change committed) and published
+to every topic it belongs to after commit. `state` is also what a SNAPSHOT lists
+(realtime.snapshots). A deletion publishes the object's last state as `deleted`, one version
+past its last change; that state is read before the row goes (`remember_last_state`, from
+pre_delete), when everything it is computed from is still there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from decimal import Decimal
 from typing import Any
 
 from orders.models import Order, OrderStatus
 from orders.serializers import OrderSerializer
 from positions.models import Position
-from positions.serializers import PositionSerializer
+from positions.serializers import TOTAL_EXPOSURE_BY_USER, PositionSerializer
 from realtime.protocol import MessageType
 from realtime.publish import publish_on_commit
 from strategies.models import Strategy
@@ -46,20 +51,45 @@ class OrderUpdateService:
                 return "rejected"
         return "updated"
 
+    @staticmethod
+    def states(orders: Sequence[Order]) -> list[dict[str, Any]]:
+        """Each order's REST representation, and `rejectReason` while it is rejected with one.
+
+        One serializer pass for them all: a SNAPSHOT lists thousands, and building a serializer
+        per object costs several times more than the representation itself.
+        """
+        states = [dict(row) for row in OrderSerializer(orders, many=True).data]
+        for order, state in zip(orders, states, strict=True):
+            if order.status == OrderStatus.REJECTED and order.reject_reason:
+                state["rejectReason"] = order.reject_reason
+        return states
+
+    @classmethod
+    def state(cls, order: Order) -> dict[str, Any]:
+        return cls.states([order])[0]
+
     @classmethod
     def order_saved(cls, order: Order, *, created: bool) -> None:
-        payload: dict[str, Any] = dict(OrderSerializer(order).data)
+        payload = cls.state(order)
         payload["event"] = cls.event(order, created=created)
         previous_status = order.previous_value("status")
         if not created and previous_status is not None and previous_status != order.status:
             payload["previousStatus"] = previous_status
-        if order.status == OrderStatus.REJECTED and order.reject_reason:
-            payload["rejectReason"] = order.reject_reason
         publish_on_commit(
             MessageType.ORDER_UPDATE,
             cls.topics(order),
             payload,
             ordering=(ordering_key("order", order), order.version),
+        )
+
+    @classmethod
+    def order_deleted(cls, order: Order) -> None:
+        payload = _last_state(order, cls.state)
+        publish_on_commit(
+            MessageType.ORDER_UPDATE,
+            cls.topics(order),
+            payload,
+            ordering=(ordering_key("order", order), payload["version"]),
         )
 
 
@@ -81,17 +111,44 @@ class PositionUpdateService:
             return "closed"
         return "updated"
 
+    @staticmethod
+    def states(
+        positions: Sequence[Position], *, total_exposure_by_user: dict[int, Decimal] | None = None
+    ) -> list[dict[str, Any]]:
+        """Each position's REST representation. portfolioWeight needs each owner's total
+        exposure: from `total_exposure_by_user` if given, else read in one query."""
+        context = (
+            {}
+            if total_exposure_by_user is None
+            else {TOTAL_EXPOSURE_BY_USER: total_exposure_by_user}
+        )
+        return [dict(row) for row in PositionSerializer(positions, many=True, context=context).data]
+
+    @classmethod
+    def state(cls, position: Position) -> dict[str, Any]:
+        return cls.states([position])[0]
+
     @classmethod
     def position_saved(
         cls, position: Position, *, created: bool, update_fields: Iterable[str] | None
     ) -> None:
-        payload: dict[str, Any] = dict(PositionSerializer(position).data)
+        payload = cls.state(position)
         payload["event"] = cls.event(position, created=created, update_fields=update_fields)
         publish_on_commit(
             MessageType.POSITION_UPDATE,
             cls.topics(position),
             payload,
             ordering=(ordering_key("position", position), position.version),
+        )
+
+    @classmethod
+    def position_deleted(cls, position: Position) -> None:
+        payload = _last_state(position, cls.state)
+        publish_on_commit(
+            MessageType.POSITION_UPDATE,
+            cls.topics(position),
+            payload,
+            ordering=(ordering_key("position", position), payload["version"]),
         )
 
 
@@ -102,9 +159,18 @@ class StrategyMonitorService:
     def topics(strategy: Strategy) -> list[str]:
         return ["strategies", f"user:{strategy.owner_id}:strategies", f"strategy:{strategy.pk}"]
 
+    @staticmethod
+    def states(strategies: Sequence[Strategy]) -> list[dict[str, Any]]:
+        """Each strategy's REST representation."""
+        return [dict(row) for row in StrategySerializer(strategies, many=True).data]
+
+    @classmethod
+    def state(cls, strategy: Strategy) -> dict[str, Any]:
+        return cls.states([strategy])[0]
+
     @classmethod
     def strategy_saved(cls, strategy: Strategy, *, created: bool) -> None:
-        payload: dict[str, Any] = dict(StrategySerializer(strategy).data)
+        payload = cls.state(strategy)
         fill = strategy.__dict__.pop("pending_execution", None)
         previous_status = strategy.previous_value("status")
         if created:
@@ -124,6 +190,37 @@ class StrategyMonitorService:
             payload,
             ordering=(ordering_key("strategy", strategy), strategy.version),
         )
+
+    @classmethod
+    def strategy_deleted(cls, strategy: Strategy) -> None:
+        payload = _last_state(strategy, cls.state)
+        publish_on_commit(
+            MessageType.STRATEGY_UPDATE,
+            cls.topics(strategy),
+            payload,
+            ordering=(ordering_key("strategy", strategy), payload["version"]),
+        )
+
+
+# Where pre_delete leaves an object's state for its post_delete (an attribute of the instance
+# the deletion holds: both signals are sent with the same one).
+LAST_STATE = "_realtime_last_state"
+
+
+def remember_last_state(instance: Any, state: Callable[[Any], dict[str, Any]]) -> None:
+    """Read the state of an object about to be deleted, while its row and its owner's other
+    rows (a position's weight) still exist; its post_delete publishes it."""
+    instance.__dict__[LAST_STATE] = state(instance)
+
+
+def _last_state(instance: Any, state: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    """The `deleted` payload: the remembered last state, one version past the last change."""
+    payload = instance.__dict__.pop(LAST_STATE, None)
+    if payload is None:  # pre_delete always comes first; but a deletion must not fail without it
+        payload = state(instance)
+    payload["event"] = "deleted"
+    payload["version"] = instance.version + 1
+    return payload
 
 
 def ordering_key(kind: str, instance: Any) -> str:

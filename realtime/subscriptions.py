@@ -13,6 +13,7 @@ from typing import Any
 
 from realtime.history import Position
 from realtime.protocol import MessageType, encode_json
+from realtime.snapshots import paged
 from realtime.topics import Topic, parse_topic
 from tradingrt.formats import now_timestamp
 
@@ -63,27 +64,16 @@ def parse_subscribe_entry(raw: Any) -> SubscribeEntry:
 
 
 def snapshot_messages(
-    topic: str,
-    position: Position,
-    items: Sequence[dict[str, Any]],
-    page_size: int,
-    max_bytes: int,
+    topic: str, position: Position, items: list[dict[str, Any]], page_size: int
 ) -> list[str]:
-    """The SNAPSHOT messages of one topic's state: pages of at most `page_size` items, a page
-    over `max_bytes` split further, all at the fence `position`, the final one `last`."""
-    pages: list[Sequence[dict[str, Any]]] = [
-        items[start : start + page_size] for start in range(0, len(items), page_size)
-    ] or [[]]
-    texts: list[str] = []
-    while pages:
-        page = pages.pop(0)
-        text = _snapshot(topic, position, page, last=not pages)
-        if len(text) > max_bytes and len(page) > 1:  # split in two and try again
-            middle = len(page) // 2
-            pages[:0] = [page[:middle], page[middle:]]
-            continue
-        texts.append(text)
-    return texts
+    """The SNAPSHOT messages of one topic's state (realtime.snapshots.paged: at most
+    `page_size` items and 256 KiB of them each), all at the fence `position`, the final one
+    `last`."""
+    pages = paged(items, page_size)
+    return [
+        _snapshot(topic, position, page, last=number == len(pages))
+        for number, page in enumerate(pages, start=1)
+    ]
 
 
 def _snapshot(

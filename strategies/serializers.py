@@ -12,7 +12,7 @@ from strategies.services import (
     PARAMETERS_MAX_BYTES,
     PARAMETERS_MAX_DEPTH,
 )
-from tradingrt.api import TimestampField
+from tradingrt.api import VERSION_HELP, TimestampField
 
 PARAMETERS_HELP = (
     f"A JSON object of at most {PARAMETERS_MAX_BYTES} bytes as compact UTF-8 JSON, nested at "
@@ -73,6 +73,7 @@ class StrategySerializer(serializers.Serializer):
     metrics = MetricsField(read_only=True)
     createdAt = TimestampField(source="created_at", read_only=True)
     updatedAt = TimestampField(source="updated_at", read_only=True)
+    version = serializers.IntegerField(read_only=True, help_text=VERSION_HELP)
 
 
 class StrategyWriteSerializer(serializers.Serializer):

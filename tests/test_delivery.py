@@ -15,6 +15,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from websockets.exceptions import ConnectionClosed
 
+from orders.models import Order
 from orders.services import order_create
 from realtime import publish
 from tests.conftest import access_token_for
@@ -431,3 +432,217 @@ async def test_a_malformed_subscribe_option_rejects_that_entry_only(live, trader
     ]
     assert all(r["message"] for r in reply["rejected"])
     await ws.close()
+
+
+# --- snapshots fenced by seq --------------------------------------------------------------------
+
+
+class Churn:
+    """Places orders and fills them a unit at a time, at random, until stopped: every fill is a
+    new version of an existing order, every placement a new order."""
+
+    def __init__(self, user, seed: int = 7) -> None:
+        import random
+
+        self.user = user
+        self.rng = random.Random(seed)
+        self.open: list[int] = []
+        self._stop = False
+        self._task: asyncio.Task[None] | None = None
+
+    def _step(self) -> None:
+        from decimal import Decimal
+
+        from orders.services import order_fill
+
+        if not self.open or self.rng.random() < 0.3:
+            self.open.extend(place(self.user, 1))
+            return
+        order = Order.objects.get(pk=self.rng.choice(self.open))
+        order_fill(order=order, quantity=Decimal("1"), price=Decimal("100"))
+        order.refresh_from_db()
+        if not order.is_open:
+            self.open.remove(order.pk)
+
+    async def _run(self) -> None:
+        while not self._stop:
+            await sync_to_async(self._step)()
+            await asyncio.sleep(0.002)
+
+    def __enter__(self) -> Churn:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    async def stop(self) -> None:
+        self._stop = True
+        assert self._task is not None
+        await self._task
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop = True
+
+
+async def snapshot_then_stream(ws, topic: str) -> tuple[dict, list[dict]]:
+    """Subscribe with a snapshot: the reply and the snapshot's pages."""
+    reply = await subscribe_entries(ws, {"topic": topic, "snapshot": True})
+    pages = []
+    while not pages or not pages[-1]["payload"]["last"]:
+        message = await receive(ws)
+        assert message["type"] == "SNAPSHOT" and message["topic"] == topic, message
+        pages.append(message)
+    return reply, pages
+
+
+@pytest.mark.redis
+async def test_a_snapshot_taken_while_changes_commit_has_each_change_exactly_once(
+    cluster, redis_layer, trader
+):
+    a, b = cluster
+    topic = f"user:{trader.pk}:orders"
+    await sync_to_async(place)(trader, 5)
+    watchers = []
+    with Churn(trader) as churn:
+        for server in (a, b, a, b, a):  # snapshots taken at different moments of the churn
+            await asyncio.sleep(0.15)
+            ws = await open_ws(server, trader)
+            watchers.append((ws, await snapshot_then_stream(ws, topic)))
+        await asyncio.sleep(0.2)
+        await churn.stop()
+    database = await sync_to_async(
+        lambda: {o.pk: o.version for o in Order.objects.filter(user=trader)}
+    )()
+    head = await sync_to_async(
+        lambda: max(Order.objects.filter(user=trader).values_list("version", flat=True))
+    )()
+    assert head > 1, "the churn filled orders"
+    for ws, (reply, pages) in watchers:
+        fence = reply["positions"][topic]
+        assert {p["seq"] for p in pages} == {fence["seq"]}
+        assert {p["epoch"] for p in pages} == {fence["epoch"]}
+        state = {item["id"]: item["version"] for p in pages for item in p["payload"]["items"]}
+        assert all("event" not in item for p in pages for item in p["payload"]["items"])
+        seen: dict[int, list[int]] = {}
+        final_seq = await sync_to_async(_topic_head)(topic)
+        for message in await updates(ws, topic, until_seq=final_seq):
+            assert message["seq"] > fence["seq"]
+            seen.setdefault(message["payload"]["id"], []).append(message["payload"]["version"])
+        for order_id, version in database.items():
+            after = [v for v in seen.get(order_id, []) if v > state.get(order_id, 0)]
+            # every change not in the snapshot follows it, once each, in order: none lost
+            assert after == list(range(state.get(order_id, 0) + 1, version + 1)), (
+                order_id,
+                state.get(order_id),
+                seen.get(order_id),
+            )
+            # and one already in the snapshot may follow it only as a duplicate, skipped by version
+        await ws.close()
+
+
+def _topic_head(topic: str) -> int:
+    from asgiref.sync import async_to_sync
+
+    from realtime.history import get_history
+
+    return async_to_sync(get_history().head)(topic).seq
+
+
+async def test_a_snapshot_of_a_market_topic_is_its_latest_tick(live, trader):
+    ws = await open_ws(live, trader)
+    reply, pages = await snapshot_then_stream(ws, "market:NOTICKS")
+    assert reply["positions"]["market:NOTICKS"]["seq"] == 0
+    assert [p["payload"] for p in pages] == [{"items": [], "last": True}]
+    await ws.close()
+
+
+async def test_a_snapshot_and_a_resume_in_one_request(live, trader):
+    topic = f"user:{trader.pk}:orders"
+    token = await sync_to_async(access_token_for)(trader)
+    order = await post_order(live, token)
+    ws = await open_ws(live, trader)
+    start = (await subscribe_entries(ws, topic))["positions"][topic]
+    await ws.close()
+    ws = await open_ws(live, trader)
+    both = {"topic": topic, "since": start, "snapshot": True}
+    reply = await subscribe_entries(ws, both)
+    assert reply["recovered"] == [topic]  # recovered: no snapshot
+    beat = await request(ws, "HEARTBEAT", {}, id="hb")  # nothing came between
+    assert beat["type"] == "HEARTBEAT"
+    await ws.close()
+    ws = await open_ws(live, trader)
+    reply = await subscribe_entries(ws, {**both, "since": {"epoch": "old", "seq": 9}})
+    assert reply["reset"] == [{"topic": topic, "reason": "epoch"}]
+    snapshot = await receive_type(ws, "SNAPSHOT")  # reset: the state follows
+    assert [item["id"] for item in snapshot["payload"]["items"]] == [order["id"]]
+    assert snapshot["payload"]["items"][0]["version"] == order["version"]
+    await ws.close()
+
+
+# --- the outbox: committed, then the publisher dies or Redis is down ---------------------------
+
+KILLED_AFTER_COMMIT = """
+import os, signal
+from django.contrib.auth import get_user_model
+from orders.services import order_create
+from realtime import publish
+
+def die(*args, **kwargs):  # the process dies between its commit and its publish
+    os.kill(os.getpid(), signal.SIGKILL)
+
+publish._publish_encoded = die
+user = get_user_model().objects.get(username={username!r})
+order_create(user=user, symbol="AAPL", side="BUY", order_type="LIMIT", quantity="1", price="7")
+"""
+
+OUTBOX_QUICK = {"PUBLISH_GRACE_SECS": 0.5, "PUBLISH_SWEEP_SECS": 0.2}
+
+
+@pytest.mark.redis
+async def test_an_update_whose_publisher_was_killed_after_commit_is_published_by_a_server(
+    redis_target, trader
+):
+    from realtime.models import PendingPublication
+
+    topic = f"user:{trader.pk}:orders"
+    with live_server(realtime=OUTBOX_QUICK, redis=redis_target) as server:
+        ws = await open_ws(server, trader)
+        start = (await subscribe_entries(ws, topic))["positions"][topic]
+        script = KILLED_AFTER_COMMIT.format(username=trader.username)
+        result = await asyncio.to_thread(server.manage, "shell", "-c", script)
+        assert result.returncode == -9, (result.returncode, result.stderr)  # SIGKILLed
+        order = await sync_to_async(Order.objects.get)(user=trader, price=7)
+        [update] = await updates(ws, topic, until_seq=start["seq"] + 1)
+        assert update["payload"]["id"] == order.pk and update["payload"]["event"] == "created"
+        assert await sync_to_async(PendingPublication.objects.count)() == 0
+        assert "not published by its publisher" in server.log()
+        await ws.close()
+
+
+async def test_updates_committed_while_redis_is_down_are_published_when_it_is_back(
+    private_redis, trader
+):
+    from realtime.models import PendingPublication
+
+    topic = f"user:{trader.pk}:orders"
+    token = await sync_to_async(access_token_for)(trader)
+    realtime = {**OUTBOX_QUICK, "LAYER_CHECK_INTERVAL_SECS": 0.2}
+    redis = {"url": private_redis.url, "prefix": "tradingrt-outbox"}
+    with live_server(realtime=realtime, redis=redis) as server:
+        ws = await open_ws(server, trader)
+        await subscribe_entries(ws, topic)
+        private_redis.kill()
+        placed = [await post_order(server, token) for _ in range(3)]  # 201 each, unpublished
+        assert await sync_to_async(PendingPublication.objects.count)() == 3
+        private_redis.start()  # empty: a new epoch
+        for _ in range(50):  # reconnect until the server serves again
+            with contextlib.suppress(Exception):
+                ws = await open_ws(server, trader)
+                reply = await subscribe_entries(ws, topic)
+                if topic in reply["topics"]:
+                    break
+            await asyncio.sleep(0.2)
+        assert topic in reply["topics"], reply
+        got = await updates(ws, topic, until_seq=3, timeout=20)  # the sweep publishes them
+        assert [m["payload"]["id"] for m in got] == [o["id"] for o in placed]
+        assert [m["seq"] for m in got] == [1, 2, 3]
+        await ws.close()
+        assert await sync_to_async(PendingPublication.objects.count)() == 0

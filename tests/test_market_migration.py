@@ -21,6 +21,16 @@ def _migrate(targets):
     return executor.loader.project_state([t for t in targets if t[1] is not None]).apps
 
 
+@pytest.fixture(autouse=True)
+def _latest_schema_after(django_db_setup):
+    """Leave the test database at the latest migrations, whatever this test migrated to (the
+    tables of later migrations are dropped on the way back to 0001)."""
+    yield
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(executor.loader.graph.leaf_nodes())
+
+
 @pytest.mark.django_db(transaction=True)
 def test_migrating_forward_keeps_the_quotes_and_the_publish_permission_grants():
     old_apps = _migrate(BEFORE)

@@ -31,6 +31,7 @@ ORDER_FIELDS = {
     "averageFillPrice",
     "createdAt",
     "updatedAt",
+    "version",
 }
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 LIMIT_BUY = {"symbol": "btc-usd", "side": "BUY", "orderType": "LIMIT", "quantity": "1.50"}
@@ -225,6 +226,21 @@ def test_owner_cancels_an_open_order(trader_client, alice_order):
     assert response.json()["status"] == "CANCELED"
     alice_order.refresh_from_db()
     assert alice_order.status == OrderStatus.CANCELED
+
+
+def test_version_counts_each_committed_change_and_matches_the_database(
+    trader_client, gateway_client
+):
+    created = trader_client.post(url(), {**LIMIT_BUY, "price": "100"}, format="json").json()
+    order = Order.objects.get(pk=created["id"])
+    filled = gateway_client.post(
+        url(order, "fills"), {"quantity": "1", "price": "100"}, format="json"
+    ).json()
+    canceled = trader_client.post(url(order, "cancel")).json()
+    order.refresh_from_db()
+
+    assert [created["version"], filled["order"]["version"], canceled["version"]] == [1, 2, 3]
+    assert trader_client.get(url(order)).json()["version"] == order.version == 3
 
 
 def test_staff_cancel_any_users_order(staff_client, bob_order):

@@ -29,6 +29,7 @@ POSITION_FIELDS = {
     "realizedPnl",
     "totalPnl",
     "updatedAt",
+    "version",
     "exposure",
     "portfolioWeight",
 }
@@ -61,6 +62,16 @@ def test_position_fields_and_formats(trader, trader_client):
     assert body["exposure"] == "633"
     assert body["portfolioWeight"] == "1"
     assert TIMESTAMP.match(body["updatedAt"])
+
+
+def test_version_counts_each_saved_change_of_a_position(trader, trader_client):
+    buy(trader, "10", "100")
+    buy(trader, "4", "110", side="SELL")
+    position_mark(symbol="BTC-USD", price=D("105"))
+
+    (body,) = trader_client.get("/api/positions/").json()
+
+    assert body["version"] == Position.objects.get().version == 3
 
 
 def test_a_short_position_has_a_negative_quantity_and_positive_exposure(trader, trader_client):

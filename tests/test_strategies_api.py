@@ -22,6 +22,7 @@ STRATEGY_FIELDS = {
     "metrics",
     "createdAt",
     "updatedAt",
+    "version",
 }
 CONTRACT_METRICS = {
     "orderCount",
@@ -172,6 +173,17 @@ def test_start_pause_start_stop(trader_client, alice_strategy):
     assert statuses == ["RUNNING", "PAUSED", "RUNNING", "STOPPED"]
 
 
+def test_each_change_answers_with_the_next_version(trader_client):
+    created = trader_client.post("/api/strategies/", {"name": "Momentum"}, format="json").json()
+    base = f"/api/strategies/{created['id']}"
+    renamed = trader_client.patch(f"{base}/", {"name": "Breakout"}, format="json").json()
+    started = trader_client.post(f"{base}/start/").json()
+
+    assert [created["version"], renamed["version"], started["version"]] == [1, 2, 3]
+    assert trader_client.get(f"{base}/").json()["version"] == 3
+    assert Strategy.objects.get(pk=created["id"]).version == 3
+
+
 @pytest.mark.parametrize(
     ("status", "action"),
     [(S.DRAFT, "pause"), (S.RUNNING, "start"), (S.STOPPED, "start"), (S.STOPPED, "stop")],
@@ -288,3 +300,12 @@ def test_schema_documents_the_limits(api_client):
 
     assert body["description"]["maxLength"] == DESCRIPTION_MAX_LENGTH
     assert str(PARAMETERS_MAX_BYTES) in body["parameters"]["description"]
+
+
+def test_schema_documents_version_as_a_read_only_integer(api_client):
+    schemas = api_client.get("/api/schema/", {"format": "json"}).json()["components"]["schemas"]
+
+    for name in ("Order", "Position", "Strategy"):
+        assert schemas[name]["properties"]["version"]["type"] == "integer"
+        assert schemas[name]["properties"]["version"]["readOnly"] is True
+        assert "version" in schemas[name]["required"]

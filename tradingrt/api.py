@@ -47,6 +47,13 @@ CONFLICT = OpenApiResponse(
 FORBIDDEN = OpenApiResponse(ErrorDetailSerializer, description="Not allowed for this user.")
 
 
+# The `version` of orders, positions and strategies (tradingrt.models.TracksLoadedValues).
+VERSION_HELP = (
+    "1 when created, one more with every committed change; every WebSocket update carries it "
+    "too. Of two representations of the same object, the one with the higher version is newer."
+)
+
+
 # Decimals travel as strings so no client parses them into binary floats.
 DECIMAL_STRING_SCHEMA = {"type": "string", "format": "decimal", "example": "101.25"}
 
