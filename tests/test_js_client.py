@@ -212,8 +212,8 @@ window.waitFor = async (predicate, timeoutMs = 3000) => {
 window.track = (client) => {
   const events = [];
   client.on("ORDER_UPDATE", (m) => events.push(["update", m.topic, m.seq]));
-  client.onSnapshot((e) => events.push(["snapshot", e.topic, e.seq,
-                                        e.items.map((item) => item.id), e.first, e.last, e.reason]));
+  client.onSnapshot((e) => events.push(["snapshot", e.topic, e.seq, e.items.map((item) => item.id),
+                                        e.first, e.last, e.reason]));
   client.onRecovered((e) => events.push(["recovered", e.topic, e.replayed, e.cause]));
   client.onReset((e) => events.push(["reset", e.topic, e.reason, e.snapshot, e.cause]));
   return events;
@@ -586,7 +586,8 @@ async def test_a_first_subscribe_asks_for_a_snapshot_and_holds_updates_until_its
         page,
         """
         FakeWebSocket.server = makeServer({ pageSize: 2, pageDelayMs: 20 });
-        for (const id of [1, 2, 3]) FakeWebSocket.server.publish("user:7:orders", "ORDER_UPDATE", order(id));
+        const server = FakeWebSocket.server;
+        for (const id of [1, 2, 3]) server.publish("user:7:orders", "ORDER_UPDATE", order(id));
         const client = fakeClient();
         const events = track(client);
         await client.connect();

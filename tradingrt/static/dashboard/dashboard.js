@@ -317,10 +317,7 @@ client.onState((state, detail) => {
   if (state === State.RECONNECTING) {
     log(`Reconnect attempt ${detail.attempt} in ${(detail.delayMs / 1000).toFixed(1)} s`, "warn");
   }
-  if (state === State.CONNECTED) {
-    connections += 1;
-    if (connections > 1) log(`Resuming ${client.topics.length} topics`, "ok");
-  }
+  if (state === State.CONNECTED) connections += 1;
   if (state === State.OFFLINE && detail.code === CloseCode.USER_DEACTIVATED) {
     signOut("This account was deactivated.");
   }
@@ -343,6 +340,7 @@ client.on("AUTHENTICATION", (message) => {
     log(`Token refreshed; now expires ${formatTime(expiresAt)}`, "ok");
   } else {
     log(`Connected as ${username}`, "ok");
+    if (connections > 1) log(`Resuming ${client.topics.length} topics`, "ok");
   }
   lastConnectionId = connectionId;
 });
