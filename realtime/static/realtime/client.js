@@ -34,6 +34,7 @@ export const CloseCode = Object.freeze({
   UNAUTHENTICATED: 4401,
   USER_DEACTIVATED: 4403,
   RATE_LIMITED: 4429,
+  STREAM_INTERRUPTED: 4503, // the server's update stream broke: reconnect and resume
   SLOW_CONSUMER: 4508,
 });
 

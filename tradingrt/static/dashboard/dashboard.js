@@ -42,6 +42,7 @@ const CLOSE_REASONS = {
   [CloseCode.UNAUTHENTICATED]: "session expired",
   [CloseCode.USER_DEACTIVATED]: "account deactivated",
   [CloseCode.RATE_LIMITED]: "rate limited",
+  [CloseCode.STREAM_INTERRUPTED]: "the server's update stream was interrupted",
   [CloseCode.SLOW_CONSUMER]: "too slow to keep up",
 };
 
