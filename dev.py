@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import venv
@@ -57,10 +58,29 @@ def start(options: argparse.Namespace) -> int:
         "tradingrt.asgi:application",
     ]  # fmt: skip
     print(f"Serving on http://{options.host}:{options.port}/ (Ctrl-C stops it)", flush=True)
+    server = subprocess.Popen(command, cwd=ROOT)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop the children too
+    market = None
+    if options.market:
+        # A live market for the demo: random-walk ticks through the market-data API, filling
+        # LIMIT orders the price crosses (a simulation; --no-market turns it off).
+        market = subprocess.Popen(
+            [str(PYTHON), "manage.py", "simulate_market", "--fill-orders",
+             "--url", f"http://{options.host}:{options.port}"],
+            cwd=ROOT,
+        )  # fmt: skip
     try:
-        return subprocess.call(command, cwd=ROOT)
+        return server.wait()
     except KeyboardInterrupt:
         return 0
+    finally:
+        for process in (market, server):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
 
 
 def test(options: argparse.Namespace) -> int:
@@ -94,6 +114,12 @@ def main() -> int:
     start_parser = commands.add_parser("start", help="set up and run the platform with demo data")
     start_parser.add_argument("--host", default="127.0.0.1")
     start_parser.add_argument("--port", type=int, default=8000)
+    start_parser.add_argument(
+        "--no-market",
+        dest="market",
+        action="store_false",
+        help="do not run the market simulator (manage.py simulate_market) beside the server",
+    )
     test_parser = commands.add_parser("test", help="set up and run the whole test suite")
     test_parser.add_argument("pytest_args", nargs=argparse.REMAINDER)
     commands.add_parser("check", help="lint, type-check, and check migrations and the schema")

@@ -49,6 +49,11 @@ DEFAULTS: dict[str, Any] = {
     # found Redis down) is published by a server's sweep of the outbox, every
     # PUBLISH_SWEEP_SECS.
     "PUBLISH_GRACE_SECS": 5.0,
+    # Presence (CONTRACT section 10): a user whose last connection left a topic leaves its
+    # presence after this many seconds without coming back; watched topics are re-read every
+    # PRESENCE_INTERVAL_SECS.
+    "PRESENCE_LEAVE_GRACE_SECS": 5.0,
+    "PRESENCE_INTERVAL_SECS": 1.0,
     "PUBLISH_SWEEP_SECS": 2.0,
     # Seconds a user loaded to authenticate a token is reused for the same user's next tokens
     # (0: always load). Deactivations and deletions are applied at once regardless.
@@ -89,6 +94,8 @@ SPEC: dict[str, tuple[type | tuple[type, ...], float | None, float | None]] = {
     "HISTORY_SIZE": (int, 1, 1_000_000),
     "HISTORY_TTL_SECS": (_NUMBER, 1, 365 * 86400),
     "PUBLISH_GRACE_SECS": (_NUMBER, 0, 3600),
+    "PRESENCE_LEAVE_GRACE_SECS": (_NUMBER, 0, 3600),
+    "PRESENCE_INTERVAL_SECS": (_NUMBER, 0.05, 3600),
     "PUBLISH_SWEEP_SECS": (_NUMBER, 0.05, 3600),
     "SNAPSHOT_PAGE_SIZE": (int, 1, 10_000),
     "USER_CACHE_SECS": (_NUMBER, 0, 3600),

@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from realtime.auth import TokenRejected, authenticate_token_async
 from realtime.conf import realtime_settings
+from realtime.encoding import Encoding, UndecodableMessage, from_msgpack, negotiate, to_msgpack
 from realtime.history import HistoryUnavailable
 from realtime.hub import Hub, Subscribed, SubscribeRequest, get_hub
 from realtime.outbound import Outbox
@@ -36,11 +37,14 @@ from realtime.protocol import (
     encode,
     error,
     parse,
+    parse_value,
     peek_id,
 )
 from realtime.records import RecordWriter
+from realtime.selectors import presence_page
 from realtime.snapshots import snapshot_items
 from realtime.subscriptions import (
+    Shaping,
     SubscribeEntry,
     SubscribeOptionError,
     parse_subscribe_entry,
@@ -52,6 +56,7 @@ from realtime.topics import (
     Topic,
     TopicError,
     TopicKind,
+    authorize_presence,
     authorize_topics,
     parse_topic,
 )
@@ -59,9 +64,18 @@ from tradingrt.formats import format_timestamp, now_timestamp
 
 logger = logging.getLogger(__name__)
 
-SUBSCRIPTION_ACTIONS = {"subscribe": "subscribed", "unsubscribe": "unsubscribed", "list": "list"}
+SUBSCRIPTION_ACTIONS = {
+    "subscribe": "subscribed",
+    "unsubscribe": "unsubscribed",
+    "list": "list",
+    "presence": "presence",
+}
+# Members per topic in one presence reply; a bigger topic is paged (`after`, `next`).
+PRESENCE_PAGE_MAX = 1000
 
 authorize_topics_async = database_sync_to_async(authorize_topics)
+authorize_presence_async = database_sync_to_async(authorize_presence)
+presence_page_async = database_sync_to_async(presence_page)
 snapshot_items_async = database_sync_to_async(snapshot_items)
 
 
@@ -82,6 +96,8 @@ class RealtimeConsumer(AsyncConsumer):
         self.topics: set[str] = set()
         self.closing = False
         self._closed_by_server: int | None = None
+        self.encoding = Encoding.JSON
+        self._transcode: Any = None
         self._outbox = Outbox(
             send,
             name=self.connection_id,
@@ -114,7 +130,13 @@ class RealtimeConsumer(AsyncConsumer):
 
     async def websocket_connect(self, message: dict[str, Any]) -> None:
         self.hub = await get_hub()
-        await self.base_send({"type": "websocket.accept"})
+        self.encoding, subprotocol = negotiate(self.scope.get("subprotocols"))
+        if self.encoding is Encoding.MSGPACK:
+            self._transcode = to_msgpack
+        accept: dict[str, Any] = {"type": "websocket.accept"}
+        if subprotocol is not None:
+            accept["subprotocol"] = subprotocol
+        await self.base_send(accept)
         user = self.scope.get("user")
         authenticated = user is not None and user.is_authenticated
         records = self._records = self.hub.records
@@ -136,14 +158,17 @@ class RealtimeConsumer(AsyncConsumer):
     async def websocket_receive(self, message: dict[str, Any]) -> None:
         if self.closing:
             return
+        msgpack = self.encoding is Encoding.MSGPACK
+        frame = message.get("bytes") if msgpack else message.get("text")
+        limit = realtime_settings.MAX_MESSAGE_BYTES
         verdict = self._throttle.check()
         if verdict is not Verdict.ALLOW:
             if verdict is Verdict.CLOSE:
                 self.close_with(CloseCode.RATE_LIMITED, "rate limit exceeded")
                 return
-            frame = message.get("text")
-            limit = realtime_settings.MAX_MESSAGE_BYTES
-            reply_to = peek_id(frame) if frame is not None and len(frame) <= limit else None
+            reply_to = None
+            if frame is not None and len(frame) <= limit:
+                reply_to = _peek_msgpack_id(frame) if msgpack else peek_id(frame)
             self.push(
                 error(
                     ErrorCode.RATE_LIMITED,
@@ -153,17 +178,19 @@ class RealtimeConsumer(AsyncConsumer):
                 )
             )
             return
-        text = message.get("text")
-        if text is None:
+        if frame is None:
+            wanted = "a MessagePack binary frame" if msgpack else "a JSON text frame"
             self.push(
                 error(
                     ErrorCode.INVALID_MESSAGE,
-                    "Binary frames are not accepted; send each message as a JSON text frame.",
+                    f"{'Text' if msgpack else 'Binary'} frames are not accepted on this "
+                    f"connection ({self.encoding.value}); send each message as {wanted}.",
                 )
             )
             return
-        limit = realtime_settings.MAX_MESSAGE_BYTES
-        if len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit):
+        if len(frame) > limit or (
+            not msgpack and len(frame) * 4 > limit and len(frame.encode()) > limit
+        ):
             self.push(
                 error(
                     ErrorCode.MESSAGE_TOO_LARGE,
@@ -173,7 +200,14 @@ class RealtimeConsumer(AsyncConsumer):
             return
         parsed: ClientMessage | None = None
         try:
-            parsed = parse(text, authenticated=self.user is not None)
+            if msgpack:
+                try:
+                    value = from_msgpack(frame)
+                except UndecodableMessage as exc:
+                    raise ProtocolError(ErrorCode.INVALID_MESSAGE, str(exc)) from None
+                parsed = parse_value(value, authenticated=self.user is not None)
+            else:
+                parsed = parse(frame, authenticated=self.user is not None)
             await self.handle(parsed)
         except ProtocolError as exc:
             self.push(exc.encode())
@@ -259,7 +293,8 @@ class RealtimeConsumer(AsyncConsumer):
         if action not in SUBSCRIPTION_ACTIONS:
             raise ProtocolError(
                 ErrorCode.INVALID_MESSAGE,
-                "A SUBSCRIPTION needs payload.action 'subscribe', 'unsubscribe' or 'list'.",
+                "A SUBSCRIPTION needs payload.action 'subscribe', 'unsubscribe', 'list' or "
+                "'presence'.",
                 reply_to=message.id,
             )
         if action == "list":
@@ -274,6 +309,9 @@ class RealtimeConsumer(AsyncConsumer):
             )
         if action == "subscribe":
             await self.subscribe(requested, message.id)
+            return
+        if action == "presence":
+            await self.presence(message.payload, requested, message.id)
             return
         accepted, rejected = await self.unsubscribe(requested)
         self.push(self._subscription_reply("unsubscribed", accepted, rejected, message.id))
@@ -305,6 +343,13 @@ class RealtimeConsumer(AsyncConsumer):
                 )
                 continue
             wanted.setdefault(entry.topic.name, entry)
+        watching = [e.topic for e in wanted.values() if e.presence]
+        if watching:  # presence: true on a topic whose presence the user may not see
+            refused = await authorize_presence_async(self.user, watching)
+            for name, reason in refused.items():
+                if reason is not None and name in wanted:
+                    del wanted[name]
+                    rejected.append({"topic": name, "reason": reason.value})
         candidates = [e.topic for name, e in wanted.items() if name not in self.topics]
         new: list[str] = []
         if candidates:
@@ -325,7 +370,13 @@ class RealtimeConsumer(AsyncConsumer):
         hub = self.hub
         self.topics.update(new)  # before the joins: a close meanwhile drops them all
         requests = [
-            SubscribeRequest(name, since=entry.since, snapshot=entry.snapshot)
+            SubscribeRequest(
+                name,
+                since=entry.since,
+                snapshot=entry.snapshot,
+                shaping=entry.shaping,
+                presence=entry.presence,
+            )
             for name, entry in wanted.items()
         ]
         results = await hub.subscribe(self, requests) if requests else []
@@ -357,19 +408,22 @@ class RealtimeConsumer(AsyncConsumer):
             for result in results:
                 if result.failed:
                     continue
-                for text in result.replay:
+                shaping = wanted[result.topic].shaping
+                for text in _shaped_replay(result.replay, shaping):
                     self.push(text)
                 if result.snapshot:
-                    await self._send_snapshot(wanted[result.topic].topic, result)
+                    await self._send_snapshot(wanted[result.topic], result)
         finally:
             for result in results:
                 if not result.failed:
                     hub.release(result.topic, self)
 
-    async def _send_snapshot(self, topic: Topic, result: Subscribed) -> None:
+    async def _send_snapshot(self, entry: SubscribeEntry, result: Subscribed) -> None:
         """The topic's state, fenced at the subscription's position: every message up to it is
-        in the state, and every later one follows (CONTRACT section 9)."""
+        in the state, and every later one follows (CONTRACT section 9); narrowed by the
+        subscription's filter (section 10)."""
         assert result.position is not None and self.hub is not None
+        topic = entry.topic
         position = result.position
         items: list[dict[str, Any]] | None = None
         if topic.kind is TopicKind.MARKET:  # the tick at the fence, else the stored quote
@@ -379,12 +433,57 @@ class RealtimeConsumer(AsyncConsumer):
                     items = [json.loads(latest)["payload"]]
         if items is None:
             items = await snapshot_items_async(topic)
+        if entry.shaping is not None and entry.shaping.filter is not None:
+            items = [item for item in items if entry.shaping.filter.accepts(item)]
         for text in snapshot_messages(
             topic.name, position, items, realtime_settings.SNAPSHOT_PAGE_SIZE
         ):
             # A large state goes out as the client reads it, not all into the send buffer.
             await self._outbox.wait_for_room(len(text))
             self.push(text)
+
+    async def presence(self, payload: dict[str, Any], requested: list[Any], reply_to: Any) -> None:
+        """Who is subscribed to each of `requested`, on any server (CONTRACT section 10); a
+        large topic in pages of `limit` members, the next one `after` the reply's `next`."""
+        limit = payload.get("limit", PRESENCE_PAGE_MAX)
+        after = payload.get("after") or {}
+        if (
+            isinstance(limit, bool)
+            or not isinstance(limit, int)
+            or not 1 <= limit <= PRESENCE_PAGE_MAX
+            or not isinstance(after, dict)
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in after.values())
+        ):
+            raise ProtocolError(
+                ErrorCode.INVALID_MESSAGE,
+                f"A presence request takes topics, an optional limit (1 to {PRESENCE_PAGE_MAX}) "
+                "and an optional after: {topic: userId} from a previous reply's next.",
+                reply_to=reply_to,
+            )
+        rejected: list[dict[str, Any]] = []
+        topics: dict[str, Topic] = {}
+        for raw in requested:
+            try:
+                topic = parse_topic(raw)
+            except TopicError as exc:
+                rejected.append({"topic": raw, "reason": exc.reason.value})
+                continue
+            topics.setdefault(topic.name, topic)
+        decisions = await authorize_presence_async(self.user, list(topics.values()))
+        presence: dict[str, list[dict[str, Any]]] = {}
+        following: dict[str, int] = {}
+        for name, reason in decisions.items():
+            if reason is not None:
+                rejected.append({"topic": name, "reason": reason.value})
+                continue
+            members, more = await presence_page_async(name, limit=limit, after=after.get(name))
+            presence[name] = members
+            if more is not None:
+                following[name] = more
+        reply: dict[str, Any] = {"action": "presence", "presence": presence, "rejected": rejected}
+        if following:
+            reply["next"] = following
+        self.push(encode(MessageType.SUBSCRIPTION, reply, reply_to=reply_to))
 
     async def _authorize(self, topics: list[Topic]) -> dict[str, RejectReason | None]:
         """Decide on `topics` with the user's current permissions.
@@ -457,9 +556,11 @@ class RealtimeConsumer(AsyncConsumer):
     # --- outbound -----------------------------------------------------------------------
 
     def push(self, text: str) -> None:
-        """Send one message to this client, after what is queued (realtime.outbound.Outbox)."""
+        """Send one message to this client, after what is queued (realtime.outbound.Outbox);
+        on a MessagePack connection as its binary form (once per message and process)."""
         if not self.closing:
-            self._outbox.push(text)
+            transcode = self._transcode
+            self._outbox.push(text if transcode is None else transcode(text))
 
     def close_with(self, code: int, reason: str = "") -> None:
         """Close the connection from the server side with `code` (sent after queued text)."""
@@ -570,3 +671,28 @@ def _client_address(scope: dict[str, Any]) -> str:
 def _entry_name(raw: Any) -> Any:
     """What a rejected entry is called in the reply: its topic (a name or an object's)."""
     return raw.get("topic") if isinstance(raw, dict) else raw
+
+
+def _shaped_replay(texts: list[str], shaping: Shaping | None) -> list[str]:
+    """A recovery as the subscription wants it: filtered; throttled, only the latest."""
+    if shaping is None:
+        return texts
+    if shaping.filter is not None:
+        wanted = shaping.filter
+        texts = [t for t in texts if wanted.accepts(json.loads(t).get("payload") or {})]
+    if shaping.throttle_ms is not None:
+        texts = texts[-1:]
+    return texts
+
+
+def _peek_msgpack_id(frame: bytes) -> Any:
+    """The `id` of a MessagePack frame that will not be handled (rate limited)."""
+    try:
+        value = from_msgpack(frame)
+    except UndecodableMessage:
+        return None
+    if isinstance(value, dict):
+        candidate = value.get("id")
+        if isinstance(candidate, str | int | float) and not isinstance(candidate, bool):
+            return candidate if not isinstance(candidate, str) or len(candidate) <= 128 else None
+    return None

@@ -13,21 +13,27 @@ import asyncio
 import atexit
 import collections
 import contextlib
+import json
 import logging
 import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
 from realtime import connections, stats
 from realtime.conf import realtime_settings
+from realtime.conflation import Conflator, Slot
 from realtime.history import HistoryUnavailable, Position, history_for
 from realtime.layer import LayerProbe, probe_for
+from realtime.presence import PresenceTracker
 from realtime.protocol import CloseCode, MessageType, encode
 from realtime.records import RecordWriter
+
+if TYPE_CHECKING:
+    from realtime.subscriptions import Shaping
 from realtime.topics import group_name
 
 logger = logging.getLogger(__name__)
@@ -102,11 +108,40 @@ class Hold:
 
 @dataclass(slots=True)
 class SubscribeRequest:
-    """One entry of a subscribe request (CONTRACT section 9)."""
+    """One entry of a subscribe request (CONTRACT sections 9 and 10)."""
 
     topic: str
     since: Position | None = None
     snapshot: bool = False
+    shaping: Shaping | None = None  # a filter, a throttle: replaces what the topic had
+    presence: bool = False
+
+
+class Shaped:
+    """A subscription that narrows (filter) or conflates (throttle) what it is handed."""
+
+    __slots__ = ("filter", "slot")
+
+    def __init__(self, shaping: Shaping, slot: Slot | None) -> None:
+        self.filter = shaping.filter
+        self.slot = slot
+
+
+class Parsed:
+    """One message's payload, decoded at most once however many filters look at it."""
+
+    __slots__ = ("_payload", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._payload: dict[str, Any] | None = None
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        if self._payload is None:
+            payload = json.loads(self.text).get("payload")
+            self._payload = payload if isinstance(payload, dict) else {}
+        return self._payload
 
 
 @dataclass(slots=True)
@@ -151,6 +186,10 @@ class Hub:
         self._backlog: dict[str, collections.deque[tuple[int, str]]] = {}
         # topic -> subscriber -> its held messages (a subscription being fenced, a re-check).
         self._held: dict[str, dict[Subscriber, Hold]] = {}
+        # topic -> subscriber -> its filter and throttle, for the subscriptions that have one.
+        self._shaped: dict[str, dict[Subscriber, Shaped]] = {}
+        self.conflator = Conflator()
+        self.presence = PresenceTracker(self)
         # Goes up with every permission re-check, so a subscription authorised while one ran is
         # authorised again (realtime.consumers).
         self.permission_changes = 0
@@ -205,6 +244,7 @@ class Hub:
             self._tasks.append(asyncio.create_task(self._heartbeat_loop()))
             self._tasks.append(asyncio.create_task(self._maintenance_loop()))
             self._tasks.append(asyncio.create_task(self._outbox_loop()))
+            self._tasks.append(asyncio.create_task(self.presence.loop()))
             logger.info("Realtime hub %s started", self.server_id)
 
     async def stop(self) -> None:
@@ -216,6 +256,7 @@ class Hub:
                 await task
         self._tasks.clear()
         self._side_tasks.clear()
+        self.conflator.close()
         if self.layer is not None and self.channel_name:
             for topic_group in list(self._joined):
                 try:
@@ -266,6 +307,8 @@ class Hub:
             if stream is None:
                 stream = self._streams[topic] = Stream()
             self._hold(topic, subscriber, stream)
+            self._shape(topic, subscriber, request.shaping)
+            self.presence.watch(topic, subscriber, request.presence)
         return list(await asyncio.gather(*(self._subscribe_one(subscriber, r) for r in requests)))
 
     async def _subscribe_one(self, subscriber: Subscriber, request: SubscribeRequest) -> Subscribed:
@@ -332,6 +375,34 @@ class Hub:
             result.position = Position(since.epoch, since.seq)
         result.recovered = True
 
+    def _shape(self, topic: str, subscriber: Subscriber, shaping: Shaping | None) -> None:
+        """Set (or clear) how the subscription narrows and conflates what it is handed."""
+        shaped = self._shaped.get(topic)
+        old = shaped.pop(subscriber, None) if shaped is not None else None
+        if old is not None and old.slot is not None:
+            self.conflator.cancel(old.slot)
+        if shaping is None:
+            if shaped is not None and not shaped:
+                del self._shaped[topic]
+            return
+        slot = None
+        if shaping.throttle_ms is not None:
+            slot = self.conflator.slot(subscriber.push, shaping.throttle_ms)
+        self._shaped.setdefault(topic, {})[subscriber] = Shaped(shaping, slot)
+
+    def shaping_of(self, topic: str, subscriber: Subscriber) -> Shaped | None:
+        shaped = self._shaped.get(topic)
+        return shaped.get(subscriber) if shaped is not None else None
+
+    def _hand(self, subscriber: Subscriber, shaped: Shaped, message: Parsed) -> None:
+        """Hand one message to a shaped subscription: filtered, then conflated."""
+        if shaped.filter is not None and not shaped.filter.accepts(message.payload):
+            return
+        if shaped.slot is not None:
+            self.conflator.offer(shaped.slot, message.text)
+        else:
+            subscriber.push(message.text)
+
     def release(self, topic: str, subscriber: Subscriber) -> None:
         """End one hold of `subscriber` on `topic`: once none is left, send what waited."""
         held = self._held.get(topic)
@@ -346,9 +417,13 @@ class Hub:
         if subscriber not in self.topics.get(topic, ()):
             return
         after = hold.after or 0
+        shaped = self.shaping_of(topic, subscriber)
         for seq, text in hold.messages:
             if seq > after:
-                subscriber.push(text)
+                if shaped is None:
+                    subscriber.push(text)
+                else:
+                    self._hand(subscriber, shaped, Parsed(text))
 
     def _hold(self, topic: str, subscriber: Subscriber, stream: Stream | None) -> Hold:
         held = self._held.setdefault(topic, {})
@@ -382,6 +457,8 @@ class Hub:
                 held.pop(subscriber, None)
                 if not held:
                     del self._held[topic]
+            self._shape(topic, subscriber, None)
+            self.presence.watch(topic, subscriber, False)
             subscribers = self.topics.get(topic)
             if subscribers is None:
                 continue
@@ -475,22 +552,28 @@ class Hub:
         self._accept(topic, stream, epoch, seq, text, may_repair=True)
 
     def _accept(
-        self, topic: str, stream: Stream, epoch: str, seq: int, text: str, *, may_repair: bool
+        self,
+        topic: str,
+        stream: Stream,
+        epoch: str,
+        seq: int,
+        text: str,
+        *,
+        may_repair: bool,
+        current: str | None = None,
     ) -> None:
+        """Deliver, skip or hold one message. `current`: the history's epoch as just read (after
+        a repair), which decides a message of another epoch."""
         if epoch != stream.epoch:
-            if epoch in stream.retired:
-                return  # sent before the history was reset, arriving late
-            logger.warning(
-                "Topic %s: new epoch %s (was %s at seq %d): its history was reset",
-                topic,
-                epoch,
-                stream.epoch,
-                stream.last,
-            )
-            stats.count("epoch_changes")
-            if stream.epoch is not None:
-                stream.retired.add(stream.epoch)
-            stream.epoch, stream.last, stream.delivered = epoch, 0, 0
+            if epoch in stream.retired or (current is not None and epoch != current):
+                stats.count("stale_epoch_messages")
+                return  # numbered in an epoch the history has left: sent before a reset
+            if may_repair:  # which epoch is the history's now? read it before deciding
+                stream.pending[seq] = (epoch, text)
+                stream.repairing = True
+                self._spawn(self._repair(topic, stream))
+                return
+            self._new_epoch(topic, stream, epoch)
         if seq <= stream.last:
             return  # delivered already: a repair read it from the history first
         if seq > stream.last + 1:
@@ -511,14 +594,35 @@ class Hub:
         stream.last = seq
         self.deliver(topic, seq, text)
 
+    def _new_epoch(self, topic: str, stream: Stream, epoch: str) -> None:
+        logger.warning(
+            "Topic %s: new epoch %s (was %s at seq %d): its history was reset",
+            topic,
+            epoch,
+            stream.epoch,
+            stream.last,
+        )
+        stats.count("epoch_changes")
+        if stream.epoch is not None:
+            stream.retired.add(stream.epoch)
+        stream.epoch, stream.last, stream.delivered = epoch, 0, 0
+
     async def _repair(self, topic: str, stream: Stream) -> None:
-        """Read what a gap misses from the history, then deliver it and what waited, in order."""
+        """Read what a gap misses from the history, then deliver it and what waited, in order.
+
+        Also decides a message of another epoch: if the history is in that epoch now, the
+        stream moves to it (from seq 1); if not, the message is a late one of an older epoch.
+        """
         stats.count("gap_repairs")
         entries: list[tuple[int, str]] = []
+        current: str | None = None
         try:
             read = await self.history.read(topic, stream.last)
-            if read.epoch == stream.epoch:
-                entries = read.entries
+            current = read.epoch
+            if read.epoch != stream.epoch:
+                read = await self.history.read(topic, 0)
+                current = read.epoch
+            entries = read.entries
         except HistoryUnavailable as exc:
             logger.warning("Could not repair a gap on %s from the history: %s", topic, exc)
         except Exception:
@@ -527,13 +631,15 @@ class Hub:
             stream.repairing = False
         if self._streams.get(topic) is not stream:
             return
+        if current is not None and current != stream.epoch:
+            self._new_epoch(topic, stream, current)
         before = stream.last
         self._advance(topic, stream, entries)
         if stream.last > before:
             logger.info(
                 "Topic %s: repaired seqs %d-%d from the history", topic, before + 1, stream.last
             )
-        self._drain_pending(topic, stream, may_repair=False)
+        self._drain_pending(topic, stream, may_repair=False, current=current)
 
     def _advance(self, topic: str, stream: Stream, entries: Sequence[tuple[int, str]]) -> None:
         """Deliver history entries that follow the stream's position, as far as they are
@@ -545,11 +651,13 @@ class Hub:
             elif seq > stream.last + 1:
                 break
 
-    def _drain_pending(self, topic: str, stream: Stream, *, may_repair: bool) -> None:
+    def _drain_pending(
+        self, topic: str, stream: Stream, *, may_repair: bool, current: str | None = None
+    ) -> None:
         while stream.pending and not stream.repairing:
             seq = min(stream.pending)
             epoch, text = stream.pending.pop(seq)
-            self._accept(topic, stream, epoch, seq, text, may_repair=may_repair)
+            self._accept(topic, stream, epoch, seq, text, may_repair=may_repair, current=current)
 
     # --- delivery ----------------------------------------------------------------------
 
@@ -580,11 +688,17 @@ class Hub:
 
     def _push_all(self, topic: str, subscribers: Sequence[Subscriber], seq: int, text: str) -> None:
         held = self._held.get(topic)
-        if held:  # some subscriptions are being fenced or re-checked: theirs wait
+        shaped = self._shaped.get(topic)
+        if held or shaped:  # subscriptions being fenced or re-checked wait; shaped ones filter
+            message = Parsed(text)
             for subscriber in subscribers:
-                hold = held.get(subscriber)
+                hold = held.get(subscriber) if held else None
                 if hold is not None:
                     hold.messages.append((seq, text))
+                    continue
+                shaping = shaped.get(subscriber) if shaped else None
+                if shaping is not None:
+                    self._hand(subscriber, shaping, message)
                 else:
                     subscriber.push(text)
         else:

@@ -25,6 +25,7 @@ class MessageType(StrEnum):
     HEARTBEAT = "HEARTBEAT"
     ERROR = "ERROR"
     SNAPSHOT = "SNAPSHOT"
+    PRESENCE = "PRESENCE"
 
 
 # Types a client may send; the rest are server-to-client only.
@@ -162,6 +163,11 @@ def parse(text: str, *, authenticated: bool = True) -> ClientMessage:
         ) from None
     except RecursionError:
         raise ProtocolError(ErrorCode.INVALID_JSON, TOO_DEEP) from None
+    return parse_value(message, authenticated=authenticated)
+
+
+def parse_value(message: Any, *, authenticated: bool = True) -> ClientMessage:
+    """Validate one decoded inbound message (from JSON or MessagePack: the same rules)."""
     if not isinstance(message, dict):
         raise ProtocolError(
             ErrorCode.INVALID_MESSAGE,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, Min, Q, QuerySet
 from django.utils import timezone
 
 from realtime.connections import alive_q
@@ -83,3 +83,51 @@ def connection_status() -> dict[str, Any]:
         ],
         "timestamp": format_timestamp(now),
     }
+
+
+# --- presence (CONTRACT section 10) ---------------------------------------------------------
+
+
+def _present(topics: list[str]) -> QuerySet[Any]:
+    """Per topic and user: the user's live connections subscribed to it, and since when."""
+    return (
+        Subscription.objects.filter(
+            topic__in=topics,
+            connection__user__isnull=False,
+            connection__server__expires_at__gte=timezone.now(),
+        )
+        .values("topic", "connection__user_id", "connection__user__username")
+        .annotate(connections=Count("connection_id"), since=Min("subscribed_at"))
+        .order_by("topic", "connection__user_id")
+    )
+
+
+def presence_members(topics: list[str]) -> dict[str, dict[int, str]]:
+    """Who is present on each of `topics` now: user id -> username (one query)."""
+    members: dict[str, dict[int, str]] = {topic: {} for topic in topics}
+    for row in _present(topics):
+        members[row["topic"]][row["connection__user_id"]] = row["connection__user__username"]
+    return members
+
+
+def presence_page(
+    topic: str, *, limit: int, after: int | None = None
+) -> tuple[list[dict[str, Any]], int | None]:
+    """One page of a topic's presence, by user id; and the id to ask `after` for the next page
+    (None on the last page)."""
+    rows = _present([topic])
+    if after is not None:
+        rows = rows.filter(connection__user_id__gt=after)
+    page = list(rows[: limit + 1])
+    more = len(page) > limit
+    page = page[:limit]
+    members = [
+        {
+            "userId": row["connection__user_id"],
+            "username": row["connection__user__username"],
+            "connections": row["connections"],
+            "since": format_timestamp(row["since"]),
+        }
+        for row in page
+    ]
+    return members, (page[-1]["connection__user_id"] if more and page else None)

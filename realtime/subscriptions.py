@@ -1,12 +1,15 @@
 """Subscribe entries and what follows a subscription: options parsed, snapshots paged.
 
-CONTRACT section 9: an entry of a subscribe request's `topics` is a topic name or an object
-`{"topic", "since": {"epoch", "seq"}, "snapshot": bool}`. A malformed option rejects that entry
-(reason `invalid_option`, with a message saying what is wrong); the other entries go on.
+CONTRACT sections 9 and 10: an entry of a subscribe request's `topics` is a topic name or an
+object `{"topic", "since": {"epoch", "seq"}, "snapshot": bool, "filter": {...},
+"throttleMs": int, "presence": bool}`. A malformed option rejects that entry (reason
+`invalid_option`, with a message saying what is wrong); the other entries go on.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,17 +17,50 @@ from typing import Any
 from realtime.history import Position
 from realtime.protocol import MessageType, encode_json
 from realtime.snapshots import paged
-from realtime.topics import Topic, parse_topic
+from realtime.topics import Topic, TopicKind, parse_topic
 from tradingrt.formats import now_timestamp
 
 MAX_EPOCH_LENGTH = 64
-# Options of CONTRACT section 10, not served yet: refused rather than silently ignored, since a
-# client that asked for a filter must not receive what it filtered out.
-NOT_YET_SUPPORTED = ("filter", "throttleMs", "presence")
+MAX_FILTER_KEYS = 10
+MAX_FILTER_VALUES = 100
+THROTTLE_MS_MIN, THROTTLE_MS_MAX = 50, 60_000
 
 
 class SubscribeOptionError(Exception):
     """A subscribe entry's option is malformed; the message says which and why."""
+
+
+def _scalar_key(value: Any) -> tuple[str, Any]:
+    """A filter value as compared: JSON type and value (so true never matches 1)."""
+    if isinstance(value, bool):
+        return ("b", value)
+    if isinstance(value, int | float):
+        return ("n", value)
+    if isinstance(value, str):
+        return ("s", value)
+    return ("z", None)
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """CONTRACT section 10: payload field -> accepted values; every field must match."""
+
+    fields: tuple[tuple[str, frozenset[tuple[str, Any]]], ...]
+
+    def accepts(self, payload: dict[str, Any]) -> bool:
+        for name, values in self.fields:
+            value = payload.get(name)
+            if isinstance(value, dict | list) or _scalar_key(value) not in values:
+                return False
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class Shaping:
+    """What a subscription narrows or conflates (None: every message, as it comes)."""
+
+    filter: Filter | None = None
+    throttle_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +68,38 @@ class SubscribeEntry:
     topic: Topic
     since: Position | None = None
     snapshot: bool = False
+    shaping: Shaping | None = None
+    presence: bool = False
+
+
+def payload_fields(kind: TopicKind) -> frozenset[str]:
+    """The top-level payload fields a filter may name on a topic of `kind`."""
+    return _payload_fields()[kind]
+
+
+@functools.cache
+def _payload_fields() -> dict[TopicKind, frozenset[str]]:
+    from orders.serializers import OrderSerializer
+    from positions.serializers import PositionSerializer
+    from strategies.serializers import StrategySerializer
+
+    orders = frozenset(OrderSerializer().fields) | {"event", "previousStatus", "rejectReason"}
+    positions = frozenset(PositionSerializer().fields) | {"event"}
+    strategies = frozenset(StrategySerializer().fields) | {"event", "previousStatus"}
+    market = frozenset({"symbol", "last", "bid", "ask", "volume", "timestamp"})
+    by_kind = {
+        TopicKind.ORDERS: orders,
+        TopicKind.USER_ORDERS: orders,
+        TopicKind.STRATEGY_ORDERS: orders,
+        TopicKind.POSITIONS: positions,
+        TopicKind.USER_POSITIONS: positions,
+        TopicKind.STRATEGIES: strategies,
+        TopicKind.USER_STRATEGIES: strategies,
+        TopicKind.STRATEGY: strategies,
+        TopicKind.MARKET: market,
+    }
+    assert set(by_kind) == set(TopicKind)
+    return by_kind
 
 
 def parse_subscribe_entry(raw: Any) -> SubscribeEntry:
@@ -39,9 +107,6 @@ def parse_subscribe_entry(raw: Any) -> SubscribeEntry:
     if not isinstance(raw, dict):
         return SubscribeEntry(parse_topic(raw))
     topic = parse_topic(raw.get("topic"))
-    for name in NOT_YET_SUPPORTED:
-        if name in raw:
-            raise SubscribeOptionError(f"'{name}' is not supported by this server yet")
     since = raw.get("since")
     position = None
     if since is not None:
@@ -60,7 +125,63 @@ def parse_subscribe_entry(raw: Any) -> SubscribeEntry:
     snapshot = raw.get("snapshot", False)
     if not isinstance(snapshot, bool):
         raise SubscribeOptionError('"snapshot" must be true or false')
-    return SubscribeEntry(topic, position, snapshot)
+    presence = raw.get("presence", False)
+    if not isinstance(presence, bool):
+        raise SubscribeOptionError('"presence" must be true or false')
+    filter_ = _parse_filter(topic, raw.get("filter"))
+    throttle = _parse_throttle(topic, raw.get("throttleMs"))
+    shaping = Shaping(filter_, throttle) if filter_ is not None or throttle is not None else None
+    return SubscribeEntry(topic, position, snapshot, shaping, presence)
+
+
+def _parse_filter(topic: Topic, raw: Any) -> Filter | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not raw:
+        raise SubscribeOptionError(
+            '"filter" must be an object of payload fields to a value or a list of values, '
+            'e.g. {"symbol": ["AAPL", "MSFT"]}'
+        )
+    if len(raw) > MAX_FILTER_KEYS:
+        raise SubscribeOptionError(f'"filter" may name at most {MAX_FILTER_KEYS} fields')
+    known = payload_fields(topic.kind)
+    fields = []
+    for name, wanted in raw.items():
+        if name not in known:
+            raise SubscribeOptionError(
+                f'"filter" names {name!r}, which is not a field of this topic\'s messages '
+                f"(fields: {', '.join(sorted(known))})"
+            )
+        values = wanted if isinstance(wanted, list) else [wanted]
+        if not values or len(values) > MAX_FILTER_VALUES:
+            raise SubscribeOptionError(
+                f'"filter.{name}" must be a value or a list of 1 to {MAX_FILTER_VALUES} values'
+            )
+        for value in values:
+            if isinstance(value, dict | list) or (
+                isinstance(value, float) and not math.isfinite(value)
+            ):
+                raise SubscribeOptionError(
+                    f'"filter.{name}" values must be strings, numbers, booleans or null'
+                )
+        fields.append((name, frozenset(_scalar_key(value) for value in values)))
+    return Filter(tuple(fields))
+
+
+def _parse_throttle(topic: Topic, raw: Any) -> int | None:
+    if raw is None:
+        return None
+    if topic.kind is not TopicKind.MARKET:
+        raise SubscribeOptionError('"throttleMs" is only for market:{SYMBOL} topics')
+    if (
+        isinstance(raw, bool)
+        or not isinstance(raw, int)
+        or not (THROTTLE_MS_MIN <= raw <= THROTTLE_MS_MAX)
+    ):
+        raise SubscribeOptionError(
+            f'"throttleMs" must be an integer from {THROTTLE_MS_MIN} to {THROTTLE_MS_MAX}'
+        )
+    return raw
 
 
 def snapshot_messages(

@@ -158,6 +158,17 @@ def authorize_topics(user: Any, topics: list[Topic]) -> dict[str, RejectReason |
     return {topic.name: _decide(user, topic, owners) for topic in topics}
 
 
+def authorize_presence(user: Any, topics: list[Topic]) -> dict[str, RejectReason | None]:
+    """Who may see a topic's presence (CONTRACT section 10): whoever may subscribe to it, except
+    on `market:` topics, whose presence would tell who trades what: staff and holders of
+    `realtime.view_connection` only."""
+    decisions = authorize_topics(user, topics)
+    market = [t for t in topics if t.kind is TopicKind.MARKET and decisions[t.name] is None]
+    if market and not (user.is_staff or user.has_perm("realtime.view_connection")):
+        decisions.update({t.name: RejectReason.FORBIDDEN for t in market})
+    return decisions
+
+
 def _decide(user: Any, topic: Topic, strategy_owners: dict[int, int]) -> RejectReason | None:
     if topic.kind is TopicKind.MARKET:
         return None

@@ -422,7 +422,7 @@ async def test_a_malformed_subscribe_option_rejects_that_entry_only(live, trader
         {"topic": topic, "since": {"epoch": "x", "seq": -1}},
         {"topic": "market:OK", "snapshot": "yes"},
         {"topic": "market:FINE"},
-        {"topic": "market:LATER", "filter": {"symbol": ["X"]}},
+        {"topic": "market:LATER", "filter": {"nope": ["X"]}},
     )
     assert reply["topics"] == ["market:FINE"]
     assert [(r["topic"], r["reason"]) for r in reply["rejected"]] == [

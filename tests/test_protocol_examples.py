@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from asgiref.sync import sync_to_async
 
+from tests.conftest import access_token_for
 from tests.factories import UserFactory
 from tests.test_delivery import place
 
@@ -25,9 +26,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.django_db(transact
 PROTOCOL = Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md"
 
 
-def python_example() -> str:
+def python_example(heading: str = "### 13.5 Python") -> str:
     text = PROTOCOL.read_text()
-    section = text[text.index("### 13.5 Python") :]
+    section = text[text.index(heading) :]
     return section[section.index("```python\n") + 10 : section.index("\n```\n")]
 
 
@@ -99,3 +100,25 @@ async def test_the_documented_python_client_resumes_exactly_after_a_disconnect(
     assert "reset:" not in output  # the disconnect was recovered, not reloaded
     for order_id in [live, *missed, after]:
         assert len(re.findall(rf"orders created {order_id} NEW", output)) == 1, output
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_documented_msgpack_client_works_as_written(live):
+    from tests.test_delivery import post_order
+
+    user = await sync_to_async(UserFactory)(username="msgpack-bot", password="example-pass")
+    source = (
+        python_example("### 13.6 Python on MessagePack")
+        .replace('"http://127.0.0.1:8000"', repr(live.http_url))
+        .replace('"ws://127.0.0.1:8000/ws"', repr(live.ws_url))
+        .replace('"alice", "alice-demo-pass"', '"msgpack-bot", "example-pass"')
+    )
+    bot = Running(source)
+    try:
+        await bot.wait_for(r"state: 0 items at seq 0")
+        token = await sync_to_async(access_token_for)(user)
+        order = await post_order(live, token)
+        line = await bot.wait_for(rf"user:{user.pk}:orders 1 ")
+        assert f"'id': {order['id']}" in line and "'price': '100'" in line  # decimals: strings
+    finally:
+        bot.stop()

@@ -276,13 +276,19 @@ async def test_a_new_epoch_restarts_the_stream(hub):
     await subscribe(hub, listener, "orders")
     publish(hub, "orders", 2)
     old = hub.history.epoch
+    late = publish(hub, "orders", 1, deliver=False)  # numbered in the old epoch, sent late
     hub.history.reset()
+    publish(hub, "orders", 1)
+    await asyncio.sleep(0.01)  # the history is asked which epoch is current
+    payload = json.loads(late[0])
+    hub.receive("orders", payload["epoch"], payload["seq"], late[0])  # arrives after the reset
     publish(hub, "orders", 1)
     assert [(json.loads(t)["epoch"], json.loads(t)["seq"]) for t in listener.received] == [
         (old, 1),
         (old, 2),
         (hub.history.epoch, 1),
-    ]
+        (hub.history.epoch, 2),
+    ]  # old 3 was never delivered here before the reset, and is not after it either
 
 
 async def test_heartbeat_positions_never_run_ahead_of_what_a_connection_was_handed(hub):

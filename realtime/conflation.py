@@ -1,0 +1,116 @@
+"""Per-subscription throttling of latest-value topics (CONTRACT section 10, `throttleMs`).
+
+A throttled subscription gets at most one message per interval, always the latest, and the last
+message of a burst is never held for longer than the interval. Thousands of connections each
+throttling dozens of symbols must not cost a task or a timer each: one `Conflator` per hub keeps
+the subscriptions that hold a message in a heap ordered by when each may send next, and one
+timer handle, armed for the earliest, flushes every one that is due. A held message is the
+same text object every subscriber got (encoded once), so holding costs a reference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+
+class Slot:
+    """One throttled subscription: when it last sent, and the message it holds, if any."""
+
+    __slots__ = ("active", "held", "interval", "last_sent", "push", "scheduled")
+
+    def __init__(self, push: Callable[[Any], None], interval: float) -> None:
+        self.push = push
+        self.interval = interval
+        self.last_sent = float("-inf")
+        self.held: Any = None
+        self.scheduled = False
+        self.active = True
+
+
+class Conflator:
+    """Sends each slot's latest message at most once per its interval, on one timer."""
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] | None = None,
+        call_at: Callable[[float, Callable[[], None]], Any] | None = None,
+    ) -> None:
+        self._clock = clock
+        self._call_at = call_at
+        self._due: list[tuple[float, int, Slot]] = []
+        self._order = itertools.count()
+        self._timer: Any = None
+        self._timer_at = float("inf")
+
+    def now(self) -> float:
+        if self._clock is not None:
+            return self._clock()
+        return asyncio.get_running_loop().time()
+
+    def slot(self, push: Callable[[Any], None], interval_ms: int) -> Slot:
+        return Slot(push, interval_ms / 1000)
+
+    def offer(self, slot: Slot, message: Any) -> None:
+        """A new message for `slot`: sent now if its interval has passed, else held (replacing
+        what it held) until the interval since its last send has passed."""
+        if not slot.active:
+            return
+        now = self.now()
+        if slot.held is None and now - slot.last_sent >= slot.interval:
+            slot.last_sent = now
+            slot.push(message)
+            return
+        slot.held = message
+        if not slot.scheduled:
+            slot.scheduled = True
+            due = slot.last_sent + slot.interval
+            heapq.heappush(self._due, (due, next(self._order), slot))
+            if due < self._timer_at:
+                self._arm(due)
+
+    def cancel(self, slot: Slot) -> None:
+        """The subscription ended: what it holds is dropped (its heap entry lapses)."""
+        slot.active = False
+        slot.held = None
+
+    def flush(self) -> None:
+        """Send what every due slot holds; re-arm for the next one."""
+        self._timer = None
+        self._timer_at = float("inf")
+        now = self.now()
+        # The loop may run a timer up to its clock resolution early: what is due within a
+        # millisecond goes now rather than spinning for it.
+        while self._due and self._due[0][0] <= now + 0.001:
+            _, _, slot = heapq.heappop(self._due)
+            slot.scheduled = False
+            if slot.active and slot.held is not None:
+                message, slot.held = slot.held, None
+                slot.last_sent = now
+                slot.push(message)
+        if self._due:
+            self._arm(self._due[0][0])
+
+    def _arm(self, at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        if self._call_at is not None:
+            self._timer = self._call_at(at, self.flush)
+        else:
+            self._timer = asyncio.get_running_loop().call_at(at, self.flush)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._due.clear()
+
+    @property
+    def waiting(self) -> int:
+        """Slots with a message held (tests, monitoring)."""
+        return sum(1 for _, _, slot in self._due if slot.active and slot.held is not None)

@@ -1,0 +1,91 @@
+"""The market simulator: realistic ticks, through the market-data API, into every subscriber."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from decimal import Decimal
+
+import pytest
+from asgiref.sync import sync_to_async
+
+from market.simulator import Simulator
+from tests.conftest import access_token_for
+from tests.live import ROOT
+from tests.test_delivery import open_ws, subscribe_entries, updates
+
+
+def test_the_walk_has_a_spread_volume_and_stays_positive():
+    simulator = Simulator({"BTC-USD": Decimal("43000"), "DOGE-USD": Decimal("0.08")}, seed=1)
+    for _ in range(500):
+        for tick in simulator.ticks():
+            assert tick.bid < tick.last < tick.ask
+            assert tick.last > 0 and tick.volume > 0
+    again = Simulator({"BTC-USD": Decimal("43000"), "DOGE-USD": Decimal("0.08")}, seed=1)
+    assert [t.last for t in again.ticks()] != []  # repeatable with a seed:
+    first = Simulator({"X": Decimal("10")}, seed=7).ticks()[0].last
+    assert first == Simulator({"X": Decimal("10")}, seed=7).ticks()[0].last
+
+
+def simulate(server, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "manage.py", "simulate_market", "--url", server.http_url, *args],
+        cwd=ROOT,
+        env=server.environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+async def test_the_simulator_publishes_within_seconds_and_stops_cleanly(live, trader):
+    ws = await open_ws(live, trader)
+    start = (await subscribe_entries(ws, "market:SIM-A"))["positions"]["market:SIM-A"]["seq"]
+    process = simulate(live, "--symbols", "SIM-A,SIM-B", "--rate", "5", "--duration", "2")
+    ticks = await updates(ws, "market:SIM-A", until_seq=start + 3, timeout=10)
+    assert all(t["type"] == "MARKET_DATA" for t in ticks)
+    assert all(Decimal(t["payload"]["bid"]) < Decimal(t["payload"]["ask"]) for t in ticks)
+    output, _ = await asyncio.to_thread(process.communicate, timeout=20)
+    assert process.returncode == 0, output
+    assert "Stopped:" in output and "ticks sent" in output
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+async def test_the_simulator_fills_a_limit_order_the_market_crosses(live, trader):
+    token = await sync_to_async(access_token_for)(trader)
+    topic = f"user:{trader.pk}:orders"
+    ws = await open_ws(live, trader)
+    start = (await subscribe_entries(ws, topic))["positions"][topic]["seq"]
+    import httpx
+
+    async with httpx.AsyncClient(
+        base_url=live.http_url, headers={"Authorization": f"Bearer {token}"}, timeout=10
+    ) as client:
+        response = await client.post(
+            "/api/orders/",
+            json={"symbol": "SIMX", "side": "BUY", "orderType": "LIMIT", "quantity": "2",
+                  "price": "150"},
+        )  # fmt: skip
+    assert response.status_code == 201, response.text
+    order = response.json()  # above the market (100 for an unknown symbol): it crosses
+    process = simulate(
+        live, "--symbols", "SIMX", "--rate", "10", "--duration", "3", "--fill-orders",
+        "--volatility", "0",
+    )  # fmt: skip
+    got = await updates(ws, topic, until_seq=start + 2, timeout=15)
+    assert got[-1]["payload"]["id"] == order["id"]
+    assert got[-1]["payload"]["event"] == "filled" and got[-1]["payload"]["status"] == "FILLED"
+    await asyncio.to_thread(process.communicate, timeout=20)
+
+
+def test_a_bad_option_is_refused_with_a_reason(db):
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError, match="--rate"):
+        call_command("simulate_market", "--rate", "0")
+    with pytest.raises(CommandError, match="http"):
+        call_command("simulate_market", "--url", "file:///etc/passwd")

@@ -1,0 +1,397 @@
+"""Filters, per-subscription throttling and presence (CONTRACT section 10).
+
+Units first (option parsing, the conflator on a fake clock, presence bookkeeping), then the
+wire behaviour through real Daphne processes (presence across two on Redis, and after one is
+SIGKILLed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+
+import pytest
+from asgiref.sync import sync_to_async
+
+from realtime.conflation import Conflator
+from realtime.presence import PresenceTracker
+from realtime.subscriptions import SubscribeOptionError, parse_subscribe_entry
+from tests.conftest import access_token_for
+from tests.factories import UserFactory
+from tests.live import live_server
+from tests.test_delivery import open_ws, subscribe_entries, updates
+from tests.wsclient import receive, request
+
+# --- options ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("entry", "complaint"),
+    [
+        ({"topic": "orders", "filter": {"nope": "x"}}, "not a field"),
+        ({"topic": "orders", "filter": {"symbol": {"a": 1}}}, "values must be"),
+        ({"topic": "orders", "filter": {"symbol": []}}, "1 to 100 values"),
+        ({"topic": "orders", "filter": []}, "must be an object"),
+        ({"topic": "orders", "throttleMs": 250}, "only for market"),
+        ({"topic": "market:AAPL", "throttleMs": 49}, "from 50 to 60000"),
+        ({"topic": "market:AAPL", "throttleMs": 60001}, "from 50 to 60000"),
+        ({"topic": "market:AAPL", "throttleMs": True}, "from 50 to 60000"),
+        ({"topic": "market:AAPL", "presence": "yes"}, "true or false"),
+    ],
+)
+def test_a_malformed_option_says_what_is_wrong(db, entry, complaint):
+    with pytest.raises(SubscribeOptionError, match=complaint):
+        parse_subscribe_entry(entry)
+
+
+def test_a_filter_matches_every_field_by_json_value(db):
+    entry = parse_subscribe_entry(
+        {"topic": "orders", "filter": {"symbol": ["AAPL", "MSFT"], "side": "BUY"}}
+    )
+    accepts = entry.shaping.filter.accepts
+    assert accepts({"symbol": "AAPL", "side": "BUY", "status": "NEW"})
+    assert not accepts({"symbol": "AAPL", "side": "SELL"})
+    assert not accepts({"symbol": "TSLA", "side": "BUY"})
+    assert not accepts({"side": "BUY"})  # a missing field is not a match
+    numbers = parse_subscribe_entry({"topic": "orders", "filter": {"strategyId": 1}})
+    assert numbers.shaping.filter.accepts({"strategyId": 1})
+    assert not numbers.shaping.filter.accepts({"strategyId": True})  # JSON types differ
+    assert not numbers.shaping.filter.accepts({"strategyId": "1"})
+
+
+# --- the conflator, on a fake clock -----------------------------------------------------------
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.timers: list[tuple[float, object]] = []
+
+    def call_at(self, at, callback):
+        timer = Timer(at, callback)
+        self.timers.append((at, timer))
+        return timer
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock, firing every timer that falls due, in order."""
+        end = self.now + seconds
+        while True:
+            due = sorted(
+                (t for t in self.timers if t[0] <= end and not t[1].cancelled), key=lambda t: t[0]
+            )
+            if not due:
+                break
+            at, timer = due[0]
+            self.timers.remove((at, timer))
+            self.now = max(self.now, at)
+            timer.callback()
+        self.now = end
+
+
+class Timer:
+    def __init__(self, at, callback) -> None:
+        self.at, self.callback, self.cancelled = at, callback, False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+def test_a_throttled_subscription_gets_the_latest_tick_at_most_once_per_interval():
+    time = FakeTime()
+    conflator = Conflator(clock=lambda: time.now, call_at=time.call_at)
+    sent: list[tuple[float, int]] = []
+    slot = conflator.slot(lambda tick: sent.append((time.now, tick)), 250)
+    for tick in range(100):  # a burst: 100 ticks in 99 ms
+        conflator.offer(slot, tick)
+        time.advance(0.001)
+    assert sent == [(0.0, 0)]  # the first at once
+    time.advance(0.3)
+    assert sent == [(0.0, 0), (0.25, 99)]  # the last of the burst, one interval after the first
+    time.advance(0.5)
+    conflator.offer(slot, 100)  # a quiet spell later: at once again
+    assert sent[-1] == (pytest.approx(0.9), 100)
+    for tick in range(101, 111):  # ticks every 100 ms: one per 250 ms, never older than 250 ms
+        time.advance(0.1)
+        conflator.offer(slot, tick)
+    time.advance(1.0)
+    times = [at for at, _ in sent]
+    assert all(b - a >= 0.25 - 1e-9 for a, b in itertools.pairwise(times))
+    assert sent[-1][1] == 110
+
+
+def test_one_timer_serves_every_throttled_subscription():
+    time = FakeTime()
+    conflator = Conflator(clock=lambda: time.now, call_at=time.call_at)
+    got: dict[int, list[int]] = {n: [] for n in range(1000)}
+    slots = [conflator.slot(got[n].append, 250) for n in range(1000)]
+    for tick in range(5):
+        for slot in slots:
+            conflator.offer(slot, tick)
+    live = [t for _, t in time.timers if not t.cancelled]
+    assert len(live) == 1  # not one per subscription
+    time.advance(0.25)
+    assert all(values == [0, 4] for values in got.values())
+    conflator.cancel(slots[0])
+    conflator.offer(slots[0], 9)
+    time.advance(1)
+    assert got[0] == [0, 4]
+
+
+# --- presence bookkeeping -------------------------------------------------------------------------
+
+
+class Watcher:
+    def __init__(self) -> None:
+        self.received: list[dict] = []
+
+    def push(self, text: str) -> None:
+        self.received.append(json.loads(text))
+
+    def events(self) -> list[tuple[str, int]]:
+        return [(m["payload"]["event"], m["payload"]["userId"]) for m in self.received]
+
+
+def test_presence_joins_leaves_after_the_grace_and_a_quick_return_does_not_flap(settings):
+    settings.REALTIME = {"PRESENCE_LEAVE_GRACE_SECS": 5}
+    tracker = PresenceTracker(hub=None)
+    now = [0.0]
+    tracker.clock = lambda: now[0]
+    watcher = Watcher()
+    tracker.watch("strategy:1", watcher, True)
+    tracker.apply({"strategy:1": {1: "alice"}})  # the baseline: no news
+    tracker.apply({"strategy:1": {1: "alice", 2: "bob"}})
+    assert watcher.events() == [("join", 2)]
+    now[0] = 1
+    tracker.apply({"strategy:1": {1: "alice"}})  # bob's connection dropped...
+    now[0] = 3
+    tracker.apply({"strategy:1": {1: "alice", 2: "bob"}})  # ...and came back within 5 s
+    now[0] = 4
+    tracker.apply({"strategy:1": {1: "alice"}})
+    now[0] = 8.9
+    tracker.apply({"strategy:1": {1: "alice"}})
+    assert watcher.events() == [("join", 2)]  # no leave, no second join
+    now[0] = 9
+    tracker.apply({"strategy:1": {1: "alice"}})
+    assert watcher.events() == [("join", 2), ("leave", 2)]
+    message = watcher.received[-1]
+    assert message["type"] == "PRESENCE" and message["topic"] == "strategy:1"
+    assert "seq" not in message and message["payload"]["username"] == "bob"
+
+
+# --- through real servers -----------------------------------------------------------------------
+
+
+@pytest.mark.redis
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+async def test_filters_on_orders_by_symbol_side_and_status_combined_with_resume(
+    cluster, redis_layer, trader
+):
+    from orders.services import order_cancel, order_create
+
+    a, _ = cluster
+    topic = f"user:{trader.pk}:orders"
+    wanted = {"symbol": ["AAPL", "MSFT"], "side": "BUY", "status": "NEW"}
+
+    def place_mix() -> list[int]:
+        ids = []
+        for symbol, side in [("AAPL", "BUY"), ("TSLA", "BUY"), ("MSFT", "SELL"), ("MSFT", "BUY")]:
+            order = order_create(
+                user=trader, symbol=symbol, side=side, order_type="LIMIT", quantity="1",
+                price="10",
+            )  # fmt: skip
+            ids.append(order.pk)
+        order_cancel(order=type(order).objects.get(pk=ids[0]))  # CANCELED: filtered out
+        return ids
+
+    ws = await open_ws(a, trader)
+    reply = await subscribe_entries(ws, {"topic": topic, "filter": wanted})
+    start = reply["positions"][topic]
+    ids = await sync_to_async(place_mix)()
+    got = await updates(ws, topic, until_seq=start["seq"] + 4)  # seq 5 (the cancel) filtered
+    assert [(m["payload"]["id"], m["payload"]["event"]) for m in got] == [
+        (ids[0], "created"),
+        (ids[3], "created"),
+    ]
+    assert [m["seq"] for m in got] == [start["seq"] + 1, start["seq"] + 4]  # gaps: expected
+    with pytest.raises(TimeoutError):
+        await receive(ws, timeout=0.5)
+    await ws.close()
+
+    more = await sync_to_async(place_mix)()  # while away: resume, still filtered
+    ws = await open_ws(a, trader)
+    since = {"epoch": got[-1]["epoch"], "seq": got[-1]["seq"]}
+    reply = await subscribe_entries(ws, {"topic": topic, "filter": wanted, "since": since})
+    assert reply["recovered"] == [topic]
+    replayed = await updates(ws, topic, until_seq=start["seq"] + 8)
+    assert [m["payload"]["id"] for m in replayed] == [more[0], more[3]]
+    await ws.close()
+
+    ws = await open_ws(a, trader)  # and a snapshot is narrowed the same way
+    await subscribe_entries(ws, {"topic": topic, "filter": wanted, "snapshot": True})
+    snapshot = await receive(ws)
+    assert snapshot["type"] == "SNAPSHOT"
+    assert sorted(i["id"] for i in snapshot["payload"]["items"]) == sorted([ids[3], more[3]])
+    await ws.close()
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+async def test_a_throttled_market_subscription_gets_few_ticks_ending_with_the_last(live, trader):
+    topic = "market:THROT"
+    ws = await open_ws(live, trader)
+    plain = await open_ws(live, trader)
+    await subscribe_entries(ws, {"topic": topic, "throttleMs": 200})
+    start = (await subscribe_entries(plain, topic))["positions"][topic]["seq"]
+    token = await sync_to_async(access_token_for)(trader)
+    await sync_to_async(_grant_feed)(trader)
+    import httpx
+
+    async with httpx.AsyncClient(
+        base_url=live.http_url, headers={"Authorization": f"Bearer {token}"}, timeout=10
+    ) as client:
+        for n in range(100):  # a burst of 100 ticks through the real publish path
+            response = await client.post(
+                "/api/market-data/", json={"symbol": "THROT", "last": str(100 + n)}
+            )
+            assert response.status_code in (200, 201, 202), response.text
+    everything = await updates(plain, topic, until_seq=start + 100)
+    assert len(everything) == 100  # the unthrottled neighbour gets every tick
+    throttled = []
+    with pytest.raises(TimeoutError):
+        while True:
+            message = await receive(ws, timeout=1.0)
+            if message.get("topic") == topic:
+                throttled.append(message)
+    assert 1 <= len(throttled) < 50, len(throttled)
+    assert throttled[-1]["payload"]["last"] == everything[-1]["payload"]["last"]
+    assert throttled[-1]["seq"] == start + 100
+    await ws.close()
+    await plain.close()
+
+
+def _grant_feed(user) -> None:
+    from django.contrib.auth.models import Permission
+
+    user.user_permissions.add(Permission.objects.get(codename="publish_market_data"))
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+async def test_market_presence_is_for_staff_only_and_options_fail_alone(live, trader, staff):
+    ws = await open_ws(live, trader)
+    reply = await subscribe_entries(
+        ws,
+        {"topic": "market:PRIV", "presence": True},
+        {"topic": f"user:{trader.pk}:orders", "presence": True},
+        {"topic": f"user:{trader.pk}:positions", "throttleMs": 100},
+    )
+    assert reply["topics"] == [f"user:{trader.pk}:orders"]
+    assert sorted((r["topic"], r["reason"]) for r in reply["rejected"]) == [
+        ("market:PRIV", "forbidden"),
+        (f"user:{trader.pk}:positions", "invalid_option"),
+    ]
+    answer = await request(
+        ws, "SUBSCRIPTION", {"action": "presence", "topics": ["market:PRIV", "orders"]}, id="p"
+    )
+    assert answer["payload"]["presence"] == {}
+    assert {r["topic"] for r in answer["payload"]["rejected"]} == {"market:PRIV", "orders"}
+    await ws.close()
+    boss = await open_ws(live, staff)
+    reply = await subscribe_entries(boss, {"topic": "market:PRIV", "presence": True})
+    assert reply["topics"] == ["market:PRIV"]
+    await boss.close()
+
+
+@pytest.mark.e2e
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+async def test_presence_across_two_processes_with_no_flapping_and_no_zombies(
+    redis_target, redis_layer, staff
+):
+    realtime = {
+        "HEARTBEAT_INTERVAL_SECS": 0.5,
+        "PRUNE_INTERVAL_SECS": 1.0,
+        "PRESENCE_INTERVAL_SECS": 0.2,
+        "PRESENCE_LEAVE_GRACE_SECS": 1.5,
+    }
+    bob = await sync_to_async(UserFactory)(username="presence-bob")
+    carol = await sync_to_async(UserFactory)(username="presence-carol")
+    topic = "market:PRES"
+    with (
+        live_server(realtime=realtime, redis=redis_target) as a,
+        live_server(realtime=realtime, redis=redis_target) as b,
+    ):
+        watcher = await open_ws(a, staff)
+        await subscribe_entries(watcher, {"topic": topic, "presence": True})
+        await asyncio.sleep(0.5)  # the watcher's first look: who is here already
+
+        bob_ws = await open_ws(b, bob)  # on the other process
+        await subscribe_entries(bob_ws, topic)
+        assert await presence_event(watcher) == ("join", bob.pk)
+        answer = await request(
+            watcher, "SUBSCRIPTION", {"action": "presence", "topics": [topic]}, id="q"
+        )
+        members = answer["payload"]["presence"][topic]
+        assert {m["username"] for m in members} == {staff.username, bob.username}
+        assert next(m for m in members if m["userId"] == bob.pk)["connections"] == 1
+
+        await bob_ws.close()  # a reconnect within the grace: no leave, no second join
+        bob_ws = await open_ws(a, bob)
+        await subscribe_entries(bob_ws, topic)
+        with pytest.raises(TimeoutError):  # nothing for longer than the grace
+            await presence_event(watcher, timeout=2.5)
+
+        carol_ws = await open_ws(b, carol)
+        await subscribe_entries(carol_ws, topic)
+        assert await presence_event(watcher) == ("join", carol.pk)
+        b.kill()  # SIGKILL: carol's connection never says goodbye
+        loop = asyncio.get_running_loop()
+        killed_at = loop.time()
+        assert await presence_event(watcher, timeout=10) == ("leave", carol.pk)
+        # dead after 3 heartbeat intervals (1.5 s), then the leave grace (1.5 s), then a poll
+        assert loop.time() - killed_at < 3 * 0.5 + 1.5 + 1.5
+        await bob_ws.close()
+        assert await presence_event(watcher, timeout=10) == ("leave", bob.pk)
+        await watcher.close()
+
+
+async def presence_event(ws, timeout: float = 5.0) -> tuple[str, int]:
+    async with asyncio.timeout(timeout):
+        while True:
+            message = await receive(ws, timeout=timeout)
+            if message["type"] == "PRESENCE":
+                return message["payload"]["event"], message["payload"]["userId"]
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+async def test_a_large_presence_is_paged(live, staff):
+    from django.contrib.auth.models import Permission
+
+    users = await sync_to_async(lambda: [UserFactory(username=f"pager{n}") for n in range(5)])()
+    for user in users:
+        await sync_to_async(user.user_permissions.add)(
+            await sync_to_async(Permission.objects.get)(codename="view_order")
+        )
+    sockets = []
+    for user in users:
+        ws = await open_ws(live, user)
+        await subscribe_entries(ws, "orders")
+        sockets.append(ws)
+    boss = await open_ws(live, staff)
+    seen = []
+    after = None
+    while True:
+        payload = {"action": "presence", "topics": ["orders"], "limit": 2}
+        if after is not None:
+            payload["after"] = {"orders": after}
+        answer = (await request(boss, "SUBSCRIPTION", payload, id="page"))["payload"]
+        seen.extend(m["username"] for m in answer["presence"]["orders"])
+        after = answer.get("next", {}).get("orders")
+        if after is None:
+            break
+    assert seen == [u.username for u in users]
+    for ws in [*sockets, boss]:
+        await ws.close()
