@@ -348,6 +348,38 @@ async def test_after_a_restart_lost_the_history_the_dashboard_reloads_from_a_sna
         first.stop()
 
 
+# The page's first WebSocket closes itself right after sending its first SUBSCRIPTION.
+DROP_AFTER_FIRST_SUBSCRIPTION = """
+(() => {
+  const NativeWebSocket = window.WebSocket;
+  let dropped = false;
+  window.WebSocket = class extends NativeWebSocket {
+    send(data) {
+      super.send(data);
+      if (!dropped && JSON.parse(data).type === "SUBSCRIPTION") {
+        dropped = true;
+        this.close();
+      }
+    }
+  };
+})();
+"""
+
+
+async def test_a_drop_during_sign_in_still_fills_the_tables(dashboard, page, trader, trader_token):
+    """Issue 19, item 1: the socket closes right after the first SUBSCRIPTION, before any
+    reply. The subscriptions are answered by the next connection, with their snapshots."""
+    async with api(dashboard, trader_token) as client:
+        order = await place(client, symbol="ORCL")
+    await page.add_init_script(DROP_AFTER_FIRST_SUBSCRIPTION)
+    await sign_in(page, dashboard, "alice")
+    await expect(cell(page, "orders", order["id"], "symbol")).to_have_text(
+        "ORCL", timeout=LIVE_TIMEOUT_MS
+    )
+    await expect(page.locator("#activity")).to_contain_text("Connection closed")
+    assert page.page_errors == []
+
+
 # --- the examples in docs/PROTOCOL.md -------------------------------------------------------
 
 
