@@ -21,13 +21,23 @@ VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
 STAMP = VENV / ".tradingrt-installed"
+LOCK = ROOT / "requirements" / "dev.lock"
+PIP_TOOLS = "7.6.2"  # what `dev.py lock` resolves with
 
 
 def ensure_environment(extras: str = "dev") -> None:
-    """Create the virtual environment and install the project, unless already up to date."""
+    """Create the virtual environment and install the project, unless already up to date.
+
+    Dependencies come from requirements/dev.lock (exact versions, checked by hash), so every
+    machine installs what CI tested; the project itself is installed editable on top. A Python
+    for which the lock has no wheels falls back to the ranges in pyproject.toml, saying so.
+    """
     if sys.version_info < (3, 11):  # noqa: UP036 - dev.py may be run by an older python3
         sys.exit(f"Python 3.11 or newer is needed; this is {sys.version.split()[0]}.")
-    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extras.encode()).hexdigest()
+    pinned = LOCK.read_bytes() if LOCK.exists() else b""
+    wanted = hashlib.sha256(
+        (ROOT / "pyproject.toml").read_bytes() + pinned + extras.encode()
+    ).hexdigest()
     if STAMP.exists() and STAMP.read_text() == wanted and PYTHON.exists():
         return
     if not PYTHON.exists():
@@ -36,8 +46,37 @@ def ensure_environment(extras: str = "dev") -> None:
     print("Installing the project and its dependencies (first run only) ...", flush=True)
     pip = [str(PYTHON), "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "install", "--upgrade", "pip"], check=True)
-    subprocess.run([*pip, "install", "-e", f".[{extras}]"], check=True, cwd=ROOT)
+    locked = False
+    if lock and extras == "dev":
+        locked = (
+            subprocess.run([*pip, "install", "--require-hashes", "-r", str(LOCK)]).returncode == 0
+        )
+        if not locked:
+            print(
+                f"Installing from {LOCK.relative_to(ROOT)} failed on this Python "
+                f"({sys.version.split()[0]}); installing from the ranges in pyproject.toml.",
+                flush=True,
+            )
+    if locked:
+        subprocess.run([*pip, "install", "--no-deps", "-e", "."], check=True, cwd=ROOT)
+    else:
+        subprocess.run([*pip, "install", "-e", f".[{extras}]"], check=True, cwd=ROOT)
     STAMP.write_text(wanted)
+
+
+def lock(options: argparse.Namespace) -> int:
+    """Re-resolve requirements/dev.lock from pyproject.toml: exact versions, with hashes."""
+    ensure_environment()
+    pip = [str(PYTHON), "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "install", f"pip-tools=={PIP_TOOLS}"], check=True)
+    LOCK.parent.mkdir(exist_ok=True)
+    command = [
+        str(BIN / "pip-compile"), "--quiet", "--generate-hashes", "--allow-unsafe",
+        "--extra", "dev", "--strip-extras", "--no-emit-index-url", "--no-emit-find-links",
+        *(["--upgrade"] if options.upgrade else []),
+        "--output-file", str(LOCK.relative_to(ROOT)), "pyproject.toml",
+    ]  # fmt: skip
+    return subprocess.call(command, cwd=ROOT)
 
 
 def manage(*args: str) -> None:
@@ -123,12 +162,18 @@ def main() -> int:
     test_parser = commands.add_parser("test", help="set up and run the whole test suite")
     test_parser.add_argument("pytest_args", nargs=argparse.REMAINDER)
     commands.add_parser("check", help="lint, type-check, and check migrations and the schema")
+    lock_parser = commands.add_parser(
+        "lock", help="re-resolve requirements/dev.lock (exact, hashed versions) from pyproject"
+    )
+    lock_parser.add_argument(
+        "--upgrade", action="store_true", help="take the newest versions the ranges allow"
+    )
     options, unknown = parser.parse_known_args()
     if options.command == "test":
         options.pytest_args = unknown + options.pytest_args  # `dev.py test -x -k name`
     elif unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    return {"start": start, "test": test, "check": check}[options.command](options)
+    return {"start": start, "test": test, "check": check, "lock": lock}[options.command](options)
 
 
 if __name__ == "__main__":
