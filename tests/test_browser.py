@@ -11,7 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from asgiref.sync import sync_to_async
 
+from orders.models import Order
 from tests.browser import artifact, open_page, open_server_page
 from tests.factories import PASSWORD
 from tests.live import LiveServer, free_port, live_server
@@ -171,21 +173,141 @@ async def test_staff_see_everyones_orders_and_the_server_status_panel(
     assert page.page_errors == []
 
 
-async def test_the_dashboard_reconnects_resubscribes_and_keeps_receiving_after_the_server_dies(
+# --- resuming after a disconnection -------------------------------------------------------------
+
+
+def count_list_requests(page) -> list[str]:
+    """The page's REST requests for table data from now on (sign-in and token refresh aside)."""
+    requests: list[str] = []
+
+    def seen(request) -> None:
+        path = request.url.split("://", 1)[-1].split("/", 1)[-1]
+        if path.startswith("api/") and not path.startswith("api/auth/"):
+            requests.append(request.url)
+
+    page.on("request", seen)
+    return requests
+
+
+# What the page's client reports from now on: the topics of its snapshots, resets and recoveries.
+RECORD_DELIVERY = """() => {
+  const client = tradingrtDashboard.client;
+  window.delivery = { snapshots: [], resets: [], recovered: [], held: client.topics };
+  client.onSnapshot((e) => e.last && window.delivery.snapshots.push(e.topic));
+  client.onReset((e) => window.delivery.resets.push([e.topic, e.reason, e.snapshot]));
+  client.onRecovered((e) => window.delivery.recovered.push([e.topic, e.replayed]));
+}"""
+
+
+def delete_order(order_id: int) -> None:
+    """Delete an order as a shell or script would (there is no REST endpoint for it)."""
+    Order.objects.get(pk=order_id).delete()
+
+
+@pytest.mark.redis
+async def test_after_the_server_goes_away_the_dashboard_replays_what_it_missed_without_rest(
+    page, trader, trader_token, redis_layer
+):
+    """The topics' history is on Redis, so it outlives the server the page was connected to:
+    the page resumes each topic where it left off, and the changes made while it was away are
+    replayed into the tables, not reloaded."""
+    port = free_port()
+    with live_server(redis=redis_layer) as other:  # where the changes are made meanwhile
+        first = LiveServer(port=port, redis=redis_layer).start()
+        try:
+            async with api(other, trader_token) as client:
+                kept = await place(client, symbol="MSFT")
+                doomed = await place(client, symbol="TSLA")
+            await sign_in(page, first, "alice")
+            await expect(cell(page, "orders", doomed["id"], "symbol")).to_have_text("TSLA")
+            await expect(cell(page, "orders", kept["id"], "status")).to_have_text("NEW")
+            list_requests = count_list_requests(page)
+            await page.evaluate(RECORD_DELIVERY)
+
+            first.stop()  # the server closes its sockets and goes away
+            connection = page.locator("#connection")
+            await expect(connection).to_have_attribute(
+                "data-state", "reconnecting", timeout=LIVE_TIMEOUT_MS
+            )
+            async with api(other, trader_token) as client:
+                new = await place(client, symbol="AMZN", quantity="3")
+                response = await client.post(f"/api/orders/{kept['id']}/cancel/")
+                assert response.status_code == 200, response.text
+            await sync_to_async(delete_order)(doomed["id"])  # published through Redis
+
+            second = LiveServer(port=port, redis=redis_layer).start()
+            try:
+                await expect(connection).to_have_attribute(
+                    "data-state", "connected", timeout=RECONNECT_TIMEOUT_MS
+                )
+                await expect(cell(page, "orders", new["id"], "symbol")).to_have_text(
+                    "AMZN", timeout=LIVE_TIMEOUT_MS
+                )
+                await expect(cell(page, "orders", new["id"], "quantity")).to_have_text("3")
+                await expect(cell(page, "orders", kept["id"], "status")).to_have_text("CANCELED")
+                await expect(page.locator(f'#orders tr[data-id="{doomed["id"]}"]')).to_have_count(0)
+                recovery = page.locator("#recovery")
+                await expect(recovery).to_contain_text("Resumed: 3 missed updates replayed")
+                await expect(recovery).to_have_attribute("data-kind", "resumed")
+
+                delivery = await page.evaluate("window.delivery")
+                assert list_requests == []  # nothing reloaded over REST
+                assert delivery["resets"] == []
+                # Every topic held resumed; the missed updates were all on the orders topic.
+                assert sorted(topic for topic, _ in delivery["recovered"]) == sorted(
+                    delivery["held"]
+                )
+                assert dict(delivery["recovered"])[f"user:{trader.pk}:orders"] == 3
+                # The only snapshot is that of a topic new to the page: AMZN's market data.
+                assert delivery["snapshots"] == ["market:AMZN"]
+                assert await page.evaluate("window.loadedOnce === true"), "the page reloaded"
+
+                # And live from here on.
+                async with api(second, trader_token) as client:
+                    live = await place(client, symbol="NFLX")
+                await expect(cell(page, "orders", live["id"], "status")).to_have_text(
+                    "NEW", timeout=LIVE_TIMEOUT_MS
+                )
+                await page.screenshot(path=str(artifact("dashboard-resumed.png")))
+                assert page.page_errors == []
+            finally:
+                second.stop()
+        finally:
+            first.stop()
+
+
+async def test_after_a_restart_lost_the_history_the_dashboard_reloads_from_a_snapshot(
     page, trader, trader_token
 ):
+    """A single server on the in-process layer keeps its history in memory: its restart names a
+    new epoch, the resume is refused (`reset: epoch`), and the snapshot that comes with the
+    refusal brings the tables up to date, including what changed while it was down."""
     port = free_port()
     first = LiveServer(port=port).start()
     try:
+        async with api(first, trader_token) as client:
+            kept = await place(client, symbol="MSFT")
+            gone = await place(client, symbol="TSLA")
         await sign_in(page, first, "alice")
+        await expect(cell(page, "orders", gone["id"], "symbol")).to_have_text("TSLA")
         connection = page.locator("#connection")
         first_id = await page.locator("#session-connection").get_attribute("title")
+        list_requests = count_list_requests(page)
+        await page.evaluate(RECORD_DELIVERY)
 
         first.kill()  # the server side of the connection is gone, without a close frame
         await expect(connection).to_have_attribute(
             "data-state", "reconnecting", timeout=LIVE_TIMEOUT_MS
         )
         await expect(connection).to_contain_text("Reconnecting")
+        # While it is down, the database changes (through another process, which publishes
+        # nowhere the page listens).
+        with live_server() as other:
+            async with api(other, trader_token) as client:
+                new = await place(client, symbol="AMZN")
+                response = await client.post(f"/api/orders/{kept['id']}/cancel/")
+                assert response.status_code == 200, response.text
+        await sync_to_async(delete_order)(gone["id"])
 
         second = LiveServer(port=port).start()
         try:
@@ -195,18 +317,67 @@ async def test_the_dashboard_reconnects_resubscribes_and_keeps_receiving_after_t
             await expect(page.locator("#session-connection")).not_to_have_attribute(
                 "title", first_id or ""
             )
-            await expect(page.locator("#activity")).to_contain_text("Subscribed to")
+            recovery = page.locator("#recovery")
+            await expect(recovery).to_contain_text(
+                "Reloaded: the server's history was reset", timeout=LIVE_TIMEOUT_MS
+            )
+            await expect(recovery).to_have_attribute("data-kind", "reloaded")
+            await expect(cell(page, "orders", new["id"], "symbol")).to_have_text("AMZN")
+            await expect(cell(page, "orders", kept["id"], "status")).to_have_text("CANCELED")
+            await expect(page.locator(f'#orders tr[data-id="{gone["id"]}"]')).to_have_count(0)
+            delivery = await page.evaluate("window.delivery")
+            held = sorted(delivery["held"])
+            assert f"user:{trader.pk}:orders" in held
+            # Every topic held was reset (another epoch) and reloaded by its snapshot ...
+            assert sorted(delivery["resets"]) == [[topic, "epoch", True] for topic in held]
+            assert set(held) <= set(delivery["snapshots"])
+            assert delivery["recovered"] == []
+            assert list_requests == []  # ... not over REST
+
             async with api(second, trader_token) as client:
-                order = await place(client, symbol="AMZN")
+                order = await place(client, symbol="NVDA")
             await expect(cell(page, "orders", order["id"], "status")).to_have_text(
                 "NEW", timeout=LIVE_TIMEOUT_MS
             )
             assert await page.evaluate("window.loadedOnce === true"), "the page was reloaded"
             assert await page.evaluate("tradingrtDashboard.client.state") == "connected"
+            assert page.page_errors == []
         finally:
             second.stop()
     finally:
         first.stop()
+
+
+# The page's first WebSocket closes itself right after sending its first SUBSCRIPTION.
+DROP_AFTER_FIRST_SUBSCRIPTION = """
+(() => {
+  const NativeWebSocket = window.WebSocket;
+  let dropped = false;
+  window.WebSocket = class extends NativeWebSocket {
+    send(data) {
+      super.send(data);
+      if (!dropped && JSON.parse(data).type === "SUBSCRIPTION") {
+        dropped = true;
+        this.close();
+      }
+    }
+  };
+})();
+"""
+
+
+async def test_a_drop_during_sign_in_still_fills_the_tables(dashboard, page, trader, trader_token):
+    """Issue 19, item 1: the socket closes right after the first SUBSCRIPTION, before any
+    reply. The subscriptions are answered by the next connection, with their snapshots."""
+    async with api(dashboard, trader_token) as client:
+        order = await place(client, symbol="ORCL")
+    await page.add_init_script(DROP_AFTER_FIRST_SUBSCRIPTION)
+    await sign_in(page, dashboard, "alice")
+    await expect(cell(page, "orders", order["id"], "symbol")).to_have_text(
+        "ORCL", timeout=LIVE_TIMEOUT_MS
+    )
+    await expect(page.locator("#activity")).to_contain_text("Connection closed")
+    assert page.page_errors == []
 
 
 # --- the examples in docs/PROTOCOL.md -------------------------------------------------------

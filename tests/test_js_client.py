@@ -24,7 +24,10 @@ FAKE_ORIGIN = "http://127.0.0.1:9"  # never contacted: every request to it is an
 pytestmark = [pytest.mark.asyncio(loop_scope="module")]
 
 # A fake server in the page: FakeWebSocket.server answers AUTHENTICATION, SUBSCRIPTION and
-# HEARTBEAT like the real one unless told to stay silent or to reject.
+# HEARTBEAT like the real one unless told to stay silent or to reject. It keeps topics as the
+# server does (docs/PROTOCOL.md section 7): a seq per topic and epoch, a bounded history that
+# answers `since` with a replay (`recovered`) or a `reset`, a state sent as SNAPSHOT pages, and
+# HEARTBEAT positions; `lose` drops a topic's next deliveries (kept in the history) to make gaps.
 HARNESS = """
 import * as rt from "/client.js";
 
@@ -35,6 +38,8 @@ class FakeWebSocket {
     this.url = url;
     this.readyState = 0;
     this.sent = [];
+    this.received = [];
+    this.topics = new Set();
     this.closedWith = null;
     FakeWebSocket.sockets.push(this);
     if (FakeWebSocket.server && !FakeWebSocket.server.refuseConnections) {
@@ -53,23 +58,113 @@ class FakeWebSocket {
   }
   close(code = 1000) { this.readyState = 3; this.closedWith = code; }
   receive(message) {
-    this.onmessage?.({ data: JSON.stringify({ timestamp: new Date().toISOString(), ...message }) });
+    if (this.readyState !== 1) return;
+    const full = { timestamp: new Date().toISOString(), ...message };
+    this.received.push(full);
+    this.onmessage?.({ data: JSON.stringify(full) });
   }
   drop(code, reason = "") {
     this.readyState = 3;
     this.onclose?.({ code, reason, wasClean: code !== 1006 });
   }
   sentOfType(type) { return this.sent.filter((m) => m.type === type); }
+  subscribeEntries() { return this.sentOfType("SUBSCRIPTION").map((m) => m.payload.topics); }
 }
 
-function makeServer({ expiresInMs = 600000, reject = [], silent = [] } = {}) {
+const UPDATE_KINDS = { ORDER_UPDATE: "orders", POSITION_UPDATE: "positions" };
+
+function makeServer({ expiresInMs = 600000, reject = [], silent = [], historySize = 100,
+                      pageSize = 2, noSnapshots = false, pageDelayMs = 0 } = {}) {
   return {
     expiresInMs, reject: new Set(reject), silent: new Set(silent), refuseConnections: false,
+    historySize, pageSize, noSnapshots, pageDelayMs, state: new Map(),
     authenticate(ws, id) {
       ws.receive({ type: "AUTHENTICATION", id, payload: {
         status: "authenticated", userId: 7, username: "alice",
         connectionId: `conn-${FakeWebSocket.sockets.indexOf(ws)}`,
         expiresAt: new Date(Date.now() + this.expiresInMs).toISOString() } });
+    },
+    topic(name) {
+      if (!this.state.has(name)) {
+        this.state.set(name, { epoch: "e1", seq: 0, history: [], items: new Map(), lose: 0 });
+      }
+      return this.state.get(name);
+    },
+    // Publish an update: the next seq, into the history and the state, to every holder.
+    publish(name, type, payload) {
+      const topic = this.topic(name);
+      topic.seq += 1;
+      const message = { type, topic: name, seq: topic.seq, epoch: topic.epoch, payload };
+      topic.history.push(message);
+      if (topic.history.length > this.historySize) topic.history.shift();
+      const { event, ...item } = payload;
+      if (event === "deleted") topic.items.delete(item.id);
+      else topic.items.set(item.id ?? item.symbol, item);
+      if (topic.lose > 0) { topic.lose -= 1; return message; }
+      for (const ws of FakeWebSocket.sockets) if (ws.topics.has(name)) ws.receive(message);
+      return message;
+    },
+    // The history is lost: a new epoch, seq from 1 again (the state stays, as in a database).
+    newEpoch(name, epoch) {
+      const topic = this.topic(name);
+      Object.assign(topic, { epoch, seq: 0, history: [] });
+    },
+    heartbeat(ws, overrides = {}) {
+      const positions = {};
+      for (const name of ws.topics) {
+        const { epoch, seq } = this.topic(name);
+        positions[name] = { epoch, seq };
+      }
+      ws.receive({ type: "HEARTBEAT", payload: { serverTime: new Date().toISOString(),
+                                                 positions: { ...positions, ...overrides } } });
+    },
+    subscribe(ws, message) {
+      const reply = { action: "subscribed", topics: [], rejected: [], positions: {},
+                      recovered: [], reset: [] };
+      const after = [];
+      for (const entry of message.payload.topics || []) {
+        const options = typeof entry === "string" ? { topic: entry } : entry;
+        const name = rt.canonicalTopic(options.topic);
+        if (this.reject.has(name)) {
+          reply.rejected.push({ topic: name, reason: "forbidden" });
+          continue;
+        }
+        const topic = this.topic(name);
+        const held = ws.topics.has(name);
+        ws.topics.add(name);
+        reply.topics.push(name);
+        reply.positions[name] = { epoch: topic.epoch, seq: topic.seq };
+        if (held && !options.since && !options.snapshot) continue;
+        let recovered = false;
+        if (options.since) {
+          const oldest = topic.history.length ? topic.history[0].seq : topic.seq + 1;
+          if (options.since.epoch !== topic.epoch) {
+            reply.reset.push({ topic: name, reason: "epoch" });
+          } else if (options.since.seq + 1 < oldest) {
+            reply.reset.push({ topic: name, reason: "expired" });
+          } else {
+            recovered = true;
+            reply.recovered.push(name);
+            after.push(...topic.history.filter((m) => m.seq > options.since.seq));
+          }
+        }
+        if (options.snapshot && !recovered && !this.noSnapshots) {
+          const items = [...topic.items.values()];
+          const pages = [];
+          for (let i = 0; i < items.length || pages.length === 0; i += this.pageSize) {
+            pages.push(items.slice(i, i + this.pageSize));
+          }
+          pages.forEach((page, index) => after.push({
+            type: "SNAPSHOT", topic: name, seq: topic.seq, epoch: topic.epoch,
+            payload: { items: page, last: index === pages.length - 1 } }));
+        }
+      }
+      ws.receive({ type: "SUBSCRIPTION", id: message.id, payload: reply });
+      if (!this.pageDelayMs) {
+        for (const next of after) ws.receive(next);
+      } else {  // one by one, so that live updates can come between them
+        after.forEach((next, n) => setTimeout(() => ws.receive(next), (n + 1) * this.pageDelayMs));
+      }
     },
     handle(ws, message) {
       if (this.silent.has(message.type) || ws.readyState !== 1) return;
@@ -80,17 +175,23 @@ function makeServer({ expiresInMs = 600000, reject = [], silent = [] } = {}) {
         } else {
           this.authenticate(ws, message.id);
         }
+      } else if (message.type === "SUBSCRIPTION" && message.payload.action === "subscribe") {
+        if (this.silent.has("subscribe")) return;
+        if (this.errorOnSubscribe) {
+          reply("ERROR", { code: this.errorOnSubscribe, message: "refused" });
+        } else {
+          this.subscribe(ws, message);
+        }
       } else if (message.type === "SUBSCRIPTION") {
-        const topics = message.payload.topics || [];
-        const action = { subscribe: "subscribed", unsubscribe: "unsubscribed" };
-        reply("SUBSCRIPTION", {
-          action: action[message.payload.action],
-          topics: topics.filter((t) => !this.reject.has(t)),
-          rejected: topics.filter((t) => this.reject.has(t))
-            .map((topic) => ({ topic, reason: "forbidden" })),
-        });
+        const topics = (message.payload.topics || []).map(rt.canonicalTopic);
+        for (const topic of topics) ws.topics.delete(topic);
+        reply("SUBSCRIPTION", { action: "unsubscribed", topics, rejected: [] });
       } else if (message.type === "HEARTBEAT") {
-        reply("HEARTBEAT", { serverTime: new Date().toISOString() });
+        if (this.errorOnHeartbeat) {
+          reply("ERROR", { code: this.errorOnHeartbeat, message: "slow down" });
+        } else {
+          reply("HEARTBEAT", { serverTime: new Date().toISOString() });
+        }
       }
     },
   };
@@ -107,6 +208,21 @@ window.waitFor = async (predicate, timeoutMs = 3000) => {
     await sleep(5);
   }
 };
+// What a client passes on, in order: updates, snapshot pages, recoveries and resets.
+window.track = (client) => {
+  const events = [];
+  client.on("ORDER_UPDATE", (m) => events.push(["update", m.topic, m.seq]));
+  client.onSnapshot((e) => events.push(["snapshot", e.topic, e.seq, e.items.map((item) => item.id),
+                                        e.first, e.last, e.reason]));
+  client.onRecovered((e) => events.push(["recovered", e.topic, e.replayed, e.cause]));
+  client.onReset((e) => events.push(["reset", e.topic, e.reason, e.snapshot, e.cause]));
+  return events;
+};
+window.order = (id, version = 1) => ({ id, symbol: "AAPL", status: "NEW", version,
+                                       event: version === 1 ? "created" : "updated" });
+window.fakeClient = (options = {}) => new rt.RealtimeClient({
+  url: "ws://server.test/ws", token: "t", WebSocket: FakeWebSocket, backoffBaseMs: 10,
+  heartbeatIntervalMs: 0, ...options });
 window.harnessReady = true;
 """
 
@@ -256,25 +372,42 @@ async def test_pending_requests_are_rejected_when_the_connection_closes(page):
     result = await run(
         page,
         """
-        FakeWebSocket.server = makeServer({ silent: ["SUBSCRIPTION"] });
+        FakeWebSocket.server = makeServer({ silent: ["HEARTBEAT"] });
         const client = new RealtimeClient({ url: "ws://server.test/ws", token: "t",
                                             WebSocket: FakeWebSocket, backoffBaseMs: 5000 });
         await client.connect();
-        const pending = client.subscribe("user:7:orders");
+        const pending = client.request("HEARTBEAT");
         await sleep(10);
         FakeWebSocket.sockets[0].drop(4000, "operator");
         try { await pending; return "resolved"; } catch (error) {
-          return { code: error.code, closeCode: error.closeCode, state: client.state,
-                   topics: client.topics };
+          return { code: error.code, closeCode: error.closeCode, state: client.state };
         }
         """,
     )
-    assert result == {
-        "code": "closed",
-        "closeCode": 4000,
-        "state": "reconnecting",
-        "topics": ["user:7:orders"],  # still wanted: resubscribed once reconnected
-    }
+    assert result == {"code": "closed", "closeCode": 4000, "state": "reconnecting"}
+
+
+async def test_a_subscribe_cut_off_by_a_drop_resolves_with_the_next_connections_ack(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer({ silent: ["subscribe"] });
+        const client = new RealtimeClient({ url: "ws://server.test/ws", token: "t",
+                                            WebSocket: FakeWebSocket, backoffBaseMs: 20 });
+        await client.connect();
+        const pending = client.subscribe("user:7:orders");
+        await sleep(10);
+        FakeWebSocket.server.silent.delete("subscribe");
+        FakeWebSocket.sockets[0].drop(4000, "operator");
+        const ack = await pending;
+        return { ack, topics: client.topics, sockets: FakeWebSocket.sockets.length,
+                 asked: FakeWebSocket.sockets[1].subscribeEntries() };
+        """,
+    )
+    assert result["ack"]["topics"] == ["user:7:orders"]
+    assert result["ack"]["positions"] == {"user:7:orders": {"epoch": "e1", "seq": 0}}
+    assert result["topics"] == ["user:7:orders"]
+    assert result["asked"] == [[{"topic": "user:7:orders", "snapshot": True}]]
 
 
 # --- reconnecting ---------------------------------------------------------------------------
@@ -303,6 +436,7 @@ async def test_after_a_drop_it_reconnects_with_backoff_and_resubscribes_to_every
         const third = FakeWebSocket.sockets[2];
         await waitFor(() => third.sentOfType("SUBSCRIPTION").length === 1);
         return { events, resubscribed: third.sentOfType("SUBSCRIPTION")[0].payload,
+                 first: FakeWebSocket.sockets[0].subscribeEntries(),
                  session: client.session.connectionId };
         """,
     )
@@ -315,9 +449,20 @@ async def test_after_a_drop_it_reconnects_with_backoff_and_resubscribes_to_every
         ["reconnecting", 1006, 40],  # attempt 2: the ceiling doubled
         ["connected", None, None],
     ]
+    # First: a snapshot of each topic's state. After the drop: resume each from its position
+    # (nothing was published, so seq 0), or else a snapshot, in one request.
+    assert result["first"] == [
+        [
+            {"topic": "user:7:orders", "snapshot": True},
+            {"topic": "market:BTC-USD", "snapshot": True},
+        ]
+    ]
     assert result["resubscribed"] == {
         "action": "subscribe",
-        "topics": ["user:7:orders", "market:BTC-USD"],
+        "topics": [
+            {"topic": "user:7:orders", "since": {"epoch": "e1", "seq": 0}, "snapshot": True},
+            {"topic": "market:BTC-USD", "since": {"epoch": "e1", "seq": 0}, "snapshot": True},
+        ],
     }
     assert result["session"] == "conn-2"
 
@@ -408,7 +553,9 @@ async def test_close_stops_reconnecting_and_connect_resumes_with_the_same_topics
         """,
     )
     assert result["closed"] == {"state": "offline", "sockets": 1}
-    assert result["resubscribed"] == ["strategy:3"]
+    assert result["resubscribed"] == [
+        {"topic": "strategy:3", "since": {"epoch": "e1", "seq": 0}, "snapshot": True}
+    ]
 
 
 async def test_an_unanswered_heartbeat_drops_the_connection_and_reconnects(page):
@@ -427,6 +574,457 @@ async def test_an_unanswered_heartbeat_drops_the_connection_and_reconnects(page)
         """,
     )
     assert result[0] == [1006, "heartbeat timeout", True]
+
+
+# --- delivery: positions, repeats, gaps, resume, snapshots ------------------------------------
+
+TOPIC = "user:7:orders"
+
+
+async def test_a_first_subscribe_asks_for_a_snapshot_and_holds_updates_until_its_last_page(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer({ pageSize: 2, pageDelayMs: 20 });
+        const server = FakeWebSocket.server;
+        for (const id of [1, 2, 3]) server.publish("user:7:orders", "ORDER_UPDATE", order(id));
+        const client = fakeClient();
+        const events = track(client);
+        await client.connect();
+        const ack = await client.subscribe("user:7:orders");
+        // A live update while the pages arrive: after the snapshot's seq, so it waits for them.
+        FakeWebSocket.server.publish("user:7:orders", "ORDER_UPDATE", order(1, 2));
+        await waitFor(() => events.length === 3);
+        const plain = fakeClient();
+        await plain.connect();
+        const plainAck = await plain.subscribe("market:aapl", { snapshot: false });
+        return { ack, events, asked: FakeWebSocket.sockets[0].subscribeEntries(),
+                 positions: client.positions, stats: client.stats,
+                 plainAsked: FakeWebSocket.sockets[1].subscribeEntries(), plainAck };
+        """,
+    )
+    assert result["asked"] == [[{"topic": TOPIC, "snapshot": True}]]
+    assert result["ack"] == {
+        "action": "subscribed",
+        "topics": [TOPIC],
+        "rejected": [],
+        "positions": {TOPIC: {"epoch": "e1", "seq": 3}},
+        "recovered": [],
+        "reset": [],
+    }
+    assert result["events"] == [
+        ["snapshot", TOPIC, 3, [1, 2], True, False, None],
+        ["snapshot", TOPIC, 3, [3], False, True, None],
+        ["update", TOPIC, 4],
+    ]
+    assert result["positions"] == {TOPIC: {"epoch": "e1", "seq": 4}}
+    assert result["stats"]["snapshots"] == 1
+    assert result["plainAsked"] == [["market:AAPL"]]  # snapshot: false, nothing to resume
+    assert result["plainAck"]["positions"] == {"market:AAPL": {"epoch": "e1", "seq": 0}}
+
+
+async def test_repeated_messages_are_passed_on_once(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer();
+        const client = fakeClient();
+        const events = track(client);
+        await client.connect();
+        await client.subscribe("user:7:orders", { snapshot: false });
+        const server = FakeWebSocket.server, ws = FakeWebSocket.sockets[0];
+        const first = server.publish("user:7:orders", "ORDER_UPDATE", order(1));
+        const second = server.publish("user:7:orders", "ORDER_UPDATE", order(1, 2));
+        ws.receive(second);  // a message already on its way when the topic was fenced again
+        ws.receive(first);
+        server.publish("user:7:orders", "ORDER_UPDATE", order(1, 3));
+        return { events, stats: client.stats, asked: ws.subscribeEntries().length };
+        """,
+    )
+    assert result["events"] == [["update", TOPIC, 1], ["update", TOPIC, 2], ["update", TOPIC, 3]]
+    assert result["stats"]["duplicates"] == 2
+    assert result["asked"] == 1  # a repeat is no gap: nothing to repair
+
+
+async def test_a_seq_jump_is_repaired_by_subscribing_again_with_since_on_the_same_connection(
+    page,
+):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer();
+        const client = fakeClient();
+        const events = track(client);
+        await client.connect();
+        await client.subscribe("user:7:orders");
+        const server = FakeWebSocket.server, ws = FakeWebSocket.sockets[0];
+        server.publish("user:7:orders", "ORDER_UPDATE", order(1));
+        server.topic("user:7:orders").lose = 1;
+        server.publish("user:7:orders", "ORDER_UPDATE", order(2));  // lost on the way
+        server.publish("user:7:orders", "ORDER_UPDATE", order(3));  // seq 3 after 1: a gap
+        await waitFor(() => events.some((e) => e[0] === "recovered"));
+        server.publish("user:7:orders", "ORDER_UPDATE", order(4));
+        return { events, stats: client.stats, sockets: FakeWebSocket.sockets.length,
+                 asked: ws.subscribeEntries(), sent: ws.sent.map((m) => m.payload.action) };
+        """,
+    )
+    assert result["events"] == [
+        ["snapshot", TOPIC, 0, [], True, True, None],
+        ["update", TOPIC, 1],
+        ["update", TOPIC, 2],  # replayed: seq 3 was held back until 2 came
+        ["update", TOPIC, 3],
+        ["recovered", TOPIC, 2, "gap"],
+        ["update", TOPIC, 4],
+    ]
+    assert result["asked"][1] == [
+        {"topic": TOPIC, "since": {"epoch": "e1", "seq": 1}, "snapshot": True}
+    ]
+    assert "unsubscribe" not in result["sent"]
+    assert result["sockets"] == 1
+    assert result["stats"]["gaps"] == 1
+    assert result["stats"]["repairs"] == 1
+
+
+async def test_while_a_repair_is_pending_only_the_next_seq_is_applied(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer();
+        const client = fakeClient();
+        const events = track(client);
+        await client.connect();
+        await client.subscribe("user:7:orders", { snapshot: false });
+        const server = FakeWebSocket.server, ws = FakeWebSocket.sockets[0];
+        server.publish("user:7:orders", "ORDER_UPDATE", order(1));
+        server.topic("user:7:orders").lose = 1;
+        const second = server.publish("user:7:orders", "ORDER_UPDATE", order(2));
+        server.silent.add("subscribe");  // the repair's reply is late
+        server.publish("user:7:orders", "ORDER_UPDATE", order(3));  // the gap
+        await waitFor(() => ws.subscribeEntries().length === 2);
+        ws.receive(second);  // the next one: applied
+        server.publish("user:7:orders", "ORDER_UPDATE", order(4));  // after a hole: not yet
+        const meanwhile = events.map((e) => e[2]);
+        server.subscribe(ws, ws.sentOfType("SUBSCRIPTION").at(-1));  // now the reply, and replay
+        return { meanwhile, events };
+        """,
+    )
+    assert result["meanwhile"] == [1, 2]
+    assert result["events"] == [
+        ["update", TOPIC, 1],
+        ["update", TOPIC, 2],
+        ["update", TOPIC, 3],
+        ["update", TOPIC, 4],
+        ["recovered", TOPIC, 3, "gap"],
+    ]
+
+
+async def test_a_heartbeat_position_ahead_of_the_clients_is_repaired(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer();
+        const client = fakeClient();
+        const events = track(client);
+        await client.connect();
+        await client.subscribe("user:7:orders", { snapshot: false });
+        const server = FakeWebSocket.server, ws = FakeWebSocket.sockets[0];
+        server.publish("user:7:orders", "ORDER_UPDATE", order(1));
+        server.heartbeat(ws);  // in step: nothing to do
+        const inStep = ws.subscribeEntries().length;
+        server.topic("user:7:orders").lose = 1;
+        server.publish("user:7:orders", "ORDER_UPDATE", order(1, 2));  // the last one, lost
+        server.heartbeat(ws);  // says seq 2 was sent
+        await waitFor(() => events.some((e) => e[0] === "recovered"));
+        return { inStep, events, asked: ws.subscribeEntries().at(-1) };
+        """,
+    )
+    assert result["inStep"] == 1
+    assert result["asked"] == [{"topic": TOPIC, "since": {"epoch": "e1", "seq": 1}}]
+    assert result["events"] == [
+        ["update", TOPIC, 1],
+        ["update", TOPIC, 2],
+        ["recovered", TOPIC, 1, "heartbeat"],
+    ]
+
+
+async def test_after_a_reconnect_every_topic_resumes_with_since_and_gets_exactly_what_it_missed(
+    page,
+):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer();
+        const client = fakeClient();
+        const events = track(client);
+        await client.connect();
+        await client.subscribe(["user:7:orders", "strategy:3:orders"]);
+        const server = FakeWebSocket.server;
+        server.publish("user:7:orders", "ORDER_UPDATE", order(1));
+        server.publish("strategy:3:orders", "ORDER_UPDATE", order(9));
+        server.refuseConnections = true;
+        FakeWebSocket.sockets[0].drop(1006);
+        for (const version of [2, 3, 4]) {  // while disconnected
+          server.publish("user:7:orders", "ORDER_UPDATE", order(1, version));
+        }
+        events.length = 0;
+        server.refuseConnections = false;
+        await client.connect();
+        await waitFor(() => events.filter((e) => e[0] === "recovered").length === 2);
+        server.publish("user:7:orders", "ORDER_UPDATE", order(1, 5));
+        return { events, asked: FakeWebSocket.sockets.at(-1).subscribeEntries(),
+                 positions: client.positions };
+        """,
+    )
+    assert result["asked"] == [
+        [
+            {"topic": TOPIC, "since": {"epoch": "e1", "seq": 1}, "snapshot": True},
+            {"topic": "strategy:3:orders", "since": {"epoch": "e1", "seq": 1}, "snapshot": True},
+        ]
+    ]
+    assert result["events"] == [
+        ["recovered", "strategy:3:orders", 0, "reconnect"],  # nothing missed: at once
+        ["update", TOPIC, 2],
+        ["update", TOPIC, 3],
+        ["update", TOPIC, 4],
+        ["recovered", TOPIC, 3, "reconnect"],
+        ["update", TOPIC, 5],
+    ]
+    assert result["positions"] == {
+        TOPIC: {"epoch": "e1", "seq": 5},
+        "strategy:3:orders": {"epoch": "e1", "seq": 1},
+    }
+
+
+async def test_a_resume_older_than_the_history_is_reset_and_the_snapshot_brings_the_state(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer({ historySize: 2, pageSize: 2 });
+        const client = fakeClient();
+        const events = track(client);
+        await client.connect();
+        await client.subscribe("user:7:orders");
+        const server = FakeWebSocket.server;
+        server.publish("user:7:orders", "ORDER_UPDATE", order(1));
+        FakeWebSocket.sockets[0].drop(1006);
+        // More than the history holds, while disconnected; order 2 deleted meanwhile.
+        server.publish("user:7:orders", "ORDER_UPDATE", order(2));
+        server.publish("user:7:orders", "ORDER_UPDATE", order(3));
+        server.publish("user:7:orders", "ORDER_UPDATE", order(4));
+        server.publish("user:7:orders", "ORDER_UPDATE", { ...order(2, 2), event: "deleted" });
+        events.length = 0;
+        await waitFor(() => events.some((e) => e[0] === "snapshot" && e[5]));
+        const ws = FakeWebSocket.sockets.at(-1);
+        ws.receive(server.topic("user:7:orders").history.at(-1));  // seq 5: in the snapshot
+        server.publish("user:7:orders", "ORDER_UPDATE", order(3, 2));
+        return { events, stats: client.stats, asked: ws.subscribeEntries() };
+        """,
+    )
+    assert result["asked"] == [
+        [{"topic": TOPIC, "since": {"epoch": "e1", "seq": 1}, "snapshot": True}]
+    ]
+    assert result["events"] == [
+        ["reset", TOPIC, "expired", True, "reconnect"],
+        ["snapshot", TOPIC, 5, [1, 3], True, False, "expired"],
+        ["snapshot", TOPIC, 5, [4], False, True, "expired"],
+        ["update", TOPIC, 6],
+    ]
+    assert result["stats"]["resets"] == 1
+    assert result["stats"]["duplicates"] == 1
+
+
+async def test_a_message_of_another_epoch_resets_the_topic_through_a_snapshot(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer();
+        const client = fakeClient();
+        const events = track(client);
+        await client.connect();
+        await client.subscribe("user:7:orders");
+        const server = FakeWebSocket.server, ws = FakeWebSocket.sockets[0];
+        server.publish("user:7:orders", "ORDER_UPDATE", order(1));
+        server.publish("user:7:orders", "ORDER_UPDATE", order(1, 2));
+        server.newEpoch("user:7:orders", "e2");  // the server lost the topic's history
+        server.publish("user:7:orders", "ORDER_UPDATE", order(5));  // seq 1 of e2
+        await waitFor(() => events.some((e) => e[0] === "snapshot" && e[2] === 1));
+        server.publish("user:7:orders", "ORDER_UPDATE", order(5, 2));
+        const byMessage = { events: events.slice(3), asked: ws.subscribeEntries().at(-1),
+                            positions: client.positions };
+        // The same from a heartbeat, on a quiet topic.
+        events.length = 0;
+        server.newEpoch("user:7:orders", "e3");
+        server.heartbeat(ws);
+        await waitFor(() => events.some((e) => e[0] === "snapshot"));
+        return { byMessage, byHeartbeat: events, positions: client.positions };
+        """,
+    )
+    by_message = result["byMessage"]
+    assert by_message["asked"] == [
+        {"topic": TOPIC, "since": {"epoch": "e1", "seq": 2}, "snapshot": True}
+    ]
+    assert by_message["events"] == [
+        ["reset", TOPIC, "epoch", True, "epoch"],
+        ["snapshot", TOPIC, 1, [1, 5], True, True, "epoch"],  # the state, not the history
+        ["update", TOPIC, 2],
+    ]
+    assert result["byHeartbeat"] == [
+        ["reset", TOPIC, "epoch", True, "epoch"],
+        ["snapshot", TOPIC, 0, [1, 5], True, True, "epoch"],
+    ]
+    assert result["positions"] == {TOPIC: {"epoch": "e3", "seq": 0}}
+
+
+async def test_with_snapshots_off_a_reset_tells_the_page_to_reload_and_goes_on_live(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer({ historySize: 1 });
+        const client = fakeClient({ snapshot: false });
+        const events = track(client);
+        await client.connect();
+        await client.subscribe("user:7:orders");
+        const server = FakeWebSocket.server;
+        server.publish("user:7:orders", "ORDER_UPDATE", order(1));
+        FakeWebSocket.sockets[0].drop(1006);
+        server.publish("user:7:orders", "ORDER_UPDATE", order(2));
+        server.publish("user:7:orders", "ORDER_UPDATE", order(3));
+        await waitFor(() => events.some((e) => e[0] === "reset"));
+        server.publish("user:7:orders", "ORDER_UPDATE", order(4));
+        return { events, asked: FakeWebSocket.sockets.map((ws) => ws.subscribeEntries()) };
+        """,
+    )
+    assert result["asked"] == [
+        [[TOPIC]],
+        [[{"topic": TOPIC, "since": {"epoch": "e1", "seq": 1}}]],
+    ]
+    assert result["events"] == [
+        ["update", TOPIC, 1],
+        ["reset", TOPIC, "expired", False, "reconnect"],
+        ["update", TOPIC, 4],
+    ]
+
+
+async def test_a_snapshot_that_does_not_come_is_a_reset_so_the_page_reloads_by_itself(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer({ noSnapshots: true });
+        const client = fakeClient({ requestTimeoutMs: 100 });
+        const events = track(client);
+        await client.connect();
+        await client.subscribe("user:7:orders");
+        FakeWebSocket.server.publish("user:7:orders", "ORDER_UPDATE", order(1));  // held
+        await waitFor(() => events.length === 2);
+        return events;
+        """,
+    )
+    assert result == [
+        ["reset", TOPIC, "no_snapshot", False, "snapshot"],
+        ["update", TOPIC, 1],
+    ]
+
+
+async def reload_harness(page) -> None:
+    await page.reload()
+    await page.add_script_tag(type="module", content=HARNESS)
+    await page.wait_for_function("window.harnessReady === true")
+
+
+async def test_positions_survive_a_page_reload_in_session_storage_when_the_page_opts_in(page):
+    before = await run(
+        page,
+        """
+        sessionStorage.clear();
+        FakeWebSocket.server = makeServer();
+        const client = fakeClient({ positionStorage: sessionStorage });
+        const other = fakeClient();  // not opted in: stores nothing
+        await Promise.all([client.connect(), other.connect()]);
+        await client.subscribe(["user:7:orders", "market:AAPL"]);
+        await other.subscribe("strategy:3");
+        for (const id of [1, 2, 3]) {
+          FakeWebSocket.server.publish("user:7:orders", "ORDER_UPDATE", order(id));
+        }
+        await client.unsubscribe("market:AAPL");
+        return client.positions;
+        """,
+    )
+    assert before == {TOPIC: {"epoch": "e1", "seq": 3}}
+    await reload_harness(page)  # pagehide saves the positions
+    result = await run(
+        page,
+        """
+        const stored = JSON.parse(sessionStorage.getItem("tradingrt.realtime.positions:7"));
+        const keys = Object.keys(sessionStorage);
+        FakeWebSocket.server = makeServer();  // the same server's topic, two updates later
+        for (const id of [1, 2, 3, 4, 5]) {
+          FakeWebSocket.server.publish("user:7:orders", "ORDER_UPDATE", order(id));
+        }
+        const client = fakeClient({ positionStorage: sessionStorage });
+        const events = track(client);
+        client.subscribe("user:7:orders");  // before connecting: the user is known only then
+        await client.connect();
+        await waitFor(() => events.some((e) => e[0] === "recovered"));
+        const fresh = fakeClient();
+        await fresh.connect();
+        await fresh.subscribe("user:7:orders");
+        return { stored, keys, events, asked: FakeWebSocket.sockets[0].subscribeEntries(),
+                 freshAsked: FakeWebSocket.sockets[1].subscribeEntries() };
+        """,
+    )
+    assert result["keys"] == ["tradingrt.realtime.positions:7"]
+    assert result["stored"] == {TOPIC: {"epoch": "e1", "seq": 3}}
+    assert result["asked"] == [
+        [{"topic": TOPIC, "since": {"epoch": "e1", "seq": 3}, "snapshot": True}]
+    ]
+    assert result["events"] == [
+        ["update", TOPIC, 4],
+        ["update", TOPIC, 5],
+        ["recovered", TOPIC, 2, "reload"],
+    ]
+    assert result["freshAsked"] == [[{"topic": TOPIC, "snapshot": True}]]
+
+
+async def test_an_error_reply_to_subscribe_forgets_the_new_topics(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer();
+        const client = fakeClient();
+        await client.connect();
+        await client.subscribe("user:7:orders");
+        FakeWebSocket.server.errorOnSubscribe = "rate_limited";
+        let code;
+        try { await client.subscribe("strategy:3"); } catch (error) { code = error.code; }
+        FakeWebSocket.server.errorOnSubscribe = null;
+        FakeWebSocket.sockets[0].drop(1006);
+        await waitFor(() => FakeWebSocket.sockets.length === 2 && client.state === "connected");
+        await waitFor(() => FakeWebSocket.sockets[1].subscribeEntries().length === 1);
+        return { code, topics: client.topics,
+                 resubscribed: FakeWebSocket.sockets[1].subscribeEntries()[0].map((e) => e.topic) };
+        """,
+    )
+    assert result == {
+        "code": "rate_limited",
+        "topics": [TOPIC],  # not kept as if held, never asked for again
+        "resubscribed": [TOPIC],
+    }
+
+
+async def test_heartbeats_go_on_after_one_is_answered_with_an_error(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer();
+        FakeWebSocket.server.errorOnHeartbeat = "rate_limited";
+        const client = fakeClient({ heartbeatIntervalMs: 10 });
+        await client.connect();
+        await waitFor(() => FakeWebSocket.sockets[0].sentOfType("HEARTBEAT").length >= 3);
+        client.close();
+        return { sockets: FakeWebSocket.sockets.length };
+        """,
+    )
+    assert result == {"sockets": 1}
 
 
 # --- token refresh --------------------------------------------------------------------------

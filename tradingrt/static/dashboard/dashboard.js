@@ -1,10 +1,13 @@
 /**
- * The live dashboard: signs in, loads orders, positions and strategies from the REST API, keeps
- * them current from /ws through the realtime client, and shows the connection's health.
+ * The live dashboard: signs in, takes orders, positions and strategies from the snapshots /ws
+ * sends with each first subscription, keeps them current from the topics' updates through the
+ * realtime client, and shows the connection's health.
  *
- * After every (re)connection the tables are reloaded from the API once the subscriptions are
- * back, so updates missed while offline are caught up; a row only ever moves forward in time
- * (by `updatedAt`), whichever of the API and the socket delivers it first.
+ * After a reconnect the client resumes every topic where it left off, so the updates missed
+ * meanwhile are replayed into the tables; only a topic whose history is gone is reloaded, from
+ * the snapshot that comes with the `reset` (over REST only if no snapshot can be had). A row only
+ * moves forward in its object's `version`, whichever of a snapshot, a replay or a live update
+ * delivers it first; a `deleted` update removes it.
  */
 
 import { CloseCode, RealtimeClient, State } from "realtime-client";
@@ -21,6 +24,12 @@ import {
 import { ApiError, Session } from "./session.js";
 
 const MAX_ORDER_ROWS = 200;
+const RESET_REASONS = {
+  expired: "history expired",
+  epoch: "the server's history was reset",
+  unavailable: "history unavailable",
+  no_snapshot: "no snapshot, loaded over REST",
+};
 const MAX_MARKET_SYMBOLS = 12; // market:SYMBOL topics for the symbols traded, at most
 const STATUS_POLL_MS = 5000;
 const ACTIVITY_ITEMS = 30;
@@ -33,10 +42,12 @@ const CLOSE_REASONS = {
   [CloseCode.UNAUTHENTICATED]: "session expired",
   [CloseCode.USER_DEACTIVATED]: "account deactivated",
   [CloseCode.RATE_LIMITED]: "rate limited",
+  [CloseCode.STREAM_INTERRUPTED]: "the server's update stream was interrupted",
   [CloseCode.SLOW_CONSUMER]: "too slow to keep up",
 };
 
 const $ = (id) => document.getElementById(id);
+const isFlat = (quantity) => /^-?0*(\.0*)?$/.test(quantity);
 
 // --- tables ---------------------------------------------------------------------------------
 
@@ -53,13 +64,16 @@ class LiveTable {
     this.rowClass = rowClass;
     this.limit = limit;
     this.rows = new Map(); // id -> {data, tr}
+    this.removed = new Map(); // id -> the version that deleted it: older states stay out
     this.kind = table.id;
   }
 
-  /** Insert or update a row; ignored if older than what is shown. Returns true if shown. */
+  /** Insert or update a row; ignored unless newer than what is shown. Returns true if shown. */
   upsert(data, { flash = true } = {}) {
     const current = this.rows.get(data.id);
-    if (current && data.updatedAt && current.data.updatedAt > data.updatedAt) return false;
+    if (current && !isNewer(data, current.data)) return false;
+    const removedAt = this.removed.get(data.id);
+    if (removedAt !== undefined && !(data.version > removedAt)) return false;
     let tr;
     if (current) {
       tr = current.tr;
@@ -95,9 +109,31 @@ class LiveTable {
     return true;
   }
 
+  /** Remove a deleted object's row, unless the row is already newer than the deletion. */
+  remove(data) {
+    const current = this.rows.get(data.id);
+    if (current && !isNewer(data, current.data)) return;
+    if (data.version !== undefined) this.removed.set(data.id, data.version);
+    this._drop(data.id);
+  }
+
+  /** Keep only the rows of `ids` (the objects of a snapshot or a reload: the others are gone). */
+  retain(ids) {
+    for (const id of [...this.rows.keys()]) if (!ids.has(id)) this._drop(id);
+  }
+
   clear() {
     this.rows.clear();
+    this.removed.clear();
     this.body.replaceChildren();
+    this._toggleEmpty();
+  }
+
+  _drop(id) {
+    const row = this.rows.get(id);
+    if (!row) return;
+    row.tr.remove();
+    this.rows.delete(id);
     this._toggleEmpty();
   }
 
@@ -129,6 +165,17 @@ class LiveTable {
   }
 }
 
+/**
+ * Whether `data` is a later state of the object than `current`: by `version` (one per committed
+ * change), or by `updatedAt` from a server without versions.
+ */
+function isNewer(data, current) {
+  if (Number.isInteger(data.version) && Number.isInteger(current.version)) {
+    return data.version > current.version;
+  }
+  return !(data.updatedAt && current.updatedAt && current.updatedAt > data.updatedAt);
+}
+
 function flashRow(tr) {
   tr.classList.remove("flash");
   void tr.offsetWidth; // restart the animation
@@ -154,7 +201,7 @@ const tables = {
       { field: "portfolioWeight", num: true, text: (r) => formatPercent(r.portfolioWeight) },
     ],
     compare: (a, b) => a.symbol.localeCompare(b.symbol) || a.userId - b.userId,
-    rowClass: (r) => (/^-?0*(\.0*)?$/.test(r.quantity) ? "closed" : ""),
+    rowClass: (r) => (isFlat(r.quantity) ? "closed" : ""),
   }),
   orders: new LiveTable($("orders"), {
     columns: [
@@ -222,7 +269,7 @@ const ticker = {
     }
   },
 
-  tick({ symbol, last, bid, ask }) {
+  tick({ symbol, last, bid, ask }, { flash = true } = {}) {
     const item = this.ensure(symbol);
     const change = item.last === null ? 0 : Number(last) - Number(item.last);
     item.last = last;
@@ -232,7 +279,7 @@ const ticker = {
     item.li.dataset.direction = change > 0 ? "up" : change < 0 ? "down" : "flat";
     item.li.querySelector(".tick-quote").textContent =
       bid || ask ? `${formatPrice(bid)} / ${formatPrice(ask)}` : "";
-    flashRow(item.li);
+    if (flash) flashRow(item.li);
   },
 
   clear() {
@@ -250,8 +297,10 @@ const client = new RealtimeClient({
 });
 let scopeAll = false; // staff (or a permission holder) sees everyone's rows
 let statusTimer = null;
-let started = false;
 let lastConnectionId = null;
+let connections = 0; // authenticated connections since sign-in: all but the first resume
+let recovery = null; // what the latest resume or repair did, shown beside the state
+const snapshotIds = new Map(); // topic -> ids of the snapshot being received
 
 client.onState((state, detail) => {
   const box = $("connection");
@@ -269,7 +318,7 @@ client.onState((state, detail) => {
   if (state === State.RECONNECTING) {
     log(`Reconnect attempt ${detail.attempt} in ${(detail.delayMs / 1000).toFixed(1)} s`, "warn");
   }
-  if (state === State.CONNECTED && started) catchUp();
+  if (state === State.CONNECTED) connections += 1;
   if (state === State.OFFLINE && detail.code === CloseCode.USER_DEACTIVATED) {
     signOut("This account was deactivated.");
   }
@@ -292,25 +341,118 @@ client.on("AUTHENTICATION", (message) => {
     log(`Token refreshed; now expires ${formatTime(expiresAt)}`, "ok");
   } else {
     log(`Connected as ${username}`, "ok");
+    if (connections > 1) log(`Resuming ${client.topics.length} topics`, "ok");
   }
   lastConnectionId = connectionId;
 });
 
 client.on("ORDER_UPDATE", ({ payload }) => {
-  tables.orders.upsert(payload);
+  applyUpdate(tables.orders, payload);
   watchSymbols([payload.symbol]);
   updateSummary();
 });
 
 client.on("POSITION_UPDATE", ({ payload }) => {
-  tables.positions.upsert(payload);
+  applyUpdate(tables.positions, payload);
   ticker.mark(payload.symbol, payload.marketPrice);
   watchSymbols([payload.symbol]);
   updateSummary();
 });
 
-client.on("STRATEGY_UPDATE", ({ payload }) => tables.strategies.upsert(payload));
+client.on("STRATEGY_UPDATE", ({ payload }) => applyUpdate(tables.strategies, payload));
 client.on("MARKET_DATA", ({ payload }) => ticker.tick(payload));
+
+function applyUpdate(table, payload) {
+  if (payload.event === "deleted") {
+    table.remove(payload);
+  } else {
+    table.upsert(payload);
+  }
+}
+
+/** The kind of state a topic carries: a table's id, or "market". */
+function kindOf(topic) {
+  if (topic.startsWith("market:")) return "market";
+  if (topic === "strategies" || /^strategy:\d+$/.test(topic)) return "strategies";
+  const kind = topic.split(":").at(-1);
+  return KINDS.includes(kind) ? kind : null;
+}
+
+// A snapshot is the topic's whole state: its pages' rows replace the table's.
+client.onSnapshot(({ topic, items, first, last }) => {
+  const kind = kindOf(topic);
+  if (kind === "market") {
+    for (const tick of items) ticker.tick(tick, { flash: false });
+    return;
+  }
+  const table = tables[kind];
+  if (!table) return;
+  if (first) snapshotIds.set(topic, new Set());
+  const ids = snapshotIds.get(topic);
+  for (const item of items) {
+    ids.add(item.id);
+    table.upsert(item, { flash: false });
+    if (kind === "positions") ticker.mark(item.symbol, item.marketPrice);
+  }
+  if (!last) return;
+  snapshotIds.delete(topic);
+  table.retain(ids);
+  const rows = table.values();
+  if (kind === "orders") watchSymbols(rows.map((o) => o.symbol));
+  if (kind === "positions") watchSymbols(rows.filter((p) => !isFlat(p.quantity)).map((p) => p.symbol));
+  updateSummary();
+});
+
+client.onRecovered(({ topic, replayed, cause }) => {
+  const verb = cause === "reconnect" || cause === "reload" ? "Resumed" : "Repaired";
+  noteRecovery(verb, { replayed });
+  if (replayed || verb === "Repaired") {
+    log(`${verb} ${topic}: ${plural(replayed, "missed update")} replayed`, "ok");
+  }
+});
+
+client.onReset(({ topic, reason, snapshot }) => {
+  const why = RESET_REASONS[reason] || reason;
+  noteRecovery("Reloaded", { reason: why });
+  log(`Reloading ${topic} (${why})${snapshot ? "" : " over REST"}`, "warn");
+  if (!snapshot) {
+    const kind = kindOf(topic);
+    if (tables[kind]) reloadOverRest(kind);
+  }
+});
+
+/**
+ * Tell, beside the connection's state, what the latest resume did: "Resumed: 12 missed updates
+ * replayed", or "Reloaded: history expired" when a topic's history was gone. The events of one
+ * resume (every topic, on one connection) add up; a later repair starts afresh.
+ */
+function noteRecovery(verb, { replayed = 0, reason = null }) {
+  const connectionId = client.session?.connectionId ?? null;
+  const same = recovery && recovery.connectionId === connectionId && recovery.group === verbGroup(verb);
+  if (!same) {
+    recovery = { connectionId, group: verbGroup(verb), verb, replayed: 0, reasons: new Set() };
+  }
+  recovery.replayed += replayed;
+  if (reason) {
+    recovery.verb = "Reloaded";
+    recovery.reasons.add(reason);
+  }
+  recovery.at = new Date();
+  const text =
+    recovery.verb === "Reloaded"
+      ? `Reloaded: ${[...recovery.reasons].join(", ")}`
+      : `${recovery.verb}: ${plural(recovery.replayed, "missed update")} replayed`;
+  const element = $("recovery");
+  element.hidden = false;
+  element.dataset.kind = recovery.verb.toLowerCase();
+  element.querySelector(".recovery-text").textContent = text;
+  const time = element.querySelector("time");
+  time.dateTime = recovery.at.toISOString();
+  time.textContent = formatTime(recovery.at.toISOString());
+}
+
+const verbGroup = (verb) => (verb === "Repaired" ? "repair" : "resume");
+const plural = (count, noun) => `${count} ${noun}${count === 1 ? "" : "s"}`;
 
 /** Subscribe to the market data of newly seen symbols, up to MAX_MARKET_SYMBOLS. */
 function watchSymbols(symbols) {
@@ -326,7 +468,7 @@ function watchSymbols(symbols) {
 
 /**
  * The topics of this user's view: the global ones where the server allows them (staff), the
- * user's own otherwise.
+ * user's own otherwise. Each first subscription brings the topic's snapshot.
  */
 async function subscribeAll(userId, canViewStatus) {
   scopeAll = false;
@@ -343,32 +485,20 @@ async function subscribeAll(userId, canViewStatus) {
   log(`Subscribed to ${client.topics.length} topics`, "ok");
 }
 
-/** Reload the tables from the API: on every (re)connection, after resubscribing. */
-async function catchUp() {
+/** The fallback when a topic's snapshot cannot be had: its kind's rows over REST. */
+async function reloadOverRest(kind) {
   try {
-    // The server answers in order, so this reply follows the resubscription's.
-    const list = await client.request("SUBSCRIPTION", { action: "list" });
-    showTopics(list.payload.topics);
-    if (list.payload.topics.length) log(`Subscribed to ${list.payload.topics.length} topics`, "ok");
-    await loadSnapshot();
+    const rows = await session.api(`/api/${kind}/`);
+    for (const row of rows) tables[kind].upsert(row, { flash: false });
+    tables[kind].retain(new Set(rows.map((row) => row.id)));
+    if (kind === "positions") {
+      for (const position of rows) ticker.mark(position.symbol, position.marketPrice);
+    }
+    watchSymbols(rows.map((row) => row.symbol).filter(Boolean));
+    updateSummary();
   } catch (error) {
-    if (error.code !== "closed") log(`Could not reload: ${error.message}`, "error");
+    log(`Could not reload ${kind}: ${error.message}`, "error");
   }
-}
-
-async function loadSnapshot() {
-  const [orders, positions, strategies] = await Promise.all(
-    KINDS.map((kind) => session.api(`/api/${kind}/`)),
-  );
-  for (const order of orders) tables.orders.upsert(order, { flash: false });
-  for (const position of positions) {
-    tables.positions.upsert(position, { flash: false });
-    ticker.mark(position.symbol, position.marketPrice);
-  }
-  for (const strategy of strategies) tables.strategies.upsert(strategy, { flash: false });
-  const openSymbols = positions.filter((p) => !/^-?0*(\.0*)?$/.test(p.quantity)).map((p) => p.symbol);
-  watchSymbols([...openSymbols, ...orders.map((o) => o.symbol)]);
-  updateSummary();
 }
 
 function showTopics(topics = client.topics) {
@@ -463,7 +593,9 @@ async function start() {
   $("dashboard-view").hidden = false;
   $("account").hidden = false;
   $("connection").hidden = false;
-  started = false;
+  connections = 0;
+  recovery = null;
+  $("recovery").hidden = true;
   try {
     const [me, canViewStatus] = await Promise.all([client.connect(), pollStatus()]);
     await subscribeAll(me.userId, canViewStatus === true);
@@ -471,8 +603,6 @@ async function start() {
       pollStatus(); // now that this connection's subscriptions count
       startStatusPolling();
     }
-    started = true;
-    await loadSnapshot();
   } catch (error) {
     log(`Could not start: ${error.message}`, "error");
   }
@@ -484,7 +614,7 @@ function signOut(message = "") {
   client.unsubscribe(topics); // offline: forgets them, so the next user starts clean
   session.signOut();
   stopStatusPolling();
-  started = false;
+  snapshotIds.clear();
   for (const table of Object.values(tables)) table.clear();
   ticker.clear();
   $("dashboard-view").hidden = true;
