@@ -1,7 +1,8 @@
 """The JavaScript client (realtime/static/realtime/client.js), run in headless Chromium.
 
 Most tests drive it against a scripted fake WebSocket in the page, to control close codes and
-timing exactly; the last ones run it against a real Daphne (token refresh, 4401).
+timing exactly; the last ones run it against a real Daphne (token refresh, a 4401 during a
+refresh outage, signing out, MessagePack against JSON, presence of two users).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from asgiref.sync import sync_to_async
 from rest_framework_simplejwt.tokens import AccessToken
 
 from tests.browser import open_page, open_server_page, serve_blank_page
+from tests.test_delivery import post_order
 
 CLIENT_JS = Path(__file__).resolve().parent.parent / "realtime/static/realtime/client.js"
 FAKE_ORIGIN = "http://127.0.0.1:9"  # never contacted: every request to it is answered in-page
@@ -1277,7 +1279,8 @@ async def test_a_json_client_offers_no_subprotocol(page):
         FakeWebSocket.server = makeServer();
         const client = fakeClient();
         await client.connect();
-        return { offered: FakeWebSocket.sockets[0].protocols, frames: FakeWebSocket.sockets[0].frames };
+        const ws = FakeWebSocket.sockets[0];
+        return { offered: ws.protocols, frames: ws.frames };
         """,
     )
     assert result == {"offered": [], "frames": ["text"]}
@@ -1366,7 +1369,8 @@ async def test_on_a_filtered_topic_a_seq_jump_or_a_heartbeat_ahead_is_no_gap(pag
         const client = fakeClient();
         const events = track(client);
         await client.connect();
-        await client.subscribe({ topic: "user:7:orders", filter: { side: "BUY" }, snapshot: false });
+        await client.subscribe({ topic: "user:7:orders", filter: { side: "BUY" } },
+                               { snapshot: false });
         await client.subscribe("strategy:3:orders", { snapshot: false });  // unfiltered: repaired
         for (const [id, side] of [[1, "BUY"], [2, "SELL"], [3, "SELL"], [4, "BUY"]]) {
           server.publish("user:7:orders", "ORDER_UPDATE", { ...order(id), side });
@@ -1634,7 +1638,6 @@ async def test_subscribe_while_not_connected_rejects_when_the_client_goes_offlin
     assert result == {"settled": code, "state": "offline"}
 
 
-
 async def test_on_close_listeners_already_see_the_state_the_close_leads_to(page):
     result = await run(
         page,
@@ -1666,27 +1669,28 @@ async def test_dispose_removes_the_page_listeners_and_refuses_later_calls(page):
         """
         FakeWebSocket.server = makeServer();
         const added = [], removed = [];
-        const add = window.addEventListener, remove = window.removeEventListener;
-        const addDoc = document.addEventListener, removeDoc = document.removeEventListener;
-        window.addEventListener = function (name, fn) { added.push(name); return add.call(this, name, fn); };
-        window.removeEventListener = function (name, fn) { removed.push(name); return remove.call(this, name, fn); };
-        document.addEventListener = function (name, fn) { added.push(name); return addDoc.call(this, name, fn); };
-        document.removeEventListener = function (name, fn) { removed.push(name); return removeDoc.call(this, name, fn); };
+        // Record what the client adds to and removes from the page.
+        const spy = (target, method, into) => {
+          const original = target[method];
+          target[method] = function (name, fn) {
+            into.push(name);
+            return original.call(this, name, fn);
+          };
+          return () => { target[method] = original; };
+        };
+        let undo = [spy(window, "addEventListener", added),
+                    spy(document, "addEventListener", added)];
         let client;
         try {
           client = fakeClient({ positionStorage: sessionStorage, backoffBaseMs: 60000 });
         } finally {
-          Object.assign(window, { addEventListener: add, removeEventListener: remove });
-          Object.assign(document, { addEventListener: addDoc, removeEventListener: removeDoc });
+          undo.forEach((restore) => restore());
         }
         await client.connect();
         FakeWebSocket.sockets[0].drop(1006);  // waiting a minute to reconnect
-        window.removeEventListener = function (name, fn) { removed.push(name); return remove.call(this, name, fn); };
-        document.removeEventListener = function (name, fn) { removed.push(name); return removeDoc.call(this, name, fn); };
-        try { client.dispose(); } finally {
-          window.removeEventListener = remove;
-          document.removeEventListener = removeDoc;
-        }
+        undo = [spy(window, "removeEventListener", removed),
+                spy(document, "removeEventListener", removed)];
+        try { client.dispose(); } finally { undo.forEach((restore) => restore()); }
         window.dispatchEvent(new Event("online"));  // would cut the wait short: ignored now
         await sleep(30);
         const codes = [];
@@ -1807,8 +1811,8 @@ async def test_silence_for_stale_after_ms_is_reported_and_drops_the_connection(p
         FakeWebSocket.server = makeServer();
         const client = fakeClient({ staleAfterMs: 150 });
         const events = [];
-        client.onStale((stale, detail) => events.push(["stale", stale,
-                                                        detail.lastMessageAt === client.lastMessageAt]));
+        client.onStale((stale, { lastMessageAt }) =>
+          events.push(["stale", stale, lastMessageAt === client.lastMessageAt]));
         client.onClose((event) => events.push(["close", event.code, event.reason]));
         await client.connect();
         const first = client.lastMessageAt;
@@ -1842,7 +1846,7 @@ async def test_a_server_that_drops_every_connection_after_its_login_is_retried_e
         FakeWebSocket.server.closeAfterSubscribe = 4508;
         const client = fakeClient({ backoffBaseMs: 4, random: () => 0.999 });
         const delays = [];
-        client.onState((state, detail) => { if (state === "reconnecting") delays.push(detail.delayMs); });
+        client.onState((state, { delayMs }) => state === "reconnecting" && delays.push(delayMs));
         await client.connect();
         await client.subscribe("user:7:orders");
         await waitFor(() => delays.length === 6);
@@ -1860,7 +1864,7 @@ async def test_the_backoff_starts_again_once_a_connection_has_lasted(page):
         FakeWebSocket.server = makeServer();
         const client = fakeClient({ backoffBaseMs: 40, random: () => 0.5, backoffResetMs: 50 });
         const delays = [];
-        client.onState((state, detail) => { if (state === "reconnecting") delays.push(detail.delayMs); });
+        client.onState((state, { delayMs }) => state === "reconnecting" && delays.push(delayMs));
         await client.connect();
         FakeWebSocket.sockets[0].drop(1006);
         await waitFor(() => client.state === "connected");
@@ -1939,7 +1943,8 @@ async def test_a_refused_first_message_token_asks_for_a_new_one(page):
         FakeWebSocket.server = makeServer();
         const tokens = ["bad", "good"];
         const reasons = [];
-        const client = fakeClient({ getToken: ({ reason }) => { reasons.push(reason); return tokens.shift(); } });
+        const client = fakeClient({
+          getToken: ({ reason }) => { reasons.push(reason); return tokens.shift(); } });
         const events = [];
         client.onClose((event) => events.push(["close", event.code, event.reason]));
         client.onError((error) => events.push(["error", error.code]));
@@ -2070,7 +2075,63 @@ async def test_against_the_server_it_refreshes_in_band_and_keeps_receiving(
 
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
-async def test_against_the_server_an_expired_token_ends_offline_with_4401(
+async def test_against_the_server_a_4401_in_a_refresh_outage_ends_by_itself_when_tokens_return(
+    browser_page, live, trader, trader_token
+):
+    """Issue 19, item 2: the refresh endpoint fails around the expiry; the server closes with
+    4401; the client keeps asking for a token with backoff and reconnects, without a click."""
+    page = await live_page(browser_page, live)
+    token = await sync_to_async(short_token)(trader, 2.5)
+    events = await page.evaluate(
+        """async ([shortToken, topic]) => {
+          window.events = [];
+          window.outage = true;  // the refresh endpoint answers 503
+          window.client = new rt.RealtimeClient({
+            getToken: async ({ reason }) => {
+              events.push(["getToken", reason]);
+              if (reason === "connect") return shortToken;
+              if (window.outage) throw new Error("refresh endpoint: HTTP 503");
+              return window.freshToken;
+            },
+            backoffBaseMs: 200, backoffCapMs: 400,
+          });
+          client.onClose((event) => events.push(["close", event.code, event.willReconnect]));
+          client.onState((state, detail) => {
+            if (state !== "reconnecting") events.push([state, detail.code ?? null]);
+          });
+          window.received = [];
+          client.onTopic(topic, (message) => received.push(message.payload));
+          await client.connect();
+          await client.subscribe(topic);
+          return events;
+        }""",
+        [token, f"user:{trader.pk}:orders"],
+    )
+    await page.wait_for_function(
+        "events.some((e) => e[0] === 'close' && e[1] === 4401)", timeout=10_000
+    )
+    await page.wait_for_function(
+        "events.filter((e) => e[0] === 'getToken' && e[1] === 'refresh').length >= 4",
+        timeout=10_000,
+    )
+    assert await page.evaluate("client.state") == "reconnecting"
+    await page.evaluate("(token) => { window.freshToken = token; window.outage = false; }",
+                        trader_token)  # fmt: skip
+    await page.wait_for_function("client.state === 'connected'", timeout=10_000)
+    order = await post_order(live, trader_token)
+    await page.wait_for_function("received.length === 1", timeout=5_000)
+    events = await page.evaluate("events")
+    assert await page.evaluate("received[0].id") == order["id"]
+    assert events[:3] == [["connecting", None], ["getToken", "connect"], ["connected", None]]
+    assert ["close", 4401, True] in events
+    assert ["offline", 4401] not in events
+    assert events[-1] == ["connected", None]
+    await page.evaluate("client.dispose()")
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+async def test_against_the_server_it_signs_out_when_get_token_has_no_token_left(
     browser_page, live, trader
 ):
     page = await live_page(browser_page, live)
@@ -2079,19 +2140,13 @@ async def test_against_the_server_an_expired_token_ends_offline_with_4401(
         """async (token) => {
           const events = [];
           const client = new rt.RealtimeClient({
-            getToken: async ({ reason }) => {
-              if (reason === "refresh") throw new Error("no refresh token");
-              return token;
-            },
-            backoffBaseMs: 10,
+            // The refresh token was refused: there is no access token to be had.
+            getToken: async ({ reason }) => (reason === "refresh" ? null : token),
           });
           client.onClose((event) => events.push(["close", event.code, event.willReconnect]));
           client.onState((state, detail) => events.push([state, detail.code ?? null]));
           await client.connect();
-          const deadline = Date.now() + 6000;
-          while (client.state !== "offline" && Date.now() < deadline) {
-            await new Promise((resolve) => setTimeout(resolve, 50));
-          }
+          while (client.state !== "offline") await new Promise((r) => setTimeout(r, 50));
           await new Promise((resolve) => setTimeout(resolve, 300));  // and it stays offline
           return events;
         }""",
@@ -2103,3 +2158,124 @@ async def test_against_the_server_an_expired_token_ends_offline_with_4401(
         ["close", 4401, False],
         ["offline", 4401],
     ]
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+async def test_against_the_server_a_msgpack_client_receives_what_a_json_client_does(
+    browser_page, live, trader, trader_token, staff_token
+):
+    """Issue 15: both encodings through a real Daphne, binary frames both ways on msgpack."""
+    page = await live_page(browser_page, live)
+    topic = f"user:{trader.pk}:orders"
+    setup = await page.evaluate(
+        """async ([token, topic]) => {
+          window.frames = { json: [], msgpack: [] };
+          window.received = { json: [], msgpack: [] };
+          const spying = (encoding) => class extends WebSocket {
+            constructor(url, protocols) {
+              super(url, protocols);
+              this.addEventListener("message", (event) => frames[encoding].push(
+                typeof event.data === "string" ? "received text" : "received binary"));
+            }
+            send(data) {
+              frames[encoding].push(typeof data === "string" ? "sent text" : "sent binary");
+              super.send(data);
+            }
+          };
+          window.clients = {};
+          for (const encoding of ["json", "msgpack"]) {
+            const client = new rt.RealtimeClient({ token, encoding, WebSocket: spying(encoding) });
+            client.on("*", (message) => { if (message.topic) received[encoding].push(message); });
+            clients[encoding] = client;
+          }
+          await Promise.all([clients.json.connect(), clients.msgpack.connect()]);
+          const acks = await Promise.all([clients.json.subscribe([topic, "market:AAPL"]),
+                                          clients.msgpack.subscribe([topic, "market:AAPL"])]);
+          return { acks: acks.map((ack) => ack.topics),
+                   encodings: [clients.json.encoding, clients.msgpack.encoding] };
+        }""",
+        [trader_token, topic],
+    )
+    assert setup == {
+        "acks": [[topic, "market:AAPL"], [topic, "market:AAPL"]],
+        "encodings": ["json", "msgpack"],
+    }
+    order = await post_order(live, trader_token)
+    async with httpx.AsyncClient(
+        base_url=live.http_url, headers={"Authorization": f"Bearer {staff_token}"}
+    ) as api:
+        response = await api.post(
+            "/api/market-data/",
+            json={"symbol": "AAPL", "last": "104.5", "bid": "104.25", "ask": "104.75"},
+        )
+        assert response.status_code == 202, response.text
+    wanted = "(m) => m.type === 'ORDER_UPDATE' || m.type === 'MARKET_DATA'"
+    await page.wait_for_function(
+        f"received.json.filter({wanted}).length === 2"
+        f" && received.msgpack.filter({wanted}).length === 2",
+        timeout=5_000,
+    )
+    received = await page.evaluate("received")
+    frames = await page.evaluate("frames")
+    await page.evaluate("clients.json.dispose(); clients.msgpack.dispose()")
+
+    def updates(messages):
+        return [m for m in messages if m["type"] != "SNAPSHOT"]
+
+    def snapshots(messages):
+        return [(m["topic"], m["seq"], m["payload"]) for m in messages if m["type"] == "SNAPSHOT"]
+
+    assert updates(received["msgpack"]) == updates(received["json"])  # timestamps included
+    assert [m["type"] for m in updates(received["json"])] == ["ORDER_UPDATE", "MARKET_DATA"]
+    assert updates(received["json"])[0]["payload"]["id"] == order["id"]
+    assert updates(received["json"])[1]["payload"]["last"] == "104.5"  # decimals stay strings
+    assert snapshots(received["msgpack"]) == snapshots(received["json"])
+    assert set(frames["json"]) == {"sent text", "received text"}
+    assert set(frames["msgpack"]) == {"sent binary", "received binary"}
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+async def test_against_the_server_presence_of_two_users_joins_lists_and_leaves(
+    browser_page, live, trader, trader_token, staff, staff_token
+):
+    """Issue 14: staff watch who is on market:AAPL; alice comes and goes."""
+    page = await live_page(browser_page, live)
+    await page.evaluate(
+        """async ([staffToken, aliceToken]) => {
+          window.events = [];
+          window.staffClient = new rt.RealtimeClient({ token: staffToken });
+          window.alice = new rt.RealtimeClient({ token: aliceToken });
+          staffClient.onPresence((topic, e) => events.push([topic, e.event, e.username]));
+          await Promise.all([staffClient.connect(), alice.connect()]);
+          await staffClient.subscribe({ topic: "market:aapl", presence: true, snapshot: false });
+        }""",
+        [staff_token, trader_token],
+    )
+    # The server's first look (PRESENCE_INTERVAL_SECS, 1 s) is the baseline, not news: after
+    # it, alice's arrival is a join.
+    await asyncio.sleep(2)
+    refused = await page.evaluate(
+        """async () => {
+          await alice.subscribe("market:AAPL", { snapshot: false });
+          return alice.presence("market:AAPL").then(() => null, (error) => error.code);
+        }"""
+    )
+    assert refused == "forbidden"  # a trader's interest in a symbol is private
+    await page.wait_for_function(
+        "events.some((e) => e[1] === 'join' && e[2] === 'alice')", timeout=10_000
+    )
+    members = await page.evaluate("staffClient.presenceAll('market:AAPL', { limit: 1 })")
+    assert [member["username"] for member in members] == sorted(
+        ["alice", "staff"], key=lambda name: {"alice": trader.pk, "staff": staff.pk}[name]
+    )
+    assert all(member["connections"] == 1 for member in members)
+    await page.evaluate("alice.dispose()")
+    await page.wait_for_function(  # after the server's leave grace (5 s)
+        "events.some((e) => e[1] === 'leave' && e[2] === 'alice')", timeout=15_000
+    )
+    events = await page.evaluate("events")
+    await page.evaluate("staffClient.dispose()")
+    alice_events = [event for event in events if event[2] == "alice"]
+    assert alice_events == [["market:AAPL", "join", "alice"], ["market:AAPL", "leave", "alice"]]
