@@ -1,3 +1,4 @@
+// @ts-check
 /**
  * The tradingrt real-time client: an ES module for the `/ws` protocol (docs/PROTOCOL.md). It
  * authenticates with the first message (or `?token=`), speaks JSON or MessagePack (§3.3),
@@ -304,11 +305,13 @@ export class RealtimeClient {
       this.options.getToken = () => token;
     }
     this._WebSocket = this.options.WebSocket || globalThis.WebSocket;
+    /** @type {string} */
     this._state = State.OFFLINE;
     this._session = null;
     this._userId = null; // the last authenticated user: whose stored positions apply
     this._ws = null;
-    this._wire = Encoding.JSON; // the encoding of the current socket
+    /** @type {"json"|"msgpack"} the encoding of the current socket */
+    this._wire = Encoding.JSON;
     this._codec = null; // the MessagePack module, once loaded
     this._authenticatedWs = null; // the socket whose AUTHENTICATION replies are renewals
     this._generation = 0; // bumped to abandon an attempt still awaiting its token
@@ -653,8 +656,8 @@ export class RealtimeClient {
    * `request("SUBSCRIPTION", {action: "list"})` or `request("HEARTBEAT")`).
    * @param {string} type
    * @param {object} [payload]
-   * @returns {Promise<object>} the whole reply message; an ERROR reply rejects with a
-   *   RealtimeError carrying the server's code
+   * @returns {Promise<Object<string, any>>} the whole reply message; an ERROR reply rejects
+   *   with a RealtimeError carrying the server's code
    */
   request(type, payload = {}) {
     if (this._disposed) return Promise.reject(disposedError());
@@ -1715,6 +1718,12 @@ export class RealtimeClient {
     }, interval);
   }
 
+  /**
+   * Drop `ws` now, without waiting for its close event, reporting `code` (1006: no close frame).
+   * @param {WebSocket} ws
+   * @param {string} reason
+   * @param {number} [code]
+   */
   _abandon(ws, reason, code = CloseCode.ABNORMAL) {
     ws.onclose = null;
     try {
@@ -1727,6 +1736,14 @@ export class RealtimeClient {
 
   // --- internals: plumbing --------------------------------------------------------------
 
+  /**
+   * Send a message with an `id` and wait for the reply that echoes it.
+   * @param {string} type
+   * @param {object} payload
+   * @param {{id?: number, handle?: ?((reply: Object<string, any>) => void)}} [options]
+   *   `handle` is called with the reply at once, before the messages after it are read
+   * @returns {Promise<Object<string, any>>}
+   */
   _request(type, payload, { id = ++this._nextId, handle = null } = {}) {
     const ws = this._ws;
     if (ws === null || ws.readyState !== 1) {
@@ -1854,7 +1871,7 @@ function subscriptionEntry(subscription, fence) {
 
 /** JSON with object keys sorted, to compare options. */
 function stableJson(value) {
-  return JSON.stringify(value, (key, inner) =>
+  return JSON.stringify(value, (_key, inner) =>
     inner && typeof inner === "object" && !Array.isArray(inner)
       ? Object.fromEntries(Object.entries(inner).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
       : inner,
