@@ -8,6 +8,7 @@ refresh outage, signing out, MessagePack against JSON, presence of two users).
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import httpx
 import pytest
 import pytest_asyncio
 from asgiref.sync import sync_to_async
-from rest_framework_simplejwt.tokens import AccessToken
+from rest_framework_simplejwt.tokens import AccessToken, RefreshToken
 
 from tests.browser import open_page, open_server_page, serve_blank_page
 from tests.test_delivery import post_order
@@ -2279,3 +2280,105 @@ async def test_against_the_server_presence_of_two_users_joins_lists_and_leaves(
     await page.evaluate("staffClient.dispose()")
     alice_events = [event for event in events if event[2] == "alice"]
     assert alice_events == [["market:AAPL", "join", "alice"], ["market:AAPL", "leave", "alice"]]
+
+
+# --- docs/PROTOCOL.md's browser examples, run as written --------------------------------------
+
+PROTOCOL = Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md"
+
+
+def browser_example(heading: str) -> str:
+    text = PROTOCOL.read_text()
+    section = text[text.index(heading) :]
+    return section[section.index("```js\n") + 6 : section.index("\n```\n")]
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+async def test_the_documented_reconnecting_client_gets_a_new_token_after_4401_by_itself(
+    browser_page, live, trader, trader_token
+):
+    """§13.4: an expiry during a refresh outage (503) is followed by a reconnect once the
+    endpoint is back; a refused refresh token (401) gives up."""
+    page = await live_page(browser_page, live)
+    source = browser_example("### 13.4 Browser: a reconnecting client")
+    source = source[: source.index("// Usage")] + "window.TradingSocket = TradingSocket;"
+    outage = {"status": 503}
+
+    async def refresh_endpoint(route):
+        if outage["status"]:
+            await route.fulfill(status=outage["status"], json={"detail": "unavailable"})
+        else:
+            await route.continue_()
+
+    await page.route("**/api/auth/token/refresh/", refresh_endpoint)
+    refresh = str(await sync_to_async(RefreshToken.for_user)(trader))
+    access = await sync_to_async(short_token)(trader, 2.5)
+    await page.evaluate(
+        """([source, tokens, topic]) => {
+          window.closes = [];
+          const Native = WebSocket;
+          window.WebSocket = class extends Native {  // to see each socket's close code
+            constructor(...args) {
+              super(...args);
+              this.addEventListener("close", (event) => closes.push(event.code));
+            }
+          };
+          let stored = tokens;
+          window.getTokens = () => stored;
+          window.setTokens = (next) => { stored = next; };
+          window.updates = [];
+          window.fatal = [];
+          (0, eval)(source);
+          window.socket = new TradingSocket({ topics: [topic],
+            onUpdate: (message) => updates.push(message.payload),
+            onFatal: (reason) => fatal.push(reason) });
+          socket.start();
+        }""",
+        [source, {"access": access, "refresh": refresh}, f"user:{trader.pk}:orders"],
+    )
+    await page.wait_for_function("closes.includes(4401)", timeout=10_000)
+    await asyncio.sleep(1)  # a few refreshes refused with 503 meanwhile
+    outage["status"] = 0
+    await page.wait_for_function("socket.authenticated === true", timeout=20_000)
+    await asyncio.sleep(0.3)  # the resubscription
+    order = await post_order(live, trader_token)
+    await page.wait_for_function("updates.length === 1", timeout=5_000)
+    assert await page.evaluate("updates[0].id") == order["id"]
+    assert await page.evaluate("fatal") == []
+    assert await page.evaluate("getTokens().access") != access
+
+    # Now the refresh token itself is refused: it gives up, asking for a login.
+    outage["status"] = 401
+    await page.evaluate("setTokens({ ...getTokens(), access: 'expired' }); socket.socket.close()")
+    await page.wait_for_function("fatal.length === 1", timeout=10_000)
+    assert await page.evaluate("fatal") == ["login required"]
+    await page.evaluate("socket.stop()")
+
+
+async def console_line(page, pattern: str, timeout: float = 5.0) -> str:
+    """The first console line of the page matching `pattern`, waiting for it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        for line in page.console_lines:
+            if re.search(pattern, line):
+                return line
+        if loop.time() > deadline:
+            raise AssertionError(f"no console line like {pattern!r} in {page.console_lines}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+async def test_the_documented_browser_msgpack_client_works_as_written(
+    browser_page, live, trader, trader_token
+):
+    page = await live_page(browser_page, live)
+    page.console_lines.clear()
+    await page.evaluate("(token) => { window.accessToken = token; }", trader_token)
+    await page.add_script_tag(type="module", content=browser_example("### 13.7 Browser on"))
+    topic = f"user:{trader.pk}:orders"
+    await console_line(page, rf"^log: {topic}: \d+ orders at seq \d+$")
+    order = await post_order(live, trader_token)
+    await console_line(page, rf"^log: order {order['id']} created at 100, seq \d+$")
