@@ -1456,7 +1456,8 @@ async def test_presence_pages_and_presence_all(page):
         client.close();
         let offline;
         try { await client.presence("market:AAPL"); } catch (error) { offline = error.code; }
-        return { first, second, all: all.map((m) => m.userId), refused, offline, requests };
+        return { first, second, all: all.members.map((m) => m.userId), allNext: all.next,
+                 refused, offline, requests };
         """,
     )
     assert [m["userId"] for m in result["first"]["members"]] == [1, 2]
@@ -1469,6 +1470,7 @@ async def test_presence_pages_and_presence_all(page):
     }
     assert [m["userId"] for m in result["second"]["members"]] == [3, 4]
     assert result["all"] == [1, 2, 3, 4, 5]  # three pages
+    assert result["allNext"] is None
     assert result["refused"] == "forbidden"
     assert result["offline"] == "not_connected"
     assert result["requests"][:2] == [
@@ -2267,7 +2269,9 @@ async def test_against_the_server_presence_of_two_users_joins_lists_and_leaves(
     await page.wait_for_function(
         "events.some((e) => e[1] === 'join' && e[2] === 'alice')", timeout=10_000
     )
-    members = await page.evaluate("staffClient.presenceAll('market:AAPL', { limit: 1 })")
+    members = (await page.evaluate("staffClient.presenceAll('market:AAPL', { limit: 1 })"))[
+        "members"
+    ]
     assert [member["username"] for member in members] == sorted(
         ["alice", "staff"], key=lambda name: {"alice": trader.pk, "staff": staff.pk}[name]
     )

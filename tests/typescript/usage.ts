@@ -70,7 +70,7 @@ async function main(): Promise<void> {
   await client.subscribe({ topic: "orders", filter: { symbol: { nested: true } } });
 
   const page = await client.presence("market:AAPL", { limit: 100 });
-  const members: PresenceMember[] = await client.presenceAll("market:AAPL");
+  const { members }: { members: PresenceMember[] } = await client.presenceAll("market:AAPL");
   render([page.next ?? "last page", members.map(({ username, connections, since }) => [username, connections, since])]);
 
   const state = client.subscriptionState("market:AAPL");

@@ -295,7 +295,8 @@ export declare class RealtimeClient {
   ): Promise<SubscribeAck>;
   unsubscribe(topics: SubscribeEntry | Iterable<SubscribeEntry>): Promise<UnsubscribeAck>;
   presence(topic: string, options?: { limit?: number; after?: number | null }): Promise<PresencePage>;
-  presenceAll(topic: string, options?: { limit?: number }): Promise<PresenceMember[]>;
+  /** All pages of `presence()` in one answer (`next` is null). */
+  presenceAll(topic: string, options?: { limit?: number }): Promise<PresencePage & { next: null }>;
   request(type: string, payload?: Record<string, unknown>): Promise<ServerMessage>;
   subscriptionState(topic: string): SubscriptionInfo | null;
   savePositions(): Record<string, Position>;

@@ -635,10 +635,12 @@ export class RealtimeClient {
   }
 
   /**
-   * Every user subscribed to `topic`: all pages of {@link presence}, one request each.
+   * Every user subscribed to `topic`: all pages of {@link presence}, one request each, in one
+   * answer of the same shape (`next` is null).
    * @param {string} topic
    * @param {{limit?: number}} [options] members per page
-   * @returns {Promise<{userId: number, username: string, connections: number, since: string}[]>}
+   * @returns {Promise<{members: {userId: number, username: string, connections: number,
+   *   since: string}[], next: null}>}
    */
   async presenceAll(topic, { limit } = {}) {
     const members = [];
@@ -648,7 +650,7 @@ export class RealtimeClient {
       members.push(...page.members);
       after = page.next;
     } while (after !== null);
-    return members;
+    return { members, next: null };
   }
 
   /**
