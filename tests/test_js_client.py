@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from asgiref.sync import sync_to_async
 from rest_framework_simplejwt.tokens import AccessToken, RefreshToken
 
 from tests.browser import open_page, open_server_page, serve_blank_page
+from tests.live import live_server
 from tests.test_delivery import post_order
 
 CLIENT_JS = Path(__file__).resolve().parent.parent / "realtime/static/realtime/client.js"
@@ -2386,3 +2388,80 @@ async def test_the_documented_browser_msgpack_client_works_as_written(
     await console_line(page, rf"^log: {topic}: \d+ orders at seq \d+$")
     order = await post_order(live, trader_token)
     await console_line(page, rf"^log: order {order['id']} created at 100, seq \d+$")
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+async def test_against_a_frozen_server_it_notices_by_itself_and_resumes_once_it_thaws(
+    browser_page, trader, trader_token
+):
+    """Issue 19: a server stopped with SIGSTOP keeps its sockets open; the client's HEARTBEAT
+    goes unanswered, it drops the socket, new ones hang opening and time out, and once the
+    server runs again it reconnects and resumes."""
+    with live_server() as server:  # its own: this one is frozen
+        page = await live_page(browser_page, server)
+        await page.evaluate(
+            """async ([token, topic]) => {
+              window.closes = [];
+              window.received = [];
+              window.client = new rt.RealtimeClient({ token, heartbeatIntervalMs: 300,
+                requestTimeoutMs: 700, connectTimeoutMs: 1000, backoffBaseMs: 100,
+                backoffCapMs: 300 });
+              client.onClose((event) => closes.push(event.reason));
+              client.onTopic(topic, (message) => received.push(message.payload));
+              await client.connect();
+              await client.subscribe(topic);
+            }""",
+            [trader_token, f"user:{trader.pk}:orders"],
+        )
+        assert server.process is not None
+        server.process.send_signal(signal.SIGSTOP)
+        try:
+            await page.wait_for_function(
+                "closes.includes('connect timeout')", timeout=10_000
+            )  # the heartbeat went unanswered, then a new socket could not open
+            frozen = await page.evaluate("[client.state, closes[0]]")
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+        assert frozen == ["reconnecting", "heartbeat timeout"]
+        await page.wait_for_function("client.state === 'connected'", timeout=10_000)
+        await asyncio.sleep(0.3)  # the resubscription
+        order = await post_order(server, trader_token)
+        await page.wait_for_function("received.length === 1", timeout=5_000)
+        assert await page.evaluate("received[0].id") == order["id"]
+        await page.evaluate("client.dispose()")
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+async def test_against_the_server_going_offline_drops_at_once_and_online_reconnects(
+    browser_page, live, trader, trader_token
+):
+    """Chromium's emulated network loss fires `offline`; the client does not wait for a
+    heartbeat to fail, and `online` brings it back without waiting out its backoff."""
+    page = await live_page(browser_page, live)
+    await page.evaluate(
+        """async (token) => {
+          window.events = [];
+          window.client = new rt.RealtimeClient({ token, backoffBaseMs: 60000, random: () => 0.9 });
+          client.onClose((event) => events.push(["close", event.reason]));
+          client.onState((state) => events.push([state]));
+          await client.connect();
+        }""",
+        trader_token,
+    )
+    await page.context.set_offline(True)
+    try:
+        await page.wait_for_function("client.state === 'reconnecting'", timeout=5_000)
+    finally:
+        await page.context.set_offline(False)
+    await page.wait_for_function("client.state === 'connected'", timeout=5_000)
+    events = await page.evaluate("events")
+    await page.evaluate("client.dispose()")
+    assert events == [
+        ["connecting"],
+        ["connected"],
+        ["close", "the browser went offline"],
+        ["reconnecting"],  # for 27 s, but for the `online` event
+        ["connected"],
+    ]
