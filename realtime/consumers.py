@@ -22,7 +22,8 @@ from channels.consumer import AsyncConsumer
 from channels.db import database_sync_to_async
 from django.utils import timezone
 
-from realtime.auth import TokenRejected, authenticate_token_async
+from realtime import limits, metrics
+from realtime.auth import TokenRejected, authenticate_token_async, client_ip_of
 from realtime.conf import realtime_settings
 from realtime.history import HistoryUnavailable
 from realtime.hub import Hub, Subscribed, SubscribeRequest, get_hub
@@ -39,6 +40,7 @@ from realtime.protocol import (
     peek_id,
 )
 from realtime.records import RecordWriter
+from realtime.security import EventKind, record
 from realtime.snapshots import snapshot_items
 from realtime.subscriptions import (
     SubscribeEntry,
@@ -55,6 +57,7 @@ from realtime.topics import (
     authorize_topics,
     parse_topic,
 )
+from tradingrt import logs
 from tradingrt.formats import format_timestamp, now_timestamp
 
 logger = logging.getLogger(__name__)
@@ -82,6 +85,9 @@ class RealtimeConsumer(AsyncConsumer):
         self.topics: set[str] = set()
         self.closing = False
         self._closed_by_server: int | None = None
+        self._disconnect_code: int | None = None
+        self._counted = False  # in the connections gauge (realtime.metrics)
+        self.client_ip = client_ip_of(scope)
         self._outbox = Outbox(
             send,
             name=self.connection_id,
@@ -106,6 +112,7 @@ class RealtimeConsumer(AsyncConsumer):
                 elif kind == "websocket.connect":
                     await self.websocket_connect(message)
                 elif kind == "websocket.disconnect":
+                    self._disconnect_code = message.get("code")
                     break
         finally:
             await self.websocket_disconnect()
@@ -114,7 +121,11 @@ class RealtimeConsumer(AsyncConsumer):
 
     async def websocket_connect(self, message: dict[str, Any]) -> None:
         self.hub = await get_hub()
+        # After the hub started: its tasks must not inherit this connection's log context.
+        logs.bind(connection_id=self.connection_id, client_ip=self.client_ip)
         await self.base_send({"type": "websocket.accept"})
+        self._counted = True
+        metrics.connection_opened()
         user = self.scope.get("user")
         authenticated = user is not None and user.is_authenticated
         records = self._records = self.hub.records
@@ -123,6 +134,8 @@ class RealtimeConsumer(AsyncConsumer):
         # Counted by /ws/status before the client hears anything (this connection's record only).
         await records.stored(self.connection_id)
         if authenticated:
+            if not await self._admit(user):
+                return
             self._set_user(user, self.scope["token_expires_at"])
             self.push(self._authenticated_message(reply_to=None))
         else:
@@ -139,8 +152,10 @@ class RealtimeConsumer(AsyncConsumer):
         verdict = self._throttle.check()
         if verdict is not Verdict.ALLOW:
             if verdict is Verdict.CLOSE:
+                self._security_event(EventKind.RATE_LIMIT_CLOSED, "closed with 4429")
                 self.close_with(CloseCode.RATE_LIMITED, "rate limit exceeded")
                 return
+            self._security_event(EventKind.RATE_LIMITED, "frame refused: rate_limited")
             frame = message.get("text")
             limit = realtime_settings.MAX_MESSAGE_BYTES
             reply_to = peek_id(frame) if frame is not None and len(frame) <= limit else None
@@ -164,6 +179,7 @@ class RealtimeConsumer(AsyncConsumer):
             return
         limit = realtime_settings.MAX_MESSAGE_BYTES
         if len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit):
+            self._security_event(EventKind.MESSAGE_TOO_LARGE, f"{len(text)} characters")
             self.push(
                 error(
                     ErrorCode.MESSAGE_TOO_LARGE,
@@ -192,6 +208,10 @@ class RealtimeConsumer(AsyncConsumer):
         self._cancel_timers()
         self._outbox.disconnected()
         await self._leave_hub()
+        await limits.release_connection(self.connection_id)
+        if self._counted:
+            self._counted = False
+            metrics.connection_closed(self._closed_by_server or self._disconnect_code)
         if self._records is not None:
             self._records.closed(connection_id=self.connection_id)
             self._records = None
@@ -236,6 +256,9 @@ class RealtimeConsumer(AsyncConsumer):
         try:
             authenticated = await authenticate_token_async(token)
         except TokenRejected as exc:
+            await limits.authentication_failed(
+                self.client_ip, detail=f"in-band token refused: {exc}", user_id=self.user_id
+            )
             raise ProtocolError(
                 ErrorCode.UNAUTHENTICATED, f"The token was refused: {exc}.", reply_to=message.id
             ) from None
@@ -246,6 +269,8 @@ class RealtimeConsumer(AsyncConsumer):
                 reply_to=message.id,
             )
         first = self.user is None
+        if first and not await self._admit(authenticated.user):
+            return
         self._set_user(authenticated.user, authenticated.expires_at)
         if first and self._records is not None:
             self._records.authenticated(
@@ -320,6 +345,7 @@ class RealtimeConsumer(AsyncConsumer):
                 else:
                     room -= 1
                     new.append(topic.name)
+            self._forbidden([r["topic"] for r in rejected if r["reason"] == "forbidden"])
         if self.hub is None:  # closed while authorising
             return
         hub = self.hub
@@ -329,6 +355,7 @@ class RealtimeConsumer(AsyncConsumer):
             for name, entry in wanted.items()
         ]
         results = await hub.subscribe(self, requests) if requests else []
+        metrics.resumes(results)
         accepted: list[str] = []
         payload_extra: dict[str, Any] = {"positions": {}, "recovered": [], "reset": []}
         for result in results:
@@ -459,6 +486,7 @@ class RealtimeConsumer(AsyncConsumer):
     def push(self, text: str) -> None:
         """Send one message to this client, after what is queued (realtime.outbound.Outbox)."""
         if not self.closing:
+            metrics.message_sent(text)
             self._outbox.push(text)
 
     def close_with(self, code: int, reason: str = "") -> None:
@@ -476,6 +504,7 @@ class RealtimeConsumer(AsyncConsumer):
     def _set_user(self, user: Any, expires_at: float) -> None:
         self.user = user
         self.user_id = user.pk
+        logs.bind(user_id=user.pk)
         self.expires_at = expires_at
         if self._auth_timer is not None:
             self._auth_timer.cancel()
@@ -484,6 +513,34 @@ class RealtimeConsumer(AsyncConsumer):
             self._expiry_timer.cancel()
         delay = max(0.0, expires_at - self.wall_clock())
         self._expiry_timer = asyncio.get_running_loop().call_later(delay, self._token_expired)
+
+    # --- abuse limits and security events (realtime.limits, realtime.security) -------------
+
+    async def _admit(self, user: Any) -> bool:
+        """Take a place among the user's MAX_CONNECTIONS_PER_USER; else close with 4409."""
+        if await limits.admit_connection(self.connection_id, user.pk):
+            return True
+        limit = realtime_settings.MAX_CONNECTIONS_PER_USER
+        logger.info("User %s has %d connections open already; closing with 4409", user.pk, limit)
+        record(
+            EventKind.CONNECTION_LIMIT,
+            ip=self.client_ip,
+            user_id=user.pk,
+            username=user.get_username(),
+            detail=f"over {limit} open connections",
+        )
+        self.close_with(CloseCode.CONNECTION_LIMIT, "too many connections for this user")
+        return False
+
+    def _security_event(self, kind: EventKind, detail: str) -> None:
+        username = self.user.get_username() if self.user is not None else ""
+        record(kind, ip=self.client_ip, user_id=self.user_id, username=username, detail=detail)
+
+    def _forbidden(self, topics: list[str]) -> None:
+        if topics:
+            self._security_event(
+                EventKind.FORBIDDEN_SUBSCRIPTION, "refused: " + ", ".join(topics)[:250]
+            )
 
     def _authenticated_message(self, *, reply_to: Any) -> str:
         return encode(
