@@ -137,6 +137,8 @@ def observe_delivery(text: str) -> None:
 
 def connection_opened() -> None:
     CONNECTIONS.inc()
+    if _syncer is None:
+        start_background_sync()
 
 
 def connection_closed(code: int | None) -> None:

@@ -11,6 +11,8 @@ from typing import Any, NoReturn
 from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_safe
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.exceptions import AuthenticationFailed, Throttled
@@ -64,11 +66,11 @@ class SecurityReportView(APIView):
         return Response(security_report())
 
 
+@csrf_exempt  # it changes nothing; a POST gets 405, not a CSRF refusal
+@require_safe
 def metrics_view(request: HttpRequest) -> HttpResponse:
     """`GET /metrics`, Prometheus text format: for staff (a session or a bearer access token) and
     for a bearer token equal to METRICS_TOKEN."""
-    if request.method not in ("GET", "HEAD"):
-        return HttpResponse(status=405, headers={"Allow": "GET, HEAD"})
     if not _may_read_metrics(request):
         return HttpResponse(
             "Metrics need a staff login, or Authorization: Bearer <METRICS_TOKEN>.\n",
