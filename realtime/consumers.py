@@ -281,7 +281,7 @@ class RealtimeConsumer(AsyncConsumer):
 
     async def handle_subscription(self, message: ClientMessage) -> None:
         action = message.payload.get("action")
-        if action not in SUBSCRIPTION_ACTIONS:
+        if not isinstance(action, str) or action not in SUBSCRIPTION_ACTIONS:
             raise ProtocolError(
                 ErrorCode.INVALID_MESSAGE,
                 "A SUBSCRIPTION needs payload.action 'subscribe', 'unsubscribe' or 'list'.",
