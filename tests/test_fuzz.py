@@ -321,10 +321,14 @@ def test_the_rest_api_never_answers_500_and_always_matches_its_schema(live, staf
             @given(case=operation.as_strategy(generation_mode=mode))
             def call(case: Any) -> None:
                 response = case.call(base_url=live.http_url, headers=headers, timeout=10)
+                called.append(response.status_code)
+                if response.status_code == 400 and not response.content:
+                    # Django's ASGI handler refuses a request it cannot even decode (before any
+                    # URL, view or API code) with a bare 400: not the API's answer to check.
+                    return
                 case.validate_response(
                     response, checks=[not_a_server_error, response_schema_conformance]
                 )
-                called.append(response.status_code)
 
             call()
     assert len(called) > 10 * len(operations)
