@@ -317,7 +317,13 @@ def test_the_rest_api_never_answers_500_and_always_matches_its_schema(live, staf
     for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
-            @settings(max_examples=8, deadline=None, database=None, suppress_health_check=HEALTH)
+            @settings(
+                max_examples=8,
+                deadline=None,
+                database=None,
+                suppress_health_check=HEALTH,
+                derandomize=True,  # the same cases every run: CI does not turn on a new find
+            )
             @given(case=operation.as_strategy(generation_mode=mode))
             def call(case: Any) -> None:
                 response = case.call(base_url=live.http_url, headers=headers, timeout=10)
