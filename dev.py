@@ -54,10 +54,9 @@ def ensure_environment(extras: str = "dev") -> None:
     pip = [str(PYTHON), "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "install", "--upgrade", "pip"], check=True)
     locked = False
-    if lock and extras == "dev":
-        locked = (
-            subprocess.run([*pip, "install", "--require-hashes", "-r", str(LOCK)]).returncode == 0
-        )
+    if pinned and extras == "dev":
+        install = [*pip, "install", "--require-hashes", "-r", str(LOCK)]
+        locked = subprocess.run(install, check=False).returncode == 0
         if not locked:
             print(
                 f"Installing from {LOCK.relative_to(ROOT)} failed on this Python "
