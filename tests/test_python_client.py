@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -43,8 +44,10 @@ from tests.factories import UserFactory
 from tests.live import LiveServer, live_server
 from tests.test_delivery import place, post_order
 from tests.test_js_client import short_token
+from tests.test_protocol_examples import Running
 
 BOT_PASSWORD = "bot-password"
+E = TypeVar("E")
 
 
 # --- timing ------------------------------------------------------------------------------------
@@ -260,7 +263,7 @@ def test_the_book_keeps_the_latest_tick_per_symbol():
     tick = {"symbol": "AAPL", "last": "190.1", "bid": None, "ask": None}
     assert book.apply(Update("MARKET_DATA", topic, 1, "E1", "t", tick))
     assert book.apply(Update("MARKET_DATA", topic, 2, "E1", "t", {**tick, "last": "190.2"}))
-    assert book.get(topic, "AAPL")["last"] == "190.2"
+    assert book.get(topic, "AAPL") == {**tick, "last": "190.2"}
 
 
 # --- tokens -------------------------------------------------------------------------------------
@@ -331,27 +334,29 @@ class Events:
         self.seen.append(event)
         return event
 
-    async def until(self, check: Callable[[Event], bool], *, timeout: float = 15.0) -> Event:
-        """Read until an event passes `check`; that event."""
+    async def until(
+        self, kind: type[E], where: Callable[[E], bool] = lambda _: True, *, timeout: float = 15.0
+    ) -> E:
+        """Read until an event of `kind` for which `where` holds; that event."""
         async with asyncio.timeout(timeout):
             while True:
                 event = await self.next(timeout)
-                if check(event):
+                if isinstance(event, kind) and where(event):
                     return event
+
+    async def update_of(self, order_id: int, event: str = "created") -> Update:
+        """Read until the update of order `order_id` with `event`."""
+        return await self.until(Update, lambda u: u.key == order_id and u.event == event)
 
     def updates(self, topic: str) -> list[Update]:
         return [e for e in self.seen if isinstance(e, Update) and e.topic == topic]
 
-    def of(self, kind: type) -> list[Any]:
+    def of(self, kind: type[E]) -> list[E]:
         return [e for e in self.seen if isinstance(e, kind)]
 
 
 def bot(username: str = "py-bot"):
     return UserFactory(username=username, password=BOT_PASSWORD)
-
-
-def is_update_of(order_id: int, event: str = "created") -> Callable[[Event], bool]:
-    return lambda e: isinstance(e, Update) and e.key == order_id and e.event == event
 
 
 @pytest.mark.e2e
@@ -372,7 +377,7 @@ async def test_it_logs_in_and_gets_the_state_then_each_update_once_in_order(live
         assert snapshot.seq == reply.positions[topic].seq
         token = await sync_to_async(access_token_for)(user)
         placed = [(await post_order(live, token))["id"] for _ in range(3)]
-        await events.until(is_update_of(placed[-1]))
+        await events.update_of(placed[-1])
         received = events.updates(topic)
         assert [u.key for u in received] == placed
         assert [u.seq for u in received] == [snapshot.seq + n for n in (1, 2, 3)]
@@ -400,7 +405,7 @@ async def test_with_msgpack_the_same_messages_come_in_binary_frames(live):
         reply = await client.subscribe(topic, snapshot=False)
         assert reply.topics == [topic]
         order = await post_order(live, await sync_to_async(access_token_for)(user))
-        received = await events.until(is_update_of(order["id"]))
+        received = await events.update_of(order["id"])
         assert isinstance(received, Update)
         assert received.payload["price"] == "100" and received.payload["userId"] == user.pk
         # A request and its reply (with a server ERROR turned into ServerError) in msgpack too.
@@ -436,7 +441,7 @@ async def test_a_short_lived_token_is_refreshed_in_band_and_the_stream_goes_on(l
         assert reasons == ["connect", "refresh"]
         events = Events(client)
         order = await post_order(live, await sync_to_async(access_token_for)(trader))
-        await events.until(is_update_of(order["id"]))
+        await events.update_of(order["id"])
         assert events.of(Disconnected) == []
 
 
@@ -524,7 +529,7 @@ async def test_a_filtered_subscription_gets_what_matches_and_takes_seq_jumps_as_
                 response = await api.post("/api/orders/", json=body)
                 assert response.status_code == 201, response.text
         sold = response.json()["id"]
-        received = await events.until(is_update_of(sold))
+        received = await events.update_of(sold)
         assert isinstance(received, Update) and received.seq == 3
         # Alone, and never taken for a gap: no resume was asked for.
         assert [u.key for u in events.updates(topic)] == [sold]
@@ -543,7 +548,7 @@ async def test_presence_lists_who_is_there_and_reports_joins(live, staff, trader
         trader_token = await sync_to_async(access_token_for)(trader)
         async with Client(live.http_url, token=trader_token) as client:
             await client.subscribe(topic, snapshot=False)
-            joined = await events.until(lambda e: isinstance(e, Presence))
+            joined = await events.until(Presence)
             assert (joined.event, joined.user_id, joined.username) == ("join", trader.pk, "alice")
             members = await watcher.presence(topic)
             assert sorted(m.username for m in members) == ["alice", "staff"]
@@ -565,21 +570,22 @@ async def test_after_an_operator_disconnect_it_resumes_with_exactly_what_it_miss
     async with client:
         events = Events(client)
         await client.subscribe(topic)
-        await events.until(lambda e: isinstance(e, Snapshot))
+        await events.until(Snapshot)
         [seen] = await sync_to_async(place)(user, 1)
-        await events.until(is_update_of(seen))
+        await events.update_of(seen)
         first = client.session
+        assert first is not None
         result = await asyncio.to_thread(a.manage, "ws_disconnect", "--user", user.username)
         assert result.returncode == 0, result.stderr
-        closed = await events.until(lambda e: isinstance(e, Disconnected))
+        closed = await events.until(Disconnected)
         assert closed.code == 4000 and closed.will_reconnect
         missed = await sync_to_async(place)(user, 3)  # while it reconnects
-        recovered = await events.until(lambda e: isinstance(e, Recovered))
+        recovered = await events.until(Recovered)
         assert recovered.topic == topic
         assert client.session is not None and client.session.reconnected
         assert client.session.connection_id != first.connection_id
         [after] = await sync_to_async(place)(user, 1)
-        await events.until(is_update_of(after))
+        await events.update_of(after)
         received = events.updates(topic)
         assert [u.key for u in received] == [seen, *missed, after]  # each once, in order
         assert [u.seq for u in received] == list(range(received[0].seq, received[0].seq + 5))
@@ -599,22 +605,22 @@ async def test_after_a_server_restart_the_new_epoch_is_answered_with_a_snapshot(
         async with client:
             events = Events(client)
             await client.subscribe(topic)
-            await events.until(lambda e: isinstance(e, Snapshot))
+            await events.until(Snapshot)
             before = await post_order(server, token)
-            old = await events.until(is_update_of(before["id"]))
+            old = await events.update_of(before["id"])
             assert isinstance(old, Update)
             server.stop()  # the only process stops: its history is gone with it
-            await events.until(lambda e: isinstance(e, Disconnected))
+            await events.until(Disconnected)
             while_down = await sync_to_async(place)(user, 2)
             server = LiveServer(port=server.port).start()
-            reset = await events.until(lambda e: isinstance(e, Reset), timeout=30)
+            reset = await events.until(Reset, timeout=30)
             assert (reset.topic, reset.reason, reset.snapshot) == (topic, "epoch", True)
             assert reset.position.epoch != old.epoch
-            snapshot = await events.until(lambda e: isinstance(e, Snapshot))
+            snapshot = await events.until(Snapshot)
             assert snapshot.epoch == reset.position.epoch
             assert sorted(i["id"] for i in snapshot.items) == sorted([before["id"], *while_down])
             after = await post_order(server, token)
-            new = await events.until(is_update_of(after["id"]))
+            new = await events.update_of(after["id"])
             assert (new.epoch, new.seq) == (snapshot.epoch, snapshot.seq + 1)
             assert events.of(Recovered) == []
     finally:
@@ -641,3 +647,106 @@ async def test_a_deactivated_user_is_stopped_for_good(cluster, redis_layer):
         assert not client.connected
         with pytest.raises(Deactivated):
             await client.connect()
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+async def test_after_a_4401_it_reconnects_only_with_a_new_token_and_resumes(live, trader):
+    topic = f"user:{trader.pk}:orders"
+    short = await sync_to_async(short_token)(trader, 2.5)
+    good = await sync_to_async(short_token)(trader, 60)
+    reasons: list[str] = []
+
+    def provider(reason: str) -> str:  # a sync provider works too (it runs in a thread)
+        reasons.append(reason)
+        if reason == "refresh":
+            raise RuntimeError("no refresh this time")
+        return short if reason == "connect" else good
+
+    async with Client(live.http_url, token_provider=provider, backoff_cap=0.5) as client:
+        events = Events(client)
+        await client.subscribe(topic, snapshot=False)
+        closed = await events.until(Disconnected, timeout=10)
+        assert closed.code == 4401 and closed.will_reconnect
+        assert any(getattr(e, "code", None) == "refresh" for e in events.seen)  # reported
+        again = await events.until(Connected)
+        assert again.reconnected
+        assert await events.until(Recovered)  # resumed, not reloaded
+        assert reasons[:3] == ["connect", "refresh", "renew"]
+        order = await post_order(live, await sync_to_async(access_token_for)(trader))
+        await events.update_of(order["id"])
+
+
+# --- the README's examples, run as written ------------------------------------------------------
+
+CLIENT_README = Path(__file__).resolve().parent.parent / "clients" / "python" / "README.md"
+
+
+def readme_example(heading: str, *, server: Any, username: str) -> str:
+    text = CLIENT_README.read_text()
+    section = text[text.index(heading) :]
+    source = section[section.index("```python\n") + 10 : section.index("\n```\n")]
+    for demo in ('"http://127.0.0.1:8000"', '"alice"', '"alice-demo-pass"'):
+        assert demo in source, (heading, demo)
+    return (
+        source.replace('"http://127.0.0.1:8000"', repr(server.http_url))
+        .replace('"alice-demo-pass"', repr(BOT_PASSWORD))
+        .replace('"alice"', repr(username))
+    )
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+async def test_the_readme_examples_print_fills_and_keep_a_position_book(live, gateway):
+    user = await sync_to_async(bot)("py-readme")
+    fills = Running(
+        readme_example("## Example: print my fills", server=live, username=user.username)
+    )
+    book = Running(
+        readme_example("## Example: keep a live position book", server=live, username=user.username)
+    )
+    try:
+        await fills.wait_for(r"^watching the fills of py-readme$")
+        await book.wait_for(r"^0 positions, total P&L 0: $")  # the snapshot: nothing yet
+        order = await post_order(live, await sync_to_async(access_token_for)(user))
+        gateway_token = await sync_to_async(access_token_for)(gateway)
+        async with httpx.AsyncClient(
+            base_url=live.http_url, headers={"Authorization": f"Bearer {gateway_token}"}
+        ) as api:
+            for quantity, price in (("0.4", "99.5"), ("0.6", "100")):
+                response = await api.post(
+                    f"/api/orders/{order['id']}/fills/", json={"quantity": quantity, "price": price}
+                )
+                assert response.status_code == 201, response.text
+        await fills.wait_for(
+            rf"^fill: order {order['id']} BUY AAPL: 0.4 of 1 filled, average price 99.5$"
+        )
+        await fills.wait_for(
+            rf"^fill: order {order['id']} BUY AAPL: 1 of 1 filled, average price 99.8$"
+        )
+        await book.wait_for(r"^1 positions, total P&L [-0-9.]+: AAPL 0.4$")
+        await book.wait_for(r"^1 positions, total P&L [-0-9.]+: AAPL 1$")
+    finally:
+        fills.stop()
+        book.stop()
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+async def test_the_readme_quick_start_prints_a_symbols_ticks(live, staff):
+    user = await sync_to_async(bot)("py-quick")
+    quick = Running(readme_example("## Quick start", server=live, username=user.username))
+    try:
+        await quick.wait_for(r"^Snapshot\(topic='market:BTC-USD'")
+        staff_token = await sync_to_async(access_token_for)(staff)
+        async with httpx.AsyncClient(
+            base_url=live.http_url, headers={"Authorization": f"Bearer {staff_token}"}
+        ) as api:
+            tick = {"symbol": "BTC-USD", "last": "43250.25"}
+            response = await api.post("/api/market-data/", json=tick)
+            assert response.status_code == 202, response.text
+        await quick.wait_for(
+            r"^Update\(type='MARKET_DATA', topic='market:BTC-USD'.*'last': '43250.25'"
+        )
+    finally:
+        quick.stop()

@@ -20,7 +20,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.typing import Subprotocol
 
-from .auth import Credentials, FixedToken, HttpError, PasswordLogin, ProvidedToken, TokenProvider
+from .auth import Credentials, FixedToken, PasswordLogin, ProvidedToken, TokenProvider
 from .encoding import SUBPROTOCOLS, Codec, codec, codec_for_subprotocol
 from .errors import AuthenticationFailed, ClientClosed, ClientError, Deactivated, ServerError
 from .messages import (
@@ -279,7 +279,8 @@ class Client:
         """Every event, in order: updates, snapshots, presence, and what happened to the
         connection and the topics. Ends after `close()`; raises the reason after a fatal stop
         (AuthenticationFailed, Deactivated). Read it from one task."""
-        self._start()
+        if self._buffer is None:
+            self._start()
         assert self._buffer is not None
         while True:
             event = await self._buffer.get()
@@ -386,8 +387,10 @@ class Client:
                 text = ""
                 try:
                     token = await self.credentials.token(reason)
-                except (OSError, HttpError, ValueError, KeyError) as error:
-                    text = f"could not get an access token: {error}"
+                except AuthenticationFailed:
+                    raise
+                except Exception as error:  # unreachable, or the bot's provider failed: retry
+                    text = f"could not get an access token: {error!r}"
                 else:
                     reason = "connect"
                     try:
@@ -733,8 +736,8 @@ class Client:
                     raise ClientError("the new access token expires no later than the old one")
             except _ConnectionLost:
                 return
-            except (ClientError, OSError, HttpError, TimeoutError, ValueError, KeyError) as error:
-                logger.warning("in-band token refresh failed: %s", error)
+            except Exception as error:  # refused, unreachable, or the bot's provider failed
+                logger.warning("in-band token refresh failed: %r", error)
                 await self._emit(ErrorNotice("refresh", f"token refresh failed: {error}"))
                 if isinstance(error, AuthenticationFailed) or self._seconds_left() <= 1.0:
                     return
