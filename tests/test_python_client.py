@@ -31,6 +31,7 @@ from tradingrt_client import (
     Revoked,
     Snapshot,
     SubscribeReply,
+    TooManyConnections,
     Update,
     backoff_delay,
     refresh_delay,
@@ -675,6 +676,50 @@ async def test_after_a_4401_it_reconnects_only_with_a_new_token_and_resumes(live
         assert reasons[:3] == ["connect", "refresh", "renew"]
         order = await post_order(live, await sync_to_async(access_token_for)(trader))
         await events.update_of(order["id"])
+
+
+@pytest.mark.e2e
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+async def test_after_its_sessions_are_revoked_it_logs_in_again_and_resumes(cluster, redis_layer):
+    a, _ = cluster
+    user = await sync_to_async(bot)("py-revoked")
+    topic = f"user:{user.pk}:orders"
+    client = Client(a.http_url, username=user.username, password=BOT_PASSWORD, backoff_cap=0.5)
+    async with client:
+        events = Events(client)
+        await client.subscribe(topic, snapshot=False)
+        login = client.credentials
+        assert isinstance(login, PasswordLogin) and login.logins == 1
+        result = await asyncio.to_thread(a.manage, "ws_revoke", "--user", user.username)
+        assert result.returncode == 0, result.stderr
+        closed = await events.until(Disconnected)
+        assert closed.code == 4410 and closed.will_reconnect
+        await events.until(Connected)
+        await events.until(Recovered)
+        assert login.logins == 2 and login.refreshes == 0  # a new login, not the old tokens
+        [order] = await sync_to_async(place)(user, 1)
+        await events.update_of(order)
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+async def test_at_the_connection_limit_it_stops_instead_of_retrying_in_a_loop(trader, trader_token):
+    from tests.wsclient import connect, receive_type
+
+    with live_server(realtime={"MAX_CONNECTIONS_PER_USER": 1}) as server:
+        other = await connect(server.ws_url, token=trader_token)  # the user's one connection
+        await receive_type(other, "AUTHENTICATION")
+        client = Client(server.http_url, token=trader_token, backoff_base=0.01)
+        with pytest.raises(TooManyConnections):
+            await client.connect()
+        seen = []
+        with pytest.raises(TooManyConnections):  # once the events before the stop are read
+            async for event in client.updates():
+                seen.append(event)
+        [closed] = [e for e in seen if isinstance(e, Disconnected)]
+        assert closed.code == 4409 and not closed.will_reconnect
+        await other.close()
 
 
 # --- the README's examples, run as written ------------------------------------------------------

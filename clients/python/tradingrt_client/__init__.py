@@ -2,7 +2,14 @@
 
 from .book import Book
 from .client import Client, backoff_delay, refresh_delay
-from .errors import AuthenticationFailed, ClientClosed, ClientError, Deactivated, ServerError
+from .errors import (
+    AuthenticationFailed,
+    ClientClosed,
+    ClientError,
+    Deactivated,
+    ServerError,
+    TooManyConnections,
+)
 from .messages import (
     Connected,
     Disconnected,
@@ -41,6 +48,7 @@ __all__ = [
     "ServerError",
     "Snapshot",
     "SubscribeReply",
+    "TooManyConnections",
     "Update",
     "backoff_delay",
     "refresh_delay",

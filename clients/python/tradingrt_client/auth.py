@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import inspect
 import json
 import random
@@ -22,17 +23,20 @@ LOGIN_PATH = "/api/auth/token/"
 REFRESH_PATH = "/api/auth/token/refresh/"
 
 # `reason` is "connect" before every connection attempt, "renew" after the server refused the
-# token (a 4401 close, a 403 handshake), "refresh" before the session's token expires.
+# token (a 4401 close, a 403 handshake), "refresh" before the session's token expires, and
+# "revoked" after an operator revoked the user's sessions (4410): only a new login helps then.
 TokenProvider = Callable[[str], str | Awaitable[str]]
 
 
 class HttpError(Exception):
-    """A REST call answered with an HTTP error status."""
+    """A REST call answered with an HTTP error status; `retry_after` in seconds, from the
+    `Retry-After` header of a throttled login (429)."""
 
-    def __init__(self, status: int, body: str) -> None:
+    def __init__(self, status: int, body: str, retry_after: float | None = None) -> None:
         super().__init__(f"HTTP {status}: {body[:200]}")
         self.status = status
         self.body = body
+        self.retry_after = retry_after
 
 
 def post_json(
@@ -52,7 +56,10 @@ def post_json(
         with urllib.request.urlopen(request, timeout=timeout, context=context) as response:  # noqa: S310
             answer = json.load(response)
     except urllib.error.HTTPError as error:
-        raise HttpError(error.code, error.read().decode(errors="replace")) from None
+        retry_after = None
+        with contextlib.suppress(TypeError, ValueError):
+            retry_after = float(error.headers.get("Retry-After", ""))
+        raise HttpError(error.code, error.read().decode(errors="replace"), retry_after) from None
     if not isinstance(answer, dict):
         raise ValueError(f"{url} answered {answer!r:.80}, not an object")
     return answer
@@ -147,7 +154,7 @@ class PasswordLogin(Credentials):
         self.refreshes = 0
 
     async def token(self, reason: str) -> str:
-        if self._access is None or self._refresh is None:
+        if self._access is None or self._refresh is None or reason == "revoked":
             await self._login()
         elif reason != "connect" or self._expires_within(self.RENEW_BEFORE_CONNECT_SECS):
             await self._renew()

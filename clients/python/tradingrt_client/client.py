@@ -20,9 +20,16 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.typing import Subprotocol
 
-from .auth import Credentials, FixedToken, PasswordLogin, ProvidedToken, TokenProvider
+from .auth import Credentials, FixedToken, HttpError, PasswordLogin, ProvidedToken, TokenProvider
 from .encoding import SUBPROTOCOLS, Codec, codec, codec_for_subprotocol
-from .errors import AuthenticationFailed, ClientClosed, ClientError, Deactivated, ServerError
+from .errors import (
+    AuthenticationFailed,
+    ClientClosed,
+    ClientError,
+    Deactivated,
+    ServerError,
+    TooManyConnections,
+)
 from .messages import (
     UPDATE_TYPES,
     Connected,
@@ -40,6 +47,8 @@ logger = logging.getLogger("tradingrt_client")
 
 DEACTIVATED = 4403  # stop: the user was deactivated (docs/PROTOCOL.md section 10)
 TOKEN_EXPIRED = 4401  # reconnect only with a new access token
+TOO_MANY_CONNECTIONS = 4409  # stop: retrying in a loop would not help
+SESSIONS_REVOKED = 4410  # every token issued so far is refused: log in again
 # A handshake refused this many times in a row, each time with a fresh token, is not a token
 # problem (a wrong path, an Origin rule): the client stops instead of knocking forever.
 MAX_HANDSHAKE_REFUSALS = 3
@@ -385,12 +394,15 @@ class Client:
             while True:
                 code: int | None = None
                 text = ""
+                wait = 0.0  # at least this long before the next attempt (a login's Retry-After)
                 try:
                     token = await self.credentials.token(reason)
                 except AuthenticationFailed:
                     raise
                 except Exception as error:  # unreachable, or the bot's provider failed: retry
                     text = f"could not get an access token: {error!r}"
+                    if isinstance(error, HttpError) and error.retry_after is not None:
+                        wait = error.retry_after
                 else:
                     reason = "connect"
                     try:
@@ -423,9 +435,13 @@ class Client:
                             refusals = 0
                         if code == DEACTIVATED:
                             raise Deactivated(f"closed with 4403: {text}")
+                        if code == TOO_MANY_CONNECTIONS:
+                            raise TooManyConnections(f"closed with 4409: {text}")
                         if code == TOKEN_EXPIRED:
                             reason = "renew"
-                delay = backoff_delay(
+                        elif code == SESSIONS_REVOKED:
+                            reason = "revoked"
+                delay = wait + backoff_delay(
                     self._attempt, base=self.backoff_base, cap=self.backoff_cap, random=self._random
                 )
                 self._attempt += 1
@@ -438,7 +454,11 @@ class Client:
         except BaseException as error:  # a fatal stop, or a bug: both end the client loudly
             self._fatal = error
             logger.warning("stopped: %s", error)
-            code = DEACTIVATED if isinstance(error, Deactivated) else None
+            code = None
+            if isinstance(error, Deactivated):
+                code = DEACTIVATED
+            elif isinstance(error, TooManyConnections):
+                code = TOO_MANY_CONNECTIONS
             with contextlib.suppress(BaseException):
                 await self._emit(Disconnected(code, str(error), will_reconnect=False, delay=0.0))
         finally:

@@ -19,6 +19,12 @@ class Deactivated(ClientError):
     and does not reconnect (docs/PROTOCOL.md section 10)."""
 
 
+class TooManyConnections(ClientError):
+    """The server closed the connection with 4409: the user already has as many connections
+    as it allows. The client stops instead of retrying in a loop: close connections the user
+    no longer needs, then connect again (docs/PROTOCOL.md section 10)."""
+
+
 class ClientClosed(ClientError):
     """The client was closed (or stopped) while this was waiting."""
 
