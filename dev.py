@@ -27,7 +27,7 @@ STAMP = VENV / ".tradingrt-installed"
 LOCK = ROOT / "requirements" / "dev.lock"
 # The Python client for bots: its own package (no Django), installed editable beside the
 # project so the suite tests it against real servers. Its dependencies are in the dev lock.
-CLIENT = ROOT / "clients" / "python"
+PY_CLIENT = ROOT / "clients" / "python"
 PIP_TOOLS = "7.6.2"  # what `dev.py lock` resolves with
 NODE_MODULES = ROOT / "node_modules"
 NODE_STAMP = NODE_MODULES / ".tradingrt-installed"
@@ -45,7 +45,7 @@ def ensure_environment(extras: str = "dev") -> None:
     if sys.version_info < (3, 11):  # noqa: UP036 - dev.py may be run by an older python3
         sys.exit(f"Python 3.11 or newer is needed; this is {sys.version.split()[0]}.")
     pinned = LOCK.read_bytes() if LOCK.exists() else b""
-    manifests = (ROOT / "pyproject.toml").read_bytes() + (CLIENT / "pyproject.toml").read_bytes()
+    manifests = (ROOT / "pyproject.toml").read_bytes() + (PY_CLIENT / "pyproject.toml").read_bytes()
     wanted = hashlib.sha256(manifests + pinned + extras.encode()).hexdigest()
     if STAMP.exists() and STAMP.read_text() == wanted and PYTHON.exists():
         return
@@ -65,7 +65,7 @@ def ensure_environment(extras: str = "dev") -> None:
                 f"({sys.version.split()[0]}); installing from the ranges in pyproject.toml.",
                 flush=True,
             )
-    client = f"./{CLIENT.relative_to(ROOT).as_posix()}"
+    client = f"./{PY_CLIENT.relative_to(ROOT).as_posix()}"
     if locked:
         editable = ["--no-deps", "-e", ".", "-e", client]
     else:

@@ -159,6 +159,7 @@ class Client:
         ssl: ssl_module.SSLContext | None = None,
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,
+        backoff_reset: float = 5.0,
         refresh_lead: float = 30.0,
         refresh_fraction: float = 0.8,
         request_timeout: float = 10.0,
@@ -179,6 +180,7 @@ class Client:
         self._codec: Codec = codec(encoding)
         self._ssl = ssl
         self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
+        self.backoff_reset = backoff_reset
         self.refresh_lead, self.refresh_fraction = refresh_lead, refresh_fraction
         self.request_timeout, self.open_timeout = request_timeout, open_timeout
         self._random = random
@@ -198,6 +200,8 @@ class Client:
         self._closing = False
         self._fatal: BaseException | None = None
         self._attempt = 0
+        # When the current connection's resubscription was answered (monotonic seconds).
+        self._settled_at: float | None = None
         self._connections = 0
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -430,9 +434,16 @@ class Client:
                     except (OSError, TimeoutError, InvalidHandshake) as error:
                         text = f"could not connect: {error}"
                     else:
+                        self._settled_at = None
                         code, text, authenticated = await self._serve(ws)
                         if authenticated:
                             refusals = 0
+                        settled = self._settled_at
+                        if settled is not None and _monotonic() - settled >= self.backoff_reset:
+                            # It lasted: back to the shortest delay. Not sooner, or a server that
+                            # closes every connection right after its login would be retried at
+                            # the shortest delay for ever (section 10).
+                            self._attempt = 0
                         if code == DEACTIVATED:
                             raise Deactivated(f"closed with 4403: {text}")
                         if code == TOO_MANY_CONNECTIONS:
@@ -674,6 +685,7 @@ class Client:
             for event in self.tracker.subscribed(reply, pending.entries or []):
                 await self._emit(event)
             if pending.resubscription:
+                self._settled_at = _monotonic()
                 for future in self._waiting_resubscribed:
                     if not future.done():
                         future.set_result(reply)
@@ -696,7 +708,6 @@ class Client:
         """The connection's first message: the session begins. Resume every topic."""
         payload = message["payload"]
         self._observe_clock(message)
-        self._attempt = 0  # a good connection resets the backoff
         self._connections += 1
         self.session = Connected(
             user_id=payload["userId"],
@@ -714,6 +725,7 @@ class Client:
             self._refresher = asyncio.get_running_loop().create_task(self._refresh_loop())
         entries = self.tracker.resubscription()
         if not entries:
+            self._settled_at = _monotonic()
             for waiter in self._waiting_resubscribed:
                 if not waiter.done():
                     waiter.set_result(SubscribeReply([], []))
@@ -766,6 +778,10 @@ class Client:
             delay = refresh_delay(
                 self._seconds_left(), lead=self.refresh_lead, fraction=self.refresh_fraction
             )
+
+
+def _monotonic() -> float:
+    return asyncio.get_running_loop().time()
 
 
 def _now() -> str:
