@@ -10,6 +10,7 @@ from orders.views import OrderViewSet
 from positions.views import PositionViewSet
 from realtime.views import ConnectionStatusView, MarketDataView
 from strategies.views import StrategyViewSet
+from tradingrt.users import UserDirectoryView
 from tradingrt.views import DashboardView
 
 router = DefaultRouter(trailing_slash=True)
@@ -24,6 +25,7 @@ urlpatterns = [
     path("api/auth/token/", TokenObtainPairView.as_view(), name="token_obtain_pair"),
     path("api/auth/token/refresh/", TokenRefreshView.as_view(), name="token_refresh"),
     path("api/market-data/", MarketDataView.as_view(), name="market-data"),
+    path("api/users/", UserDirectoryView.as_view(), name="user-directory"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/", include(router.urls)),
