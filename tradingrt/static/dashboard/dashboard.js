@@ -1,17 +1,21 @@
 /**
  * The live dashboard: signs in, takes orders, positions and strategies from the snapshots /ws
  * sends with each first subscription, keeps them current from the topics' updates through the
- * realtime client, and shows the connection's health.
+ * realtime client, and shows the connection's health; places and cancels orders over REST and
+ * draws prices and P&L as they stream in.
  *
  * After a reconnect the client resumes every topic where it left off, so the updates missed
  * meanwhile are replayed into the tables; only a topic whose history is gone is reloaded, from
  * the snapshot that comes with the `reset` (over REST only if no snapshot can be had). A row only
  * moves forward in its object's `version`, whichever of a snapshot, a replay or a live update
  * delivers it first; a `deleted` update removes it.
+ *
+ * `?encoding=msgpack` in the page's address makes the socket speak MessagePack (PROTOCOL 3.3).
  */
 
 import { CloseCode, RealtimeClient, State } from "realtime-client";
 
+import { PnlChart, PriceChart } from "./charts.js";
 import {
   formatMoney,
   formatPercent,
@@ -22,6 +26,9 @@ import {
   sum,
 } from "./format.js";
 import { ApiError, Session } from "./session.js";
+import { LiveTable, flashRow } from "./tables.js";
+import { OrderForm, renderCancel } from "./trade.js";
+import { UserNames } from "./users.js";
 
 const MAX_ORDER_ROWS = 200;
 const RESET_REASONS = {
@@ -34,6 +41,18 @@ const MAX_MARKET_SYMBOLS = 12; // market:SYMBOL topics for the symbols traded, a
 const STATUS_POLL_MS = 5000;
 const ACTIVITY_ITEMS = 30;
 const KINDS = ["orders", "positions", "strategies"];
+const OPEN_STATUSES = new Set(["NEW", "PARTIALLY_FILLED"]);
+const AGE_TICK_MS = 1000; // how often the prices' ages are redrawn
+
+/** Tunable from the console (and by the browser tests). */
+const settings = {
+  // A price is marked stale when its symbol has not ticked for this long, or whenever the
+  // connection cannot vouch for it (not live, or nothing at all heard for streamStaleAfterMs).
+  priceStaleAfterMs: 30_000,
+  // 2.5 server heartbeat intervals (30 s): the server would have said something by then.
+  streamStaleAfterMs: 75_000,
+};
+const ENCODING = new URLSearchParams(location.search).get("encoding") === "msgpack" ? "msgpack" : "json";
 
 const CLOSE_REASONS = {
   [CloseCode.NORMAL]: "closed",
@@ -51,145 +70,23 @@ const isFlat = (quantity) => /^-?0*(\.0*)?$/.test(quantity);
 
 // --- tables ---------------------------------------------------------------------------------
 
-/**
- * A table whose rows are keyed by `id` and updated in place; changed rows flash.
- * Columns are `{field, text(row), cls?(row)}`; `cls` adds classes to the cell.
- */
-class LiveTable {
-  constructor(table, { columns, compare, rowClass = () => "", limit = Infinity }) {
-    this.table = table;
-    this.body = table.tBodies[0];
-    this.columns = columns;
-    this.compare = compare;
-    this.rowClass = rowClass;
-    this.limit = limit;
-    this.rows = new Map(); // id -> {data, tr}
-    this.removed = new Map(); // id -> the version that deleted it: older states stay out
-    this.kind = table.id;
-  }
+const session = new Session({ onExpired: (message) => signOut(message) });
+const api = (path, options) => session.api(path, options);
+let me = null; // the signed-in user's id, once the socket has authenticated
+let scopeAll = false; // staff (or a permission holder) sees everyone's rows
 
-  /** Insert or update a row; ignored unless newer than what is shown. Returns true if shown. */
-  upsert(data, { flash = true } = {}) {
-    const current = this.rows.get(data.id);
-    if (current && !isNewer(data, current.data)) return false;
-    const removedAt = this.removed.get(data.id);
-    if (removedAt !== undefined && !(data.version > removedAt)) return false;
-    let tr;
-    if (current) {
-      tr = current.tr;
-    } else {
-      tr = document.createElement("tr");
-      tr.dataset.id = String(data.id);
-      for (const column of this.columns) {
-        const cell = document.createElement(column.header ? "th" : "td");
-        if (column.header) cell.scope = "row";
-        cell.dataset.field = column.field;
-        tr.append(cell);
-      }
-      this._insert(tr, data);
-    }
-    this.rows.set(data.id, { data, tr });
-    let changed = !current;
-    this.columns.forEach((column, index) => {
-      const cell = tr.cells[index];
-      const text = column.text(data);
-      const className = [column.num && "num", column.user && "col-user", column.cls?.(data)]
-        .filter(Boolean)
-        .join(" ");
-      if (cell.textContent !== text) {
-        cell.textContent = text;
-        changed = true;
-      }
-      if (cell.className !== className) cell.className = className;
-    });
-    tr.className = this.rowClass(data);
-    if (changed && flash) flashRow(tr);
-    this._trim();
-    this._toggleEmpty();
-    return true;
-  }
-
-  /** Remove a deleted object's row, unless the row is already newer than the deletion. */
-  remove(data) {
-    const current = this.rows.get(data.id);
-    if (current && !isNewer(data, current.data)) return;
-    if (data.version !== undefined) this.removed.set(data.id, data.version);
-    this._drop(data.id);
-  }
-
-  /** Keep only the rows of `ids` (the objects of a snapshot or a reload: the others are gone). */
-  retain(ids) {
-    for (const id of [...this.rows.keys()]) if (!ids.has(id)) this._drop(id);
-  }
-
-  clear() {
-    this.rows.clear();
-    this.removed.clear();
-    this.body.replaceChildren();
-    this._toggleEmpty();
-  }
-
-  _drop(id) {
-    const row = this.rows.get(id);
-    if (!row) return;
-    row.tr.remove();
-    this.rows.delete(id);
-    this._toggleEmpty();
-  }
-
-  values() {
-    return [...this.rows.values()].map((row) => row.data);
-  }
-
-  _insert(tr, data) {
-    for (const row of this.body.rows) {
-      const other = this.rows.get(Number(row.dataset.id));
-      if (other && this.compare(data, other.data) < 0) {
-        this.body.insertBefore(tr, row);
-        return;
-      }
-    }
-    this.body.append(tr);
-  }
-
-  _trim() {
-    while (this.body.rows.length > this.limit) {
-      const last = this.body.rows[this.body.rows.length - 1];
-      this.rows.delete(Number(last.dataset.id));
-      last.remove();
-    }
-  }
-
-  _toggleEmpty() {
-    this.table.parentElement.dataset.empty = String(this.rows.size === 0);
-  }
-}
-
-/**
- * Whether `data` is a later state of the object than `current`: by `version` (one per committed
- * change), or by `updatedAt` from a server without versions.
- */
-function isNewer(data, current) {
-  if (Number.isInteger(data.version) && Number.isInteger(current.version)) {
-    return data.version > current.version;
-  }
-  return !(data.updatedAt && current.updatedAt && current.updatedAt > data.updatedAt);
-}
-
-function flashRow(tr) {
-  tr.classList.remove("flash");
-  void tr.offsetWidth; // restart the animation
-  tr.classList.add("flash");
-}
-
-const userText = (id) => (id === null || id === undefined ? "—" : `#${id}`);
+const names = new UserNames({ api, onNames: () => renderNames() });
+const userText = (id) => names.text(id);
+const userTitle = (id) => (id === null || id === undefined ? "" : `user #${id}`);
 const statusBadge = (status) => `badge badge-${String(status).toLowerCase().replace(/_/g, "-")}`;
 const pnl = (field) => ({ field, num: true, text: (r) => formatMoney(r[field], { signed: true }), cls: (r) => signClass(r[field]) });
+const isOpen = (order) => OPEN_STATUSES.has(order.status);
+const user = (field) => ({ field, user: true, text: (r) => userText(r[field]), title: (r) => userTitle(r[field]) });
 
 const tables = {
   positions: new LiveTable($("positions"), {
     columns: [
-      { field: "userId", user: true, text: (r) => userText(r.userId) },
+      user("userId"),
       { field: "symbol", header: true, text: (r) => r.symbol, cls: () => "symbol" },
       { field: "quantity", num: true, text: (r) => formatQuantity(r.quantity), cls: (r) => (r.quantity.startsWith("-") ? "neg" : "") },
       { field: "averagePrice", num: true, text: (r) => formatPrice(r.averagePrice) },
@@ -206,7 +103,7 @@ const tables = {
   orders: new LiveTable($("orders"), {
     columns: [
       { field: "id", num: true, text: (r) => String(r.id), cls: () => "muted" },
-      { field: "userId", user: true, text: (r) => userText(r.userId) },
+      user("userId"),
       { field: "createdAt", text: (r) => formatTime(r.createdAt), cls: () => "muted" },
       { field: "symbol", header: true, text: (r) => r.symbol, cls: () => "symbol" },
       { field: "side", text: (r) => r.side, cls: (r) => (r.side === "BUY" ? "side-buy" : "side-sell") },
@@ -216,14 +113,22 @@ const tables = {
       { field: "filledQuantity", num: true, text: (r) => formatQuantity(r.filledQuantity) },
       { field: "averageFillPrice", num: true, text: (r) => formatPrice(r.averageFillPrice) },
       { field: "status", text: (r) => r.status.replace("_", " "), cls: (r) => statusBadge(r.status) },
+      {
+        field: "actions",
+        // Only the user's own open orders: staff cancel others' through the API or the admin.
+        key: (r) => String(isOpen(r) && r.userId === me),
+        render: (cell, r) => isOpen(r) && r.userId === me && renderCancel(cell, r, { api, log }),
+        cls: () => "actions",
+      },
     ],
     compare: (a, b) => b.id - a.id,
     limit: MAX_ORDER_ROWS,
+    keep: isOpen, // older open orders stay, in the table and in the count
   }),
   strategies: new LiveTable($("strategies"), {
     columns: [
       { field: "name", header: true, text: (r) => r.name, cls: () => "strong" },
-      { field: "ownerId", user: true, text: (r) => userText(r.ownerId) },
+      user("ownerId"),
       { field: "status", text: (r) => r.status, cls: (r) => statusBadge(r.status) },
       { field: "orderCount", num: true, text: (r) => String(r.metrics?.orderCount ?? "—") },
       { field: "filledOrderCount", num: true, text: (r) => String(r.metrics?.filledOrderCount ?? "—") },
@@ -231,15 +136,55 @@ const tables = {
       { ...pnl("realizedPnl"), text: (r) => formatMoney(r.metrics?.realizedPnl, { signed: true }), cls: (r) => signClass(r.metrics?.realizedPnl) },
       { ...pnl("unrealizedPnl"), text: (r) => formatMoney(r.metrics?.unrealizedPnl, { signed: true }), cls: (r) => signClass(r.metrics?.unrealizedPnl) },
       { ...pnl("totalPnl"), text: (r) => formatMoney(r.metrics?.totalPnl, { signed: true }), cls: (r) => `strong ${signClass(r.metrics?.totalPnl)}` },
+      { field: "watching", text: (r) => watchersText(r.id), cls: () => "col-presence" },
     ],
     compare: (a, b) => a.name.localeCompare(b.name) || a.id - b.id,
   }),
 };
 
+/** Who watches a strategy (staff, with presence): names, or "—". */
+function watchersText(strategyId) {
+  const watchers = strategyWatchers.get(strategyId);
+  if (!watchers || watchers.size === 0) return "—";
+  return [...watchers].map((id) => names.text(id)).sort().join(", ");
+}
+const strategyWatchers = new Map(); // strategy id -> user ids present on strategy:{id}
+
+/** Names arrived: show them wherever ids were shown. */
+function renderNames() {
+  for (const table of Object.values(tables)) table.refresh();
+}
+
+// --- charts ---------------------------------------------------------------------------------
+
+const priceChart = new PriceChart({
+  container: $("price-chart"),
+  picker: $("price-symbol"),
+  summary: $("price-summary"),
+});
+const pnlChart = new PnlChart({ container: $("pnl-chart"), summary: $("pnl-summary"), read: pnlTotals });
+
+function pnlTotals() {
+  const positions = tables.positions.values();
+  return {
+    total: sum(positions.map((p) => p.totalPnl)),
+    unrealized: sum(positions.map((p) => p.unrealizedPnl)),
+    realized: sum(positions.map((p) => p.realizedPnl)),
+  };
+}
+
+// --- trading --------------------------------------------------------------------------------
+
+const orderForm = new OrderForm($("order-form"), { api, log });
+tables.strategies.onChange(() => {
+  orderForm.setStrategies(tables.strategies.values().filter((s) => s.ownerId === me));
+});
+
 // --- market ticker --------------------------------------------------------------------------
 
 const ticker = {
-  items: new Map(), // symbol -> {li, last}
+  items: new Map(), // symbol -> {li, last, receivedAt}
+  timer: null,
 
   ensure(symbol) {
     if (this.items.has(symbol)) return this.items.get(symbol);
@@ -248,15 +193,17 @@ const ticker = {
     li.dataset.symbol = symbol;
     li.innerHTML =
       '<span class="tick-symbol"></span><span class="tick-last num">—</span>' +
-      '<span class="tick-change num"></span><span class="tick-quote num muted">no ticks yet</span>';
+      '<span class="tick-change num" aria-hidden="true"></span>' +
+      '<span class="tick-quote num muted">no ticks yet</span><span class="tick-age small"></span>';
     li.querySelector(".tick-symbol").textContent = symbol;
-    li.setAttribute("aria-label", symbol);
     const list = $("ticker");
     const after = [...list.children].find((other) => other.dataset.symbol > symbol);
     list.insertBefore(li, after || null);
-    const item = { li, last: null };
+    const item = { li, last: null, receivedAt: null };
     this.items.set(symbol, item);
     $("ticker-empty").hidden = true;
+    priceChart.ensure(symbol);
+    orderForm.setSymbols(this.items.keys());
     return item;
   },
 
@@ -269,17 +216,51 @@ const ticker = {
     }
   },
 
-  tick({ symbol, last, bid, ask }, { flash = true } = {}) {
+  tick(tick, { flash = true } = {}) {
+    const { symbol, last, bid, ask } = tick;
     const item = this.ensure(symbol);
     const change = item.last === null ? 0 : Number(last) - Number(item.last);
     item.last = last;
+    item.receivedAt = Date.now();
     item.li.querySelector(".tick-last").textContent = formatPrice(last);
     const arrow = item.li.querySelector(".tick-change");
     arrow.textContent = change > 0 ? "▲" : change < 0 ? "▼" : "";
     item.li.dataset.direction = change > 0 ? "up" : change < 0 ? "down" : "flat";
     item.li.querySelector(".tick-quote").textContent =
       bid || ask ? `${formatPrice(bid)} / ${formatPrice(ask)}` : "";
+    this.age(item, Date.now());
+    priceChart.tick(tick);
     if (flash) flashRow(item.li);
+  },
+
+  /**
+   * Show how old a price is, and mark it stale when the page cannot vouch for it: its symbol
+   * has not ticked for `priceStaleAfterMs`, or the connection is not live, or nothing at all
+   * (not even a heartbeat) has come for `streamStaleAfterMs`.
+   */
+  age(item, now) {
+    if (item.receivedAt === null) return;
+    const seconds = Math.max(0, Math.floor((now - item.receivedAt) / 1000));
+    const stale = !streamIsLive(now) || now - item.receivedAt > settings.priceStaleAfterMs;
+    const ago = seconds < 1 ? "just now" : `${formatAge(seconds)} ago`;
+    const text = stale ? `stale · ${ago}` : ago;
+    const element = item.li.querySelector(".tick-age");
+    if (element.textContent !== text) element.textContent = text;
+    if (item.li.dataset.stale !== String(stale)) item.li.dataset.stale = String(stale);
+  },
+
+  start() {
+    this.stop();
+    this.timer = setInterval(() => {
+      const now = Date.now();
+      for (const item of this.items.values()) this.age(item, now);
+      showStaleNotice(now);
+    }, AGE_TICK_MS);
+  },
+
+  stop() {
+    clearInterval(this.timer);
+    this.timer = null;
   },
 
   clear() {
@@ -289,13 +270,22 @@ const ticker = {
   },
 };
 
+function formatAge(seconds) {
+  if (seconds < 60) return `${seconds} s`;
+  if (seconds < 3600) return `${Math.floor(seconds / 60)} min`;
+  return `${Math.floor(seconds / 3600)} h`;
+}
+
 // --- the connection -------------------------------------------------------------------------
 
-const session = new Session({ onExpired: (message) => signOut(message) });
 const client = new RealtimeClient({
   getToken: ({ reason }) => session.accessToken({ forceRefresh: reason === "refresh" }),
+  encoding: ENCODING,
 });
-let scopeAll = false; // staff (or a permission holder) sees everyone's rows
+let heardAt = 0; // when the server last said anything, for clients without lastMessageAt
+client.on("*", () => {
+  heardAt = Date.now();
+});
 let statusTimer = null;
 let lastConnectionId = null;
 let connections = 0; // authenticated connections since sign-in: all but the first resume
@@ -305,7 +295,7 @@ const snapshotIds = new Map(); // topic -> ids of the snapshot being received
 client.onState((state, detail) => {
   const box = $("connection");
   box.dataset.state = state;
-  document.body.dataset.connection = state; // the tables dim while they may be stale
+  document.body.dataset.connection = state; // the page says when what it shows may be stale
   const label = box.querySelector(".connection-label");
   const why = CLOSE_REASONS[detail.code] || (detail.code ? `code ${detail.code}` : "");
   label.textContent = {
@@ -322,7 +312,20 @@ client.onState((state, detail) => {
   if (state === State.OFFLINE && detail.code === CloseCode.USER_DEACTIVATED) {
     signOut("This account was deactivated.");
   }
+  const now = Date.now();
+  for (const item of ticker.items.values()) ticker.age(item, now);
+  showStaleNotice(now);
 });
+
+/** Whether the stream can vouch for what the page shows: connected, and heard from lately. */
+function streamIsLive(now) {
+  const heard = client.lastMessageAt ?? heardAt;
+  return client.state === State.CONNECTED && now - heard <= settings.streamStaleAfterMs;
+}
+
+function showStaleNotice(now) {
+  $("stale-notice").hidden = !session.signedIn || streamIsLive(now);
+}
 
 client.onClose(({ code, reason, willReconnect }) => {
   const why = CLOSE_REASONS[code] || reason || "closed";
@@ -337,6 +340,7 @@ client.on("AUTHENTICATION", (message) => {
   $("session-connection").title = connectionId;
   $("session-expires").textContent = formatTime(expiresAt);
   $("account-name").textContent = username;
+  names.learn(message.payload.userId, username);
   if (connectionId === lastConnectionId) {
     log(`Token refreshed; now expires ${formatTime(expiresAt)}`, "ok");
   } else {
@@ -481,6 +485,8 @@ async function subscribeAll(userId, canViewStatus) {
     await client.subscribe(KINDS.map((kind) => `user:${userId}:${kind}`));
   }
   document.body.classList.toggle("scope-all", scopeAll);
+  names.enable(scopeAll);
+  if (scopeAll) renderNames();
   showTopics();
   log(`Subscribed to ${client.topics.length} topics`, "ok");
 }
@@ -513,18 +519,20 @@ function showTopics(topics = client.topics) {
   if (!chips.length) $("session-topics").textContent = "—";
 }
 
+/** The summary cards, added up exactly from the rows' decimal strings; and a P&L sample. */
 function updateSummary() {
   const positions = tables.positions.values();
   const setMoney = (id, value) => {
     $(id).textContent = formatMoney(value, { signed: true });
     $(id).className = `stat-value num ${signClass(value)}`;
   };
-  setMoney("sum-total", sum(positions.map((p) => p.totalPnl)));
-  setMoney("sum-unrealized", sum(positions.map((p) => p.unrealizedPnl)));
-  setMoney("sum-realized", sum(positions.map((p) => p.realizedPnl)));
+  const totals = pnlTotals();
+  setMoney("sum-total", totals.total);
+  setMoney("sum-unrealized", totals.unrealized);
+  setMoney("sum-realized", totals.realized);
   $("sum-exposure").textContent = formatMoney(sum(positions.map((p) => p.exposure)));
-  const open = tables.orders.values().filter((o) => o.status === "NEW" || o.status === "PARTIALLY_FILLED");
-  $("sum-open").textContent = String(open.length);
+  $("sum-open").textContent = String(tables.orders.values().filter(isOpen).length);
+  if (positions.length) pnlChart.changed();
 }
 
 // --- staff: /ws/status ----------------------------------------------------------------------
@@ -588,17 +596,23 @@ function log(text, kind = "") {
 
 // --- sign in and out ------------------------------------------------------------------------
 
-async function start() {
+async function start({ focus = false } = {}) {
   $("login-view").hidden = true;
   $("dashboard-view").hidden = false;
   $("account").hidden = false;
   $("connection").hidden = false;
+  if (focus) $("dashboard-title").focus(); // not left on the vanished sign-in form
   connections = 0;
   recovery = null;
   $("recovery").hidden = true;
+  ticker.start();
   try {
-    const [me, canViewStatus] = await Promise.all([client.connect(), pollStatus()]);
-    await subscribeAll(me.userId, canViewStatus === true);
+    const [authenticated, canViewStatus] = await Promise.all([client.connect(), pollStatus()]);
+    me = authenticated.userId;
+    showEncoding();
+    tables.orders.refresh(); // Cancel buttons for this user's orders
+    orderForm.setStrategies(tables.strategies.values().filter((s) => s.ownerId === me));
+    await subscribeAll(me, canViewStatus === true);
     if (canViewStatus) {
       pollStatus(); // now that this connection's subscriptions count
       startStatusPolling();
@@ -608,6 +622,14 @@ async function start() {
   }
 }
 
+/** Which encoding the socket speaks; said only when it is not the default. */
+function showEncoding() {
+  const badge = $("encoding");
+  const encoding = client.encoding ?? ENCODING;
+  badge.hidden = encoding === "json";
+  badge.textContent = encoding === "msgpack" ? "MessagePack" : encoding;
+}
+
 function signOut(message = "") {
   const topics = client.topics;
   client.close();
@@ -615,12 +637,21 @@ function signOut(message = "") {
   session.signOut();
   stopStatusPolling();
   snapshotIds.clear();
+  me = null;
+  scopeAll = false;
+  document.body.classList.remove("scope-all");
+  names.clear();
   for (const table of Object.values(tables)) table.clear();
+  ticker.stop();
   ticker.clear();
+  priceChart.clear();
+  pnlChart.clear();
+  orderForm.reset();
   $("dashboard-view").hidden = true;
   $("account").hidden = true;
   $("connection").hidden = true;
   $("server-panel").hidden = true;
+  $("stale-notice").hidden = true;
   $("login-view").hidden = false;
   $("login-error").textContent = message;
   $("login-password").value = "";
@@ -634,7 +665,7 @@ $("login-form").addEventListener("submit", async (event) => {
   button.disabled = true;
   try {
     await session.signIn($("login-username").value.trim(), $("login-password").value);
-    start();
+    start({ focus: true });
   } catch (error) {
     $("login-error").textContent = error.message;
   } finally {
@@ -645,8 +676,7 @@ $("login-form").addEventListener("submit", async (event) => {
 $("sign-out").addEventListener("click", () => signOut());
 $("reconnect").addEventListener("click", () => client.connect().catch(() => {}));
 
-for (const table of Object.values(tables)) table._toggleEmpty();
 if (session.signedIn) start();
 
 // For debugging from the console, and for the browser tests.
-globalThis.tradingrtDashboard = { client, session, tables };
+globalThis.tradingrtDashboard = { client, session, tables, settings, priceChart, pnlChart, names };
