@@ -49,7 +49,8 @@ class Chart {
       {
         width: Math.max(container.clientWidth, 200),
         height: HEIGHT,
-        scales: { x: { time: true } },
+        // One point would span years by default: show a minute around it instead.
+        scales: { x: { time: true, range: (_, min, max) => (min === max ? [min - 30, max + 30] : [min, max]) } },
         series: [{}, ...series],
         axes: axes(format),
         legend: { live: false },
