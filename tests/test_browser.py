@@ -186,7 +186,7 @@ RECORD_ORDER_UPDATES = """() => {
 
 
 def count_rest_writes(page) -> list[str]:
-    """The page's REST requests other than GETs of table data and sign-in: "POST /api/...". """
+    """The page's REST requests other than GETs of table data and sign-in: "POST /api/..."."""
     writes: list[str] = []
 
     def seen(request) -> None:
@@ -243,9 +243,7 @@ async def test_a_trader_places_and_cancels_an_order_from_the_dashboard(
     assert page.page_errors == []
 
 
-async def test_the_apis_validation_errors_are_shown_next_to_their_fields(
-    dashboard, page, trader
-):
+async def test_the_apis_validation_errors_are_shown_next_to_their_fields(dashboard, page, trader):
     await sign_in(page, dashboard, "alice")
     form = page.get_by_role("region", name="Place an order")
     quantity = form.get_by_label("Quantity")
@@ -431,17 +429,13 @@ async def test_the_dashboard_fits_the_screen_and_passes_axe(
         assert page.page_errors == []
 
 
-async def test_the_summary_adds_money_exactly_and_counts_every_open_order(
-    dashboard, page, trader
-):
+async def test_the_summary_adds_money_exactly_and_counts_every_open_order(dashboard, page, trader):
     """Issue 19, item 4: cards add the rows' decimal strings exactly (a P&L of 1.005 is +1.01
     in its row and in the card), and open orders older than the newest 200 rows still count."""
     open_orders = await sync_to_async(
-        lambda: [OrderFactory(user=trader, symbol="OLD").pk for _ in range(3)]
+        lambda: [order.pk for order in OrderFactory.create_batch(3, user=trader, symbol="OLD")]
     )()
-    await sync_to_async(
-        lambda: [OrderFactory(user=trader, status="CANCELED") for _ in range(205)]
-    )()
+    await sync_to_async(OrderFactory.create_batch)(205, user=trader, status="CANCELED")
     await sign_in(page, dashboard, "alice")
     await expect(page.locator("#sum-open")).to_have_text("3", timeout=LIVE_TIMEOUT_MS)
     for order_id in open_orders:  # the oldest rows, kept because they are open

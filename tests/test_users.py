@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.contrib.auth.models import Permission
 
@@ -40,7 +42,7 @@ def test_anonymous_requests_are_refused(api_client, trader):
 
 
 def test_the_view_user_permission_is_enough(trader):
-    auditor = UserFactory(username="auditor")
+    auditor: Any = UserFactory(username="auditor")
     auditor.user_permissions.add(Permission.objects.get(codename="view_user"))
     response = _client_for(auditor).get("/api/users/", {"id": [trader.pk]})
     assert response.status_code == 200
