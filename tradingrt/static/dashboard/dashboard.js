@@ -25,6 +25,7 @@ import {
   signClass,
   sum,
 } from "./format.js";
+import { Presence } from "./presence.js";
 import { ApiError, Session } from "./session.js";
 import { LiveTable, flashRow } from "./tables.js";
 import { OrderForm, renderCancel } from "./trade.js";
@@ -72,6 +73,10 @@ const isFlat = (quantity) => /^-?0*(\.0*)?$/.test(quantity);
 
 const session = new Session({ onExpired: (message) => signOut(message) });
 const api = (path, options) => session.api(path, options);
+const client = new RealtimeClient({
+  getToken: ({ reason }) => session.accessToken({ forceRefresh: reason === "refresh" }),
+  encoding: ENCODING,
+});
 let me = null; // the signed-in user's id, once the socket has authenticated
 let scopeAll = false; // staff (or a permission holder) sees everyone's rows
 
@@ -142,13 +147,12 @@ const tables = {
   }),
 };
 
-/** Who watches a strategy (staff, with presence): names, or "—". */
+/** Who else watches a strategy (staff, with presence): their names, or "—". */
 function watchersText(strategyId) {
-  const watchers = strategyWatchers.get(strategyId);
-  if (!watchers || watchers.size === 0) return "—";
-  return [...watchers].map((id) => names.text(id)).sort().join(", ");
+  if (!presenceShown) return "";
+  const watchers = presence.on(`strategy:${strategyId}`).filter((id) => id !== me);
+  return watchers.length ? watchers.map((id) => names.text(id)).sort().join(", ") : "—";
 }
-const strategyWatchers = new Map(); // strategy id -> user ids present on strategy:{id}
 
 /** Names arrived: show them wherever ids were shown. */
 function renderNames() {
@@ -178,7 +182,42 @@ function pnlTotals() {
 const orderForm = new OrderForm($("order-form"), { api, log });
 tables.strategies.onChange(() => {
   orderForm.setStrategies(tables.strategies.values().filter((s) => s.ownerId === me));
+  watchStrategies();
 });
+
+// --- presence -------------------------------------------------------------------------------
+
+const presence = new Presence({ client, names, onChange: () => renderPresence() });
+let presenceShown = false; // staff, with a client that speaks presence
+
+/** Be seen watching the strategies on screen; staff also follow who watches them. */
+function watchStrategies() {
+  if (me === null) return;
+  const shown = tables.strategies.values();
+  const ids = (presenceShown ? shown : shown.filter((s) => s.ownerId === me)).map((s) => s.id);
+  presence.watchStrategies(ids, { watch: presenceShown }).then((added) => added && showTopics());
+}
+
+function renderPresence() {
+  if (!presenceShown) return;
+  tables.strategies.refresh();
+  const online = [...presence.online()].sort(
+    ([a], [b]) => names.text(a).localeCompare(names.text(b)) || a - b,
+  );
+  const items = online.map(([userId, since]) => {
+    const item = document.createElement("li");
+    item.dataset.userId = String(userId);
+    const name = document.createElement("span");
+    name.textContent = userId === me ? `${names.text(userId)} (you)` : names.text(userId);
+    const when = document.createElement("span");
+    when.className = "muted";
+    when.textContent = since ? `since ${formatTime(since)}` : "";
+    item.append(name, when);
+    return item;
+  });
+  $("online").replaceChildren(...items);
+  $("online-empty").hidden = online.some(([userId]) => userId !== me);
+}
 
 // --- market ticker --------------------------------------------------------------------------
 
@@ -278,10 +317,6 @@ function formatAge(seconds) {
 
 // --- the connection -------------------------------------------------------------------------
 
-const client = new RealtimeClient({
-  getToken: ({ reason }) => session.accessToken({ forceRefresh: reason === "refresh" }),
-  encoding: ENCODING,
-});
 let heardAt = 0; // when the server last said anything, for clients without lastMessageAt
 client.on("*", () => {
   heardAt = Date.now();
@@ -308,7 +343,10 @@ client.onState((state, detail) => {
   if (state === State.RECONNECTING) {
     log(`Reconnect attempt ${detail.attempt} in ${(detail.delayMs / 1000).toFixed(1)} s`, "warn");
   }
-  if (state === State.CONNECTED) connections += 1;
+  if (state === State.CONNECTED) {
+    connections += 1;
+    if (connections > 1) presence.reload(); // joins and leaves while away were not sent
+  }
   if (state === State.OFFLINE && detail.code === CloseCode.USER_DEACTIVATED) {
     signOut("This account was deactivated.");
   }
@@ -384,6 +422,7 @@ function kindOf(topic) {
 
 // A snapshot is the topic's whole state: its pages' rows replace the table's.
 client.onSnapshot(({ topic, items, first, last }) => {
+  if (presence.isPresenceOnly(topic)) return; // filtered to nothing: not the table's state
   const kind = kindOf(topic);
   if (kind === "market") {
     for (const tick of items) ticker.tick(tick, { flash: false });
@@ -418,6 +457,7 @@ client.onRecovered(({ topic, replayed, cause }) => {
 client.onReset(({ topic, reason, snapshot }) => {
   const why = RESET_REASONS[reason] || reason;
   noteRecovery("Reloaded", { reason: why });
+  if (presence.isPresenceOnly(topic)) return;
   log(`Reloading ${topic} (${why})${snapshot ? "" : " over REST"}`, "warn");
   if (!snapshot) {
     const kind = kindOf(topic);
@@ -477,7 +517,9 @@ function watchSymbols(symbols) {
 async function subscribeAll(userId, canViewStatus) {
   scopeAll = false;
   if (canViewStatus) {
-    const ack = await client.subscribe(KINDS);
+    // Presence on `orders`: other staff's dashboards (and monitors) are online too.
+    const kinds = presence.enabled ? KINDS.map((topic) => (topic === "orders" ? { topic, presence: true } : topic)) : KINDS;
+    const ack = await client.subscribe(kinds);
     scopeAll = ack.topics.length === KINDS.length;
     if (!scopeAll && ack.topics.length) await client.unsubscribe(ack.topics);
   }
@@ -489,6 +531,27 @@ async function subscribeAll(userId, canViewStatus) {
   if (scopeAll) renderNames();
   showTopics();
   log(`Subscribed to ${client.topics.length} topics`, "ok");
+  await startPresence();
+}
+
+/**
+ * Staff see who is online (present on any user's `user:{id}:orders`, or on `orders`) and who
+ * watches each strategy; every dashboard is seen watching the strategies it shows.
+ */
+async function startPresence() {
+  presenceShown = scopeAll && presence.enabled;
+  document.body.classList.toggle("presence-on", presenceShown);
+  $("online-panel").hidden = !presenceShown;
+  watchStrategies();
+  if (!presenceShown) return;
+  await presence.follow(["orders"]);
+  try {
+    await presence.watchUsers(await names.all());
+  } catch (error) {
+    log(`Could not list users for presence: ${error.message}`, "error");
+  }
+  showTopics();
+  renderPresence();
 }
 
 /** The fallback when a topic's snapshot cannot be had: its kind's rows over REST. */
@@ -509,12 +572,20 @@ async function reloadOverRest(kind) {
 
 function showTopics(topics = client.topics) {
   const list = Array.isArray(topics) ? topics : client.topics;
-  const chips = [...list].sort().map((topic) => {
+  const shown = list.filter((topic) => !presence.isPresenceOnly(topic));
+  const chips = [...shown].sort().map((topic) => {
     const chip = document.createElement("span");
     chip.className = "topic";
     chip.textContent = topic;
     return chip;
   });
+  const presenceOnly = list.length - shown.length;
+  if (presenceOnly) {
+    const note = document.createElement("span");
+    note.className = "muted small";
+    note.textContent = `and ${presenceOnly} for presence only`;
+    chips.push(note);
+  }
   $("session-topics").replaceChildren(...chips);
   if (!chips.length) $("session-topics").textContent = "—";
 }
@@ -641,6 +712,10 @@ function signOut(message = "") {
   scopeAll = false;
   document.body.classList.remove("scope-all");
   names.clear();
+  presence.clear();
+  presenceShown = false;
+  document.body.classList.remove("presence-on");
+  $("online-panel").hidden = true;
   for (const table of Object.values(tables)) table.clear();
   ticker.stop();
   ticker.clear();
@@ -679,4 +754,4 @@ $("reconnect").addEventListener("click", () => client.connect().catch(() => {}))
 if (session.signedIn) start();
 
 // For debugging from the console, and for the browser tests.
-globalThis.tradingrtDashboard = { client, session, tables, settings, priceChart, pnlChart, names };
+globalThis.tradingrtDashboard = { client, session, tables, settings, priceChart, pnlChart, names, presence };

@@ -46,6 +46,14 @@ export class UserNames {
     return `#${id}`;
   }
 
+  /** Every user's id, ordered by id (staff), learning their names on the way. */
+  async all() {
+    const users = await this.api("/api/users/");
+    for (const { id, username } of users) this.names.set(id, username);
+    this.onNames();
+    return users.map((user) => user.id);
+  }
+
   clear() {
     clearTimeout(this._timer);
     this._timer = null;
