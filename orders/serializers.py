@@ -73,7 +73,9 @@ class OrderFilterSerializer(serializers.Serializer):
 
     status = serializers.ChoiceField(choices=OrderStatus.choices, required=False)
     symbol = serializers.CharField(required=False, max_length=64)
-    strategyId = serializers.IntegerField(source="strategy_id", required=False, min_value=1)
+    strategyId = serializers.IntegerField(
+        source="strategy_id", required=False, min_value=1, max_value=2**63 - 1
+    )  # a primary key: larger values cannot name a row (and overflow the database)
 
 
 class OrderRejectSerializer(serializers.Serializer):

@@ -1,9 +1,11 @@
-"""WebSocket authentication: simplejwt access tokens at the handshake, and the Origin check.
+"""WebSocket authentication: the handshake guard, simplejwt access tokens, and the Origin check.
 
-`JWTAuthMiddleware` puts the token's user in `scope["user"]` (and the token's claims in
-`scope["token"]`), or refuses the handshake (HTTP 403) when a token was given and is invalid,
-expired, forged or its user inactive. With no token the connection proceeds anonymous and
-must authenticate with its first message (realtime.consumers).
+`HandshakeGuard` refuses (HTTP 403) handshakes from a blocked client IP or over its handshake
+rate (realtime.limits) before anything else is looked at. `JWTAuthMiddleware` puts the token's
+user in `scope["user"]`, or refuses the handshake when a token was given and is invalid,
+expired, forged, revoked (realtime.sessions) or its user inactive; each refusal counts toward
+the IP's block. With no token the connection proceeds anonymous and must authenticate with its
+first message (realtime.consumers).
 """
 
 from __future__ import annotations
@@ -20,12 +22,15 @@ from channels.security.websocket import WebsocketDenier
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from django.http.request import validate_host
-from rest_framework_simplejwt.authentication import JWTAuthentication
 from rest_framework_simplejwt.exceptions import AuthenticationFailed, InvalidToken, TokenError
 from rest_framework_simplejwt.settings import api_settings
 from rest_framework_simplejwt.tokens import AccessToken
 
+from realtime import limits
+from realtime.clientip import scope_client_ip
 from realtime.conf import realtime_settings
+from realtime.security import EventKind, record
+from realtime.sessions import REVOKED_MESSAGE, JWTAuthentication, token_revoked
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +121,8 @@ async def authenticate_token_async(raw_token: str, *, in_request: bool = False) 
         authenticated = await load(token)
         user_cache.put(authenticated.user)
         return authenticated
+    if token_revoked(user, token):
+        raise TokenRejected(REVOKED_MESSAGE)
     return Authenticated(user=user, expires_at=float(token["exp"]), token=token)
 
 
@@ -133,6 +140,29 @@ def token_from_scope(scope: dict[str, Any]) -> str | None:
     return None
 
 
+def client_ip_of(scope: dict[str, Any]) -> str:
+    """The client IP HandshakeGuard put in the scope (computed here if it did not run)."""
+    ip = scope.get("client_ip")
+    return ip if isinstance(ip, str) else scope_client_ip(scope)
+
+
+class HandshakeGuard:
+    """Refuse handshakes from blocked IPs and over HANDSHAKES_PER_IP_PER_MIN (HTTP 403);
+    puts the client IP (realtime.clientip) in `scope["client_ip"]` for the rest."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        scope = dict(scope)
+        ip = scope["client_ip"] = scope_client_ip(scope)
+        refusal = await limits.check_handshake(ip)
+        if refusal is not None:
+            logger.info("WebSocket handshake refused: %s (%s)", refusal.value, ip)
+            return await WebsocketDenier()(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
 class JWTAuthMiddleware:
     """ASGI middleware authenticating WebSocket handshakes with a simplejwt access token."""
 
@@ -148,6 +178,9 @@ class JWTAuthMiddleware:
                 authenticated = await authenticate_token_async(raw_token)
             except TokenRejected as exc:
                 logger.info("WebSocket handshake refused: %s (%s)", exc, _client(scope))
+                await limits.authentication_failed(
+                    client_ip_of(scope), detail=f"handshake token refused: {exc}"
+                )
                 return await WebsocketDenier()(scope, receive, send)
             scope["user"] = authenticated.user
             scope["token_expires_at"] = authenticated.expires_at
@@ -173,6 +206,7 @@ class OriginValidator:
         if origin is None or origin_allowed(origin):
             return await self.app(scope, receive, send)
         logger.info("WebSocket handshake refused: Origin %r is not allowed", origin)
+        record(EventKind.ORIGIN_REFUSED, ip=client_ip_of(scope), detail=f"Origin {origin[:200]!r}")
         return await WebsocketDenier()(scope, receive, send)
 
 

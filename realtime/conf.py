@@ -72,6 +72,27 @@ DEFAULTS: dict[str, Any] = {
     # Items per SNAPSHOT message: a larger state is sent in several pages (each also kept under
     # 256 KiB of items, realtime.snapshots.PAGE_MAX_BYTES), so no message nears the 1 MiB limit.
     "SNAPSHOT_PAGE_SIZE": 500,
+    # --- Abuse limits (CONTRACT section 13; docs/SECURITY.md). 0 turns a limit off. Held across
+    # every server process when Redis is configured (realtime.limits), per process otherwise.
+    # Open connections per user; the next one is closed with 4409.
+    "MAX_CONNECTIONS_PER_USER": 20,
+    # WebSocket handshakes per client IP per minute; more are refused (HTTP 403).
+    "HANDSHAKES_PER_IP_PER_MIN": 600,
+    # Failed authentications (bad tokens at the handshake or in-band, failed password logins)
+    # per client IP within AUTH_FAILURE_WINDOW_SECS; at the limit the IP is blocked for
+    # IP_BLOCK_SECS: its handshakes and password logins are refused.
+    "AUTH_FAILURES_PER_IP": 20,
+    "AUTH_FAILURE_WINDOW_SECS": 300.0,
+    "IP_BLOCK_SECS": 300.0,
+    # Password logins (POST /api/auth/token/) per minute, per client IP and per username each.
+    "LOGINS_PER_MIN": 10,
+    # Proxies whose X-Forwarded-For is believed (addresses or networks: "10.0.0.0/8"); the
+    # client IP is the socket's peer otherwise. Empty by default: no header is trusted.
+    "TRUSTED_PROXIES": [],
+    # Seconds between writes of the aggregated security events to the database, and days they
+    # are kept (older ones are deleted by the servers' maintenance and by ws_prune).
+    "SECURITY_EVENT_FLUSH_SECS": 2.0,
+    "SECURITY_EVENT_RETENTION_DAYS": 30,
 }
 
 # What each setting must be: (type, smallest, largest); None for no bound. Checked once, at
@@ -103,6 +124,15 @@ SPEC: dict[str, tuple[type | tuple[type, ...], float | None, float | None]] = {
     "PRUNE_INTERVAL_SECS": (_NUMBER, 0.01, 86400),
     "LAYER_CHECK_INTERVAL_SECS": (_NUMBER, 0.01, 3600),
     "DELIVERY_SLICE": (int, 1, 1_000_000),
+    "MAX_CONNECTIONS_PER_USER": (int, 0, 1_000_000),
+    "HANDSHAKES_PER_IP_PER_MIN": (int, 0, 100_000_000),
+    "AUTH_FAILURES_PER_IP": (int, 0, 1_000_000),
+    "AUTH_FAILURE_WINDOW_SECS": (_NUMBER, 1, 7 * 86400),
+    "IP_BLOCK_SECS": (_NUMBER, 1, 365 * 86400),
+    "LOGINS_PER_MIN": (int, 0, 1_000_000),
+    "TRUSTED_PROXIES": ((list, tuple), None, None),
+    "SECURITY_EVENT_FLUSH_SECS": (_NUMBER, 0.05, 3600),
+    "SECURITY_EVENT_RETENTION_DAYS": (int, 1, 3650),
 }
 
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
@@ -185,8 +215,24 @@ def setting_problem(name: str, value: Any) -> str | None:
         if not all(isinstance(origin, str) for origin in checked):
             return f"REALTIME ALLOWED_ORIGINS must be a list of origins (strings), not {value!r}."
         return None
+    if name == "TRUSTED_PROXIES":
+        return _trusted_proxies_problem(checked)
     if (low is not None and checked < low) or (high is not None and checked > high):
         return f"REALTIME {name} must be between {low:g} and {high:g}, not {value!r}."
+    return None
+
+
+def _trusted_proxies_problem(value: Any) -> str | None:
+    import ipaddress
+
+    for entry in value:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except (TypeError, ValueError):
+            return (
+                f"REALTIME TRUSTED_PROXIES must list IP addresses or networks "
+                f'(["10.0.0.5", "10.1.0.0/16"]); {entry!r} is neither.'
+            )
     return None
 
 

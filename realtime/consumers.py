@@ -22,7 +22,8 @@ from channels.consumer import AsyncConsumer
 from channels.db import database_sync_to_async
 from django.utils import timezone
 
-from realtime.auth import TokenRejected, authenticate_token_async
+from realtime import limits, metrics
+from realtime.auth import TokenRejected, authenticate_token_async, client_ip_of
 from realtime.conf import realtime_settings
 from realtime.encoding import Encoding, UndecodableMessage, from_msgpack, negotiate, to_msgpack
 from realtime.history import HistoryUnavailable
@@ -41,6 +42,7 @@ from realtime.protocol import (
     peek_id,
 )
 from realtime.records import RecordWriter
+from realtime.security import EventKind, record
 from realtime.selectors import presence_page
 from realtime.snapshots import snapshot_items
 from realtime.subscriptions import (
@@ -60,6 +62,7 @@ from realtime.topics import (
     authorize_topics,
     parse_topic,
 )
+from tradingrt import logs
 from tradingrt.formats import format_timestamp, now_timestamp
 
 logger = logging.getLogger(__name__)
@@ -98,6 +101,9 @@ class RealtimeConsumer(AsyncConsumer):
         self._closed_by_server: int | None = None
         self.encoding = Encoding.JSON
         self._transcode: Any = None
+        self._disconnect_code: int | None = None
+        self._counted = False  # in the connections gauge (realtime.metrics)
+        self.client_ip = client_ip_of(scope)
         self._outbox = Outbox(
             send,
             name=self.connection_id,
@@ -122,6 +128,7 @@ class RealtimeConsumer(AsyncConsumer):
                 elif kind == "websocket.connect":
                     await self.websocket_connect(message)
                 elif kind == "websocket.disconnect":
+                    self._disconnect_code = message.get("code")
                     break
         finally:
             await self.websocket_disconnect()
@@ -130,6 +137,8 @@ class RealtimeConsumer(AsyncConsumer):
 
     async def websocket_connect(self, message: dict[str, Any]) -> None:
         self.hub = await get_hub()
+        # After the hub started: its tasks must not inherit this connection's log context.
+        logs.bind(connection_id=self.connection_id, client_ip=self.client_ip)
         self.encoding, subprotocol = negotiate(self.scope.get("subprotocols"))
         if self.encoding is Encoding.MSGPACK:
             self._transcode = to_msgpack
@@ -137,6 +146,8 @@ class RealtimeConsumer(AsyncConsumer):
         if subprotocol is not None:
             accept["subprotocol"] = subprotocol
         await self.base_send(accept)
+        self._counted = True
+        metrics.connection_opened()
         user = self.scope.get("user")
         authenticated = user is not None and user.is_authenticated
         records = self._records = self.hub.records
@@ -145,6 +156,8 @@ class RealtimeConsumer(AsyncConsumer):
         # Counted by /ws/status before the client hears anything (this connection's record only).
         await records.stored(self.connection_id)
         if authenticated:
+            if not await self._admit(user):
+                return
             self._set_user(user, self.scope["token_expires_at"])
             self.push(self._authenticated_message(reply_to=None))
         else:
@@ -164,8 +177,10 @@ class RealtimeConsumer(AsyncConsumer):
         verdict = self._throttle.check()
         if verdict is not Verdict.ALLOW:
             if verdict is Verdict.CLOSE:
+                self._security_event(EventKind.RATE_LIMIT_CLOSED, "closed with 4429")
                 self.close_with(CloseCode.RATE_LIMITED, "rate limit exceeded")
                 return
+            self._security_event(EventKind.RATE_LIMITED, "frame refused: rate_limited")
             reply_to = None
             if frame is not None and len(frame) <= limit:
                 reply_to = _peek_msgpack_id(frame) if msgpack else peek_id(frame)
@@ -191,6 +206,7 @@ class RealtimeConsumer(AsyncConsumer):
         if len(frame) > limit or (
             not msgpack and len(frame) * 4 > limit and len(frame.encode()) > limit
         ):
+            self._security_event(EventKind.MESSAGE_TOO_LARGE, f"{len(frame)} characters")
             self.push(
                 error(
                     ErrorCode.MESSAGE_TOO_LARGE,
@@ -226,6 +242,10 @@ class RealtimeConsumer(AsyncConsumer):
         self._cancel_timers()
         self._outbox.disconnected()
         await self._leave_hub()
+        await limits.release_connection(self.connection_id)
+        if self._counted:
+            self._counted = False
+            metrics.connection_closed(self._closed_by_server or self._disconnect_code)
         if self._records is not None:
             self._records.closed(connection_id=self.connection_id)
             self._records = None
@@ -270,6 +290,9 @@ class RealtimeConsumer(AsyncConsumer):
         try:
             authenticated = await authenticate_token_async(token)
         except TokenRejected as exc:
+            await limits.authentication_failed(
+                self.client_ip, detail=f"in-band token refused: {exc}", user_id=self.user_id
+            )
             raise ProtocolError(
                 ErrorCode.UNAUTHENTICATED, f"The token was refused: {exc}.", reply_to=message.id
             ) from None
@@ -280,6 +303,8 @@ class RealtimeConsumer(AsyncConsumer):
                 reply_to=message.id,
             )
         first = self.user is None
+        if first and not await self._admit(authenticated.user):
+            return
         self._set_user(authenticated.user, authenticated.expires_at)
         if first and self._records is not None:
             self._records.authenticated(
@@ -290,7 +315,7 @@ class RealtimeConsumer(AsyncConsumer):
 
     async def handle_subscription(self, message: ClientMessage) -> None:
         action = message.payload.get("action")
-        if action not in SUBSCRIPTION_ACTIONS:
+        if not isinstance(action, str) or action not in SUBSCRIPTION_ACTIONS:
             raise ProtocolError(
                 ErrorCode.INVALID_MESSAGE,
                 "A SUBSCRIPTION needs payload.action 'subscribe', 'unsubscribe', 'list' or "
@@ -365,6 +390,7 @@ class RealtimeConsumer(AsyncConsumer):
                 else:
                     room -= 1
                     new.append(topic.name)
+        self._forbidden([r["topic"] for r in rejected if r["reason"] == "forbidden"])
         if self.hub is None:  # closed while authorising
             return
         hub = self.hub
@@ -380,6 +406,7 @@ class RealtimeConsumer(AsyncConsumer):
             for name, entry in wanted.items()
         ]
         results = await hub.subscribe(self, requests) if requests else []
+        metrics.resumes(results)
         accepted: list[str] = []
         payload_extra: dict[str, Any] = {"positions": {}, "recovered": [], "reset": []}
         for result in results:
@@ -480,6 +507,7 @@ class RealtimeConsumer(AsyncConsumer):
             presence[name] = members
             if more is not None:
                 following[name] = more
+        self._forbidden([r["topic"] for r in rejected if r["reason"] == "forbidden"])
         reply: dict[str, Any] = {"action": "presence", "presence": presence, "rejected": rejected}
         if following:
             reply["next"] = following
@@ -559,6 +587,7 @@ class RealtimeConsumer(AsyncConsumer):
         """Send one message to this client, after what is queued (realtime.outbound.Outbox);
         on a MessagePack connection as its binary form (once per message and process)."""
         if not self.closing:
+            metrics.message_sent(text)
             transcode = self._transcode
             self._outbox.push(text if transcode is None else transcode(text))
 
@@ -577,6 +606,7 @@ class RealtimeConsumer(AsyncConsumer):
     def _set_user(self, user: Any, expires_at: float) -> None:
         self.user = user
         self.user_id = user.pk
+        logs.bind(user_id=user.pk)
         self.expires_at = expires_at
         if self._auth_timer is not None:
             self._auth_timer.cancel()
@@ -585,6 +615,34 @@ class RealtimeConsumer(AsyncConsumer):
             self._expiry_timer.cancel()
         delay = max(0.0, expires_at - self.wall_clock())
         self._expiry_timer = asyncio.get_running_loop().call_later(delay, self._token_expired)
+
+    # --- abuse limits and security events (realtime.limits, realtime.security) -------------
+
+    async def _admit(self, user: Any) -> bool:
+        """Take a place among the user's MAX_CONNECTIONS_PER_USER; else close with 4409."""
+        if await limits.admit_connection(self.connection_id, user.pk):
+            return True
+        limit = realtime_settings.MAX_CONNECTIONS_PER_USER
+        logger.info("User %s has %d connections open already; closing with 4409", user.pk, limit)
+        record(
+            EventKind.CONNECTION_LIMIT,
+            ip=self.client_ip,
+            user_id=user.pk,
+            username=user.get_username(),
+            detail=f"over {limit} open connections",
+        )
+        self.close_with(CloseCode.CONNECTION_LIMIT, "too many connections for this user")
+        return False
+
+    def _security_event(self, kind: EventKind, detail: str) -> None:
+        username = self.user.get_username() if self.user is not None else ""
+        record(kind, ip=self.client_ip, user_id=self.user_id, username=username, detail=detail)
+
+    def _forbidden(self, topics: list[str]) -> None:
+        if topics:
+            self._security_event(
+                EventKind.FORBIDDEN_SUBSCRIPTION, "refused: " + ", ".join(topics)[:250]
+            )
 
     def _authenticated_message(self, *, reply_to: Any) -> str:
         return encode(

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
-from realtime import connections, stats
+from realtime import connections, metrics, stats
 from realtime.conf import realtime_settings
 from realtime.conflation import Conflator, Slot
 from realtime.history import HistoryUnavailable, Position, history_for
@@ -667,6 +667,7 @@ class Hub:
         Up to DELIVERY_SLICE subscribers at once; a topic with more is delivered in slices by a
         task that yields to the loop between them, and the topic's next messages queue behind it.
         """
+        metrics.observe_delivery(text)  # once per message and process, not per subscriber
         backlog = self._backlog.get(topic)
         if backlog is not None:
             backlog.append((seq, text))

@@ -114,3 +114,83 @@ class PendingPublication(models.Model):
 
     def __str__(self) -> str:
         return f"{self.message_type} {self.key} v{self.version} to {self.topics}"
+
+
+class SecurityEvent(models.Model):
+    """Security events of one kind, client IP, user and minute, counted (CONTRACT section 13).
+
+    Aggregated in each process and written every SECURITY_EVENT_FLUSH_SECS (realtime.security),
+    so a flood of bad frames is one row with a large count, not one write per frame.
+    """
+
+    kind = models.CharField(max_length=32, db_index=True)
+    ip = models.CharField("client IP", max_length=45, blank=True, default="")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        db_constraint=False,  # a user deleted meanwhile must not fail a flush
+    )
+    # The user's name, or the name a failed login tried (which may not exist).
+    username = models.CharField(max_length=150, blank=True, default="")
+    minute = models.DateTimeField(db_index=True)
+    count = models.PositiveBigIntegerField(default=0)
+    last_at = models.DateTimeField()
+    detail = models.CharField(max_length=300, blank=True, default="")  # the latest one's
+
+    class Meta:
+        ordering = ["-minute", "kind"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["kind", "ip", "username", "minute"], name="security_event_bucket_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} x{self.count} {self.ip or '-'} {self.username or '-'} {self.minute}"
+
+
+class IPBlock(models.Model):
+    """A client IP blocked after too many failed authentications (realtime.limits).
+
+    The limits store (Redis, or the process's memory) enforces the block; this row is the
+    record that the admin, `ws_blocks` and `/ws/security` show, and that an unblock lifts.
+    """
+
+    ip = models.CharField("client IP", max_length=45, db_index=True)
+    blocked_at = models.DateTimeField()
+    expires_at = models.DateTimeField(db_index=True)
+    failures = models.PositiveIntegerField(default=0)
+    reason = models.CharField(max_length=200, blank=True, default="")
+    lifted_at = models.DateTimeField(null=True, blank=True)
+    lifted_by = models.CharField(max_length=150, blank=True, default="")
+
+    class Meta:
+        ordering = ["-blocked_at"]
+        verbose_name = "IP block"
+
+    def __str__(self) -> str:
+        return f"{self.ip} until {self.expires_at}"
+
+    @property
+    def active(self) -> bool:
+        return self.lifted_at is None and self.expires_at > timezone.now()
+
+
+class SessionRevocation(models.Model):
+    """A user's sessions were revoked: access tokens issued before `revoked_at` are refused
+    (realtime.sessions)."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        primary_key=True,
+        related_name="session_revocation",
+    )
+    revoked_at = models.DateTimeField()
+    revoked_by = models.CharField(max_length=150, blank=True, default="")
+
+    def __str__(self) -> str:
+        return f"{self.user_id} revoked at {self.revoked_at}"

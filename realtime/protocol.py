@@ -54,6 +54,8 @@ class CloseCode(IntEnum):
     USER_DEACTIVATED = 4403
     RATE_LIMITED = 4429  # kept sending after rate_limited errors
     SLOW_CONSUMER = 4508  # the send buffer overflowed
+    CONNECTION_LIMIT = 4409  # the user has MAX_CONNECTIONS_PER_USER connections open already
+    SESSIONS_REVOKED = 4410  # an operator revoked the user's sessions (realtime.sessions)
     # The server's update stream was interrupted (its channel layer lost messages or groups, a
     # Redis restart): updates may have been missed, so reconnect and reload. (RFC 6455's 1012
     # would say it too, but servers let applications close only with 1000 or 3000-4999.)

@@ -1,4 +1,5 @@
-"""WebSocket URL routes: `/ws` and `/ws/`, behind the Origin check and JWT authentication."""
+"""WebSocket URL routes: `/ws` and `/ws/`, behind the handshake guard (limits and blocks), the
+Origin check and JWT authentication."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from channels.routing import URLRouter
 from channels.security.websocket import WebsocketDenier
 from django.urls import re_path
 
-from realtime.auth import JWTAuthMiddleware, OriginValidator
+from realtime.auth import HandshakeGuard, JWTAuthMiddleware, OriginValidator
 from realtime.consumers import RealtimeConsumer
 
 websocket_urlpatterns = [
@@ -20,4 +21,4 @@ websocket_urlpatterns = [
 
 def websocket_application() -> Any:
     """The ASGI application for the `websocket` protocol."""
-    return OriginValidator(JWTAuthMiddleware(URLRouter(websocket_urlpatterns)))
+    return HandshakeGuard(OriginValidator(JWTAuthMiddleware(URLRouter(websocket_urlpatterns))))

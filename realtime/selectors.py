@@ -131,3 +131,48 @@ def presence_page(
         for row in page
     ]
     return members, (page[-1]["connection__user_id"] if more and page else None)
+
+
+def security_report(*, hours: float = 1.0) -> dict[str, Any]:
+    """The last `hours` of security events (per kind, IP, user and minute) and the IP blocks in
+    force: the document of `GET /ws/security`."""
+    from datetime import timedelta
+
+    from realtime.limits import active_block_rows
+    from realtime.models import SecurityEvent
+
+    now = timezone.now()
+    since = now - timedelta(hours=hours)
+    events = SecurityEvent.objects.filter(minute__gte=since.replace(second=0, microsecond=0))
+    rows = list(events.order_by("-minute", "kind", "ip", "username")[:5000])
+    totals: dict[str, int] = {}
+    for event in rows:
+        totals[event.kind] = totals.get(event.kind, 0) + event.count
+    return {
+        "since": format_timestamp(since),
+        "timestamp": format_timestamp(now),
+        "totals": totals,
+        "events": [
+            {
+                "kind": event.kind,
+                "ip": event.ip,
+                "userId": event.user_id,
+                "username": event.username,
+                "minute": format_timestamp(event.minute),
+                "count": event.count,
+                "lastAt": format_timestamp(event.last_at),
+                "detail": event.detail,
+            }
+            for event in rows
+        ],
+        "blocks": [
+            {
+                "ip": block.ip,
+                "blockedAt": format_timestamp(block.blocked_at),
+                "expiresAt": format_timestamp(block.expires_at),
+                "failures": block.failures,
+                "reason": block.reason,
+            }
+            for block in active_block_rows()
+        ],
+    }

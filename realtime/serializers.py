@@ -72,3 +72,32 @@ class ConnectionStatusSerializer(serializers.Serializer):
     topicSubscriptions = serializers.DictField(child=serializers.IntegerField())
     servers = ServerStatusSerializer(many=True)
     timestamp = serializers.CharField()
+
+
+class SecurityEventSerializer(serializers.Serializer):
+    kind = serializers.CharField(help_text="auth_failed, login_failed, ... (docs/SECURITY.md)")
+    ip = serializers.CharField(help_text="The client IP; empty when unknown.")
+    userId = serializers.IntegerField(allow_null=True)
+    username = serializers.CharField(help_text="The user's name, or the name a login tried.")
+    minute = serializers.CharField(help_text="The minute these events fell in.")
+    count = serializers.IntegerField()
+    lastAt = serializers.CharField()
+    detail = serializers.CharField(help_text="The latest event's detail.")
+
+
+class IPBlockSerializer(serializers.Serializer):
+    ip = serializers.CharField()
+    blockedAt = serializers.CharField()
+    expiresAt = serializers.CharField()
+    failures = serializers.IntegerField()
+    reason = serializers.CharField()
+
+
+class SecurityReportSerializer(serializers.Serializer):
+    """The last hour's security events and the IP blocks in force (CONTRACT section 13)."""
+
+    since = serializers.CharField()
+    timestamp = serializers.CharField()
+    totals = serializers.DictField(child=serializers.IntegerField(), help_text="Per kind.")
+    events = SecurityEventSerializer(many=True)
+    blocks = IPBlockSerializer(many=True)

@@ -1,9 +1,17 @@
-"""Inbound rate limiting of one connection: a token bucket, and strikes before a 4429 close."""
+"""Rate limits: a connection's inbound token bucket with strikes before a 4429 close, and the
+password login's DRF throttles per client IP and per username (CONTRACT section 13)."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from enum import Enum
+from typing import Any
+
+from rest_framework.throttling import SimpleRateThrottle
+
+from realtime.clientip import request_client_ip
+from realtime.conf import realtime_settings
 
 
 class TokenBucket:
@@ -52,3 +60,47 @@ class MessageThrottle:
             return Verdict.ALLOW
         self.strikes += 1
         return Verdict.CLOSE if self.strikes > self.max_strikes else Verdict.REFUSE
+
+
+# --- the password login (POST /api/auth/token/) ----------------------------------------------
+
+
+def attempted_username(request: Any) -> str:
+    """The username a login request names ("" when its body names none)."""
+    try:
+        data = request.data
+    except Exception:  # an unparsable body: the view answers 400 itself
+        return ""
+    username = data.get("username") if isinstance(data, dict) else None
+    return username if isinstance(username, str) else ""
+
+
+class LoginThrottle(SimpleRateThrottle):
+    """LOGINS_PER_MIN attempts a minute (0: no limit), in Django's cache: on Redis when it is
+    configured, so every process counts together (tradingrt.settings CACHES)."""
+
+    def get_rate(self) -> str | None:
+        per_minute = realtime_settings.LOGINS_PER_MIN
+        return f"{per_minute}/min" if per_minute > 0 else None
+
+
+class LoginPerIPThrottle(LoginThrottle):
+    """Password logins per client IP (realtime.clientip: the trusted-proxy rule)."""
+
+    scope = "login_ip"
+
+    def get_cache_key(self, request: Any, view: Any) -> str:
+        return self.cache_format % {"scope": self.scope, "ident": request_client_ip(request)}
+
+
+class LoginPerUsernameThrottle(LoginThrottle):
+    """Password logins per username, whichever IPs they come from (case folded, hashed)."""
+
+    scope = "login_username"
+
+    def get_cache_key(self, request: Any, view: Any) -> str | None:
+        username = attempted_username(request).strip().casefold()
+        if not username:
+            return None
+        ident = hashlib.sha256(username.encode()).hexdigest()[:32]
+        return self.cache_format % {"scope": self.scope, "ident": ident}

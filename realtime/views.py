@@ -1,28 +1,45 @@
-"""HTTP views of the real-time module: the connection status document and market-data intake."""
+"""HTTP views of the real-time module: the connection status document, market-data intake, the
+security report, the Prometheus metrics, and the password login with its limits."""
 
 from __future__ import annotations
 
+import hmac
+import logging
 from inspect import iscoroutinefunction
-from typing import Any
+from typing import Any, NoReturn
 
-from asgiref.sync import sync_to_async
-from drf_spectacular.utils import OpenApiExample, extend_schema
+from asgiref.sync import async_to_sync, sync_to_async
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_safe
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
+from rest_framework.exceptions import AuthenticationFailed, Throttled
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework_simplejwt.authentication import JWTAuthentication
+from rest_framework_simplejwt.views import TokenObtainPairView
 
-from realtime.auth import TokenRejected, authenticate_token_async
+from realtime import limits, metrics
+from realtime.auth import TokenRejected, authenticate_token, authenticate_token_async
+from realtime.clientip import request_client_ip
 from realtime.market_data import market_data
 from realtime.permissions import CanPublishMarketData, CanViewConnections
-from realtime.selectors import connection_status
+from realtime.security import EventKind, record, recorder
+from realtime.selectors import connection_status, security_report
 from realtime.serializers import (
     MAX_TICKS_PER_REQUEST,
     ConnectionStatusSerializer,
     MarketDataAcceptedSerializer,
+    SecurityReportSerializer,
     TickSerializer,
 )
+from realtime.sessions import LoginSerializer
+from realtime.throttling import LoginPerIPThrottle, LoginPerUsernameThrottle, attempted_username
+
+logger = logging.getLogger(__name__)
 
 
 class ConnectionStatusView(APIView):
@@ -33,6 +50,106 @@ class ConnectionStatusView(APIView):
     @extend_schema(responses=ConnectionStatusSerializer, operation_id="ws_status")
     def get(self, request: Request) -> Response:
         return Response(connection_status())
+
+
+class SecurityReportView(APIView):
+    """The last hour's security events and the IP blocks in force (CONTRACT section 13)."""
+
+    permission_classes = [CanViewConnections]
+
+    @extend_schema(responses=SecurityReportSerializer, operation_id="ws_security")
+    def get(self, request: Request) -> Response:
+        try:
+            recorder.flush()  # this process's counts so far; the others' within a flush interval
+        except Exception:  # the report is still worth having without them
+            logger.warning("Could not write this process's security events", exc_info=True)
+        return Response(security_report())
+
+
+@csrf_exempt  # it changes nothing; a POST gets 405, not a CSRF refusal
+@require_safe
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """`GET /metrics`, Prometheus text format: for staff (a session or a bearer access token) and
+    for a bearer token equal to METRICS_TOKEN."""
+    if not _may_read_metrics(request):
+        return HttpResponse(
+            "Metrics need a staff login, or Authorization: Bearer <METRICS_TOKEN>.\n",
+            status=401,
+            content_type="text/plain",
+            headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+        )
+    return HttpResponse(metrics.render(), content_type=metrics.CONTENT_TYPE)
+
+
+def _may_read_metrics(request: HttpRequest) -> bool:
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    credentials = credentials.strip()
+    if scheme.lower() == "bearer" and credentials:
+        expected = settings.METRICS_TOKEN
+        if expected and hmac.compare_digest(credentials.encode(), expected.encode()):
+            return True
+        try:
+            return bool(authenticate_token(credentials).user.is_staff)
+        except TokenRejected:
+            return False
+    user = getattr(request, "user", None)
+    return bool(user is not None and user.is_authenticated and user.is_staff)
+
+
+class LoginView(TokenObtainPairView):
+    """`POST /api/auth/token/`: simplejwt's login, limited per client IP and per username
+    (LOGINS_PER_MIN each: 429 with Retry-After), refused while the IP is blocked, and each
+    failure recorded (`login_failed`) and counted toward the IP's block (realtime.limits)."""
+
+    serializer_class = LoginSerializer
+    throttle_classes = [LoginPerIPThrottle, LoginPerUsernameThrottle]
+
+    def check_throttles(self, request: Request) -> None:
+        ip = request_client_ip(request)
+        until = async_to_sync(limits.blocked_until)(ip)
+        if until is not None:
+            record(
+                EventKind.IP_BLOCKED,
+                ip=ip,
+                username=attempted_username(request)[:150],
+                detail="login refused: the IP is blocked",
+            )
+            raise Throttled(
+                wait=limits.remaining(until),
+                detail="Too many failed authentications from this address; try again later.",
+            )
+        super().check_throttles(request)
+
+    def throttled(self, request: Request, wait: float) -> NoReturn:
+        record(
+            EventKind.LOGIN_THROTTLED,
+            ip=request_client_ip(request),
+            username=attempted_username(request)[:150],
+            detail="over the password-login limit",
+        )
+        super().throttled(request, wait)
+
+    @extend_schema(
+        responses={
+            200: LoginSerializer,
+            401: OpenApiResponse(description="No active account with these credentials."),
+            429: OpenApiResponse(
+                description="Too many logins from this address or for this username, or the "
+                "address is blocked; the Retry-After header says when to try again."
+            ),
+        }
+    )
+    def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        try:
+            return super().post(request, *args, **kwargs)
+        except AuthenticationFailed:
+            limits.authentication_failed_sync(
+                request_client_ip(request),
+                kind=EventKind.LOGIN_FAILED,
+                username=attempted_username(request)[:150],
+                detail="wrong username or password",
+            )
+            raise
 
 
 class EventLoopAPIView(APIView):

@@ -212,6 +212,27 @@ def _fresh_user_cache():
 
 
 @pytest.fixture(autouse=True)
+def _fresh_limits_and_events():
+    """Each test starts with no limits counted, no throttles and no security events pending.
+
+    The events are written by the test's own `flush()`, in its transaction (the background
+    writer would write them from another thread, after the test).
+    """
+    from django.core.cache import cache
+
+    from realtime.limits import memory_limits
+    from realtime.security import recorder
+
+    recorder.background = False
+    recorder.clear()
+    memory_limits().reset()
+    cache.clear()
+    yield
+    recorder.clear()
+    memory_limits().reset()
+
+
+@pytest.fixture(autouse=True)
 def _fresh_history():
     """Each test starts with an empty in-process topic history, in a new epoch."""
     from realtime.history import memory_history

@@ -20,6 +20,17 @@ from django.db import connection
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The abuse limits a test server runs with unless its test sets them (CONTRACT section 13): the
+# suite opens many connections per user and hundreds of handshakes a minute from 127.0.0.1, and
+# refuses bad tokens on purpose, so the contract's defaults would block its own tests. These are
+# limits, not switched off: tests of the limits start servers with the values they test.
+SUITE_LIMITS = {
+    "MAX_CONNECTIONS_PER_USER": 1000,
+    "HANDSHAKES_PER_IP_PER_MIN": 100_000,
+    "AUTH_FAILURES_PER_IP": 100_000,
+    "LOGINS_PER_MIN": 10_000,
+}
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -109,7 +120,7 @@ class LiveServer:
         self.tls_port = free_port() if tls else None
         self.server_args = list(server_args or [])
         self._ca: Any = None
-        self.realtime = realtime or {}
+        self.realtime = {**SUITE_LIMITS, **(realtime or {})}
         self.extra_env = dict(env or {})
         if redis is not None:
             self.extra_env |= redis_environment(redis)

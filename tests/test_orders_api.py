@@ -406,3 +406,10 @@ def test_rejecting_without_a_reason_is_400(staff_client, alice_order):
 
     assert response.status_code == 400
     assert set(response.json()) == {"reason"}
+
+
+def test_a_strategy_filter_past_the_largest_id_is_a_400_not_a_500(trader_client):
+    """Found by the schemathesis fuzzer: SQLite cannot bind an integer past 64 bits."""
+    response = trader_client.get("/api/orders/", {"strategyId": str(2**66)})
+    assert response.status_code == 400
+    assert "strategyId" in response.json()

@@ -23,6 +23,9 @@ env = environ.Env(
     JWT_ACCESS_TOKEN_MINUTES=(int, 15),
     JWT_REFRESH_TOKEN_DAYS=(int, 1),
     DJANGO_LOG_LEVEL=(str, "INFO"),
+    DJANGO_LOG_FORMAT=(str, "plain"),
+    METRICS_TOKEN=(str, ""),
+    PROMETHEUS_MULTIPROC_DIR=(str, ""),
 )
 
 
@@ -54,6 +57,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "rest_framework_simplejwt",
+    "rest_framework_simplejwt.token_blacklist",  # revoking a user's sessions (realtime.sessions)
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "channels",
@@ -172,6 +176,21 @@ else:
         }
     }
 
+# --- Cache --------------------------------------------------------------------------------
+# DRF's throttles keep their counts here (the password-login limits, realtime.sessions): on Redis
+# when it is configured, so every process shares them; in the process's memory otherwise.
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": f"{env('REDIS_PREFIX')}:cache",
+            "OPTIONS": {"socket_timeout": 5, "socket_connect_timeout": 5},
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
 # --- Auth ---------------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -183,7 +202,8 @@ LOGIN_URL = "/admin/login/"
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework_simplejwt.authentication.JWTAuthentication",
+        # simplejwt's, refusing access tokens issued before a revocation (realtime.sessions)
+        "realtime.sessions.JWTAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -199,6 +219,8 @@ SIMPLE_JWT = {
     "REFRESH_TOKEN_LIFETIME": timedelta(days=env("JWT_REFRESH_TOKEN_DAYS")),
     "ALGORITHM": "HS256",
     "UPDATE_LAST_LOGIN": False,
+    # Tokens from a password login carry `auth_time` (realtime.sessions: revocation by time).
+    "TOKEN_OBTAIN_SERIALIZER": "realtime.sessions.LoginSerializer",
 }
 
 SPECTACULAR_SETTINGS = {
@@ -229,6 +251,14 @@ def _realtime_from_environment() -> dict[str, object]:
 
 REALTIME: dict[str, object] = _realtime_from_environment()
 
+# --- Metrics (realtime.metrics, docs/DEPLOYMENT.md) ----------------------------------------
+# GET /metrics answers staff, and a bearer token equal to this (empty: staff only).
+METRICS_TOKEN = env("METRICS_TOKEN")
+# prometheus-client's multiprocess mode: every server process of a host writes its metrics in
+# this directory (prometheus-client reads the variable itself), and /metrics on any of them
+# reports the host. Unset: each process reports itself.
+PROMETHEUS_MULTIPROC_DIR = env("PROMETHEUS_MULTIPROC_DIR")
+
 # --- I18N, static -------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -241,11 +271,24 @@ STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 # Serve straight from the apps' static folders, so the default start needs no collectstatic.
 WHITENOISE_USE_FINDERS = True
 
+# DJANGO_LOG_FORMAT=json: one JSON object per line (tradingrt.logs). Either way every line of
+# the real-time module names its connection, user and client IP, and tokens are redacted.
+LOG_FORMAT = env("DJANGO_LOG_FORMAT").lower()
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"context": {"()": "tradingrt.logs.ContextFilter"}},
+    "formatters": {
+        "plain": {"()": "tradingrt.logs.PlainFormatter"},
+        "json": {"()": "tradingrt.logs.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json" if LOG_FORMAT == "json" else "plain",
+            "filters": ["context"],
+        }
+    },
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
         "realtime": {"level": env("DJANGO_LOG_LEVEL"), "propagate": True},
