@@ -74,7 +74,18 @@ const isFlat = (quantity) => /^-?0*(\.0*)?$/.test(quantity);
 const session = new Session({ onExpired: (message) => signOut(message) });
 const api = (path, options) => session.api(path, options);
 const client = new RealtimeClient({
-  getToken: ({ reason }) => session.accessToken({ forceRefresh: reason === "refresh" }),
+  // A token, refreshed when the server refused the last one. While the refresh endpoint fails
+  // this throws, and the client tries again with backoff; once the refresh token itself is
+  // refused (signed out) there is none: null, and the client goes offline.
+  getToken: async ({ reason }) => {
+    if (!session.signedIn) return null;
+    try {
+      return await session.accessToken({ forceRefresh: reason === "refresh" });
+    } catch (error) {
+      if (!session.signedIn) return null;
+      throw error;
+    }
+  },
   encoding: ENCODING,
 });
 let me = null; // the signed-in user's id, once the socket has authenticated

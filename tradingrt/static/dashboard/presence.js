@@ -115,7 +115,8 @@ export class Presence {
     results.forEach((result, index) => {
       if (result.status !== "fulfilled") return;
       const members = new Map();
-      for (const member of result.value.members) {
+      const found = Array.isArray(result.value) ? result.value : result.value.members;
+      for (const member of found) {
         members.set(member.userId, { userId: member.userId, username: member.username, since: member.since });
         this.names.learn(member.userId, member.username);
       }
