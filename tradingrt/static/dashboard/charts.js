@@ -49,8 +49,7 @@ class Chart {
       {
         width: Math.max(container.clientWidth, 200),
         height: HEIGHT,
-        // One point would span years by default: show a minute around it instead.
-        scales: { x: { time: true, range: (_, min, max) => (min === max ? [min - 30, max + 30] : [min, max]) } },
+        scales: { x: { time: true, range: timeRange } },
         series: [{}, ...series],
         axes: axes(format),
         legend: { live: false },
@@ -78,6 +77,12 @@ class Chart {
       this.plot.setData(this.data);
     });
   }
+}
+
+/** uPlot's x range, except that one point (which it widens to years) gets a minute around it. */
+function timeRange(plot, min, max) {
+  const times = plot.data[0];
+  return times.length === 1 ? [times[0] - 30, times[0] + 30] : [min, max];
 }
 
 const toFloat = (value) => (value === null || value === undefined ? null : Number(value));
