@@ -8,8 +8,11 @@ changed, so a fresh clone needs nothing but Python 3.11+.
 from __future__ import annotations
 
 import argparse
+import filecmp
 import hashlib
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +26,10 @@ PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
 STAMP = VENV / ".tradingrt-installed"
 LOCK = ROOT / "requirements" / "dev.lock"
 PIP_TOOLS = "7.6.2"  # what `dev.py lock` resolves with
+NODE_MODULES = ROOT / "node_modules"
+NODE_STAMP = NODE_MODULES / ".tradingrt-installed"
+CLIENT = ROOT / "realtime" / "static" / "realtime"  # the JavaScript client's package
+TYPESCRIPT_PROJECTS = ["tests/typescript/tsconfig.json", "tests/typescript/tsconfig.client.json"]
 
 
 def ensure_environment(extras: str = "dev") -> None:
@@ -47,10 +54,9 @@ def ensure_environment(extras: str = "dev") -> None:
     pip = [str(PYTHON), "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "install", "--upgrade", "pip"], check=True)
     locked = False
-    if lock and extras == "dev":
-        locked = (
-            subprocess.run([*pip, "install", "--require-hashes", "-r", str(LOCK)]).returncode == 0
-        )
+    if pinned and extras == "dev":
+        install = [*pip, "install", "--require-hashes", "-r", str(LOCK)]
+        locked = subprocess.run(install, check=False).returncode == 0
         if not locked:
             print(
                 f"Installing from {LOCK.relative_to(ROOT)} failed on this Python "
@@ -62,6 +68,74 @@ def ensure_environment(extras: str = "dev") -> None:
     else:
         subprocess.run([*pip, "install", "-e", f".[{extras}]"], check=True, cwd=ROOT)
     STAMP.write_text(wanted)
+
+
+def ensure_node_tools() -> Path | None:
+    """Install the JavaScript tools of package-lock.json (TypeScript, the msgpack package the
+    client's vendored copy comes from) into ./node_modules, unless up to date.
+
+    `npm ci` installs exactly the locked versions, checked by integrity. Returns the directory,
+    or None when npm is not installed (the JavaScript checks then cannot run).
+    """
+    npm = shutil.which("npm")
+    if npm is None:
+        return None
+    wanted = hashlib.sha256(
+        (ROOT / "package.json").read_bytes() + (ROOT / "package-lock.json").read_bytes()
+    ).hexdigest()
+    if NODE_STAMP.exists() and NODE_STAMP.read_text() == wanted:
+        return NODE_MODULES
+    print("Installing the JavaScript tools from package-lock.json (npm ci) ...", flush=True)
+    command = [npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts"]
+    subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    NODE_STAMP.write_text(wanted)
+    return NODE_MODULES
+
+
+def vendored_msgpack_differences() -> list[str]:
+    """The files of the client's vendored @msgpack/msgpack that differ from the locked npm
+    package's (its ES module build and licence); empty when the copy is exact and complete."""
+    package = NODE_MODULES / "@msgpack" / "msgpack"
+    vendored = CLIENT / "vendor" / "msgpack"
+    locked = json.loads((ROOT / "package-lock.json").read_text())["packages"]
+    version = locked["node_modules/@msgpack/msgpack"]["version"]
+    problems = []
+    if f"@msgpack/msgpack@{version}" not in (vendored / "README.md").read_text():
+        problems.append(f"vendor/msgpack/README.md does not name the locked version {version}")
+    built = package / "dist.esm"
+    expected = {path.relative_to(built) for path in built.rglob("*.mjs")}
+    present = {path.relative_to(vendored) for path in vendored.rglob("*.mjs")}
+    problems += [f"missing: vendor/msgpack/{name}" for name in sorted(map(str, expected - present))]
+    problems += [f"not in the package: {name}" for name in sorted(map(str, present - expected))]
+    pairs = [(built / name, vendored / name) for name in expected & present]
+    pairs.append((package / "LICENSE", vendored / "LICENSE"))
+    for original, copy in pairs:
+        if not filecmp.cmp(original, copy, shallow=False):
+            problems.append(f"differs from the npm package: {copy.relative_to(ROOT)}")
+    return problems
+
+
+def check_javascript() -> int:
+    """Type-check the JavaScript client (its declarations through a usage of the package, and
+    client.js against its JSDoc) and compare its vendored codec with the locked package."""
+    node_modules = ensure_node_tools()
+    if node_modules is None:
+        message = "npm was not found: the JavaScript checks need Node.js 18+ (apt-get install npm)"
+        if os.environ.get("CI") or os.environ.get("TRADINGRT_REQUIRE_SERVICES"):
+            print(message, file=sys.stderr)
+            return 1
+        print(f"{message}; skipped.", flush=True)
+        return 0
+    tsc = node_modules / ".bin" / "tsc"
+    for project in TYPESCRIPT_PROJECTS:
+        print(f"$ node_modules/.bin/tsc -p {project}", flush=True)
+        if subprocess.call([str(tsc), "-p", project], cwd=ROOT) != 0:
+            return 1
+    print("$ compare realtime/static/realtime/vendor/msgpack with @msgpack/msgpack", flush=True)
+    problems = vendored_msgpack_differences()
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def lock(options: argparse.Namespace) -> int:
@@ -130,7 +204,8 @@ def test(options: argparse.Namespace) -> int:
 
 
 def check(options: argparse.Namespace) -> int:
-    """Static checks: ruff, mypy, migrations in step with the models, the OpenAPI schema."""
+    """Static checks: ruff, mypy, migrations in step with the models, the OpenAPI schema, and
+    the JavaScript client's types and vendored codec."""
     ensure_environment()
     steps = [
         [str(BIN / "ruff"), "check", "."],
@@ -144,7 +219,7 @@ def check(options: argparse.Namespace) -> int:
         print("$", " ".join(step).replace(f"{ROOT}/", ""), flush=True)
         if subprocess.call(step, cwd=ROOT) != 0:
             return 1
-    return 0
+    return check_javascript()
 
 
 def main() -> int:
@@ -161,7 +236,9 @@ def main() -> int:
     )
     test_parser = commands.add_parser("test", help="set up and run the whole test suite")
     test_parser.add_argument("pytest_args", nargs=argparse.REMAINDER)
-    commands.add_parser("check", help="lint, type-check, and check migrations and the schema")
+    commands.add_parser(
+        "check", help="lint and type-check (Python, the JavaScript client), check migrations"
+    )
     lock_parser = commands.add_parser(
         "lock", help="re-resolve requirements/dev.lock (exact, hashed versions) from pyproject"
     )

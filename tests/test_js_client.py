@@ -1,12 +1,15 @@
 """The JavaScript client (realtime/static/realtime/client.js), run in headless Chromium.
 
 Most tests drive it against a scripted fake WebSocket in the page, to control close codes and
-timing exactly; the last ones run it against a real Daphne (token refresh, 4401).
+timing exactly; the last ones run it against a real Daphne (token refresh, a 4401 during a
+refresh outage, signing out, MessagePack against JSON, presence of two users).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
+import signal
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,9 +17,11 @@ import httpx
 import pytest
 import pytest_asyncio
 from asgiref.sync import sync_to_async
-from rest_framework_simplejwt.tokens import AccessToken
+from rest_framework_simplejwt.tokens import AccessToken, RefreshToken
 
 from tests.browser import open_page, open_server_page, serve_blank_page
+from tests.live import live_server
+from tests.test_delivery import post_order
 
 CLIENT_JS = Path(__file__).resolve().parent.parent / "realtime/static/realtime/client.js"
 FAKE_ORIGIN = "http://127.0.0.1:9"  # never contacted: every request to it is answered in-page
@@ -28,42 +33,81 @@ pytestmark = [pytest.mark.asyncio(loop_scope="module")]
 # server does (docs/PROTOCOL.md section 7): a seq per topic and epoch, a bounded history that
 # answers `since` with a replay (`recovered`) or a `reset`, a state sent as SNAPSHOT pages, and
 # HEARTBEAT positions; `lose` drops a topic's next deliveries (kept in the history) to make gaps.
+# Subscriptions keep their `filter` (section 4.7: filtered-out messages take seqs), `presence`
+# queries are answered from `members`, and the socket speaks MessagePack when the client offers
+# it and the server's `subprotocols` include it (section 3.3). Its clock is `clockOffsetMs`
+# ahead of the page's. Like a browser's, a socket's close() fires onclose a moment later.
 HARNESS = """
 import * as rt from "/client.js";
+import * as msgpack from "/vendor/msgpack/index.mjs";
 
 class FakeWebSocket {
   static sockets = [];
   static server = null;
-  constructor(url) {
+  constructor(url, protocols = []) {
     this.url = url;
+    this.protocols = typeof protocols === "string" ? [protocols] : protocols;
+    this.protocol = "";
+    this.binaryType = "blob";
     this.readyState = 0;
     this.sent = [];
+    this.frames = [];  // the kind of each frame sent: "text" or "binary"
     this.received = [];
     this.topics = new Set();
     this.closedWith = null;
     FakeWebSocket.sockets.push(this);
-    if (FakeWebSocket.server && !FakeWebSocket.server.refuseConnections) {
+    const server = FakeWebSocket.server;
+    if (server && !server.refuseConnections && !server.stallConnections) {
       setTimeout(() => this.open(), 0);
+    } else if (server && server.refuseConnections) {  // as a refused handshake: 1006, never open
+      setTimeout(() => this.drop(1006), 0);
     }
   }
   open() {
+    if (this.readyState !== 0) return;
+    // The server's choice among the offered subprotocols (PROTOCOL 3.3), if it speaks any.
+    const speaks = FakeWebSocket.server.subprotocols;
+    this.protocol = speaks.find((name) => this.protocols.includes(name)) ?? "";
     this.readyState = 1;
     this.onopen?.({});
     if (this.url.includes("token=")) FakeWebSocket.server.authenticate(this, undefined);
   }
-  send(text) {
-    const message = JSON.parse(text);
+  get msgpack() { return this.protocol === "tradingrt.msgpack"; }
+  send(data) {
+    if (this.readyState !== 1) throw new Error("InvalidStateError: not open");
+    const binary = typeof data !== "string";
+    this.frames.push(binary ? "binary" : "text");
+    const message = binary ? msgpack.decode(data) : JSON.parse(data);
     this.sent.push(message);
     if (FakeWebSocket.server) setTimeout(() => FakeWebSocket.server.handle(this, message), 0);
   }
-  close(code = 1000) { this.readyState = 3; this.closedWith = code; }
+  // As a browser's: closing, then the close event once the closing handshake is done.
+  close(code = 1000, reason = "") {
+    if (this.readyState >= 2) return;
+    this.readyState = 2;
+    this.closedWith = code;
+    setTimeout(() => {
+      this.readyState = 3;
+      this.onclose?.({ code, reason, wasClean: true });
+    }, 0);
+  }
   receive(message) {
     if (this.readyState !== 1) return;
-    const full = { timestamp: new Date().toISOString(), ...message };
+    const now = FakeWebSocket.server ? FakeWebSocket.server.now() : new Date();
+    const full = { timestamp: now.toISOString(), ...message };
     this.received.push(full);
-    this.onmessage?.({ data: JSON.stringify(full) });
+    if (this.msgpack) {
+      const bytes = msgpack.encode(full);
+      const data = this.binaryType === "arraybuffer"
+        ? bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength)
+        : new Blob([bytes]);
+      this.onmessage?.({ data });
+    } else {
+      this.onmessage?.({ data: JSON.stringify(full) });
+    }
   }
   drop(code, reason = "") {
+    if (this.readyState === 3) return;
     this.readyState = 3;
     this.onclose?.({ code, reason, wasClean: code !== 1006 });
   }
@@ -74,15 +118,20 @@ class FakeWebSocket {
 const UPDATE_KINDS = { ORDER_UPDATE: "orders", POSITION_UPDATE: "positions" };
 
 function makeServer({ expiresInMs = 600000, reject = [], silent = [], historySize = 100,
-                      pageSize = 2, noSnapshots = false, pageDelayMs = 0 } = {}) {
+                      pageSize = 2, noSnapshots = false, pageDelayMs = 0,
+                      subprotocols = ["tradingrt.msgpack", "tradingrt.json"],
+                      unavailable = [], clockOffsetMs = 0, members = {} } = {}) {
   return {
     expiresInMs, reject: new Set(reject), silent: new Set(silent), refuseConnections: false,
+    stallConnections: false, subprotocols, unavailable: new Set(unavailable), clockOffsetMs,
+    members, closeAfterSubscribe: null, refusedTokens: new Set(["bad"]),
+    now() { return new Date(Date.now() + this.clockOffsetMs); },
     historySize, pageSize, noSnapshots, pageDelayMs, state: new Map(),
     authenticate(ws, id) {
       ws.receive({ type: "AUTHENTICATION", id, payload: {
         status: "authenticated", userId: 7, username: "alice",
         connectionId: `conn-${FakeWebSocket.sockets.indexOf(ws)}`,
-        expiresAt: new Date(Date.now() + this.expiresInMs).toISOString() } });
+        expiresAt: new Date(this.now().getTime() + this.expiresInMs).toISOString() } });
     },
     topic(name) {
       if (!this.state.has(name)) {
@@ -101,8 +150,17 @@ function makeServer({ expiresInMs = 600000, reject = [], silent = [], historySiz
       if (event === "deleted") topic.items.delete(item.id);
       else topic.items.set(item.id ?? item.symbol, item);
       if (topic.lose > 0) { topic.lose -= 1; return message; }
-      for (const ws of FakeWebSocket.sockets) if (ws.topics.has(name)) ws.receive(message);
+      for (const ws of FakeWebSocket.sockets) {
+        if (ws.topics.has(name) && this.matches(ws, name, message)) ws.receive(message);
+      }
       return message;
+    },
+    // A subscription's filter (PROTOCOL 4.7): every key matches one of its values.
+    matches(ws, name, message) {
+      const filter = (ws.filters || new Map()).get(name);
+      if (!filter) return true;
+      return Object.entries(filter).every(([key, wanted]) =>
+        (Array.isArray(wanted) ? wanted : [wanted]).includes(message.payload[key]));
     },
     // The history is lost: a new epoch, seq from 1 again (the state stays, as in a database).
     newEpoch(name, epoch) {
@@ -115,7 +173,7 @@ function makeServer({ expiresInMs = 600000, reject = [], silent = [], historySiz
         const { epoch, seq } = this.topic(name);
         positions[name] = { epoch, seq };
       }
-      ws.receive({ type: "HEARTBEAT", payload: { serverTime: new Date().toISOString(),
+      ws.receive({ type: "HEARTBEAT", payload: { serverTime: this.now().toISOString(),
                                                  positions: { ...positions, ...overrides } } });
     },
     subscribe(ws, message) {
@@ -125,13 +183,16 @@ function makeServer({ expiresInMs = 600000, reject = [], silent = [], historySiz
       for (const entry of message.payload.topics || []) {
         const options = typeof entry === "string" ? { topic: entry } : entry;
         const name = rt.canonicalTopic(options.topic);
-        if (this.reject.has(name)) {
-          reply.rejected.push({ topic: name, reason: "forbidden" });
+        if (this.reject.has(name) || this.unavailable.has(name)) {
+          const reason = this.reject.has(name) ? "forbidden" : "unavailable";
+          reply.rejected.push({ topic: name, reason });
           continue;
         }
         const topic = this.topic(name);
         const held = ws.topics.has(name);
         ws.topics.add(name);
+        ws.filters ??= new Map();
+        ws.filters.set(name, options.filter);
         reply.topics.push(name);
         reply.positions[name] = { epoch: topic.epoch, seq: topic.seq };
         if (held && !options.since && !options.snapshot) continue;
@@ -145,7 +206,8 @@ function makeServer({ expiresInMs = 600000, reject = [], silent = [], historySiz
           } else {
             recovered = true;
             reply.recovered.push(name);
-            after.push(...topic.history.filter((m) => m.seq > options.since.seq));
+            after.push(...topic.history.filter((m) => m.seq > options.since.seq
+                                                      && this.matches(ws, name, m)));
           }
         }
         if (options.snapshot && !recovered && !this.noSnapshots) {
@@ -160,17 +222,38 @@ function makeServer({ expiresInMs = 600000, reject = [], silent = [], historySiz
         }
       }
       ws.receive({ type: "SUBSCRIPTION", id: message.id, payload: reply });
+      if (this.closeAfterSubscribe) {  // a server that drops every connection after its login
+        setTimeout(() => ws.drop(this.closeAfterSubscribe, "slow consumer"), 0);
+        return;
+      }
       if (!this.pageDelayMs) {
         for (const next of after) ws.receive(next);
       } else {  // one by one, so that live updates can come between them
         after.forEach((next, n) => setTimeout(() => ws.receive(next), (n + 1) * this.pageDelayMs));
       }
     },
+    // The presence action: a page of `limit` members by userId, after `after[topic]`.
+    presence(ws, message) {
+      const { topics = [], limit = 1000, after = {} } = message.payload;
+      const reply = { action: "presence", presence: {}, rejected: [] };
+      for (const name of topics) {
+        if (this.reject.has(name)) {
+          reply.rejected.push({ topic: name, reason: "forbidden" });
+          continue;
+        }
+        const members = (this.members[name] || []).filter((m) => m.userId > (after[name] ?? 0));
+        reply.presence[name] = members.slice(0, limit);
+        if (members.length > limit) {
+          reply.next = { ...reply.next, [name]: members[limit - 1].userId };
+        }
+      }
+      ws.receive({ type: "SUBSCRIPTION", id: message.id, payload: reply });
+    },
     handle(ws, message) {
       if (this.silent.has(message.type) || ws.readyState !== 1) return;
       const reply = (type, payload) => ws.receive({ type, id: message.id, payload });
       if (message.type === "AUTHENTICATION") {
-        if (message.payload.token === "bad") {
+        if (this.refusedTokens.has(message.payload.token)) {
           reply("ERROR", { code: "unauthenticated", message: "The token was refused." });
         } else {
           this.authenticate(ws, message.id);
@@ -182,6 +265,8 @@ function makeServer({ expiresInMs = 600000, reject = [], silent = [], historySiz
         } else {
           this.subscribe(ws, message);
         }
+      } else if (message.type === "SUBSCRIPTION" && message.payload.action === "presence") {
+        this.presence(ws, message);
       } else if (message.type === "SUBSCRIPTION") {
         const topics = (message.payload.topics || []).map(rt.canonicalTopic);
         for (const topic of topics) ws.topics.delete(topic);
@@ -190,7 +275,13 @@ function makeServer({ expiresInMs = 600000, reject = [], silent = [], historySiz
         if (this.errorOnHeartbeat) {
           reply("ERROR", { code: this.errorOnHeartbeat, message: "slow down" });
         } else {
-          reply("HEARTBEAT", { serverTime: new Date().toISOString() });
+          const positions = {};
+          for (const name of ws.topics) {
+            const { epoch, seq } = this.topic(name);
+            positions[name] = { epoch, seq };
+          }
+          reply("HEARTBEAT", { serverTime: this.now().toISOString(),
+                               ...(ws.topics.size ? { positions } : {}) });
         }
       }
     },
@@ -237,11 +328,14 @@ async def browser_page():
 async def page(browser_page):
     """A fresh page at a fake origin, with the client module and the fake server loaded."""
 
-    async def serve_client(route):
-        await route.fulfill(status=200, content_type="text/javascript", body=CLIENT_JS.read_text())
+    async def serve_static(route):
+        path = route.request.url.removeprefix(FAKE_ORIGIN + "/")
+        body = (CLIENT_JS.parent / path).read_text()
+        await route.fulfill(status=200, content_type="text/javascript", body=body)
 
     await browser_page.unroute_all()
-    await browser_page.route(f"{FAKE_ORIGIN}/client.js", serve_client)
+    await browser_page.route(f"{FAKE_ORIGIN}/client.js", serve_static)
+    await browser_page.route(f"{FAKE_ORIGIN}/vendor/**", serve_static)
     await serve_blank_page(browser_page, FAKE_ORIGIN)
     await browser_page.add_script_tag(type="module", content=HARNESS)
     await browser_page.wait_for_function("window.harnessReady === true")
@@ -487,7 +581,9 @@ async def test_subscribing_while_reconnecting_resolves_once_the_next_connection_
 
 
 @pytest.mark.parametrize("code", [4401, 4403])
-async def test_it_stays_offline_after_4401_and_4403_until_told_to_connect(page, code):
+async def test_with_a_fixed_token_it_stays_offline_after_4401_and_4403_until_told_to_connect(
+    page, code
+):
     result = await run(
         page,
         f"""
@@ -512,7 +608,7 @@ async def test_it_stays_offline_after_4401_and_4403_until_told_to_connect(page, 
     assert result["sockets"] == 2
 
 
-async def test_a_refused_first_message_token_stops_like_a_4401(page):
+async def test_a_refused_fixed_token_stops_like_a_4401(page):
     result = await run(
         page,
         """
@@ -1120,6 +1216,809 @@ async def test_listeners_by_type_topic_and_for_uncorrelated_errors(page):
     page.page_errors.clear()
 
 
+# --- encodings ------------------------------------------------------------------------------
+
+
+async def test_on_msgpack_it_offers_the_subprotocol_and_speaks_binary_frames_both_ways(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer();
+        const client = fakeClient({ encoding: "msgpack" });
+        const events = track(client);
+        const states = [];
+        client.onState((state, detail) => states.push([state, detail.encoding ?? null]));
+        await client.connect();
+        await client.subscribe("user:7:orders");
+        FakeWebSocket.server.publish("user:7:orders", "ORDER_UPDATE", order(1));
+        await waitFor(() => events.length === 2);
+        const ws = FakeWebSocket.sockets[0];
+        return { offered: ws.protocols, selected: ws.protocol, frames: ws.frames,
+                 sent: ws.sent.map((m) => m.type), events, encoding: client.encoding, states };
+        """,
+    )
+    assert result["offered"] == ["tradingrt.msgpack", "tradingrt.json"]
+    assert result["selected"] == "tradingrt.msgpack"
+    assert result["sent"] == ["AUTHENTICATION", "SUBSCRIPTION"]
+    assert result["frames"] == ["binary", "binary"]  # decoded by the fake with @msgpack/msgpack
+    assert result["events"] == [
+        ["snapshot", TOPIC, 0, [], True, True, None],
+        ["update", TOPIC, 1],
+    ]
+    assert result["encoding"] == "msgpack"
+    assert result["states"] == [["connecting", None], ["connected", "msgpack"]]
+
+
+async def test_when_the_server_selects_no_subprotocol_it_falls_back_to_json_and_says_so(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer({ subprotocols: [] });  // an older server
+        const client = fakeClient({ encoding: "msgpack" });
+        const errors = [];
+        client.onError((error) => errors.push([error.code, error.message]));
+        await client.connect();
+        const ack = await client.subscribe("user:7:orders");
+        const ws = FakeWebSocket.sockets[0];
+        return { frames: ws.frames, topics: ack.topics, errors, encoding: client.encoding };
+        """,
+    )
+    assert result["frames"] == ["text", "text"]
+    assert result["topics"] == [TOPIC]
+    assert result["errors"] == [
+        [
+            "encoding",
+            "The server selected no subprotocol instead of tradingrt.msgpack; "
+            "this connection uses JSON.",
+        ]
+    ]
+    assert result["encoding"] == "json"
+
+
+async def test_a_json_client_offers_no_subprotocol(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer();
+        const client = fakeClient();
+        await client.connect();
+        const ws = FakeWebSocket.sockets[0];
+        return { offered: ws.protocols, frames: ws.frames };
+        """,
+    )
+    assert result == {"offered": [], "frames": ["text"]}
+
+
+# --- subscribe entries: filters, throttling, presence ------------------------------------------
+
+
+async def test_entries_carry_their_options_on_every_subscribe_and_resubscription(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer();
+        const client = fakeClient();
+        await client.connect();
+        await client.subscribe([
+          { topic: "user:7:orders", filter: { side: "BUY", symbol: ["AAPL", "MSFT"] } },
+          { topic: "market:aapl", presence: true },
+          "market:MSFT",
+        ], { throttleMs: 250, snapshot: false });
+        await client.subscribe("strategy:3");  // the held ones keep their options in the entry
+        FakeWebSocket.sockets[0].drop(1006);
+        await waitFor(() => FakeWebSocket.sockets.length === 2 && client.state === "connected");
+        await waitFor(() => FakeWebSocket.sockets[1].subscribeEntries().length === 1);
+        return { asked: FakeWebSocket.sockets[0].subscribeEntries(),
+                 resumed: FakeWebSocket.sockets[1].subscribeEntries()[0] };
+        """,
+    )
+    filtered = {
+        "topic": TOPIC,
+        "filter": {"side": "BUY", "symbol": ["AAPL", "MSFT"]},
+        "throttleMs": 250,
+    }
+    assert result["asked"] == [
+        [
+            filtered,
+            {"topic": "market:AAPL", "throttleMs": 250, "presence": True},
+            {"topic": "market:MSFT", "throttleMs": 250},
+        ],
+        [{"topic": "strategy:3", "snapshot": True}],
+    ]
+    since = {"epoch": "e1", "seq": 0}
+    assert result["resumed"] == [
+        {**filtered, "since": since},
+        {"topic": "market:AAPL", "throttleMs": 250, "presence": True, "since": since},
+        {"topic": "market:MSFT", "throttleMs": 250, "since": since},
+        {"topic": "strategy:3", "since": since, "snapshot": True},
+    ]
+
+
+async def test_subscribing_again_with_another_filter_reloads_the_topic_from_a_snapshot(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer();
+        const server = FakeWebSocket.server;
+        server.publish("user:7:orders", "ORDER_UPDATE", { ...order(1), side: "BUY" });
+        server.publish("user:7:orders", "ORDER_UPDATE", { ...order(2), side: "SELL" });
+        const client = fakeClient();
+        const events = track(client);
+        await client.connect();
+        await client.subscribe({ topic: "user:7:orders", filter: { side: "BUY" } });
+        await client.subscribe({ topic: "user:7:orders", filter: { side: "BUY" } });  // the same
+        await client.subscribe({ topic: "user:7:orders", filter: { side: ["BUY", "SELL"] } });
+        await waitFor(() => events.length === 2);
+        return { events, asked: FakeWebSocket.sockets[0].subscribeEntries() };
+        """,
+    )
+    assert result["asked"] == [
+        [{"topic": TOPIC, "filter": {"side": "BUY"}, "snapshot": True}],
+        [{"topic": TOPIC, "filter": {"side": "BUY"}}],  # held as it is: no fence, no snapshot
+        [{"topic": TOPIC, "filter": {"side": ["BUY", "SELL"]}, "snapshot": True}],
+    ]
+    assert result["events"] == [
+        ["snapshot", TOPIC, 2, [1, 2], True, True, None],  # the fake's snapshots are unfiltered
+        ["snapshot", TOPIC, 2, [1, 2], True, True, None],
+    ]
+
+
+async def test_on_a_filtered_topic_a_seq_jump_or_a_heartbeat_ahead_is_no_gap(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer();
+        const server = FakeWebSocket.server, ws = () => FakeWebSocket.sockets[0];
+        const client = fakeClient();
+        const events = track(client);
+        await client.connect();
+        await client.subscribe({ topic: "user:7:orders", filter: { side: "BUY" } },
+                               { snapshot: false });
+        await client.subscribe("strategy:3:orders", { snapshot: false });  // unfiltered: repaired
+        for (const [id, side] of [[1, "BUY"], [2, "SELL"], [3, "SELL"], [4, "BUY"]]) {
+          server.publish("user:7:orders", "ORDER_UPDATE", { ...order(id), side });
+        }
+        server.publish("user:7:orders", "ORDER_UPDATE", { ...order(5), side: "SELL" });
+        server.heartbeat(ws());  // user:7:orders is at seq 5, the client at 4
+        const positions = client.positions;
+        server.topic("strategy:3:orders").lose = 1;
+        server.publish("strategy:3:orders", "ORDER_UPDATE", order(9));
+        server.heartbeat(ws());
+        await waitFor(() => events.some((e) => e[0] === "recovered"));
+        return { events, positions, stats: client.stats, asked: ws().subscribeEntries().length };
+        """,
+    )
+    assert result["events"] == [
+        ["update", TOPIC, 1],
+        ["update", TOPIC, 4],  # seqs 2 and 3 were filtered out: not a gap
+        ["update", "strategy:3:orders", 1],
+        ["recovered", "strategy:3:orders", 1, "heartbeat"],
+    ]
+    assert result["positions"][TOPIC] == {"epoch": "e1", "seq": 5}  # the heartbeat's
+    assert result["stats"]["gaps"] == 1
+    assert result["asked"] == 3  # two subscribes, one repair: of the unfiltered topic only
+
+
+async def test_a_filtered_topic_resumes_with_since_and_its_recovery_ends_at_the_servers_position(
+    page,
+):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer();
+        const server = FakeWebSocket.server;
+        const client = fakeClient();
+        const events = track(client);
+        await client.connect();
+        await client.subscribe({ topic: "user:7:orders", filter: { side: "BUY" } });
+        server.publish("user:7:orders", "ORDER_UPDATE", { ...order(1), side: "BUY" });
+        FakeWebSocket.sockets[0].drop(1006);
+        for (const [id, side] of [[2, "BUY"], [3, "SELL"]]) {  // the last one missed is filtered
+          server.publish("user:7:orders", "ORDER_UPDATE", { ...order(id), side });
+        }
+        events.length = 0;
+        await waitFor(() => events.some((e) => e[0] === "recovered"));
+        const ws = FakeWebSocket.sockets.at(-1);
+        return { events, asked: ws.subscribeEntries(), sent: ws.sent.map((m) => m.type),
+                 positions: client.positions };
+        """,
+    )
+    assert result["asked"] == [
+        [
+            {
+                "topic": TOPIC,
+                "filter": {"side": "BUY"},
+                "since": {"epoch": "e1", "seq": 1},
+                "snapshot": True,
+            }
+        ]
+    ]
+    assert result["events"] == [["update", TOPIC, 2], ["recovered", TOPIC, 1, "reconnect"]]
+    # The replay ends at seq 2; a HEARTBEAT's positions say the topic is at 3.
+    assert result["sent"] == ["AUTHENTICATION", "SUBSCRIPTION", "HEARTBEAT"]
+    assert result["positions"] == {TOPIC: {"epoch": "e1", "seq": 3}}
+
+
+async def test_presence_pages_and_presence_all(page):
+    result = await run(
+        page,
+        """
+        const members = [1, 2, 3, 4, 5].map((userId) => ({
+          userId, username: `user${userId}`, connections: 1, since: "2026-11-29T02:11:53.497Z" }));
+        FakeWebSocket.server = makeServer({ members: { "market:AAPL": members },
+                                            reject: ["market:MSFT"] });
+        const client = fakeClient();
+        await client.connect();
+        const first = await client.presence("market:aapl", { limit: 2 });
+        const second = await client.presence("market:AAPL", { limit: 2, after: first.next });
+        const all = await client.presenceAll("market:AAPL", { limit: 2 });
+        let refused;
+        try { await client.presence("market:MSFT"); } catch (error) { refused = error.code; }
+        const requests = FakeWebSocket.sockets[0].sentOfType("SUBSCRIPTION").map((m) => m.payload);
+        client.close();
+        let offline;
+        try { await client.presence("market:AAPL"); } catch (error) { offline = error.code; }
+        return { first, second, all: all.members.map((m) => m.userId), allNext: all.next,
+                 refused, offline, requests };
+        """,
+    )
+    assert [m["userId"] for m in result["first"]["members"]] == [1, 2]
+    assert result["first"]["next"] == 2
+    assert result["first"]["members"][0] == {
+        "userId": 1,
+        "username": "user1",
+        "connections": 1,
+        "since": "2026-11-29T02:11:53.497Z",
+    }
+    assert [m["userId"] for m in result["second"]["members"]] == [3, 4]
+    assert result["all"] == [1, 2, 3, 4, 5]  # three pages
+    assert result["allNext"] is None
+    assert result["refused"] == "forbidden"
+    assert result["offline"] == "not_connected"
+    assert result["requests"][:2] == [
+        {"action": "presence", "topics": ["market:AAPL"], "limit": 2},
+        {"action": "presence", "topics": ["market:AAPL"], "limit": 2, "after": {"market:AAPL": 2}},
+    ]
+    assert len(result["requests"]) == 6
+
+
+async def test_presence_events_reach_on_presence_listeners_until_removed(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer();
+        const client = fakeClient();
+        const seen = [];
+        const off = client.onPresence((topic, event) => seen.push([topic, event]));
+        await client.connect();
+        await client.subscribe({ topic: "market:AAPL", presence: true });
+        const ws = FakeWebSocket.sockets[0];
+        ws.receive({ type: "PRESENCE", topic: "market:AAPL",
+                     payload: { event: "join", userId: 3, username: "bob" } });
+        ws.receive({ type: "PRESENCE", topic: "market:AAPL",
+                     payload: { event: "leave", userId: 3, username: "bob" } });
+        off();
+        ws.receive({ type: "PRESENCE", topic: "market:AAPL",
+                     payload: { event: "join", userId: 4, username: "carol" } });
+        return seen;
+        """,
+    )
+    assert result == [
+        ["market:AAPL", {"event": "join", "userId": 3, "username": "bob"}],
+        ["market:AAPL", {"event": "leave", "userId": 3, "username": "bob"}],
+    ]
+
+
+# --- per-topic state ------------------------------------------------------------------------
+
+
+async def test_a_topic_refused_unavailable_is_retried_with_backoff_until_subscribed(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer({ unavailable: ["user:7:orders"], reject: ["orders"] });
+        const client = fakeClient({ random: () => 0.5 });
+        const states = [];
+        client.onSubscriptionState((topic, state, detail) => states.push([topic, state, detail]));
+        await client.connect();
+        const ack = await client.subscribe(["user:7:orders", "orders"]);
+        const during = { topics: client.topics, state: client.subscriptionState("user:7:orders"),
+                         refused: client.subscriptionState("orders") };
+        await waitFor(() => FakeWebSocket.sockets[0].subscribeEntries().length === 3);
+        FakeWebSocket.server.unavailable.clear();  // Redis is back
+        await waitFor(() => client.subscriptionState("user:7:orders").state === "subscribed");
+        return { ack, during, states, asked: FakeWebSocket.sockets[0].subscribeEntries() };
+        """,
+    )
+    assert result["ack"]["rejected"] == [
+        {"topic": TOPIC, "reason": "unavailable"},
+        {"topic": "orders", "reason": "forbidden"},
+    ]
+    assert result["during"] == {
+        "topics": [TOPIC],  # held, and asked for again
+        "state": {"state": "retrying", "reason": "unavailable", "attempt": 1},
+        "refused": {"state": "failed", "reason": "forbidden", "attempt": 0},
+    }
+    assert result["states"] == [
+        [TOPIC, "subscribing", {}],
+        ["orders", "subscribing", {}],
+        [TOPIC, "retrying", {"reason": "unavailable", "attempt": 1, "delayMs": 250}],
+        ["orders", "failed", {"reason": "forbidden"}],
+        [TOPIC, "retrying", {"reason": "unavailable", "attempt": 2, "delayMs": 250}],
+        [TOPIC, "retrying", {"reason": "unavailable", "attempt": 3, "delayMs": 250}],
+        [TOPIC, "subscribed", {}],
+    ]
+    assert result["asked"][1:] == [[{"topic": TOPIC, "snapshot": True}]] * 3
+
+
+async def test_topics_go_back_to_subscribing_on_a_drop_and_a_revoked_one_fails(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer();
+        const client = fakeClient();
+        const states = [];
+        client.onSubscriptionState((topic, state, detail) => states.push([topic, state, detail]));
+        await client.connect();
+        await client.subscribe(["user:7:orders", "orders"]);
+        FakeWebSocket.sockets[0].drop(1006);
+        await waitFor(() => client.state === "connected");
+        await waitFor(() => states.length === 8);
+        FakeWebSocket.sockets[1].receive({ type: "SUBSCRIPTION",
+          payload: { action: "revoked", topics: ["orders"], reason: "forbidden" } });
+        return { states, topics: client.topics, orders: client.subscriptionState("orders") };
+        """,
+    )
+    assert result["states"] == [
+        [TOPIC, "subscribing", {}],
+        ["orders", "subscribing", {}],
+        [TOPIC, "subscribed", {}],
+        ["orders", "subscribed", {}],
+        [TOPIC, "subscribing", {}],  # the drop
+        ["orders", "subscribing", {}],
+        [TOPIC, "subscribed", {}],
+        ["orders", "subscribed", {}],
+        ["orders", "failed", {"reason": "forbidden", "message": "revoked by the server"}],
+    ]
+    assert result["topics"] == [TOPIC]
+    assert result["orders"] == {"state": "failed", "reason": "forbidden", "attempt": 0}
+
+
+# --- settling: nothing left pending -----------------------------------------------------------
+
+
+async def test_subscribe_while_offline_resolves_with_the_next_connections_ack(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer();
+        const client = fakeClient();
+        const pending = client.subscribe("user:7:orders");
+        await sleep(20);
+        const before = { sockets: FakeWebSocket.sockets.length, state: client.state,
+                         topic: client.subscriptionState("user:7:orders") };
+        client.connect();
+        const ack = await pending;
+        return { before, topics: ack.topics };
+        """,
+    )
+    assert result["before"] == {
+        "sockets": 0,
+        "state": "offline",
+        "topic": {"state": "subscribing", "reason": None, "attempt": 0},
+    }
+    assert result["topics"] == [TOPIC]
+
+
+@pytest.mark.parametrize(
+    ("how", "code"),
+    [("dispose", "disposed"), ("close", "closed"), ("4403", "closed"), ("signed out", "closed")],
+)
+async def test_subscribe_while_not_connected_rejects_when_the_client_goes_offline(page, how, code):
+    result = await run(
+        page,
+        f"""
+        FakeWebSocket.server = makeServer();
+        const how = "{how}";
+        let tokens = 0;
+        const client = fakeClient({{ backoffBaseMs: 5000,
+          getToken: () => (how === "signed out" && ++tokens > 1 ? null : "t") }});
+        await client.connect();
+        FakeWebSocket.sockets[0].drop(1006);  // the next attempt in 0 to 5 s
+        const pending = client.subscribe("user:7:orders").then(() => "resolved",
+                                                               (error) => error.code);
+        if (how === "dispose") client.dispose();
+        if (how === "close") client.close();
+        if (how === "signed out") client.connect().catch(() => {{}});  // now: getToken says null
+        if (how === "4403") {{  // the next connection opens, and the user is deactivated
+          FakeWebSocket.server.silent.add("AUTHENTICATION");
+          client.connect().catch(() => {{}});
+          await waitFor(() => FakeWebSocket.sockets.length === 2
+                              && FakeWebSocket.sockets[1].readyState === 1);
+          FakeWebSocket.sockets[1].drop(4403);
+        }}
+        return {{ settled: await pending, state: client.state }};
+        """,
+    )
+    assert result == {"settled": code, "state": "offline"}
+
+
+async def test_on_close_listeners_already_see_the_state_the_close_leads_to(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer();
+        const client = fakeClient();
+        const seen = [];
+        client.onClose((event) => seen.push([event.code, event.willReconnect, client.state]));
+        await client.connect();
+        FakeWebSocket.sockets[0].drop(4000);
+        await waitFor(() => client.state === "connected");
+        FakeWebSocket.sockets[1].drop(4403);
+        client.connect();
+        await waitFor(() => client.state === "connected");
+        client.close();
+        return seen;
+        """,
+    )
+    assert result == [
+        [4000, True, "reconnecting"],
+        [4403, False, "offline"],
+        [1000, False, "offline"],
+    ]
+
+
+async def test_dispose_removes_the_page_listeners_and_refuses_later_calls(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer();
+        const added = [], removed = [];
+        // Record what the client adds to and removes from the page.
+        const spy = (target, method, into) => {
+          const original = target[method];
+          target[method] = function (name, fn) {
+            into.push(name);
+            return original.call(this, name, fn);
+          };
+          return () => { target[method] = original; };
+        };
+        let undo = [spy(window, "addEventListener", added),
+                    spy(document, "addEventListener", added)];
+        let client;
+        try {
+          client = fakeClient({ positionStorage: sessionStorage, backoffBaseMs: 60000 });
+        } finally {
+          undo.forEach((restore) => restore());
+        }
+        await client.connect();
+        FakeWebSocket.sockets[0].drop(1006);  // waiting a minute to reconnect
+        undo = [spy(window, "removeEventListener", removed),
+                spy(document, "removeEventListener", removed)];
+        try { client.dispose(); } finally { undo.forEach((restore) => restore()); }
+        window.dispatchEvent(new Event("online"));  // would cut the wait short: ignored now
+        await sleep(30);
+        const codes = [];
+        for (const call of [() => client.connect(), () => client.subscribe("strategy:3"),
+                            () => client.request("HEARTBEAT")]) {
+          try { await call(); codes.push("resolved"); } catch (error) { codes.push(error.code); }
+        }
+        return { added: added.sort(), removed: removed.sort(), state: client.state, codes,
+                 sockets: FakeWebSocket.sockets.length };
+        """,
+    )
+    assert result["added"] == ["offline", "online", "pagehide", "visibilitychange"]
+    assert result["removed"] == result["added"]
+    assert result["state"] == "offline"
+    assert result["sockets"] == 1
+    assert result["codes"] == ["disposed", "disposed", "disposed"]
+
+
+# --- liveness -------------------------------------------------------------------------------
+
+
+async def test_a_socket_stuck_opening_is_dropped_after_the_connect_timeout_and_retried(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer();
+        FakeWebSocket.server.stallConnections = true;  // the handshake never completes
+        const client = fakeClient({ connectTimeoutMs: 50 });
+        const closes = [];
+        client.onClose((event) => closes.push([event.code, event.reason, event.willReconnect]));
+        const connected = client.connect();
+        await waitFor(() => FakeWebSocket.sockets.length === 2);
+        FakeWebSocket.server.stallConnections = false;
+        FakeWebSocket.sockets[1].open();
+        await connected;
+        return { closes, first: FakeWebSocket.sockets[0].readyState, state: client.state };
+        """,
+    )
+    assert result["closes"] == [[1006, "connect timeout", True]]
+    assert result["first"] in (2, 3)  # closed by the client
+    assert result["state"] == "connected"
+
+
+async def test_the_browser_going_offline_drops_the_socket_and_online_retries_at_once(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer();
+        const client = fakeClient({ backoffBaseMs: 60000, random: () => 0.99 });
+        const events = [];
+        client.onClose((event) => events.push(["close", event.code, event.reason]));
+        client.onState((state, detail) => events.push([state, detail.delayMs ?? null]));
+        await client.connect();
+        await client.subscribe("user:7:orders");
+        window.dispatchEvent(new Event("offline"));
+        await sleep(20);
+        const sockets = FakeWebSocket.sockets.length;
+        window.dispatchEvent(new Event("online"));  // long before the 59 s delay is over
+        await waitFor(() => client.state === "connected");
+        await waitFor(() => FakeWebSocket.sockets[1].subscribeEntries().length === 1);
+        return { events, sockets, after: FakeWebSocket.sockets.length };
+        """,
+    )
+    assert result["events"] == [
+        ["connecting", None],
+        ["connected", None],
+        ["close", 1006, "the browser went offline"],
+        ["reconnecting", 29700],  # 0.99 of the 30 s cap
+        ["connected", None],
+    ]
+    assert result["sockets"] == 1
+    assert result["after"] == 2
+
+
+async def test_a_page_shown_again_while_waiting_to_reconnect_retries_at_once(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer();
+        const client = fakeClient({ backoffBaseMs: 60000, random: () => 0.99 });
+        await client.connect();
+        FakeWebSocket.sockets[0].drop(1006);
+        await sleep(20);
+        const waiting = [client.state, FakeWebSocket.sockets.length];
+        document.dispatchEvent(new Event("visibilitychange"));  // headless pages are visible
+        await waitFor(() => client.state === "connected");
+        return { waiting, sockets: FakeWebSocket.sockets.length };
+        """,
+    )
+    assert result == {"waiting": ["reconnecting", 1], "sockets": 2}
+
+
+async def test_the_online_event_leaves_no_unhandled_rejection_when_the_attempt_fails(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer();
+        const client = fakeClient({ backoffBaseMs: 60000 });
+        await client.connect();
+        FakeWebSocket.server.refuseConnections = true;
+        FakeWebSocket.sockets[0].drop(1006);
+        window.dispatchEvent(new Event("online"));  // tries at once, and fails
+        await waitFor(() => FakeWebSocket.sockets.length === 2 && client.state === "reconnecting"
+                            && FakeWebSocket.sockets[1].readyState === 3);
+        client.close();  // and now nothing will connect
+        await sleep(50);
+        return { state: client.state, sockets: FakeWebSocket.sockets.length };
+        """,
+    )
+    assert result == {"state": "offline", "sockets": 2}
+    # The page fixture fails the test on any page error, unhandled rejections included.
+
+
+async def test_silence_for_stale_after_ms_is_reported_and_drops_the_connection(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer();
+        const client = fakeClient({ staleAfterMs: 150 });
+        const events = [];
+        client.onStale((stale, { lastMessageAt }) =>
+          events.push(["stale", stale, lastMessageAt === client.lastMessageAt]));
+        client.onClose((event) => events.push(["close", event.code, event.reason]));
+        await client.connect();
+        const first = client.lastMessageAt;
+        await client.subscribe("user:7:orders");
+        FakeWebSocket.server.refuseConnections = true;  // the server stays away a while
+        await waitFor(() => client.stale);
+        const whileStale = client.stale;
+        FakeWebSocket.server.refuseConnections = false;
+        await waitFor(() => client.state === "connected" && !client.stale, 5000);
+        return { events: events.filter((e) => e[1] !== 1006 || e[0] !== "close"),
+                 closes: events.filter((e) => e[0] === "close").map((e) => e[2]),
+                 whileStale, first: typeof first, later: client.lastMessageAt > first };
+        """,
+    )
+    assert result["closes"][0].startswith("nothing received for ")
+    assert result["whileStale"] is True
+    stale_events = [event for event in result["events"] if event[0] == "stale"]
+    assert stale_events == [["stale", True, True], ["stale", False, True]]
+    assert result["first"] == "number"
+    assert result["later"] is True
+
+
+# --- backoff --------------------------------------------------------------------------------
+
+
+async def test_a_server_that_drops_every_connection_after_its_login_is_retried_ever_later(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer();
+        FakeWebSocket.server.closeAfterSubscribe = 4508;
+        const client = fakeClient({ backoffBaseMs: 4, random: () => 0.999 });
+        const delays = [];
+        client.onState((state, { delayMs }) => state === "reconnecting" && delays.push(delayMs));
+        await client.connect();
+        await client.subscribe("user:7:orders");
+        await waitFor(() => delays.length === 6);
+        client.close();
+        return delays;
+        """,
+    )
+    assert result == [3, 7, 15, 31, 63, 127]  # never back to the first delay
+
+
+async def test_the_backoff_starts_again_once_a_connection_has_lasted(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer();
+        const client = fakeClient({ backoffBaseMs: 40, random: () => 0.5, backoffResetMs: 50 });
+        const delays = [];
+        client.onState((state, { delayMs }) => state === "reconnecting" && delays.push(delayMs));
+        await client.connect();
+        FakeWebSocket.sockets[0].drop(1006);
+        await waitFor(() => client.state === "connected");
+        FakeWebSocket.sockets[1].drop(1006);  // at once: still backing off
+        await waitFor(() => client.state === "connected");
+        await sleep(120);  // past backoffResetMs
+        FakeWebSocket.sockets[2].drop(1006);
+        await waitFor(() => client.state === "connected");
+        return delays;
+        """,
+    )
+    assert result == [20, 40, 20]
+
+
+# --- tokens ---------------------------------------------------------------------------------
+
+
+async def test_after_4401_it_asks_for_a_new_token_with_backoff_and_reconnects_by_itself(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer();
+        const calls = [];
+        let outage = false;
+        const client = fakeClient({ random: () => 0.5,
+          getToken: async (context) => {
+            calls.push([context.reason, typeof context.expiresAt]);
+            if (outage) throw new Error("503 from the refresh endpoint");
+            return `token-${calls.length}`;
+          } });
+        const events = [];
+        client.onState((state, detail) => events.push([state, detail.code ?? null]));
+        client.onError((error) => events.push(["error", error.code]));
+        await client.connect();
+        await client.subscribe("user:7:orders");
+        outage = true;
+        FakeWebSocket.sockets[0].drop(4401, "token expired");
+        await waitFor(() => calls.length === 4);
+        outage = false;  // the refresh endpoint recovers
+        await waitFor(() => client.state === "connected");
+        const ws = FakeWebSocket.sockets.at(-1);
+        await waitFor(() => ws.subscribeEntries().length === 1);
+        return { calls, events, sockets: FakeWebSocket.sockets.length,
+                 token: ws.sentOfType("AUTHENTICATION")[0].payload.token,
+                 resumed: ws.subscribeEntries()[0].map((e) => e.topic) };
+        """,
+    )
+    assert result["calls"] == [
+        ["connect", "undefined"],
+        ["refresh", "string"],  # the refused session's expiresAt
+        ["refresh", "string"],
+        ["refresh", "string"],
+        ["refresh", "string"],
+    ]
+    assert result["events"] == [
+        ["connecting", None],
+        ["connected", None],
+        ["reconnecting", 4401],
+        ["error", "token"],
+        ["reconnecting", 0],
+        ["error", "token"],
+        ["reconnecting", 0],
+        ["error", "token"],
+        ["reconnecting", 0],
+        ["connected", None],
+    ]
+    assert result["sockets"] == 2
+    assert result["token"] == "token-5"
+    assert result["resumed"] == [TOPIC]
+
+
+async def test_a_refused_first_message_token_asks_for_a_new_one(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer();
+        const tokens = ["bad", "good"];
+        const reasons = [];
+        const client = fakeClient({
+          getToken: ({ reason }) => { reasons.push(reason); return tokens.shift(); } });
+        const events = [];
+        client.onClose((event) => events.push(["close", event.code, event.reason]));
+        client.onError((error) => events.push(["error", error.code]));
+        const session = await client.connect();
+        return { reasons, events, username: session.username,
+                 first: FakeWebSocket.sockets[0].closedWith };
+        """,
+    )
+    assert result["reasons"] == ["connect", "refresh"]
+    assert result["events"] == [
+        ["error", "unauthenticated"],
+        ["close", 4401, "The token was refused."],
+    ]
+    assert result["username"] == "alice"
+    assert result["first"] == 1000
+
+
+async def test_when_get_token_has_none_left_it_signs_out_offline(page):
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer({ expiresInMs: 400 });
+        const reasons = [];
+        const client = fakeClient({ getToken: ({ reason }) => {
+          reasons.push(reason);
+          return reason === "refresh" ? null : "t";  // the refresh token was refused
+        } });
+        const states = [];
+        client.onState((state, detail) => states.push([state, detail.code ?? null,
+                                                       detail.reason ?? null]));
+        await client.connect();
+        await waitFor(() => client.state === "offline");
+        await sleep(50);
+        return { reasons, states, sockets: FakeWebSocket.sockets.length };
+        """,
+    )
+    assert result["reasons"] == ["connect", "refresh"]
+    assert result["states"] == [
+        ["connecting", None, None],
+        ["connected", None, None],
+        ["offline", 4401, "no access token (signed out)"],
+    ]
+    assert result["sockets"] == 1
+
+
+async def test_token_expiry_is_judged_by_the_servers_clock(page):
+    result = await run(
+        page,
+        """
+        // The server's clock is 10 minutes ahead; its token expires in 1 s by that clock. By the
+        // page's clock it would look 10 minutes away, and be refreshed far too late.
+        FakeWebSocket.server = makeServer({ clockOffsetMs: 600000, expiresInMs: 1000 });
+        const contexts = [];
+        const client = fakeClient({ heartbeatIntervalMs: 20,
+          getToken: async (context) => { contexts.push(context); return "t"; } });
+        const first = await client.connect();
+        FakeWebSocket.server.expiresInMs = 60000;
+        await waitFor(() => client.session.expiresAt !== first.expiresAt, 2000);
+        return { offset: client.serverTimeOffsetMs, contexts,
+                 ahead: client.serverNow() - Date.now() };
+        """,
+    )
+    assert 599_000 < result["offset"] < 601_000
+    assert 599_000 < result["ahead"] < 601_000
+    assert [context["reason"] for context in result["contexts"]] == ["connect", "refresh"]
+    assert result["contexts"][0]["serverTimeOffsetMs"] == 0  # not measured yet
+    assert 599_000 < result["contexts"][1]["serverTimeOffsetMs"] < 601_000
+
+
 # --- against the real server ----------------------------------------------------------------
 
 
@@ -1181,7 +2080,63 @@ async def test_against_the_server_it_refreshes_in_band_and_keeps_receiving(
 
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
-async def test_against_the_server_an_expired_token_ends_offline_with_4401(
+async def test_against_the_server_a_4401_in_a_refresh_outage_ends_by_itself_when_tokens_return(
+    browser_page, live, trader, trader_token
+):
+    """Issue 19, item 2: the refresh endpoint fails around the expiry; the server closes with
+    4401; the client keeps asking for a token with backoff and reconnects, without a click."""
+    page = await live_page(browser_page, live)
+    token = await sync_to_async(short_token)(trader, 2.5)
+    events = await page.evaluate(
+        """async ([shortToken, topic]) => {
+          window.events = [];
+          window.outage = true;  // the refresh endpoint answers 503
+          window.client = new rt.RealtimeClient({
+            getToken: async ({ reason }) => {
+              events.push(["getToken", reason]);
+              if (reason === "connect") return shortToken;
+              if (window.outage) throw new Error("refresh endpoint: HTTP 503");
+              return window.freshToken;
+            },
+            backoffBaseMs: 200, backoffCapMs: 400,
+          });
+          client.onClose((event) => events.push(["close", event.code, event.willReconnect]));
+          client.onState((state, detail) => {
+            if (state !== "reconnecting") events.push([state, detail.code ?? null]);
+          });
+          window.received = [];
+          client.onTopic(topic, (message) => received.push(message.payload));
+          await client.connect();
+          await client.subscribe(topic);
+          return events;
+        }""",
+        [token, f"user:{trader.pk}:orders"],
+    )
+    await page.wait_for_function(
+        "events.some((e) => e[0] === 'close' && e[1] === 4401)", timeout=10_000
+    )
+    await page.wait_for_function(
+        "events.filter((e) => e[0] === 'getToken' && e[1] === 'refresh').length >= 4",
+        timeout=10_000,
+    )
+    assert await page.evaluate("client.state") == "reconnecting"
+    await page.evaluate("(token) => { window.freshToken = token; window.outage = false; }",
+                        trader_token)  # fmt: skip
+    await page.wait_for_function("client.state === 'connected'", timeout=10_000)
+    order = await post_order(live, trader_token)
+    await page.wait_for_function("received.length === 1", timeout=5_000)
+    events = await page.evaluate("events")
+    assert await page.evaluate("received[0].id") == order["id"]
+    assert events[:3] == [["connecting", None], ["getToken", "connect"], ["connected", None]]
+    assert ["close", 4401, True] in events
+    assert ["offline", 4401] not in events
+    assert events[-1] == ["connected", None]
+    await page.evaluate("client.dispose()")
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+async def test_against_the_server_it_signs_out_when_get_token_has_no_token_left(
     browser_page, live, trader
 ):
     page = await live_page(browser_page, live)
@@ -1190,19 +2145,13 @@ async def test_against_the_server_an_expired_token_ends_offline_with_4401(
         """async (token) => {
           const events = [];
           const client = new rt.RealtimeClient({
-            getToken: async ({ reason }) => {
-              if (reason === "refresh") throw new Error("no refresh token");
-              return token;
-            },
-            backoffBaseMs: 10,
+            // The refresh token was refused: there is no access token to be had.
+            getToken: async ({ reason }) => (reason === "refresh" ? null : token),
           });
           client.onClose((event) => events.push(["close", event.code, event.willReconnect]));
           client.onState((state, detail) => events.push([state, detail.code ?? null]));
           await client.connect();
-          const deadline = Date.now() + 6000;
-          while (client.state !== "offline" && Date.now() < deadline) {
-            await new Promise((resolve) => setTimeout(resolve, 50));
-          }
+          while (client.state !== "offline") await new Promise((r) => setTimeout(r, 50));
           await new Promise((resolve) => setTimeout(resolve, 300));  // and it stays offline
           return events;
         }""",
@@ -1213,4 +2162,306 @@ async def test_against_the_server_an_expired_token_ends_offline_with_4401(
         ["connected", None],
         ["close", 4401, False],
         ["offline", 4401],
+    ]
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+async def test_against_the_server_a_msgpack_client_receives_what_a_json_client_does(
+    browser_page, live, trader, trader_token, staff_token
+):
+    """Issue 15: both encodings through a real Daphne, binary frames both ways on msgpack."""
+    page = await live_page(browser_page, live)
+    topic = f"user:{trader.pk}:orders"
+    setup = await page.evaluate(
+        """async ([token, topic]) => {
+          window.frames = { json: [], msgpack: [] };
+          window.received = { json: [], msgpack: [] };
+          const spying = (encoding) => class extends WebSocket {
+            constructor(url, protocols) {
+              super(url, protocols);
+              this.addEventListener("message", (event) => frames[encoding].push(
+                typeof event.data === "string" ? "received text" : "received binary"));
+            }
+            send(data) {
+              frames[encoding].push(typeof data === "string" ? "sent text" : "sent binary");
+              super.send(data);
+            }
+          };
+          window.clients = {};
+          for (const encoding of ["json", "msgpack"]) {
+            const client = new rt.RealtimeClient({ token, encoding, WebSocket: spying(encoding) });
+            client.on("*", (message) => { if (message.topic) received[encoding].push(message); });
+            clients[encoding] = client;
+          }
+          await Promise.all([clients.json.connect(), clients.msgpack.connect()]);
+          const acks = await Promise.all([clients.json.subscribe([topic, "market:AAPL"]),
+                                          clients.msgpack.subscribe([topic, "market:AAPL"])]);
+          return { acks: acks.map((ack) => ack.topics),
+                   encodings: [clients.json.encoding, clients.msgpack.encoding] };
+        }""",
+        [trader_token, topic],
+    )
+    assert setup == {
+        "acks": [[topic, "market:AAPL"], [topic, "market:AAPL"]],
+        "encodings": ["json", "msgpack"],
+    }
+    order = await post_order(live, trader_token)
+    async with httpx.AsyncClient(
+        base_url=live.http_url, headers={"Authorization": f"Bearer {staff_token}"}
+    ) as api:
+        response = await api.post(
+            "/api/market-data/",
+            json={"symbol": "AAPL", "last": "104.5", "bid": "104.25", "ask": "104.75"},
+        )
+        assert response.status_code == 202, response.text
+    wanted = "(m) => m.type === 'ORDER_UPDATE' || m.type === 'MARKET_DATA'"
+    await page.wait_for_function(
+        f"received.json.filter({wanted}).length === 2"
+        f" && received.msgpack.filter({wanted}).length === 2",
+        timeout=5_000,
+    )
+    received = await page.evaluate("received")
+    frames = await page.evaluate("frames")
+    await page.evaluate("clients.json.dispose(); clients.msgpack.dispose()")
+
+    def updates(messages):
+        return [m for m in messages if m["type"] != "SNAPSHOT"]
+
+    def snapshots(messages):
+        return [(m["topic"], m["seq"], m["payload"]) for m in messages if m["type"] == "SNAPSHOT"]
+
+    assert updates(received["msgpack"]) == updates(received["json"])  # timestamps included
+    assert [m["type"] for m in updates(received["json"])] == ["ORDER_UPDATE", "MARKET_DATA"]
+    assert updates(received["json"])[0]["payload"]["id"] == order["id"]
+    assert updates(received["json"])[1]["payload"]["last"] == "104.5"  # decimals stay strings
+    assert snapshots(received["msgpack"]) == snapshots(received["json"])
+    assert set(frames["json"]) == {"sent text", "received text"}
+    assert set(frames["msgpack"]) == {"sent binary", "received binary"}
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+async def test_against_the_server_presence_of_two_users_joins_lists_and_leaves(
+    browser_page, live, trader, trader_token, staff, staff_token
+):
+    """Issue 14: staff watch who is on market:AAPL; alice comes and goes."""
+    page = await live_page(browser_page, live)
+    await page.evaluate(
+        """async ([staffToken, aliceToken]) => {
+          window.events = [];
+          window.staffClient = new rt.RealtimeClient({ token: staffToken });
+          window.alice = new rt.RealtimeClient({ token: aliceToken });
+          staffClient.onPresence((topic, e) => events.push([topic, e.event, e.username]));
+          await Promise.all([staffClient.connect(), alice.connect()]);
+          await staffClient.subscribe({ topic: "market:aapl", presence: true, snapshot: false });
+        }""",
+        [staff_token, trader_token],
+    )
+    # The server's first look (PRESENCE_INTERVAL_SECS, 1 s) is the baseline, not news: after
+    # it, alice's arrival is a join.
+    await asyncio.sleep(2)
+    refused = await page.evaluate(
+        """async () => {
+          await alice.subscribe("market:AAPL", { snapshot: false });
+          return alice.presence("market:AAPL").then(() => null, (error) => error.code);
+        }"""
+    )
+    assert refused == "forbidden"  # a trader's interest in a symbol is private
+    await page.wait_for_function(
+        "events.some((e) => e[1] === 'join' && e[2] === 'alice')", timeout=10_000
+    )
+    members = (await page.evaluate("staffClient.presenceAll('market:AAPL', { limit: 1 })"))[
+        "members"
+    ]
+    assert [member["username"] for member in members] == sorted(
+        ["alice", "staff"], key=lambda name: {"alice": trader.pk, "staff": staff.pk}[name]
+    )
+    assert all(member["connections"] == 1 for member in members)
+    await page.evaluate("alice.dispose()")
+    await page.wait_for_function(  # after the server's leave grace (5 s)
+        "events.some((e) => e[1] === 'leave' && e[2] === 'alice')", timeout=15_000
+    )
+    events = await page.evaluate("events")
+    await page.evaluate("staffClient.dispose()")
+    alice_events = [event for event in events if event[2] == "alice"]
+    assert alice_events == [["market:AAPL", "join", "alice"], ["market:AAPL", "leave", "alice"]]
+
+
+# --- docs/PROTOCOL.md's browser examples, run as written --------------------------------------
+
+PROTOCOL = Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md"
+
+
+def browser_example(heading: str) -> str:
+    text = PROTOCOL.read_text()
+    section = text[text.index(heading) :]
+    return section[section.index("```js\n") + 6 : section.index("\n```\n")]
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+async def test_the_documented_reconnecting_client_gets_a_new_token_after_4401_by_itself(
+    browser_page, live, trader, trader_token
+):
+    """§13.4: an expiry during a refresh outage (503) is followed by a reconnect once the
+    endpoint is back; a refused refresh token (401) gives up."""
+    page = await live_page(browser_page, live)
+    source = browser_example("### 13.4 Browser: a reconnecting client")
+    source = source[: source.index("// Usage")] + "window.TradingSocket = TradingSocket;"
+    outage = {"status": 503}
+
+    async def refresh_endpoint(route):
+        if outage["status"]:
+            await route.fulfill(status=outage["status"], json={"detail": "unavailable"})
+        else:
+            await route.continue_()
+
+    await page.route("**/api/auth/token/refresh/", refresh_endpoint)
+    refresh = str(await sync_to_async(RefreshToken.for_user)(trader))
+    access = await sync_to_async(short_token)(trader, 2.5)
+    await page.evaluate(
+        """([source, tokens, topic]) => {
+          window.closes = [];
+          const Native = WebSocket;
+          window.WebSocket = class extends Native {  // to see each socket's close code
+            constructor(...args) {
+              super(...args);
+              this.addEventListener("close", (event) => closes.push(event.code));
+            }
+          };
+          let stored = tokens;
+          window.getTokens = () => stored;
+          window.setTokens = (next) => { stored = next; };
+          window.updates = [];
+          window.fatal = [];
+          (0, eval)(source);
+          window.socket = new TradingSocket({ topics: [topic],
+            onUpdate: (message) => updates.push(message.payload),
+            onFatal: (reason) => fatal.push(reason) });
+          socket.start();
+        }""",
+        [source, {"access": access, "refresh": refresh}, f"user:{trader.pk}:orders"],
+    )
+    await page.wait_for_function("closes.includes(4401)", timeout=10_000)
+    await asyncio.sleep(1)  # a few refreshes refused with 503 meanwhile
+    outage["status"] = 0
+    await page.wait_for_function("socket.authenticated === true", timeout=20_000)
+    await asyncio.sleep(0.3)  # the resubscription
+    order = await post_order(live, trader_token)
+    await page.wait_for_function("updates.length === 1", timeout=5_000)
+    assert await page.evaluate("updates[0].id") == order["id"]
+    assert await page.evaluate("fatal") == []
+    assert await page.evaluate("getTokens().access") != access
+
+    # Now the refresh token itself is refused: it gives up, asking for a login.
+    outage["status"] = 401
+    await page.evaluate("setTokens({ ...getTokens(), access: 'expired' }); socket.socket.close()")
+    await page.wait_for_function("fatal.length === 1", timeout=10_000)
+    assert await page.evaluate("fatal") == ["login required"]
+    await page.evaluate("socket.stop()")
+
+
+async def console_line(page, pattern: str, timeout: float = 5.0) -> str:
+    """The first console line of the page matching `pattern`, waiting for it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        for line in page.console_lines:
+            if re.search(pattern, line):
+                return line
+        if loop.time() > deadline:
+            raise AssertionError(f"no console line like {pattern!r} in {page.console_lines}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+async def test_the_documented_browser_msgpack_client_works_as_written(
+    browser_page, live, trader, trader_token
+):
+    page = await live_page(browser_page, live)
+    page.console_lines.clear()
+    await page.evaluate("(token) => { window.accessToken = token; }", trader_token)
+    await page.add_script_tag(type="module", content=browser_example("### 13.7 Browser on"))
+    topic = f"user:{trader.pk}:orders"
+    await console_line(page, rf"^log: {topic}: \d+ orders at seq \d+$")
+    order = await post_order(live, trader_token)
+    await console_line(page, rf"^log: order {order['id']} created at 100, seq \d+$")
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+async def test_against_a_frozen_server_it_notices_by_itself_and_resumes_once_it_thaws(
+    browser_page, trader, trader_token
+):
+    """Issue 19: a server stopped with SIGSTOP keeps its sockets open; the client's HEARTBEAT
+    goes unanswered, it drops the socket, new ones hang opening and time out, and once the
+    server runs again it reconnects and resumes."""
+    with live_server() as server:  # its own: this one is frozen
+        page = await live_page(browser_page, server)
+        await page.evaluate(
+            """async ([token, topic]) => {
+              window.closes = [];
+              window.received = [];
+              window.client = new rt.RealtimeClient({ token, heartbeatIntervalMs: 300,
+                requestTimeoutMs: 700, connectTimeoutMs: 1000, backoffBaseMs: 100,
+                backoffCapMs: 300 });
+              client.onClose((event) => closes.push(event.reason));
+              client.onTopic(topic, (message) => received.push(message.payload));
+              await client.connect();
+              await client.subscribe(topic);
+            }""",
+            [trader_token, f"user:{trader.pk}:orders"],
+        )
+        assert server.process is not None
+        server.process.send_signal(signal.SIGSTOP)
+        try:
+            await page.wait_for_function(
+                "closes.includes('connect timeout')", timeout=10_000
+            )  # the heartbeat went unanswered, then a new socket could not open
+            frozen = await page.evaluate("[client.state, closes[0]]")
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+        assert frozen == ["reconnecting", "heartbeat timeout"]
+        await page.wait_for_function("client.state === 'connected'", timeout=10_000)
+        await asyncio.sleep(0.3)  # the resubscription
+        order = await post_order(server, trader_token)
+        await page.wait_for_function("received.length === 1", timeout=5_000)
+        assert await page.evaluate("received[0].id") == order["id"]
+        await page.evaluate("client.dispose()")
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+async def test_against_the_server_going_offline_drops_at_once_and_online_reconnects(
+    browser_page, live, trader, trader_token
+):
+    """Chromium's emulated network loss fires `offline`; the client does not wait for a
+    heartbeat to fail, and `online` brings it back without waiting out its backoff."""
+    page = await live_page(browser_page, live)
+    await page.evaluate(
+        """async (token) => {
+          window.events = [];
+          window.client = new rt.RealtimeClient({ token, backoffBaseMs: 60000, random: () => 0.9 });
+          client.onClose((event) => events.push(["close", event.reason]));
+          client.onState((state) => events.push([state]));
+          await client.connect();
+        }""",
+        trader_token,
+    )
+    await page.context.set_offline(True)
+    try:
+        await page.wait_for_function("client.state === 'reconnecting'", timeout=5_000)
+    finally:
+        await page.context.set_offline(False)
+    await page.wait_for_function("client.state === 'connected'", timeout=5_000)
+    events = await page.evaluate("events")
+    await page.evaluate("client.dispose()")
+    assert events == [
+        ["connecting"],
+        ["connected"],
+        ["close", "the browser went offline"],
+        ["reconnecting"],  # for 27 s, but for the `online` event
+        ["connected"],
     ]

@@ -1,20 +1,27 @@
+// @ts-check
 /**
- * The tradingrt real-time client: a dependency-free ES module for the `/ws` protocol
- * (docs/PROTOCOL.md). It authenticates with the first message (or `?token=`), reconnects with
- * capped, fully jittered exponential backoff, refreshes the access token in-band before it
- * expires, and correlates requests with the server's replies.
+ * The tradingrt real-time client: an ES module for the `/ws` protocol (docs/PROTOCOL.md). It
+ * authenticates with the first message (or `?token=`), speaks JSON or MessagePack (§3.3),
+ * reconnects with capped, fully jittered exponential backoff, refreshes the access token in-band
+ * before it expires, and correlates requests with the server's replies.
  *
  * Delivery (docs/PROTOCOL.md section 7): it keeps each topic's position (the epoch and seq of
  * the last message it applied), ignores repeats, and notices gaps (a seq jump, or a server
  * HEARTBEAT position ahead of its own); it repairs them, and resumes after every reconnect, by
  * subscribing again with `since`. A topic's first subscription asks for a snapshot of its state,
  * and so does every resume, so a history the server no longer holds comes back as a `reset`
- * followed by the state in the same request.
+ * followed by the state in the same request. Filtered and throttled subscriptions (§4.7) skip
+ * seqs on purpose: for them a jump is no gap, and the position follows the server's.
+ *
+ * Liveness: a connection must open and authenticate within `connectTimeoutMs`; idle ones are
+ * checked with HEARTBEATs; one from which nothing at all has come for `staleAfterMs` is dropped
+ * (and `stale` reported); the browser's `offline`, `online` and page-visibility events drop,
+ * retry or check the connection at once instead of at the end of a timer.
  *
  * @example
  * import { RealtimeClient } from "/static/realtime/client.js";
  *
- * const client = new RealtimeClient({ getToken: async () => myAccessToken() });
+ * const client = new RealtimeClient({ getToken: async ({ reason }) => myAccessToken(reason) });
  * client.onState((state, detail) => console.log(state, detail));
  * client.onSnapshot(({ topic, items, first, last }) => replaceState(topic, items, first, last));
  * client.onReset(({ topic, reason, snapshot }) => snapshot || reloadOverRest(topic));
@@ -26,23 +33,28 @@
  * @module realtime/client
  */
 
-/** Close codes the server uses (CONTRACT section 7). */
+/** Close codes the server uses (CONTRACT sections 7 and 13). */
 export const CloseCode = Object.freeze({
   NORMAL: 1000,
   ABNORMAL: 1006, // no close frame: the network or the server went away
   OPERATOR_DISCONNECT: 4000,
   UNAUTHENTICATED: 4401,
   USER_DEACTIVATED: 4403,
+  TOO_MANY_CONNECTIONS: 4409,
+  SESSIONS_REVOKED: 4410, // tokens issued before the revocation are refused: get a new one
   RATE_LIMITED: 4429,
   STREAM_INTERRUPTED: 4503, // the server's update stream broke: reconnect and resume
   SLOW_CONSUMER: 4508,
 });
 
-/** After these the client stays offline until `connect()` is called again. */
-export const FATAL_CLOSE_CODES = Object.freeze([
-  CloseCode.UNAUTHENTICATED,
-  CloseCode.USER_DEACTIVATED,
-]);
+/**
+ * After these the client stays offline until `connect()` is called again. (4401 and 4410 stop
+ * it only when no new token can be had: see `getToken`.)
+ */
+export const FATAL_CLOSE_CODES = Object.freeze([CloseCode.USER_DEACTIVATED]);
+
+/** Closes after which the next connection needs a new access token, not the same one. */
+const TOKEN_CLOSE_CODES = Object.freeze([CloseCode.UNAUTHENTICATED, CloseCode.SESSIONS_REVOKED]);
 
 /**
  * Connection states reported to `onState` listeners.
@@ -55,8 +67,32 @@ export const State = Object.freeze({
   CONNECTED: "connected",
   /** The connection dropped; waiting for the next attempt, or attempting. */
   RECONNECTING: "reconnecting",
-  /** Not connected and not trying: never started, closed, or stopped by 4401/4403. */
+  /** Not connected and not trying: never started, closed, disposed, signed out, or 4403. */
   OFFLINE: "offline",
+});
+
+/**
+ * A held topic's state, reported to `onSubscriptionState` listeners.
+ * @enum {string}
+ */
+export const SubscriptionState = Object.freeze({
+  /** Asked for, or to be asked for by the next connection; no reply yet. */
+  SUBSCRIBING: "subscribing",
+  /** Acknowledged by the server on this connection. */
+  SUBSCRIBED: "subscribed",
+  /** Refused for now (`unavailable`: the server's channel layer is down); asked again later. */
+  RETRYING: "retrying",
+  /** Refused for good (`forbidden`, `invalid_option`, ..., or revoked): no longer held. */
+  FAILED: "failed",
+});
+
+/** The encodings (§3.3), chosen with the `encoding` option. */
+export const Encoding = Object.freeze({ JSON: "json", MSGPACK: "msgpack" });
+
+/** The WebSocket subprotocol of each encoding. */
+export const SUBPROTOCOLS = Object.freeze({
+  json: "tradingrt.json",
+  msgpack: "tradingrt.msgpack",
 });
 
 /**
@@ -75,13 +111,27 @@ export const ResetReason = Object.freeze({
 });
 
 /**
+ * @typedef {object} TokenContext
+ * @property {"connect"|"refresh"} reason `connect` before a connection attempt; `refresh` when
+ *   the current token expires soon, or was refused (a 4401 or 4410 close, or an `ERROR` reply
+ *   to it): return a newer token then.
+ * @property {string} [expiresAt] the current session's expiry, when there is one
+ * @property {number} serverTimeOffsetMs the server's clock minus the page's, as measured
+ */
+
+/**
  * @typedef {object} ClientOptions
- * @property {(context: {reason: "connect"|"refresh", expiresAt?: string}) => (string|Promise<string>)} [getToken]
- *   Returns an access token. Called before every connection attempt (`reason: "connect"`) and
- *   before the current token expires (`reason: "refresh"`: return a newer token then).
- * @property {string} [token] A fixed access token, when no `getToken` is given.
+ * @property {(context: TokenContext) => (?string|Promise<?string>)} [getToken]
+ *   Returns an access token. Throw (or reject) when none can be had *for now* (the refresh
+ *   endpoint is down): the client tries again with backoff. Return `null` when there is none
+ *   any more (the refresh token itself was refused: signed out): the client goes offline.
+ * @property {string} [token] A fixed access token, when no `getToken` is given. A 4401 or a
+ *   refused token then stops the client.
  * @property {string} [url] The endpoint, absolute or relative to the page; default `/ws` on
  *   the page's host (`wss:` on https pages).
+ * @property {"json"|"msgpack"} [encoding="json"] `msgpack` offers the `tradingrt.msgpack`
+ *   subprotocol and speaks binary frames both ways; if the server selects none, the client
+ *   uses JSON on that connection and reports an `encoding` error.
  * @property {boolean} [tokenInUrl=false] Send the token as `?token=` instead of in the first
  *   message. The first-message flow keeps tokens out of URLs and server logs.
  * @property {boolean} [snapshot=true] Ask for a snapshot of each topic's state on its first
@@ -93,32 +143,46 @@ export const ResetReason = Object.freeze({
  * @property {number} [backoffBaseMs=500] Ceiling of the first reconnect delay.
  * @property {number} [backoffFactor=2] Growth of the ceiling per failed attempt.
  * @property {number} [backoffCapMs=30000] Largest ceiling; each delay is random below it.
+ * @property {number} [backoffResetMs=5000] A connection must stay up this long after its
+ *   resubscription was answered before the delays start again from the first.
  * @property {number} [refreshLeadMs=30000] Refresh this long before the token expires...
  * @property {number} [refreshFraction=0.8] ...or at this fraction of a short lifetime.
  * @property {number} [requestTimeoutMs=10000] A request without a reply by then is rejected;
  *   a snapshot whose next page takes longer is given up (`reset` with `no_snapshot`).
+ * @property {number} [connectTimeoutMs=10000] A socket must open and authenticate within this,
+ *   or it is dropped and the next attempt made.
  * @property {number} [heartbeatIntervalMs=25000] Idle checks of the connection (0: none); a
  *   HEARTBEAT unanswered within `requestTimeoutMs` drops the connection and reconnects.
+ * @property {number} [staleAfterMs=75000] With nothing at all received for this long (2.5 of
+ *   the server's 30 s heartbeat intervals) the client reports `stale` and drops the connection
+ *   (0: never).
  * @property {typeof WebSocket} [WebSocket] The WebSocket class (for tests).
  * @property {() => number} [random] Source of jitter in [0, 1) (for tests).
  */
 
 const DEFAULTS = Object.freeze({
   url: "/ws",
+  encoding: Encoding.JSON,
   tokenInUrl: false,
   snapshot: true,
   positionStorage: null,
   backoffBaseMs: 500,
   backoffFactor: 2,
   backoffCapMs: 30_000,
+  backoffResetMs: 5_000,
   refreshLeadMs: 30_000,
   refreshFraction: 0.8,
   requestTimeoutMs: 10_000,
+  connectTimeoutMs: 10_000,
   heartbeatIntervalMs: 25_000,
+  staleAfterMs: 75_000,
   random: Math.random,
 });
 
 const POSITIONS_KEY = "tradingrt.realtime.positions"; // + ":" + userId, in positionStorage
+const REFRESH_RETRY_MIN_MS = 250; // a failed refresh is not retried sooner than this
+const REFRESH_GIVE_UP_MS = 1_000; // nor with less time than this left: the 4401 path takes over
+const WAKE_PROBE_AFTER_MS = 5_000; // a tab shown again after this much silence checks its socket
 
 /**
  * The delay before reconnect attempt `attempt` (0 for the first): "full jitter", uniformly
@@ -163,8 +227,9 @@ export function canonicalTopic(topic) {
 /** An error the client reports: a server ERROR, a timeout, a closed connection... */
 export class RealtimeError extends Error {
   /**
-   * @param {string} code `timeout`, `closed`, `not_connected`, `token`, `refresh`, or the
-   *   server's error code (`unauthenticated`, `rate_limited`, ...).
+   * @param {string} code `timeout`, `closed`, `not_connected`, `disposed`, `token`, `refresh`,
+   *   `encoding`, `invalid_json`, `invalid_msgpack`, or the server's error code
+   *   (`unauthenticated`, `rate_limited`, ...) or rejection reason (`forbidden`, ...).
    * @param {string} message
    * @param {{closeCode?: number, reply?: object}} [detail]
    */
@@ -182,15 +247,34 @@ export class RealtimeError extends Error {
  * @private
  */
 class Subscription {
-  constructor(name, snapshot) {
+  constructor(name, entry) {
     this.name = name;
-    this.snapshot = snapshot; // ask for the state on the first subscription and on a reset
+    this.status = SubscriptionState.SUBSCRIBING;
+    this.setOptions(entry);
     this.position = null; // {epoch, seq} of the last message applied (or of the snapshot)
     this.fence = null; // {id, since, snapshot, cause}: the (re)subscription awaiting its reply
     this.buffer = []; // messages held until the first position is known
     this.loading = null; // {head, epoch, seq, page, reason, timer}: a snapshot being received
     this.recovering = null; // {target, replayed, cause}: a replay under way
     this.restored = false; // the position came from positionStorage (a reloaded page)
+    this.retry = null; // {attempt, timer, reason}: refused `unavailable`, asked again later
+  }
+
+  setOptions(entry) {
+    this.snapshot = entry.snapshot; // ask for the state on the first subscription and a reset
+    this.filter = entry.filter;
+    this.throttleMs = entry.throttleMs;
+    this.presence = entry.presence;
+  }
+
+  /** Filtered or throttled: seqs are skipped on purpose, so a jump is no gap (§4.7). */
+  get shaped() {
+    return this.filter !== null || this.throttleMs !== null;
+  }
+
+  /** The options that decide which messages come: a change of them needs the state again. */
+  get shapeKey() {
+    return stableJson([this.filter, this.throttleMs]);
   }
 
   /** Take the position a previous page stored, if any. */
@@ -204,42 +288,70 @@ class Subscription {
  * One logical connection to `/ws` that survives drops of the physical one.
  *
  * Listener methods (`on`, `onTopic`, `onState`, `onClose`, `onError`, `onSnapshot`,
- * `onRecovered`, `onReset`) return a function that removes the listener.
+ * `onRecovered`, `onReset`, `onPresence`, `onSubscriptionState`, `onStale`) return a function
+ * that removes the listener.
  */
 export class RealtimeClient {
   /** @param {ClientOptions} [options] */
   constructor(options = {}) {
     this.options = { ...DEFAULTS, ...options };
-    if (!this.options.getToken) {
+    if (!Object.values(Encoding).includes(this.options.encoding)) {
+      throw new TypeError(`encoding must be "json" or "msgpack", not ${this.options.encoding}.`);
+    }
+    // With a fixed token a refused one cannot be replaced: a 4401 stops the client.
+    this._fixedToken = typeof this.options.getToken !== "function";
+    if (this._fixedToken) {
       const token = this.options.token;
       this.options.getToken = () => token;
     }
     this._WebSocket = this.options.WebSocket || globalThis.WebSocket;
+    /** @type {string} */
     this._state = State.OFFLINE;
     this._session = null;
     this._userId = null; // the last authenticated user: whose stored positions apply
     this._ws = null;
+    /** @type {"json"|"msgpack"} the encoding of the current socket */
+    this._wire = Encoding.JSON;
+    this._codec = null; // the MessagePack module, once loaded
     this._authenticatedWs = null; // the socket whose AUTHENTICATION replies are renewals
     this._generation = 0; // bumped to abandon an attempt still awaiting its token
     this._stopped = true;
+    this._disposed = false;
     this._stopInfo = null;
     this._attempt = 0;
+    this._refreshAttempt = 0;
+    this._tokenReason = "connect"; // "refresh" once the server refused the token
     this._nextId = 0;
-    this._skewMs = 0; // server clock minus ours, from the AUTHENTICATION timestamp
+    this._clock = { offsetMs: 0, measured: false }; // server clock minus ours
+    this._startedAt = null;
+    this._lastMessageAt = null;
+    this._stale = false;
     this._subscriptions = new Map(); // canonical topic -> Subscription
-    this._pending = new Map(); // request id -> {resolve, reject, timer, handle?}
+    this._failures = new Map(); // canonical topic -> {reason, message}: refused for good
+    this._pending = new Map(); // request id -> {resolve, reject, timer, handle?, sentAt}
     this._waiters = []; // subscribe() calls waiting for the next (re)subscription
     this._ready = []; // connect() calls waiting for authentication
-    this._timers = { reconnect: null, refresh: null, heartbeat: null };
+    this._timers = {
+      reconnect: null,
+      refresh: null,
+      heartbeat: null,
+      connect: null,
+      stable: null,
+      stale: null,
+    };
     this._listeners = new Map(); // "type:X", "topic:X", "state", "close", ... -> Set
     this._stats = { duplicates: 0, gaps: 0, repairs: 0, recovered: 0, resets: 0, snapshots: 0 };
     this._global = [];
-    // Back online: try now rather than at the end of a long backoff.
-    this._addGlobalListener("online", () => {
-      if (this._state === State.RECONNECTING) this.connect().catch(() => {});
+    // Back online, or shown again: try now rather than at the end of a long wait.
+    this._addGlobalListener(globalThis, "online", () => this._wake("online"));
+    this._addGlobalListener(globalThis, "offline", () => this._networkLost());
+    this._addGlobalListener(globalThis.document, "visibilitychange", () => {
+      if (globalThis.document.visibilityState === "visible") this._wake("visible");
     });
     // Leaving the page (a reload, too): keep the positions for the next page of this tab.
-    if (this.options.positionStorage) this._addGlobalListener("pagehide", () => this.savePositions());
+    if (this.options.positionStorage) {
+      this._addGlobalListener(globalThis, "pagehide", () => this.savePositions());
+    }
   }
 
   /** @returns {string} one of {@link State} */
@@ -253,6 +365,15 @@ export class RealtimeClient {
    */
   get session() {
     return this._session;
+  }
+
+  /**
+   * The encoding of the current connection (of the last one while disconnected): `msgpack`
+   * only when asked for and selected by the server.
+   * @returns {"json"|"msgpack"}
+   */
+  get encoding() {
+    return this._wire;
   }
 
   /** @returns {string[]} the topics this client holds, and resubscribes after reconnecting */
@@ -286,34 +407,70 @@ export class RealtimeClient {
     return { ...this._stats };
   }
 
+  /**
+   * When the last message of any kind (a HEARTBEAT too) arrived from the server, in
+   * milliseconds since the epoch by the page's clock (`Date.now()`); null before the first.
+   * @returns {?number}
+   */
+  get lastMessageAt() {
+    return this._lastMessageAt;
+  }
+
+  /**
+   * True when nothing has arrived for `staleAfterMs` (what the page shows may be old); false
+   * again with the next message.
+   * @returns {boolean}
+   */
+  get stale() {
+    return this._stale;
+  }
+
+  /**
+   * The server's clock minus the page's, in milliseconds, measured from the timestamps of
+   * the server's replies (the midpoint of each round trip); 0 until measured.
+   * @returns {number}
+   */
+  get serverTimeOffsetMs() {
+    return this._clock.offsetMs;
+  }
+
+  /** @returns {number} the server's time now, in milliseconds since the epoch (estimated) */
+  serverNow() {
+    return Date.now() + this._clock.offsetMs;
+  }
+
   // --- lifecycle ------------------------------------------------------------------------
 
   /**
    * Start connecting (or, while waiting to reconnect, try at once). Also the way to resume
-   * after `close()` or a 4401/4403 stop.
+   * after `close()` or a stop.
    * @returns {Promise<object>} the session, once authenticated; rejected if the client goes
-   *   offline first
+   *   offline first, or was disposed
    */
   connect() {
+    if (this._disposed) return Promise.reject(disposedError());
     const ready = this._whenReady();
     if (this._state === State.CONNECTED) return ready;
     this._stopped = false;
     this._stopInfo = null;
     if (this._timers.reconnect !== null) {
-      clearTimeout(this._timers.reconnect);
-      this._timers.reconnect = null;
+      this._clearTimer("reconnect");
       this._open();
     } else if (this._ws === null && this._state === State.OFFLINE) {
       this._attempt = 0;
+      this._tokenReason = "connect"; // a fresh start (a new sign-in, say) uses the token it has
+      this._startedAt = Date.now();
       this._setState(State.CONNECTING);
+      this._armWatchdog();
       this._open();
     }
     return ready;
   }
 
   /**
-   * Close the connection and stop reconnecting. Pending requests are rejected; the topics and
-   * their positions are kept, and resumed by a later `connect()`.
+   * Close the connection and stop reconnecting. Pending requests are rejected, and so are
+   * subscribe() calls waiting for a connection; the topics and their positions are kept, and
+   * resumed by a later `connect()`.
    * @param {number} [code=1000] the code reported to `onClose` and `onState` listeners (the
    *   socket itself is closed with 1000)
    * @param {string} [reason]
@@ -322,46 +479,87 @@ export class RealtimeClient {
     this._stop({ code, reason });
   }
 
-  /** Close, and remove the listeners this client added to the page (`online`, `pagehide`). */
+  /**
+   * Close for good: as `close()`, then remove the listeners this client added to the page
+   * (`online`, `offline`, `visibilitychange`, `pagehide`). Later calls of `connect()`,
+   * `subscribe()` and the requests reject with code `disposed`.
+   */
   dispose() {
-    this.close();
-    for (const [name, listener] of this._global.splice(0)) {
-      globalThis.removeEventListener(name, listener);
+    if (this._disposed) return;
+    this._disposed = true; // first: what waits for a connection is rejected as `disposed`
+    this._stop({ code: CloseCode.NORMAL, reason: "disposed" });
+    for (const subscription of this._subscriptions.values()) this._settle(subscription);
+    for (const [target, name, listener] of this._global.splice(0)) {
+      target.removeEventListener(name, listener);
     }
   }
 
   // --- requests -------------------------------------------------------------------------
 
   /**
-   * Subscribe to topics. Resolves with the server's acknowledgement of them: `{action, topics,
-   * rejected, positions, recovered, reset}` (§4.2; rejected entries `{topic, reason}`).
-   * Rejected topics are dropped; accepted ones are resumed after every reconnect. A topic's
-   * first subscription asks for a snapshot of its state unless `snapshot` is false (for this
-   * call, or as the client's option); its pages reach `onSnapshot` listeners, then its updates
-   * follow. A topic already held is left as it is. While not connected (or if the connection
-   * drops before the reply) the topics are remembered and the promise resolves with the next
-   * connection's acknowledgement. An `ERROR` reply rejects it and forgets the new topics.
-   * @param {string|string[]} topics
-   * @param {{snapshot?: boolean}} [options]
+   * Subscribe to topics. Each entry is a topic name or `{topic, filter, throttleMs, presence,
+   * snapshot}` (§4.7); `options` gives the defaults of every entry. Resolves with the server's
+   * acknowledgement of them: `{action, topics, rejected, positions, recovered, reset}` (§4.2;
+   * rejected entries `{topic, reason}`).
+   *
+   * Rejected topics are dropped (state `failed`), except those refused `unavailable`, which are
+   * kept and asked for again with backoff (state `retrying`); accepted ones are resumed after
+   * every reconnect. A topic's first subscription asks for a snapshot of its state unless
+   * `snapshot` is false; its pages reach `onSnapshot` listeners, then its updates follow. A
+   * topic already held with the same options is left as it is; with another `filter` or
+   * `throttleMs` it is subscribed afresh (a new snapshot, when snapshots are on).
+   *
+   * While not connected (or if the connection drops before the reply) the topics are held and
+   * the promise resolves with the next connection's acknowledgement; it rejects if the client
+   * goes offline first (`close()`, `dispose()`, a 4403, or no token to be had). An `ERROR`
+   * reply rejects it and forgets the new topics.
+   * @param {string|object|Array<string|object>} topics
+   * @param {{snapshot?: boolean, filter?: object, throttleMs?: number, presence?: boolean}} [options]
    * @returns {Promise<{action: string, topics: string[], rejected: {topic: string, reason: string}[],
    *   positions: Object<string, {epoch: string, seq: number}>, recovered: string[],
    *   reset: {topic: string, reason: string}[]}>}
    */
   subscribe(topics, options = {}) {
-    const names = toTopicList(topics);
-    const snapshot = options.snapshot ?? this.options.snapshot;
+    if (this._disposed) return Promise.reject(disposedError());
+    let entries;
+    try {
+      entries = toEntries(topics, options, this.options.snapshot);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    const names = entries.map((entry) => entry.name);
     const fresh = [];
-    for (const name of names) {
-      if (this._subscriptions.has(name)) continue;
-      const subscription = new Subscription(name, Boolean(snapshot));
-      subscription.restore(this._storedPosition(name));
-      this._subscriptions.set(name, subscription);
+    const created = new Set();
+    for (const entry of entries) {
+      this._failures.delete(entry.name);
+      const held = this._subscriptions.get(entry.name);
+      if (held) {
+        const shapeKey = held.shapeKey;
+        held.setOptions(entry);
+        if (held.shapeKey !== shapeKey) {
+          // Other messages from now on: the state held was built from the old ones.
+          this._settle(held);
+          held.position = null;
+          held.restored = false;
+          fresh.push(held);
+        } else if (held.status === SubscriptionState.RETRYING) {
+          this._settle(held);
+          fresh.push(held);
+        } // otherwise held as it is; the entry still carries its options (presence)
+        continue;
+      }
+      const subscription = new Subscription(entry.name, entry);
+      subscription.restore(this._storedPosition(entry.name));
+      this._subscriptions.set(entry.name, subscription);
+      this._emitSubscriptionState(subscription);
+      created.add(subscription);
       fresh.push(subscription);
     }
     if (this._state !== State.CONNECTED) {
       return new Promise((resolve, reject) => this._waiters.push({ names, resolve, reject }));
     }
     const cause = (subscription) => (subscription.restored ? "reload" : "subscribe");
+    const ws = this._ws;
     return this._fence(fresh, names, cause).then(
       (ack) => ackFor(names, ack),
       (error) => {
@@ -371,7 +569,11 @@ export class RealtimeClient {
           return new Promise((resolve, reject) => this._waiters.push({ names, resolve, reject }));
         }
         // Refused (an ERROR reply): not held, so never silently left out of resubscriptions.
-        for (const subscription of fresh) this._forget(subscription);
+        for (const subscription of created) this._fail(subscription, error.code, error.message);
+        if (fresh.some((subscription) => !created.has(subscription)) && ws === this._ws) {
+          // A held topic's new options were not taken: a new connection applies them.
+          this._abandon(ws, `resubscription failed (${error.code})`);
+        }
         throw error;
       },
     );
@@ -380,12 +582,18 @@ export class RealtimeClient {
   /**
    * Unsubscribe from topics: forgets them and their positions (stored ones too); resolves with
    * the server's acknowledgement (§4.3), or at once while not connected.
-   * @param {string|string[]} topics
+   * @param {string|object|Array<string|object>} topics names, or subscribe entries
    * @returns {Promise<{action: string, topics: string[], rejected: object[]}>}
    */
   unsubscribe(topics) {
-    const names = toTopicList(topics);
+    let names;
+    try {
+      names = toEntries(topics, {}, false).map((entry) => entry.name);
+    } catch (error) {
+      return Promise.reject(error);
+    }
     for (const name of names) {
+      this._failures.delete(name);
       const subscription = this._subscriptions.get(name);
       if (subscription) this._forget(subscription);
     }
@@ -398,18 +606,89 @@ export class RealtimeClient {
   }
 
   /**
+   * One page of the users subscribed to `topic`, on any server (§4.7), ordered by `userId`:
+   * `{members: [{userId, username, connections, since}], next}`, `next` being the `after` of
+   * the following page, or null on the last. Rejects with the reason (`forbidden`: market
+   * presence is for staff) or the server's error code; with `not_connected` unless connected.
+   * @param {string} topic
+   * @param {{limit?: number, after?: number}} [options] `limit`: 1 to 1000 members (default
+   *   1000); `after`: a previous page's `next`
+   * @returns {Promise<{members: {userId: number, username: string, connections: number,
+   *   since: string}[], next: ?number}>}
+   */
+  presence(topic, { limit, after } = {}) {
+    const name = canonicalTopic(topic);
+    const payload = { action: "presence", topics: [name] };
+    if (limit !== undefined) payload.limit = limit;
+    if (after !== undefined && after !== null) payload.after = { [name]: after };
+    return this.request("SUBSCRIPTION", payload).then((reply) => {
+      const answer = reply.payload || {};
+      const refused = (answer.rejected || []).find((entry) => entry.topic === name);
+      if (refused) {
+        throw new RealtimeError(refused.reason, `Presence of ${name} refused: ${refused.reason}.`, {
+          reply,
+        });
+      }
+      const next = answer.next && Number.isInteger(answer.next[name]) ? answer.next[name] : null;
+      return { members: (answer.presence && answer.presence[name]) || [], next };
+    });
+  }
+
+  /**
+   * Every user subscribed to `topic`: all pages of {@link presence}, one request each, in one
+   * answer of the same shape (`next` is null).
+   * @param {string} topic
+   * @param {{limit?: number}} [options] members per page
+   * @returns {Promise<{members: {userId: number, username: string, connections: number,
+   *   since: string}[], next: null}>}
+   */
+  async presenceAll(topic, { limit } = {}) {
+    const members = [];
+    let after = null;
+    do {
+      const page = await this.presence(topic, { limit, after });
+      members.push(...page.members);
+      after = page.next;
+    } while (after !== null);
+    return { members, next: null };
+  }
+
+  /**
    * Send any client message and wait for its reply, correlated by `id` (for example
    * `request("SUBSCRIPTION", {action: "list"})` or `request("HEARTBEAT")`).
    * @param {string} type
    * @param {object} [payload]
-   * @returns {Promise<object>} the whole reply message; an ERROR reply rejects with a
-   *   RealtimeError carrying the server's code
+   * @returns {Promise<Object<string, any>>} the whole reply message; an ERROR reply rejects
+   *   with a RealtimeError carrying the server's code
    */
   request(type, payload = {}) {
+    if (this._disposed) return Promise.reject(disposedError());
     if (this._state !== State.CONNECTED) {
       return Promise.reject(new RealtimeError("not_connected", `Not connected (${this._state}).`));
     }
     return this._request(type, payload);
+  }
+
+  /**
+   * A topic's subscription as this client sees it: `{state, reason, attempt}` (see
+   * {@link SubscriptionState}; `reason` and `attempt` for `retrying` and `failed`), or null for
+   * a topic it neither holds nor was refused.
+   * @param {string} topic
+   * @returns {?{state: string, reason: ?string, attempt: number}}
+   */
+  subscriptionState(topic) {
+    const name = canonicalTopic(topic);
+    const subscription = this._subscriptions.get(name);
+    if (subscription) {
+      const retry = subscription.retry;
+      return {
+        state: subscription.status,
+        reason: retry ? retry.reason : null,
+        attempt: retry ? retry.attempt : 0,
+      };
+    }
+    const failure = this._failures.get(name);
+    return failure ? { state: SubscriptionState.FAILED, reason: failure.reason, attempt: 0 } : null;
   }
 
   /**
@@ -447,7 +726,7 @@ export class RealtimeClient {
   }
 
   /**
-   * Listen to the updates delivered for one topic.
+   * Listen to the messages delivered for one topic (its updates, and its PRESENCE events).
    * @param {string} topic
    * @param {(message: object) => void} listener
    * @returns {() => void}
@@ -458,9 +737,10 @@ export class RealtimeClient {
 
   /**
    * Listen to state changes; `detail` tells why: `{code, reason}` of the close that caused
-   * `reconnecting` or `offline`, and `{attempt, delayMs}` of the next reconnect attempt.
-   * `connected` is reported once the resubscription has been sent; the server answers in
-   * order, so a request made from the listener is answered after the resubscription.
+   * `reconnecting` or `offline`, `{attempt, delayMs}` of the next reconnect attempt, and
+   * `{session, encoding}` of a connection. `connected` is reported once the resubscription has
+   * been sent; the server answers in order, so a request made from the listener is answered
+   * after the resubscription.
    * @param {(state: string, detail: object) => void} listener
    * @returns {() => void}
    */
@@ -469,7 +749,8 @@ export class RealtimeClient {
   }
 
   /**
-   * Listen to closes of the underlying connection.
+   * Listen to closes of the underlying connection. `client.state` is already the state the
+   * close leads to (`reconnecting` or `offline`).
    * @param {(event: {code: number, reason: string, wasClean: boolean, willReconnect: boolean}) => void} listener
    * @returns {() => void}
    */
@@ -479,7 +760,9 @@ export class RealtimeClient {
 
   /**
    * Listen to errors not tied to a request: uncorrelated server ERRORs (`rate_limited`, the
-   * token's expiry), a failed token refresh, an unparseable message.
+   * token's expiry), a failed `getToken` (`token`) or refresh (`refresh`), a refused token
+   * (`unauthenticated`), an encoding the server did not select (`encoding`), an unreadable
+   * message (`invalid_json`, `invalid_msgpack`).
    * @param {(error: RealtimeError) => void} listener
    * @returns {() => void}
    */
@@ -504,7 +787,8 @@ export class RealtimeClient {
   /**
    * Listen to resumes that succeeded: the `replayed` updates missed (possibly 0) have been
    * delivered, in order, to the update listeners. `cause`: `reconnect`, `gap` (a seq jump),
-   * `heartbeat` (the server's position was ahead), or `reload` (positions from storage).
+   * `heartbeat` (the server's position was ahead), `reload` (positions from storage), or
+   * `retry` (a topic refused `unavailable` before).
    * @param {(event: {topic: string, replayed: number, cause: string,
    *   position: {epoch: string, seq: number}}) => void} listener
    * @returns {() => void}
@@ -525,13 +809,47 @@ export class RealtimeClient {
     return this._listen("reset", listener);
   }
 
+  /**
+   * Listen to presence events of the topics subscribed with `presence: true` (§4.7): a user's
+   * first connection subscribed (`join`), or their last one left (`leave`, after the server's
+   * grace period).
+   * @param {(topic: string, event: {event: "join"|"leave", userId: number, username: string}) => void} listener
+   * @returns {() => void}
+   */
+  onPresence(listener) {
+    return this._listen("presence", listener);
+  }
+
+  /**
+   * Listen to changes of a topic's subscription state ({@link SubscriptionState}); `detail`
+   * has the `reason` of `retrying` and `failed` (a rejection reason, `revoked`, or the code of
+   * an `ERROR` reply), the `attempt` and `delayMs` of a retry.
+   * @param {(topic: string, state: string, detail: {reason?: string, attempt?: number,
+   *   delayMs?: number, message?: string}) => void} listener
+   * @returns {() => void}
+   */
+  onSubscriptionState(listener) {
+    return this._listen("subscription", listener);
+  }
+
+  /**
+   * Listen to staleness: `true` when nothing (not even a HEARTBEAT) has arrived for
+   * `staleAfterMs`, `false` with the next message.
+   * @param {(stale: boolean, detail: {lastMessageAt: ?number, silentMs: number}) => void} listener
+   * @returns {() => void}
+   */
+  onStale(listener) {
+    return this._listen("stale", listener);
+  }
+
   // --- internals: the connection --------------------------------------------------------
 
   async _open() {
     const generation = ++this._generation;
+    this._clearTimer("reconnect");
     let token;
     try {
-      token = await this.options.getToken({ reason: "connect" });
+      token = await this.options.getToken(this._tokenContext(this._tokenReason));
     } catch (error) {
       if (generation !== this._generation || this._stopped) return;
       this._emitError(new RealtimeError("token", `getToken failed: ${describe(error)}`));
@@ -539,43 +857,96 @@ export class RealtimeClient {
       return;
     }
     if (generation !== this._generation || this._stopped) return;
+    if (token === null || token === undefined || token === "") {
+      this._stop({ code: CloseCode.UNAUTHENTICATED, reason: "no access token (signed out)" });
+      return;
+    }
+    let codec = null;
+    if (this.options.encoding === Encoding.MSGPACK) {
+      try {
+        codec = await loadMsgpack();
+      } catch (error) {
+        this._emitError(
+          new RealtimeError("encoding", `Cannot load MessagePack, using JSON: ${describe(error)}`),
+        );
+      }
+      if (generation !== this._generation || this._stopped) return;
+    }
     let url = resolveUrl(this.options.url);
     if (this.options.tokenInUrl) {
       url += `${url.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}`;
     }
     let ws;
     try {
-      ws = new this._WebSocket(url);
+      ws = codec
+        ? new this._WebSocket(url, [SUBPROTOCOLS.msgpack, SUBPROTOCOLS.json])
+        : new this._WebSocket(url);
     } catch (error) {
       this._emitError(new RealtimeError("closed", `Cannot open ${url}: ${describe(error)}`));
       this._scheduleReconnect({ code: 0, reason: "cannot open" });
       return;
     }
     this._ws = ws;
+    this._wire = Encoding.JSON;
+    ws.binaryType = "arraybuffer";
     ws.onmessage = (event) => this._receive(ws, event.data);
     ws.onclose = (event) => this._closed(ws, event.code, event.reason, event.wasClean);
     ws.onerror = () => {}; // the close event that follows says what happened
+    this._timers.connect = setTimeout(() => {
+      this._timers.connect = null;
+      if (ws === this._ws) this._abandon(ws, "connect timeout");
+    }, this.options.connectTimeoutMs);
     ws.onopen = () => {
+      if (ws !== this._ws) return;
+      this._negotiated(ws, codec);
       if (this.options.tokenInUrl) return; // the server's first message authenticates us
       this._request("AUTHENTICATION", { token }).catch((error) => {
         if (ws !== this._ws || error.code === "closed") return;
         if (error.code === "timeout") {
           this._abandon(ws, "authentication timeout");
         } else {
-          // A refused token will not become valid by retrying it: stop, as a 4401 would.
-          this._stop({ code: CloseCode.UNAUTHENTICATED, reason: error.message });
+          // Refused: that token will not do. A fixed one stops the client (as a 4401 does);
+          // otherwise the next attempt asks getToken for a newer one.
+          this._emitError(error);
+          this._abandon(ws, error.message, CloseCode.UNAUTHENTICATED);
         }
       });
     };
   }
 
-  _receive(ws, text) {
+  /** The encoding the server selected for `ws` (§3.3): MessagePack only if both agreed. */
+  _negotiated(ws, codec) {
+    if (!codec) return;
+    if (ws.protocol === SUBPROTOCOLS.msgpack) {
+      this._codec = codec;
+      this._wire = Encoding.MSGPACK;
+      return;
+    }
+    this._emitError(
+      new RealtimeError(
+        "encoding",
+        `The server selected ${ws.protocol ? `"${ws.protocol}"` : "no subprotocol"} instead of ` +
+          `${SUBPROTOCOLS.msgpack}; this connection uses JSON.`,
+      ),
+    );
+  }
+
+  _tokenContext(reason) {
+    const context = { reason, serverTimeOffsetMs: this._clock.offsetMs };
+    if (this._session) context.expiresAt = this._session.expiresAt;
+    return context;
+  }
+
+  _receive(ws, data) {
     if (ws !== this._ws) return;
+    const receivedAt = Date.now();
+    this._heard(receivedAt);
     let message;
     try {
-      message = JSON.parse(text);
-    } catch {
-      this._emitError(new RealtimeError("invalid_json", "The server sent invalid JSON."));
+      message = this._decode(data);
+    } catch (error) {
+      const code = typeof data === "string" ? "invalid_json" : "invalid_msgpack";
+      this._emitError(new RealtimeError(code, `Unreadable message from the server: ${describe(error)}`));
       return;
     }
     if (message === null || typeof message !== "object") return;
@@ -587,12 +958,16 @@ export class RealtimeClient {
       if (message.type === "ERROR") {
         pending.reject(new RealtimeError(payload.code, payload.message, { reply: message }));
       } else {
+        const serverTime = message.type === "HEARTBEAT" ? payload.serverTime : message.timestamp;
+        this._sampleClock(serverTime, pending.sentAt, receivedAt);
         // At once, not in a promise callback: the messages after this reply depend on it.
         if (pending.handle) pending.handle(message);
         pending.resolve(message);
       }
     } else if (message.type === "ERROR") {
       this._emitError(new RealtimeError(payload.code, payload.message, { reply: message }));
+    } else if (message.type === "HEARTBEAT" || message.type === "AUTHENTICATION") {
+      this._sampleClock(payload.serverTime || message.timestamp, null, receivedAt);
     }
     if (message.type === "AUTHENTICATION" && payload.status === "authenticated") {
       this._authenticated(ws, message);
@@ -601,8 +976,11 @@ export class RealtimeClient {
     } else if (message.type === "SUBSCRIPTION" && payload.action === "revoked") {
       for (const name of payload.topics || []) {
         const subscription = this._subscriptions.get(name);
-        if (subscription) this._forget(subscription);
+        if (subscription) this._fail(subscription, payload.reason || "revoked", "revoked by the server");
       }
+    } else if (message.type === "PRESENCE" && typeof message.topic === "string") {
+      const { event, userId, username } = payload;
+      this._emit("presence", message.topic, { event, userId, username });
     }
     const subscription =
       typeof message.topic === "string" && Number.isInteger(message.seq)
@@ -615,6 +993,36 @@ export class RealtimeClient {
     }
   }
 
+  _decode(data) {
+    if (typeof data === "string") return JSON.parse(data);
+    if (!this._codec || this._wire !== Encoding.MSGPACK) {
+      throw new Error("a binary frame on a JSON connection");
+    }
+    return this._codec.decode(new Uint8Array(data));
+  }
+
+  _encode(message) {
+    return this._wire === Encoding.MSGPACK
+      ? this._codec.encode(message, { ignoreUndefined: true })
+      : JSON.stringify(message);
+  }
+
+  /**
+   * A server timestamp: the clock offset is taken from replies to our requests (the server's
+   * time against the midpoint of the round trip); an unsolicited message (one-way, so late by
+   * the network's delay) only serves until a reply has been measured.
+   */
+  _sampleClock(serverTime, sentAt, receivedAt) {
+    const serverMs = typeof serverTime === "string" ? Date.parse(serverTime) : NaN;
+    if (!Number.isFinite(serverMs)) return;
+    if (sentAt === null || sentAt === undefined) {
+      if (!this._clock.measured) this._clock.offsetMs = serverMs - receivedAt;
+      return;
+    }
+    this._clock.offsetMs = Math.round(serverMs - (sentAt + receivedAt) / 2);
+    this._clock.measured = true;
+  }
+
   _deliver(message) {
     this._emit(`type:${message.type}`, message);
     this._emit("type:*", message);
@@ -625,8 +1033,6 @@ export class RealtimeClient {
     const payload = message.payload;
     const previous = this._session;
     const renewal = this._authenticatedWs === ws;
-    const serverNow = Date.parse(message.timestamp);
-    if (Number.isFinite(serverNow)) this._skewMs = serverNow - Date.now();
     this._session = {
       userId: payload.userId,
       username: payload.username,
@@ -640,9 +1046,12 @@ export class RealtimeClient {
       this._retryRefresh(Date.parse(payload.expiresAt));
       return;
     }
+    this._refreshAttempt = 0;
     this._scheduleRefresh();
     if (renewal) return;
     this._authenticatedWs = ws;
+    this._tokenReason = "connect";
+    this._clearTimer("connect");
     if (this._userId !== payload.userId) {
       this._userId = payload.userId;
       // Topics subscribed before anyone signed in resume from this user's stored positions.
@@ -654,7 +1063,7 @@ export class RealtimeClient {
     }
     this._startHeartbeat();
     this._resubscribe(); // first, so requests made by state listeners are answered after it
-    this._setState(State.CONNECTED, { session: this._session });
+    this._setState(State.CONNECTED, { session: this._session, encoding: this._wire });
     for (const waiter of this._ready.splice(0)) waiter.resolve(this._session);
   }
 
@@ -663,17 +1072,26 @@ export class RealtimeClient {
     const waiters = this._waiters.splice(0);
     const subscriptions = [...this._subscriptions.values()];
     for (const subscription of subscriptions) this._settle(subscription);
+    const ws = this._ws;
+    const stable = () => {
+      // Only once this connection has lasted: a server that drops every connection soon
+      // after its login keeps being retried with growing delays, not every half second.
+      this._clearTimer("stable");
+      this._timers.stable = setTimeout(() => {
+        this._timers.stable = null;
+        if (ws === this._ws) this._attempt = 0;
+      }, this.options.backoffResetMs);
+    };
     if (subscriptions.length === 0) {
-      this._attempt = 0;
+      stable();
       for (const waiter of waiters) waiter.resolve(ackFor(waiter.names, emptyAck()));
       return;
     }
     const names = subscriptions.map((subscription) => subscription.name);
-    const ws = this._ws;
     const cause = (subscription) => (subscription.restored ? "reload" : "reconnect");
     this._fence(subscriptions, names, cause).then(
       (ack) => {
-        this._attempt = 0; // only now: a server that drops us before this keeps backing off
+        stable();
         for (const waiter of waiters) waiter.resolve(ackFor(waiter.names, ack));
       },
       (error) => {
@@ -694,14 +1112,16 @@ export class RealtimeClient {
   /**
    * Send a subscribe for `names`, (re)fencing `subscriptions` among them: each of those asks
    * to resume from its position (`since`) or for a snapshot, and takes its new position from
-   * the reply. Resolves with the reply's payload, normalised.
+   * the reply. Every entry carries its topic's options (the server replaces a held topic's
+   * options with the entry's). Resolves with the reply's payload, normalised.
    */
   _fence(subscriptions, names, cause) {
     const id = ++this._nextId;
     const fenced = new Set();
     const entries = names.map((name) => {
       const subscription = this._subscriptions.get(name);
-      if (!subscriptions.includes(subscription)) return name; // held already: left as it is
+      if (!subscription) return name;
+      if (!subscriptions.includes(subscription)) return subscriptionEntry(subscription, false);
       fenced.add(subscription);
       subscription.fence = {
         id,
@@ -710,7 +1130,7 @@ export class RealtimeClient {
         cause: cause(subscription),
       };
       subscription.restored = false;
-      return subscriptionEntry(subscription);
+      return subscriptionEntry(subscription, true);
     });
     const request = this._request(
       "SUBSCRIPTION",
@@ -738,19 +1158,25 @@ export class RealtimeClient {
     const positions = payload.positions || {};
     const recovered = new Set(payload.recovered || []);
     const resets = new Map((payload.reset || []).map((entry) => [entry.topic, entry.reason]));
+    let shapedRecovery = false;
     for (const name of payload.topics || []) {
       const subscription = this._subscriptions.get(name);
       if (!subscription || !subscription.fence || subscription.fence.id !== id) continue;
       const fence = subscription.fence;
       subscription.fence = null;
+      subscription.retry = null;
+      this._setSubscriptionState(subscription, SubscriptionState.SUBSCRIBED);
       const head = validPosition(positions[name]);
       if (fence.since && recovered.has(name)) {
         this._stats.recovered += 1;
+        const target = head ? head.seq : fence.since.seq;
         subscription.recovering = {
-          target: head ? head.seq : fence.since.seq,
-          replayed: head ? Math.max(0, head.seq - fence.since.seq) : 0,
+          target,
+          // Each missed seq is replayed; a filtered or throttled replay is counted as it comes.
+          replayed: subscription.shaped ? 0 : Math.max(0, target - fence.since.seq),
           cause: fence.cause,
         };
+        shapedRecovery = shapedRecovery || (subscription.shaped && target > fence.since.seq);
         this._recoveredIfDone(subscription);
       } else if (fence.since) {
         // Refused (or not confirmed): what was missed is lost to the stream.
@@ -762,10 +1188,27 @@ export class RealtimeClient {
         this._startFrom(subscription, head, fence.snapshot, null);
       }
     }
-    // Rejected, or (never expected) not mentioned at all: not held.
-    for (const subscription of [...this._subscriptions.values()]) {
-      if (subscription.fence && subscription.fence.id === id) this._forget(subscription);
+    // Rejected, or (never expected) not mentioned at all: not held, unless worth retrying.
+    const rejected = new Map();
+    for (const entry of payload.rejected || []) {
+      if (typeof entry.topic === "string") rejected.set(entry.topic, entry);
     }
+    for (const subscription of [...this._subscriptions.values()]) {
+      if (!subscription.fence || subscription.fence.id !== id) continue;
+      const rejection = rejected.get(subscription.name);
+      if (rejection && rejection.reason === "unavailable") {
+        this._retryLater(subscription, rejection.reason);
+      } else {
+        this._fail(
+          subscription,
+          rejection ? rejection.reason : "not_acknowledged",
+          rejection && rejection.message,
+        );
+      }
+    }
+    // A filtered or throttled replay may end below the reply's position: a HEARTBEAT, answered
+    // after the whole replay, brings the positions that end it.
+    if (shapedRecovery) this._request("HEARTBEAT", {}).catch(() => {});
   }
 
   /** After a fresh subscription or a reset: wait for the snapshot, or go on from `head`. */
@@ -806,9 +1249,10 @@ export class RealtimeClient {
     } else if (subscription.fence) {
       // Awaiting a (re)subscription's reply. Without a position yet, keep everything for
       // after it; with one, apply only the next message: the others are repeats or come again.
+      // (On a filtered or throttled topic the next seq is unknown: its replay brings them.)
       if (subscription.position === null) {
         subscription.buffer.push(message);
-      } else if (this._follows(subscription, message)) {
+      } else if (!subscription.shaped && this._follows(subscription, message)) {
         this._apply(subscription, message);
       }
     } else if (subscription.loading) {
@@ -829,7 +1273,7 @@ export class RealtimeClient {
       this._repair(subscription, "epoch");
     } else if (message.seq <= position.seq) {
       this._stats.duplicates += 1;
-    } else if (message.seq > position.seq + 1) {
+    } else if (message.seq > position.seq + 1 && !subscription.shaped) {
       this._stats.gaps += 1;
       this._repair(subscription, "gap");
     } else {
@@ -844,6 +1288,10 @@ export class RealtimeClient {
 
   _apply(subscription, message) {
     subscription.position = { epoch: message.epoch, seq: message.seq };
+    const recovering = subscription.recovering;
+    if (recovering && subscription.shaped && message.seq <= recovering.target) {
+      recovering.replayed += 1;
+    }
     this._deliver(message);
     this._recoveredIfDone(subscription);
   }
@@ -919,7 +1367,10 @@ export class RealtimeClient {
     });
   }
 
-  /** A server HEARTBEAT's positions: a topic whose position is ahead of ours missed messages. */
+  /**
+   * A HEARTBEAT's positions: a topic whose position is ahead of ours missed messages. On a
+   * filtered or throttled topic that is expected: the position just moves up to the server's.
+   */
   _checkPositions(positions) {
     for (const [name, value] of Object.entries(positions)) {
       const subscription = this._subscriptions.get(name);
@@ -929,11 +1380,42 @@ export class RealtimeClient {
       if (subscription.fence || subscription.loading || ours === null) continue;
       if (theirs.epoch !== ours.epoch) {
         this._repair(subscription, "epoch");
+      } else if (theirs.seq > ours.seq && subscription.shaped) {
+        subscription.position = theirs; // everything sent up to it has arrived before this
+        this._recoveredIfDone(subscription);
       } else if (theirs.seq > ours.seq) {
         this._stats.gaps += 1;
         this._repair(subscription, "heartbeat");
       }
     }
+  }
+
+  /** A topic refused `unavailable`: held, and asked for again after a backoff delay. */
+  _retryLater(subscription, reason) {
+    subscription.fence = null;
+    const attempt = subscription.retry ? subscription.retry.attempt + 1 : 1;
+    const delayMs = Math.max(
+      REFRESH_RETRY_MIN_MS,
+      backoffDelay(attempt - 1, this.options, this.options.random),
+    );
+    const ws = this._ws;
+    const retry = { attempt, reason, timer: null };
+    retry.timer = setTimeout(() => {
+      retry.timer = null;
+      if (subscription.retry !== retry || ws !== this._ws || this._state !== State.CONNECTED) {
+        return; // a reconnect asks for it anyway
+      }
+      this._fence([subscription], [subscription.name], () => "retry").catch((error) => {
+        if (error.code === "closed" || ws !== this._ws) return;
+        this._fail(subscription, error.code, error.message);
+      });
+    }, delayMs);
+    subscription.retry = retry;
+    this._setSubscriptionState(subscription, SubscriptionState.RETRYING, {
+      reason,
+      attempt,
+      delayMs,
+    });
   }
 
   /** Drop what a connection left half done for a topic; its position stays. */
@@ -944,11 +1426,27 @@ export class RealtimeClient {
       clearTimeout(subscription.loading.timer);
       subscription.loading = null; // asked for again: the position is still the old one
     }
+    if (subscription.retry && subscription.retry.timer !== null) {
+      clearTimeout(subscription.retry.timer);
+      subscription.retry.timer = null;
+    }
     subscription.buffer.length = 0;
+  }
+
+  /** A topic refused for good: forgotten, and its reason kept for subscriptionState(). */
+  _fail(subscription, reason, message) {
+    if (this._subscriptions.get(subscription.name) !== subscription) return;
+    this._forget(subscription);
+    this._failures.set(subscription.name, { reason });
+    subscription.status = SubscriptionState.FAILED;
+    const detail = { reason };
+    if (message) detail.message = message;
+    this._emit("subscription", subscription.name, SubscriptionState.FAILED, detail);
   }
 
   _forget(subscription) {
     this._settle(subscription);
+    subscription.retry = null;
     if (this._subscriptions.get(subscription.name) === subscription) {
       this._subscriptions.delete(subscription.name);
     }
@@ -963,6 +1461,16 @@ export class RealtimeClient {
         // the stored position stays; it names a topic that is no longer subscribed
       }
     }
+  }
+
+  _setSubscriptionState(subscription, state, detail = {}) {
+    if (subscription.status === state && state !== SubscriptionState.RETRYING) return;
+    subscription.status = state;
+    this._emit("subscription", subscription.name, state, detail);
+  }
+
+  _emitSubscriptionState(subscription) {
+    this._emit("subscription", subscription.name, subscription.status, {});
   }
 
   _storedPositions() {
@@ -984,8 +1492,7 @@ export class RealtimeClient {
     if (ws !== this._ws) return;
     this._ws = null;
     ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
-    this._clearTimer("refresh");
-    this._clearTimer("heartbeat");
+    for (const name of ["refresh", "heartbeat", "connect", "stable"]) this._clearTimer(name);
     const info = this._stopInfo || { code, reason };
     const closed = new RealtimeError("closed", `The connection closed (${info.code}).`, {
       closeCode: info.code,
@@ -995,13 +1502,25 @@ export class RealtimeClient {
       pending.reject(closed);
     }
     this._pending.clear();
-    for (const subscription of this._subscriptions.values()) this._settle(subscription);
-    const willReconnect = !this._stopped && !FATAL_CLOSE_CODES.includes(info.code);
+    if (TOKEN_CLOSE_CODES.includes(info.code)) this._tokenReason = "refresh";
+    const fatal =
+      FATAL_CLOSE_CODES.includes(info.code) ||
+      (this._fixedToken && TOKEN_CLOSE_CODES.includes(info.code));
+    const willReconnect = !this._stopped && !fatal;
+    const previous = this._state;
+    // Listeners of the close see the state it leads to; onState listeners are told next.
+    this._state = willReconnect ? State.RECONNECTING : State.OFFLINE;
     this._emit("close", { code: info.code, reason: info.reason, wasClean, willReconnect });
     if (willReconnect) {
       this._scheduleReconnect(info);
     } else {
-      this._goOffline(info, closed);
+      this._goOffline(info, closed, previous);
+    }
+    for (const subscription of this._subscriptions.values()) {
+      this._settle(subscription);
+      if (subscription.status === SubscriptionState.SUBSCRIBED) {
+        this._setSubscriptionState(subscription, SubscriptionState.SUBSCRIBING);
+      }
     }
   }
 
@@ -1039,13 +1558,15 @@ export class RealtimeClient {
     }
   }
 
-  _goOffline(info, error) {
+  _goOffline(info, error, previous = this._state) {
+    if (this._disposed) error = disposedError();
     this._stopped = true;
     this._session = null;
-    this._clearTimer("reconnect");
+    this._state = State.OFFLINE;
+    for (const name of ["reconnect", "stale"]) this._clearTimer(name);
     for (const waiter of this._waiters.splice(0)) waiter.reject(error);
     for (const waiter of this._ready.splice(0)) waiter.reject(error);
-    if (this._state !== State.OFFLINE) {
+    if (previous !== State.OFFLINE) {
       this._setState(State.OFFLINE, { code: info.code, reason: info.reason });
     }
   }
@@ -1055,13 +1576,79 @@ export class RealtimeClient {
     return new Promise((resolve, reject) => this._ready.push({ resolve, reject }));
   }
 
+  // --- internals: liveness ----------------------------------------------------------------
+
+  /** A message arrived: note when, and end staleness. */
+  _heard(now) {
+    this._lastMessageAt = now;
+    if (this._stale) {
+      this._stale = false;
+      this._emit("stale", false, { lastMessageAt: now, silentMs: 0 });
+    }
+  }
+
+  /** Look again at the silence when `staleAfterMs` may have passed since the last message. */
+  _armWatchdog() {
+    this._clearTimer("stale");
+    const limit = this.options.staleAfterMs;
+    if (!limit || this._stopped) return;
+    // While stale, look again a whole interval later; else when the silence reaches it.
+    const from = this._stale ? Date.now() : (this._lastMessageAt ?? this._startedAt);
+    const waitMs = Math.max(0, from + limit - Date.now());
+    this._timers.stale = setTimeout(() => this._watch(), waitMs);
+  }
+
+  _watch() {
+    this._clearTimer("stale");
+    const limit = this.options.staleAfterMs;
+    if (!limit || this._stopped) return;
+    const silentMs = Date.now() - (this._lastMessageAt ?? this._startedAt);
+    if (silentMs >= limit) {
+      if (!this._stale) {
+        this._stale = true;
+        this._emit("stale", true, { lastMessageAt: this._lastMessageAt, silentMs });
+      }
+      // §8: a browser cannot see pings; a socket this quiet is dead even if it looks open.
+      if (this._ws !== null && this._state === State.CONNECTED) {
+        this._abandon(this._ws, `nothing received for ${(silentMs / 1000).toFixed(1)} s`);
+      }
+    }
+    this._armWatchdog();
+  }
+
+  /** `online`, or the page shown again: retry now if waiting; check a quiet connection. */
+  _wake(why) {
+    if (this._stopped) return;
+    if (this._timers.reconnect !== null) {
+      this._clearTimer("reconnect");
+      this._open();
+      return;
+    }
+    const ws = this._ws;
+    if (ws === null || this._state !== State.CONNECTED) return;
+    this._watch(); // timers of a hidden page may have run late
+    const silentMs = Date.now() - (this._lastMessageAt ?? 0);
+    if (ws === this._ws && silentMs >= WAKE_PROBE_AFTER_MS) {
+      this._request("HEARTBEAT", {}).catch((error) => {
+        if (ws === this._ws && error.code === "timeout") {
+          this._abandon(ws, `${why}: no answer to a HEARTBEAT`);
+        }
+      });
+    }
+  }
+
+  /** The browser went offline: its sockets cannot work, whatever they look like. */
+  _networkLost() {
+    if (this._ws !== null) this._abandon(this._ws, "the browser went offline");
+  }
+
   // --- internals: token refresh and heartbeat -------------------------------------------
 
   _scheduleRefresh() {
     this._clearTimer("refresh");
     const expiresAtMs = Date.parse(this._session.expiresAt);
     if (!Number.isFinite(expiresAtMs)) return;
-    const lifetimeMs = expiresAtMs - (Date.now() + this._skewMs);
+    const lifetimeMs = expiresAtMs - this.serverNow();
     this._timers.refresh = setTimeout(
       () => this._refresh(expiresAtMs),
       refreshDelay(lifetimeMs, this.options),
@@ -1071,12 +1658,21 @@ export class RealtimeClient {
   async _refresh(expiresAtMs) {
     this._timers.refresh = null;
     const ws = this._ws;
+    let token;
     try {
-      const token = await this.options.getToken({
-        reason: "refresh",
-        expiresAt: this._session && this._session.expiresAt,
-      });
-      if (ws !== this._ws || this._state !== State.CONNECTED) return;
+      token = await this.options.getToken(this._tokenContext("refresh"));
+    } catch (error) {
+      if (ws !== this._ws || this._stopped) return;
+      this._emitError(new RealtimeError("refresh", `Token refresh failed: ${describe(error)}`));
+      this._retryRefresh(expiresAtMs);
+      return;
+    }
+    if (ws !== this._ws || this._state !== State.CONNECTED) return;
+    if (token === null || token === undefined || token === "") {
+      this._stop({ code: CloseCode.UNAUTHENTICATED, reason: "no access token (signed out)" });
+      return;
+    }
+    try {
       await this._request("AUTHENTICATION", { token }); // the reply reschedules (_authenticated)
     } catch (error) {
       if (ws !== this._ws || error.code === "closed") return;
@@ -1086,15 +1682,20 @@ export class RealtimeClient {
   }
 
   _retryRefresh(expiresAtMs) {
-    // Try again halfway to expiry while there is time; past it the server closes with 4401.
-    const remainingMs = expiresAtMs - (Date.now() + this._skewMs);
-    if (remainingMs > 1000) {
-      this._clearTimer("refresh");
-      this._timers.refresh = setTimeout(
-        () => this._refresh(expiresAtMs),
-        Math.max(1000, remainingMs / 2),
-      );
-    }
+    // Again with backoff while there is time; past the expiry the server closes with 4401,
+    // and the reconnection asks for a new token (with backoff too).
+    const remainingMs = expiresAtMs - this.serverNow();
+    if (!(remainingMs > REFRESH_GIVE_UP_MS)) return;
+    const delayMs = Math.min(
+      Math.max(
+        REFRESH_RETRY_MIN_MS,
+        backoffDelay(this._refreshAttempt, this.options, this.options.random),
+      ),
+      remainingMs / 2,
+    );
+    this._refreshAttempt += 1;
+    this._clearTimer("refresh");
+    this._timers.refresh = setTimeout(() => this._refresh(expiresAtMs), delayMs);
   }
 
   _startHeartbeat() {
@@ -1103,6 +1704,7 @@ export class RealtimeClient {
     const ws = this._ws;
     this._clearTimer("heartbeat");
     this._timers.heartbeat = setTimeout(() => {
+      this._timers.heartbeat = null;
       this._request("HEARTBEAT", {}).then(
         () => ws === this._ws && this._startHeartbeat(),
         (error) => {
@@ -1118,18 +1720,32 @@ export class RealtimeClient {
     }, interval);
   }
 
-  _abandon(ws, reason) {
+  /**
+   * Drop `ws` now, without waiting for its close event, reporting `code` (1006: no close frame).
+   * @param {WebSocket} ws
+   * @param {string} reason
+   * @param {number} [code]
+   */
+  _abandon(ws, reason, code = CloseCode.ABNORMAL) {
     ws.onclose = null;
     try {
       ws.close();
     } catch {
       // already closing
     }
-    this._closed(ws, CloseCode.ABNORMAL, reason, false);
+    this._closed(ws, code, reason, false);
   }
 
   // --- internals: plumbing --------------------------------------------------------------
 
+  /**
+   * Send a message with an `id` and wait for the reply that echoes it.
+   * @param {string} type
+   * @param {object} payload
+   * @param {{id?: number, handle?: ?((reply: Object<string, any>) => void)}} [options]
+   *   `handle` is called with the reply at once, before the messages after it are read
+   * @returns {Promise<Object<string, any>>}
+   */
   _request(type, payload, { id = ++this._nextId, handle = null } = {}) {
     const ws = this._ws;
     if (ws === null || ws.readyState !== 1) {
@@ -1140,9 +1756,9 @@ export class RealtimeClient {
         this._pending.delete(id);
         reject(new RealtimeError("timeout", `No reply to ${type} within ${this.options.requestTimeoutMs} ms.`));
       }, this.options.requestTimeoutMs);
-      this._pending.set(id, { resolve, reject, timer, handle });
+      this._pending.set(id, { resolve, reject, timer, handle, sentAt: Date.now() });
       try {
-        ws.send(JSON.stringify({ type, id, timestamp: new Date().toISOString(), payload }));
+        ws.send(this._encode({ type, id, timestamp: new Date().toISOString(), payload }));
       } catch (error) {
         clearTimeout(timer);
         this._pending.delete(id);
@@ -1163,10 +1779,10 @@ export class RealtimeClient {
     }
   }
 
-  _addGlobalListener(name, listener) {
-    if (typeof globalThis.addEventListener !== "function") return;
-    globalThis.addEventListener(name, listener);
-    this._global.push([name, listener]);
+  _addGlobalListener(target, name, listener) {
+    if (!target || typeof target.addEventListener !== "function") return;
+    target.addEventListener(name, listener);
+    this._global.push([target, name, listener]);
   }
 
   _listen(key, listener) {
@@ -1196,18 +1812,72 @@ export class RealtimeClient {
   }
 }
 
-function toTopicList(topics) {
-  const list = typeof topics === "string" ? [topics] : [...topics];
-  return [...new Set(list.map(canonicalTopic))];
+// The MessagePack codec (@msgpack/msgpack, vendored unmodified: vendor/msgpack/README.md),
+// loaded on first use, so that a JSON client never fetches it.
+let msgpackModule = null;
+
+function loadMsgpack() {
+  if (msgpackModule === null) {
+    msgpackModule = import("./vendor/msgpack/index.mjs").catch((error) => {
+      msgpackModule = null; // a later attempt may succeed
+      throw error;
+    });
+  }
+  return msgpackModule;
 }
 
-/** The subscribe entry that (re)fences a topic: resume from its position, or a snapshot. */
-function subscriptionEntry(subscription) {
-  if (!subscription.position && !subscription.snapshot) return subscription.name;
+function disposedError() {
+  return new RealtimeError("disposed", "This client was disposed.");
+}
+
+/** Subscribe entries, normalised: `{name, snapshot, filter, throttleMs, presence}`, once each. */
+function toEntries(topics, options, defaultSnapshot) {
+  const single =
+    typeof topics === "string" ||
+    (topics !== null && typeof topics === "object" && typeof topics[Symbol.iterator] !== "function");
+  const list = single ? [topics] : [...topics];
+  const entries = new Map(); // a topic named twice: the first entry counts, as on the server
+  for (const item of list) {
+    const raw = typeof item === "string" ? { topic: item } : item;
+    if (!raw || typeof raw.topic !== "string" || raw.topic === "") {
+      throw new TypeError(
+        "A subscribe entry is a topic name or {topic, filter, throttleMs, presence, snapshot}.",
+      );
+    }
+    const name = canonicalTopic(raw.topic);
+    if (entries.has(name)) continue;
+    entries.set(name, {
+      name,
+      snapshot: Boolean(raw.snapshot ?? options.snapshot ?? defaultSnapshot),
+      filter: raw.filter ?? options.filter ?? null,
+      throttleMs: raw.throttleMs ?? options.throttleMs ?? null,
+      presence: Boolean(raw.presence ?? options.presence ?? false),
+    });
+  }
+  return [...entries.values()];
+}
+
+/**
+ * The subscribe entry of a topic: its options, and when `fence` is set, how to (re)fence it:
+ * resume from its position, or a snapshot. A plain name when there is nothing to add.
+ */
+function subscriptionEntry(subscription, fence) {
   const entry = { topic: subscription.name };
-  if (subscription.position) entry.since = { ...subscription.position };
-  if (subscription.snapshot) entry.snapshot = true;
-  return entry;
+  if (subscription.filter !== null) entry.filter = subscription.filter;
+  if (subscription.throttleMs !== null) entry.throttleMs = subscription.throttleMs;
+  if (subscription.presence) entry.presence = true;
+  if (fence && subscription.position) entry.since = { ...subscription.position };
+  if (fence && subscription.snapshot) entry.snapshot = true;
+  return Object.keys(entry).length === 1 ? subscription.name : entry;
+}
+
+/** JSON with object keys sorted, to compare options. */
+function stableJson(value) {
+  return JSON.stringify(value, (_key, inner) =>
+    inner && typeof inner === "object" && !Array.isArray(inner)
+      ? Object.fromEntries(Object.entries(inner).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
+      : inner,
+  );
 }
 
 function validPosition(value) {
