@@ -6,7 +6,9 @@ appear on the page without a reload. Screenshots go to var/test-artifacts/.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 from pathlib import Path
 
 import httpx
@@ -51,8 +53,8 @@ async def fill(client: httpx.AsyncClient, order: dict, quantity: str, price: str
     assert response.status_code == 201, response.text
 
 
-async def sign_in(page, server: LiveServer, username: str) -> None:
-    await page.goto(server.http_url + "/")
+async def sign_in(page, server: LiveServer, username: str, path: str = "/") -> None:
+    await page.goto(server.http_url + path)
     await page.get_by_label("Username").fill(username)
     await page.get_by_label("Password").fill(PASSWORD)
     await page.get_by_role("button", name="Sign in").click()
@@ -160,8 +162,8 @@ async def test_staff_see_everyones_orders_by_username_and_the_server_status_pane
     await sign_in(page, dashboard, "staff")
     panel = page.get_by_role("region", name="Server")
     await expect(panel).to_be_visible()
-    await expect(panel.locator("#server-connections")).not_to_have_text("—")
-    assert int(await panel.locator("#server-connections").inner_text()) >= 1
+    # Polled before the socket opens (0) and again once it has subscribed (this page's own).
+    await expect(panel.locator("#server-connections")).to_have_text(re.compile(r"^[1-9]\d*$"))
 
     async with api(dashboard, trader_token) as alice:
         order = await place(alice, symbol="NVDA")
@@ -728,3 +730,130 @@ async def test_the_protocol_docs_first_message_example_authenticates_without_a_t
     await page.wait_for_timeout(200)
     assert any("authenticated as alice" in line for line in page.console_lines)
     assert page.page_errors == []
+
+
+# --- presence, MessagePack and a frozen server (the client's round-two API) ----------------
+
+PRESENCE_FAST = {"PRESENCE_LEAVE_GRACE_SECS": 1, "PRESENCE_INTERVAL_SECS": 0.2}
+
+
+async def test_staff_see_who_is_online_and_who_watches_each_strategy(
+    request, page, trader, trader_token, staff
+):
+    """Issue 14: the staff dashboard shows who is online and who watches each strategy, from
+    PRESENCE events: a trader's dashboard joins when it opens and leaves when it closes."""
+    with live_server(realtime=PRESENCE_FAST) as server:
+        async with api(server, trader_token) as client:
+            strategy = (await client.post("/api/strategies/", json={"name": "Watched"})).json()
+            await place(client, symbol="IBM", strategyId=strategy["id"])
+        await sign_in(page, server, "staff")
+        online = page.get_by_role("region", name="Online")
+        await expect(online).to_be_visible()
+        await expect(online.locator("li")).to_have_text(
+            [re.compile(r"^staff \(you\)since \d\d:\d\d:\d\d$")], timeout=LIVE_TIMEOUT_MS
+        )
+        await expect(online.locator("#online-empty")).to_have_text("Nobody else is online.")
+        await expect(online.locator("#online-empty")).to_be_visible()
+        watching = cell(page, "strategies", strategy["id"], "watching")
+        await expect(watching).to_have_text("—", timeout=LIVE_TIMEOUT_MS)
+
+        async with open_page(request.node.name + "-alice") as alice_page:
+            await sign_in(alice_page, server, "alice")
+            # A trader sees no presence: it is for staff.
+            await expect(alice_page.get_by_role("region", name="Online")).to_be_hidden()
+            await expect(alice_page.locator("th.col-presence")).to_be_hidden()
+
+            await expect(online.locator(f'li[data-user-id="{trader.pk}"]')).to_contain_text(
+                "alice", timeout=LIVE_TIMEOUT_MS
+            )
+            await expect(online.locator("#online-empty")).to_be_hidden()
+            await expect(watching).to_have_text("alice", timeout=LIVE_TIMEOUT_MS)
+            assert await axe_violations(page) == []
+            await page.screenshot(path=str(artifact("dashboard-presence.png")), full_page=True)
+            assert alice_page.page_errors == []
+
+        # Her page is gone: she leaves, after the (shortened) grace period.
+        await expect(online.locator(f'li[data-user-id="{trader.pk}"]')).to_have_count(
+            0, timeout=LIVE_TIMEOUT_MS
+        )
+        await expect(watching).to_have_text("—", timeout=LIVE_TIMEOUT_MS)
+        # Presence costs no second copy of anything: the tables still show each order once.
+        await expect(page.locator("#orders tbody tr")).to_have_count(1)
+        assert page.page_errors == []
+
+
+async def test_the_dashboard_on_msgpack_trades_and_charts_the_same(
+    dashboard, page, trader, staff_token
+):
+    """Issue 15: `?encoding=msgpack` makes the page's socket speak MessagePack (binary frames
+    both ways), and everything works as on JSON: tables, trading, the ticker and the charts."""
+    frames: list[str] = []
+    page.on(
+        "websocket",
+        lambda ws: ws.on(
+            "framereceived",
+            lambda payload: frames.append("binary" if isinstance(payload, bytes) else "text"),
+        ),
+    )
+    await sign_in(page, dashboard, "alice", path="/?encoding=msgpack")
+    assert await page.evaluate("tradingrtDashboard.client.encoding") == "msgpack"
+    await expect(page.locator("#encoding")).to_have_text("MessagePack")
+    await page.evaluate(RECORD_ORDER_UPDATES)
+
+    form = page.get_by_role("region", name="Place an order")
+    await form.get_by_label("Symbol").fill("PYPL")
+    await form.get_by_label("Quantity").fill("4")
+    await form.get_by_label("Limit price").fill("61.25")
+    await form.get_by_role("button", name="Place order").click()
+    order = await sync_to_async(Order.objects.get)(user=trader, symbol="PYPL")
+    await expect(cell(page, "orders", order.pk, "price")).to_have_text(
+        "61.25", timeout=LIVE_TIMEOUT_MS
+    )
+    assert await page.evaluate("window.orderUpdates") == [order.pk]
+    await tick(dashboard, staff_token, "PYPL", "62.5")
+    await expect(page.locator('#ticker [data-symbol="PYPL"] .tick-last')).to_have_text(
+        "62.50", timeout=LIVE_TIMEOUT_MS
+    )
+    await expect(page.locator("#price-summary")).to_have_text("PYPL: last 62.50, 1 tick shown.")
+    assert frames and set(frames) == {"binary"}, frames
+    assert page.page_errors == []
+
+
+async def test_a_frozen_server_marks_every_price_stale_until_it_thaws(
+    page, trader, trader_token, staff_token
+):
+    """Issue 19: a server stopped with SIGSTOP sends nothing, though its socket stays open (the
+    frozen server that looked "Live" for 30 s); once nothing has come for the client's
+    staleAfterMs every price is marked stale and the page says it is not live, and both clear
+    when the server thaws."""
+    # Heartbeats every 0.3 s, so a client that hears nothing for 2 s has a frozen server.
+    server = LiveServer(realtime={"HEARTBEAT_INTERVAL_SECS": 0.3}).start()
+    try:
+        async with api(server, trader_token) as client:
+            await place(client, symbol="SAP")
+        await page.add_init_script("window.tradingrtDashboardSettings = {staleAfterMs: 2000}")
+        await sign_in(page, server, "alice")
+        await tick(server, staff_token, "SAP", "200")
+        price = page.locator('#ticker [data-symbol="SAP"]')
+        await expect(price.locator(".tick-last")).to_have_text("200.00", timeout=LIVE_TIMEOUT_MS)
+        await page.wait_for_timeout(2500)  # longer than staleAfterMs: the heartbeats vouch
+        await expect(price).to_have_attribute("data-stale", "false")
+        await expect(page.locator("#stale-notice")).to_be_hidden()
+
+        assert server.process is not None
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            await expect(price).to_have_attribute("data-stale", "true", timeout=LIVE_TIMEOUT_MS)
+            await expect(price.locator(".tick-age")).to_contain_text("stale")
+            await expect(page.locator("#stale-notice")).to_be_visible()
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+        await expect(page.locator("#connection")).to_have_attribute(
+            "data-state", "connected", timeout=RECONNECT_TIMEOUT_MS
+        )
+        await tick(server, staff_token, "SAP", "201")
+        await expect(price).to_have_attribute("data-stale", "false", timeout=LIVE_TIMEOUT_MS)
+        await expect(page.locator("#stale-notice")).to_be_hidden()
+        assert page.page_errors == []
+    finally:
+        server.stop()

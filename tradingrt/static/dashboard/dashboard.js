@@ -45,13 +45,18 @@ const KINDS = ["orders", "positions", "strategies"];
 const OPEN_STATUSES = new Set(["NEW", "PARTIALLY_FILLED"]);
 const AGE_TICK_MS = 1000; // how often the prices' ages are redrawn
 
-/** Tunable from the console (and by the browser tests). */
+/**
+ * Tunable from the console, or before the page loads as `window.tradingrtDashboardSettings`
+ * (the browser tests do; so may a server run with a shorter HEARTBEAT_INTERVAL_SECS).
+ */
 const settings = {
   // A price is marked stale when its symbol has not ticked for this long, or whenever the
-  // connection cannot vouch for it (not live, or nothing at all heard for streamStaleAfterMs).
+  // connection cannot vouch for it: not connected, or the client `stale`.
   priceStaleAfterMs: 30_000,
-  // 2.5 server heartbeat intervals (30 s): the server would have said something by then.
-  streamStaleAfterMs: 75_000,
+  // The client is stale after this long with nothing at all, not even a heartbeat: 2.5 of the
+  // server's 30 s heartbeat intervals. Read once, when the client is made.
+  staleAfterMs: 75_000,
+  ...globalThis.tradingrtDashboardSettings,
 };
 const ENCODING = new URLSearchParams(location.search).get("encoding") === "msgpack" ? "msgpack" : "json";
 
@@ -61,6 +66,8 @@ const CLOSE_REASONS = {
   [CloseCode.OPERATOR_DISCONNECT]: "disconnected by an operator",
   [CloseCode.UNAUTHENTICATED]: "session expired",
   [CloseCode.USER_DEACTIVATED]: "account deactivated",
+  [CloseCode.TOO_MANY_CONNECTIONS]: "too many connections",
+  [CloseCode.SESSIONS_REVOKED]: "sessions revoked: signing in again",
   [CloseCode.RATE_LIMITED]: "rate limited",
   [CloseCode.STREAM_INTERRUPTED]: "the server's update stream was interrupted",
   [CloseCode.SLOW_CONSUMER]: "too slow to keep up",
@@ -87,6 +94,7 @@ const client = new RealtimeClient({
     }
   },
   encoding: ENCODING,
+  staleAfterMs: settings.staleAfterMs,
 });
 let me = null; // the signed-in user's id, once the socket has authenticated
 let scopeAll = false; // staff (or a permission holder) sees everyone's rows
@@ -199,7 +207,7 @@ tables.strategies.onChange(() => {
 // --- presence -------------------------------------------------------------------------------
 
 const presence = new Presence({ client, names, onChange: () => renderPresence() });
-let presenceShown = false; // staff, with a client that speaks presence
+let presenceShown = false; // staff see presence
 
 /** Be seen watching the strategies on screen; staff also follow who watches them. */
 function watchStrategies() {
@@ -286,12 +294,12 @@ const ticker = {
   /**
    * Show how old a price is, and mark it stale when the page cannot vouch for it: its symbol
    * has not ticked for `priceStaleAfterMs`, or the connection is not live, or nothing at all
-   * (not even a heartbeat) has come for `streamStaleAfterMs`.
+   * (not even a heartbeat) has come for the client's `staleAfterMs`.
    */
   age(item, now) {
     if (item.receivedAt === null) return;
     const seconds = Math.max(0, Math.floor((now - item.receivedAt) / 1000));
-    const stale = !streamIsLive(now) || now - item.receivedAt > settings.priceStaleAfterMs;
+    const stale = !streamIsLive() || now - item.receivedAt > settings.priceStaleAfterMs;
     const ago = seconds < 1 ? "just now" : `${formatAge(seconds)} ago`;
     const text = stale ? `stale · ${ago}` : ago;
     const element = item.li.querySelector(".tick-age");
@@ -301,11 +309,7 @@ const ticker = {
 
   start() {
     this.stop();
-    this.timer = setInterval(() => {
-      const now = Date.now();
-      for (const item of this.items.values()) this.age(item, now);
-      showStaleNotice(now);
-    }, AGE_TICK_MS);
+    this.timer = setInterval(showFreshness, AGE_TICK_MS);
   },
 
   stop() {
@@ -328,10 +332,9 @@ function formatAge(seconds) {
 
 // --- the connection -------------------------------------------------------------------------
 
-let heardAt = 0; // when the server last said anything, for clients without lastMessageAt
-client.on("*", () => {
-  heardAt = Date.now();
-});
+// Silence (a frozen server, a dead network): every price is stale at once, and again fresh
+// with the next message.
+client.onStale(() => showFreshness());
 let statusTimer = null;
 let lastConnectionId = null;
 let connections = 0; // authenticated connections since sign-in: all but the first resume
@@ -356,24 +359,25 @@ client.onState((state, detail) => {
   }
   if (state === State.CONNECTED) {
     connections += 1;
+    showEncoding();
     if (connections > 1) presence.reload(); // joins and leaves while away were not sent
   }
   if (state === State.OFFLINE && detail.code === CloseCode.USER_DEACTIVATED) {
     signOut("This account was deactivated.");
   }
-  const now = Date.now();
-  for (const item of ticker.items.values()) ticker.age(item, now);
-  showStaleNotice(now);
+  showFreshness();
 });
 
 /** Whether the stream can vouch for what the page shows: connected, and heard from lately. */
-function streamIsLive(now) {
-  const heard = client.lastMessageAt ?? heardAt;
-  return client.state === State.CONNECTED && now - heard <= settings.streamStaleAfterMs;
+function streamIsLive() {
+  return client.state === State.CONNECTED && !client.stale;
 }
 
-function showStaleNotice(now) {
-  $("stale-notice").hidden = !session.signedIn || streamIsLive(now);
+/** Every price's age and staleness, and the page's "Not live" notice, as of now. */
+function showFreshness() {
+  const now = Date.now();
+  for (const item of ticker.items.values()) ticker.age(item, now);
+  $("stale-notice").hidden = !session.signedIn || streamIsLive();
 }
 
 client.onClose(({ code, reason, willReconnect }) => {
@@ -529,7 +533,7 @@ async function subscribeAll(userId, canViewStatus) {
   scopeAll = false;
   if (canViewStatus) {
     // Presence on `orders`: other staff's dashboards (and monitors) are online too.
-    const kinds = presence.enabled ? KINDS.map((topic) => (topic === "orders" ? { topic, presence: true } : topic)) : KINDS;
+    const kinds = KINDS.map((topic) => (topic === "orders" ? { topic, presence: true } : topic));
     const ack = await client.subscribe(kinds);
     scopeAll = ack.topics.length === KINDS.length;
     if (!scopeAll && ack.topics.length) await client.unsubscribe(ack.topics);
@@ -542,7 +546,6 @@ async function subscribeAll(userId, canViewStatus) {
   if (scopeAll) renderNames();
   showTopics();
   log(`Subscribed to ${client.topics.length} topics`, "ok");
-  await startPresence();
 }
 
 /**
@@ -550,7 +553,7 @@ async function subscribeAll(userId, canViewStatus) {
  * watches each strategy; every dashboard is seen watching the strategies it shows.
  */
 async function startPresence() {
-  presenceShown = scopeAll && presence.enabled;
+  presenceShown = scopeAll;
   document.body.classList.toggle("presence-on", presenceShown);
   $("online-panel").hidden = !presenceShown;
   watchStrategies();
@@ -699,6 +702,7 @@ async function start({ focus = false } = {}) {
       pollStatus(); // now that this connection's subscriptions count
       startStatusPolling();
     }
+    await startPresence();
   } catch (error) {
     log(`Could not start: ${error.message}`, "error");
   }
@@ -707,7 +711,7 @@ async function start({ focus = false } = {}) {
 /** Which encoding the socket speaks; said only when it is not the default. */
 function showEncoding() {
   const badge = $("encoding");
-  const encoding = client.encoding ?? ENCODING;
+  const encoding = client.encoding;
   badge.hidden = encoding === "json";
   badge.textContent = encoding === "msgpack" ? "MessagePack" : encoding;
 }

@@ -14,10 +14,6 @@ export const NOTHING = Object.freeze({ id: 0 }); // a filter no update passes: i
 const MAX_WATCHED_USERS = 100; // the staff page's user:{id}:orders presence topics, at most
 const MAX_WATCHED_STRATEGIES = 50; // and strategy:{id} topics: all within the topic limit (200)
 
-/** Whether this client speaks presence (PROTOCOL 14.1): the page works without it. */
-export const supportsPresence = (client) =>
-  typeof client.presenceAll === "function" && typeof client.onPresence === "function";
-
 export class Presence {
   /**
    * @param {{client: object, names: object, onChange: () => void}} options `names`: a
@@ -30,10 +26,7 @@ export class Presence {
     this.members = new Map(); // topic -> Map(userId -> {userId, username, since})
     this.watched = new Set(); // topics whose members and events this page follows
     this.held = new Set(); // presence-only topics this page subscribed to
-    this.enabled = supportsPresence(client);
-    if (this.enabled) {
-      client.onPresence((topic, { event, userId, username }) => this._event(topic, event, userId, username));
-    }
+    client.onPresence((topic, { event, userId, username }) => this._event(topic, event, userId, username));
   }
 
   /** Whether `topic` is one of the presence-only subscriptions (its snapshots are empty). */
@@ -46,7 +39,6 @@ export class Presence {
    * their members: PRESENCE events, and who is there now. Returns how many were new.
    */
   async hold(topics, { watch = false } = {}) {
-    if (!this.enabled) return 0;
     const fresh = topics.filter((topic) => !this.held.has(topic) && !this.client.topics.includes(topic));
     for (const topic of fresh) this.held.add(topic);
     if (fresh.length) {
@@ -64,7 +56,6 @@ export class Presence {
 
   /** Follow the members of topics the page already holds (with `presence: true`). */
   async follow(topics) {
-    if (!this.enabled) return;
     const fresh = topics.filter((topic) => !this.watched.has(topic));
     for (const topic of fresh) this.watched.add(topic);
     await this._load(fresh);
@@ -72,7 +63,7 @@ export class Presence {
 
   /** Ask again who is on every followed topic (after a reconnect: events may have been missed). */
   async reload() {
-    if (this.enabled) await this._load([...this.watched]);
+    await this._load([...this.watched]);
   }
 
   /** The staff page: presence of every user's dashboard, and of every strategy shown. */
@@ -115,8 +106,7 @@ export class Presence {
     results.forEach((result, index) => {
       if (result.status !== "fulfilled") return;
       const members = new Map();
-      const found = Array.isArray(result.value) ? result.value : result.value.members;
-      for (const member of found) {
+      for (const member of result.value.members) {
         members.set(member.userId, { userId: member.userId, username: member.username, since: member.since });
         this.names.learn(member.userId, member.username);
       }
