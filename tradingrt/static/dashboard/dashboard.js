@@ -76,7 +76,7 @@ const CLOSE_REASONS = {
 const $ = (id) => document.getElementById(id);
 const isFlat = (quantity) => /^-?0*(\.0*)?$/.test(quantity);
 
-// --- tables ---------------------------------------------------------------------------------
+// --- the session, the client and the tables ----------------------------------------------
 
 const session = new Session({ onExpired: (message) => signOut(message) });
 const api = (path, options) => session.api(path, options);
