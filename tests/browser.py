@@ -3,6 +3,8 @@
 Playwright's own browser downloads are never used (there is no network for them): the tests
 launch /usr/bin/chromium (or TRADINGRT_CHROMIUM). Without it they skip with instructions,
 except in CI (CI=true or TRADINGRT_REQUIRE_SERVICES=1), where they fail.
+
+Accessibility is checked with axe-core, vendored under tests/vendor/axe-core/ (never served).
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 VIEWPORT = {"width": 1280, "height": 900}
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}  # an iPhone 12-15's CSS pixels
+AXE_JS = Path(__file__).resolve().parent / "vendor" / "axe-core" / "axe.min.js"
+# WCAG 2.1 A and AA, and axe's best practices (landmarks, headings, scrollable regions).
+AXE_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "best-practice"]
 INSTALL_HINT = (
     "install Debian's Chromium (apt-get install -y chromium) and the dev extras "
     "(.venv/bin/pip install -e '.[dev]'), or set TRADINGRT_CHROMIUM to a Chromium binary; "
@@ -70,7 +77,7 @@ def _playwright() -> Any:
 
 
 @contextlib.asynccontextmanager
-async def open_page(name: str) -> AsyncIterator[Any]:
+async def open_page(name: str, viewport: dict[str, int] = VIEWPORT) -> AsyncIterator[Any]:
     """A page in a fresh headless Chromium profile; on failure a screenshot is left in ARTIFACTS.
 
     The page's console lines and uncaught errors are collected in `page.console_lines` and
@@ -86,7 +93,7 @@ async def open_page(name: str) -> AsyncIterator[Any]:
                 executable_path=executable,
                 headless=True,
                 args=CHROMIUM_ARGS,
-                viewport=VIEWPORT,
+                viewport=viewport,
             )
             page = context.pages[0] if context.pages else await context.new_page()
             page.console_lines = []
@@ -138,3 +145,22 @@ async def serve_blank_page(page: Any, origin: str, path: str = "/__browser-test_
     await page.route(url, fulfil)
     await page.goto(url)
     return url
+
+
+async def axe_violations(page: Any) -> list[str]:
+    """axe-core's WCAG 2.1 AA and best-practice violations on the page as it is now, one line
+    each (rule, impact, the first elements and why), so an assertion's message tells what to fix.
+    """
+    if not await page.evaluate("typeof window.axe === 'object'"):
+        await page.add_script_tag(content=AXE_JS.read_text())
+    violations = await page.evaluate(
+        """async (tags) => {
+            const result = await axe.run(document, { runOnly: { type: "tag", values: tags } });
+            return result.violations.map((v) => ({
+                id: v.id, impact: v.impact,
+                nodes: v.nodes.slice(0, 3).map((n) => `${n.target.join(" ")}: ${n.failureSummary}`),
+            }));
+        }""",
+        AXE_TAGS,
+    )
+    return [f"{v['id']} ({v['impact']}): {' | '.join(v['nodes'])}" for v in violations]

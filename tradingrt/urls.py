@@ -17,6 +17,7 @@ from realtime.views import (
     metrics_view,
 )
 from strategies.views import StrategyViewSet
+from tradingrt.users import UserDirectoryView
 from tradingrt.views import DashboardView
 
 router = DefaultRouter(trailing_slash=True)
@@ -31,6 +32,7 @@ urlpatterns = [
     path("api/auth/token/", LoginView.as_view(), name="token_obtain_pair"),
     path("api/auth/token/refresh/", TokenRefreshView.as_view(), name="token_refresh"),
     path("api/market-data/", MarketDataView.as_view(), name="market-data"),
+    path("api/users/", UserDirectoryView.as_view(), name="user-directory"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/", include(router.urls)),

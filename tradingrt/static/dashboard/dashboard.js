@@ -1,17 +1,21 @@
 /**
  * The live dashboard: signs in, takes orders, positions and strategies from the snapshots /ws
  * sends with each first subscription, keeps them current from the topics' updates through the
- * realtime client, and shows the connection's health.
+ * realtime client, and shows the connection's health; places and cancels orders over REST and
+ * draws prices and P&L as they stream in.
  *
  * After a reconnect the client resumes every topic where it left off, so the updates missed
  * meanwhile are replayed into the tables; only a topic whose history is gone is reloaded, from
  * the snapshot that comes with the `reset` (over REST only if no snapshot can be had). A row only
  * moves forward in its object's `version`, whichever of a snapshot, a replay or a live update
  * delivers it first; a `deleted` update removes it.
+ *
+ * `?encoding=msgpack` in the page's address makes the socket speak MessagePack (PROTOCOL 3.3).
  */
 
 import { CloseCode, RealtimeClient, State } from "realtime-client";
 
+import { PnlChart, PriceChart } from "./charts.js";
 import {
   formatMoney,
   formatPercent,
@@ -21,7 +25,11 @@ import {
   signClass,
   sum,
 } from "./format.js";
+import { Presence } from "./presence.js";
 import { ApiError, Session } from "./session.js";
+import { LiveTable, flashRow } from "./tables.js";
+import { OrderForm, renderCancel } from "./trade.js";
+import { UserNames } from "./users.js";
 
 const MAX_ORDER_ROWS = 200;
 const RESET_REASONS = {
@@ -34,6 +42,23 @@ const MAX_MARKET_SYMBOLS = 12; // market:SYMBOL topics for the symbols traded, a
 const STATUS_POLL_MS = 5000;
 const ACTIVITY_ITEMS = 30;
 const KINDS = ["orders", "positions", "strategies"];
+const OPEN_STATUSES = new Set(["NEW", "PARTIALLY_FILLED"]);
+const AGE_TICK_MS = 1000; // how often the prices' ages are redrawn
+
+/**
+ * Tunable from the console, or before the page loads as `window.tradingrtDashboardSettings`
+ * (the browser tests do; so may a server run with a shorter HEARTBEAT_INTERVAL_SECS).
+ */
+const settings = {
+  // A price is marked stale when its symbol has not ticked for this long, or whenever the
+  // connection cannot vouch for it: not connected, or the client `stale`.
+  priceStaleAfterMs: 30_000,
+  // The client is stale after this long with nothing at all, not even a heartbeat: 2.5 of the
+  // server's 30 s heartbeat intervals. Read once, when the client is made.
+  staleAfterMs: 75_000,
+  ...globalThis.tradingrtDashboardSettings,
+};
+const ENCODING = new URLSearchParams(location.search).get("encoding") === "msgpack" ? "msgpack" : "json";
 
 const CLOSE_REASONS = {
   [CloseCode.NORMAL]: "closed",
@@ -41,6 +66,8 @@ const CLOSE_REASONS = {
   [CloseCode.OPERATOR_DISCONNECT]: "disconnected by an operator",
   [CloseCode.UNAUTHENTICATED]: "session expired",
   [CloseCode.USER_DEACTIVATED]: "account deactivated",
+  [CloseCode.TOO_MANY_CONNECTIONS]: "too many connections",
+  [CloseCode.SESSIONS_REVOKED]: "sessions revoked: signing in again",
   [CloseCode.RATE_LIMITED]: "rate limited",
   [CloseCode.STREAM_INTERRUPTED]: "the server's update stream was interrupted",
   [CloseCode.SLOW_CONSUMER]: "too slow to keep up",
@@ -49,147 +76,41 @@ const CLOSE_REASONS = {
 const $ = (id) => document.getElementById(id);
 const isFlat = (quantity) => /^-?0*(\.0*)?$/.test(quantity);
 
-// --- tables ---------------------------------------------------------------------------------
+// --- the session, the client and the tables ----------------------------------------------
 
-/**
- * A table whose rows are keyed by `id` and updated in place; changed rows flash.
- * Columns are `{field, text(row), cls?(row)}`; `cls` adds classes to the cell.
- */
-class LiveTable {
-  constructor(table, { columns, compare, rowClass = () => "", limit = Infinity }) {
-    this.table = table;
-    this.body = table.tBodies[0];
-    this.columns = columns;
-    this.compare = compare;
-    this.rowClass = rowClass;
-    this.limit = limit;
-    this.rows = new Map(); // id -> {data, tr}
-    this.removed = new Map(); // id -> the version that deleted it: older states stay out
-    this.kind = table.id;
-  }
-
-  /** Insert or update a row; ignored unless newer than what is shown. Returns true if shown. */
-  upsert(data, { flash = true } = {}) {
-    const current = this.rows.get(data.id);
-    if (current && !isNewer(data, current.data)) return false;
-    const removedAt = this.removed.get(data.id);
-    if (removedAt !== undefined && !(data.version > removedAt)) return false;
-    let tr;
-    if (current) {
-      tr = current.tr;
-    } else {
-      tr = document.createElement("tr");
-      tr.dataset.id = String(data.id);
-      for (const column of this.columns) {
-        const cell = document.createElement(column.header ? "th" : "td");
-        if (column.header) cell.scope = "row";
-        cell.dataset.field = column.field;
-        tr.append(cell);
-      }
-      this._insert(tr, data);
+const session = new Session({ onExpired: (message) => signOut(message) });
+const api = (path, options) => session.api(path, options);
+const client = new RealtimeClient({
+  // A token, refreshed when the server refused the last one. While the refresh endpoint fails
+  // this throws, and the client tries again with backoff; once the refresh token itself is
+  // refused (signed out) there is none: null, and the client goes offline.
+  getToken: async ({ reason }) => {
+    if (!session.signedIn) return null;
+    try {
+      return await session.accessToken({ forceRefresh: reason === "refresh" });
+    } catch (error) {
+      if (!session.signedIn) return null;
+      throw error;
     }
-    this.rows.set(data.id, { data, tr });
-    let changed = !current;
-    this.columns.forEach((column, index) => {
-      const cell = tr.cells[index];
-      const text = column.text(data);
-      const className = [column.num && "num", column.user && "col-user", column.cls?.(data)]
-        .filter(Boolean)
-        .join(" ");
-      if (cell.textContent !== text) {
-        cell.textContent = text;
-        changed = true;
-      }
-      if (cell.className !== className) cell.className = className;
-    });
-    tr.className = this.rowClass(data);
-    if (changed && flash) flashRow(tr);
-    this._trim();
-    this._toggleEmpty();
-    return true;
-  }
+  },
+  encoding: ENCODING,
+  staleAfterMs: settings.staleAfterMs,
+});
+let me = null; // the signed-in user's id, once the socket has authenticated
+let scopeAll = false; // staff (or a permission holder) sees everyone's rows
 
-  /** Remove a deleted object's row, unless the row is already newer than the deletion. */
-  remove(data) {
-    const current = this.rows.get(data.id);
-    if (current && !isNewer(data, current.data)) return;
-    if (data.version !== undefined) this.removed.set(data.id, data.version);
-    this._drop(data.id);
-  }
-
-  /** Keep only the rows of `ids` (the objects of a snapshot or a reload: the others are gone). */
-  retain(ids) {
-    for (const id of [...this.rows.keys()]) if (!ids.has(id)) this._drop(id);
-  }
-
-  clear() {
-    this.rows.clear();
-    this.removed.clear();
-    this.body.replaceChildren();
-    this._toggleEmpty();
-  }
-
-  _drop(id) {
-    const row = this.rows.get(id);
-    if (!row) return;
-    row.tr.remove();
-    this.rows.delete(id);
-    this._toggleEmpty();
-  }
-
-  values() {
-    return [...this.rows.values()].map((row) => row.data);
-  }
-
-  _insert(tr, data) {
-    for (const row of this.body.rows) {
-      const other = this.rows.get(Number(row.dataset.id));
-      if (other && this.compare(data, other.data) < 0) {
-        this.body.insertBefore(tr, row);
-        return;
-      }
-    }
-    this.body.append(tr);
-  }
-
-  _trim() {
-    while (this.body.rows.length > this.limit) {
-      const last = this.body.rows[this.body.rows.length - 1];
-      this.rows.delete(Number(last.dataset.id));
-      last.remove();
-    }
-  }
-
-  _toggleEmpty() {
-    this.table.parentElement.dataset.empty = String(this.rows.size === 0);
-  }
-}
-
-/**
- * Whether `data` is a later state of the object than `current`: by `version` (one per committed
- * change), or by `updatedAt` from a server without versions.
- */
-function isNewer(data, current) {
-  if (Number.isInteger(data.version) && Number.isInteger(current.version)) {
-    return data.version > current.version;
-  }
-  return !(data.updatedAt && current.updatedAt && current.updatedAt > data.updatedAt);
-}
-
-function flashRow(tr) {
-  tr.classList.remove("flash");
-  void tr.offsetWidth; // restart the animation
-  tr.classList.add("flash");
-}
-
-const userText = (id) => (id === null || id === undefined ? "—" : `#${id}`);
+const names = new UserNames({ api, onNames: () => renderNames() });
+const userText = (id) => names.text(id);
+const userTitle = (id) => (id === null || id === undefined ? "" : `user #${id}`);
 const statusBadge = (status) => `badge badge-${String(status).toLowerCase().replace(/_/g, "-")}`;
 const pnl = (field) => ({ field, num: true, text: (r) => formatMoney(r[field], { signed: true }), cls: (r) => signClass(r[field]) });
+const isOpen = (order) => OPEN_STATUSES.has(order.status);
+const user = (field) => ({ field, user: true, text: (r) => userText(r[field]), title: (r) => userTitle(r[field]) });
 
 const tables = {
   positions: new LiveTable($("positions"), {
     columns: [
-      { field: "userId", user: true, text: (r) => userText(r.userId) },
+      user("userId"),
       { field: "symbol", header: true, text: (r) => r.symbol, cls: () => "symbol" },
       { field: "quantity", num: true, text: (r) => formatQuantity(r.quantity), cls: (r) => (r.quantity.startsWith("-") ? "neg" : "") },
       { field: "averagePrice", num: true, text: (r) => formatPrice(r.averagePrice) },
@@ -206,7 +127,7 @@ const tables = {
   orders: new LiveTable($("orders"), {
     columns: [
       { field: "id", num: true, text: (r) => String(r.id), cls: () => "muted" },
-      { field: "userId", user: true, text: (r) => userText(r.userId) },
+      user("userId"),
       { field: "createdAt", text: (r) => formatTime(r.createdAt), cls: () => "muted" },
       { field: "symbol", header: true, text: (r) => r.symbol, cls: () => "symbol" },
       { field: "side", text: (r) => r.side, cls: (r) => (r.side === "BUY" ? "side-buy" : "side-sell") },
@@ -216,14 +137,22 @@ const tables = {
       { field: "filledQuantity", num: true, text: (r) => formatQuantity(r.filledQuantity) },
       { field: "averageFillPrice", num: true, text: (r) => formatPrice(r.averageFillPrice) },
       { field: "status", text: (r) => r.status.replace("_", " "), cls: (r) => statusBadge(r.status) },
+      {
+        field: "actions",
+        // Only the user's own open orders: staff cancel others' through the API or the admin.
+        key: (r) => String(isOpen(r) && r.userId === me),
+        render: (cell, r) => isOpen(r) && r.userId === me && renderCancel(cell, r, { api, log }),
+        cls: () => "actions",
+      },
     ],
     compare: (a, b) => b.id - a.id,
     limit: MAX_ORDER_ROWS,
+    keep: isOpen, // older open orders stay, in the table and in the count
   }),
   strategies: new LiveTable($("strategies"), {
     columns: [
       { field: "name", header: true, text: (r) => r.name, cls: () => "strong" },
-      { field: "ownerId", user: true, text: (r) => userText(r.ownerId) },
+      user("ownerId"),
       { field: "status", text: (r) => r.status, cls: (r) => statusBadge(r.status) },
       { field: "orderCount", num: true, text: (r) => String(r.metrics?.orderCount ?? "—") },
       { field: "filledOrderCount", num: true, text: (r) => String(r.metrics?.filledOrderCount ?? "—") },
@@ -231,15 +160,89 @@ const tables = {
       { ...pnl("realizedPnl"), text: (r) => formatMoney(r.metrics?.realizedPnl, { signed: true }), cls: (r) => signClass(r.metrics?.realizedPnl) },
       { ...pnl("unrealizedPnl"), text: (r) => formatMoney(r.metrics?.unrealizedPnl, { signed: true }), cls: (r) => signClass(r.metrics?.unrealizedPnl) },
       { ...pnl("totalPnl"), text: (r) => formatMoney(r.metrics?.totalPnl, { signed: true }), cls: (r) => `strong ${signClass(r.metrics?.totalPnl)}` },
+      { field: "watching", text: (r) => watchersText(r.id), cls: () => "col-presence" },
     ],
     compare: (a, b) => a.name.localeCompare(b.name) || a.id - b.id,
   }),
 };
 
+/** Who else watches a strategy (staff, with presence): their names, or "—". */
+function watchersText(strategyId) {
+  if (!presenceShown) return "";
+  const watchers = presence.on(`strategy:${strategyId}`).filter((id) => id !== me);
+  return watchers.length ? watchers.map((id) => names.text(id)).sort().join(", ") : "—";
+}
+
+/** Names arrived: show them wherever ids were shown. */
+function renderNames() {
+  for (const table of Object.values(tables)) table.refresh();
+}
+
+// --- charts ---------------------------------------------------------------------------------
+
+const priceChart = new PriceChart({
+  container: $("price-chart"),
+  picker: $("price-symbol"),
+  summary: $("price-summary"),
+});
+const pnlChart = new PnlChart({ container: $("pnl-chart"), summary: $("pnl-summary"), read: pnlTotals });
+
+function pnlTotals() {
+  const positions = tables.positions.values();
+  return {
+    total: sum(positions.map((p) => p.totalPnl)),
+    unrealized: sum(positions.map((p) => p.unrealizedPnl)),
+    realized: sum(positions.map((p) => p.realizedPnl)),
+  };
+}
+
+// --- trading --------------------------------------------------------------------------------
+
+const orderForm = new OrderForm($("order-form"), { api, log });
+tables.strategies.onChange(() => {
+  orderForm.setStrategies(tables.strategies.values().filter((s) => s.ownerId === me));
+  watchStrategies();
+});
+
+// --- presence -------------------------------------------------------------------------------
+
+const presence = new Presence({ client, names, onChange: () => renderPresence() });
+let presenceShown = false; // staff see presence
+
+/** Be seen watching the strategies on screen; staff also follow who watches them. */
+function watchStrategies() {
+  if (me === null) return;
+  const shown = tables.strategies.values();
+  const ids = (presenceShown ? shown : shown.filter((s) => s.ownerId === me)).map((s) => s.id);
+  presence.watchStrategies(ids, { watch: presenceShown }).then((added) => added && showTopics());
+}
+
+function renderPresence() {
+  if (!presenceShown) return;
+  tables.strategies.refresh();
+  const online = [...presence.online()].sort(
+    ([a], [b]) => names.text(a).localeCompare(names.text(b)) || a - b,
+  );
+  const items = online.map(([userId, since]) => {
+    const item = document.createElement("li");
+    item.dataset.userId = String(userId);
+    const name = document.createElement("span");
+    name.textContent = userId === me ? `${names.text(userId)} (you)` : names.text(userId);
+    const when = document.createElement("span");
+    when.className = "muted";
+    when.textContent = since ? `since ${formatTime(since)}` : "";
+    item.append(name, when);
+    return item;
+  });
+  $("online").replaceChildren(...items);
+  $("online-empty").hidden = online.some(([userId]) => userId !== me);
+}
+
 // --- market ticker --------------------------------------------------------------------------
 
 const ticker = {
-  items: new Map(), // symbol -> {li, last}
+  items: new Map(), // symbol -> {li, last, receivedAt}
+  timer: null,
 
   ensure(symbol) {
     if (this.items.has(symbol)) return this.items.get(symbol);
@@ -248,15 +251,17 @@ const ticker = {
     li.dataset.symbol = symbol;
     li.innerHTML =
       '<span class="tick-symbol"></span><span class="tick-last num">—</span>' +
-      '<span class="tick-change num"></span><span class="tick-quote num muted">no ticks yet</span>';
+      '<span class="tick-change num" aria-hidden="true"></span>' +
+      '<span class="tick-quote num muted">no ticks yet</span><span class="tick-age small"></span>';
     li.querySelector(".tick-symbol").textContent = symbol;
-    li.setAttribute("aria-label", symbol);
     const list = $("ticker");
     const after = [...list.children].find((other) => other.dataset.symbol > symbol);
     list.insertBefore(li, after || null);
-    const item = { li, last: null };
+    const item = { li, last: null, receivedAt: null };
     this.items.set(symbol, item);
     $("ticker-empty").hidden = true;
+    priceChart.ensure(symbol);
+    orderForm.setSymbols(this.items.keys());
     return item;
   },
 
@@ -269,17 +274,47 @@ const ticker = {
     }
   },
 
-  tick({ symbol, last, bid, ask }, { flash = true } = {}) {
+  tick(tick, { flash = true } = {}) {
+    const { symbol, last, bid, ask } = tick;
     const item = this.ensure(symbol);
     const change = item.last === null ? 0 : Number(last) - Number(item.last);
     item.last = last;
+    item.receivedAt = Date.now();
     item.li.querySelector(".tick-last").textContent = formatPrice(last);
     const arrow = item.li.querySelector(".tick-change");
     arrow.textContent = change > 0 ? "▲" : change < 0 ? "▼" : "";
     item.li.dataset.direction = change > 0 ? "up" : change < 0 ? "down" : "flat";
     item.li.querySelector(".tick-quote").textContent =
       bid || ask ? `${formatPrice(bid)} / ${formatPrice(ask)}` : "";
+    this.age(item, Date.now());
+    priceChart.tick(tick);
     if (flash) flashRow(item.li);
+  },
+
+  /**
+   * Show how old a price is, and mark it stale when the page cannot vouch for it: its symbol
+   * has not ticked for `priceStaleAfterMs`, or the connection is not live, or nothing at all
+   * (not even a heartbeat) has come for the client's `staleAfterMs`.
+   */
+  age(item, now) {
+    if (item.receivedAt === null) return;
+    const seconds = Math.max(0, Math.floor((now - item.receivedAt) / 1000));
+    const stale = !streamIsLive() || now - item.receivedAt > settings.priceStaleAfterMs;
+    const ago = seconds < 1 ? "just now" : `${formatAge(seconds)} ago`;
+    const text = stale ? `stale · ${ago}` : ago;
+    const element = item.li.querySelector(".tick-age");
+    if (element.textContent !== text) element.textContent = text;
+    if (item.li.dataset.stale !== String(stale)) item.li.dataset.stale = String(stale);
+  },
+
+  start() {
+    this.stop();
+    this.timer = setInterval(showFreshness, AGE_TICK_MS);
+  },
+
+  stop() {
+    clearInterval(this.timer);
+    this.timer = null;
   },
 
   clear() {
@@ -289,13 +324,17 @@ const ticker = {
   },
 };
 
+function formatAge(seconds) {
+  if (seconds < 60) return `${seconds} s`;
+  if (seconds < 3600) return `${Math.floor(seconds / 60)} min`;
+  return `${Math.floor(seconds / 3600)} h`;
+}
+
 // --- the connection -------------------------------------------------------------------------
 
-const session = new Session({ onExpired: (message) => signOut(message) });
-const client = new RealtimeClient({
-  getToken: ({ reason }) => session.accessToken({ forceRefresh: reason === "refresh" }),
-});
-let scopeAll = false; // staff (or a permission holder) sees everyone's rows
+// Silence (a frozen server, a dead network): every price is stale at once, and again fresh
+// with the next message.
+client.onStale(() => showFreshness());
 let statusTimer = null;
 let lastConnectionId = null;
 let connections = 0; // authenticated connections since sign-in: all but the first resume
@@ -305,7 +344,7 @@ const snapshotIds = new Map(); // topic -> ids of the snapshot being received
 client.onState((state, detail) => {
   const box = $("connection");
   box.dataset.state = state;
-  document.body.dataset.connection = state; // the tables dim while they may be stale
+  document.body.dataset.connection = state; // the page says when what it shows may be stale
   const label = box.querySelector(".connection-label");
   const why = CLOSE_REASONS[detail.code] || (detail.code ? `code ${detail.code}` : "");
   label.textContent = {
@@ -318,11 +357,28 @@ client.onState((state, detail) => {
   if (state === State.RECONNECTING) {
     log(`Reconnect attempt ${detail.attempt} in ${(detail.delayMs / 1000).toFixed(1)} s`, "warn");
   }
-  if (state === State.CONNECTED) connections += 1;
+  if (state === State.CONNECTED) {
+    connections += 1;
+    showEncoding();
+    if (connections > 1) presence.reload(); // joins and leaves while away were not sent
+  }
   if (state === State.OFFLINE && detail.code === CloseCode.USER_DEACTIVATED) {
     signOut("This account was deactivated.");
   }
+  showFreshness();
 });
+
+/** Whether the stream can vouch for what the page shows: connected, and heard from lately. */
+function streamIsLive() {
+  return client.state === State.CONNECTED && !client.stale;
+}
+
+/** Every price's age and staleness, and the page's "Not live" notice, as of now. */
+function showFreshness() {
+  const now = Date.now();
+  for (const item of ticker.items.values()) ticker.age(item, now);
+  $("stale-notice").hidden = !session.signedIn || streamIsLive();
+}
 
 client.onClose(({ code, reason, willReconnect }) => {
   const why = CLOSE_REASONS[code] || reason || "closed";
@@ -337,6 +393,7 @@ client.on("AUTHENTICATION", (message) => {
   $("session-connection").title = connectionId;
   $("session-expires").textContent = formatTime(expiresAt);
   $("account-name").textContent = username;
+  names.learn(message.payload.userId, username);
   if (connectionId === lastConnectionId) {
     log(`Token refreshed; now expires ${formatTime(expiresAt)}`, "ok");
   } else {
@@ -380,6 +437,7 @@ function kindOf(topic) {
 
 // A snapshot is the topic's whole state: its pages' rows replace the table's.
 client.onSnapshot(({ topic, items, first, last }) => {
+  if (presence.isPresenceOnly(topic)) return; // filtered to nothing: not the table's state
   const kind = kindOf(topic);
   if (kind === "market") {
     for (const tick of items) ticker.tick(tick, { flash: false });
@@ -414,6 +472,7 @@ client.onRecovered(({ topic, replayed, cause }) => {
 client.onReset(({ topic, reason, snapshot }) => {
   const why = RESET_REASONS[reason] || reason;
   noteRecovery("Reloaded", { reason: why });
+  if (presence.isPresenceOnly(topic)) return;
   log(`Reloading ${topic} (${why})${snapshot ? "" : " over REST"}`, "warn");
   if (!snapshot) {
     const kind = kindOf(topic);
@@ -473,7 +532,9 @@ function watchSymbols(symbols) {
 async function subscribeAll(userId, canViewStatus) {
   scopeAll = false;
   if (canViewStatus) {
-    const ack = await client.subscribe(KINDS);
+    // Presence on `orders`: other staff's dashboards (and monitors) are online too.
+    const kinds = KINDS.map((topic) => (topic === "orders" ? { topic, presence: true } : topic));
+    const ack = await client.subscribe(kinds);
     scopeAll = ack.topics.length === KINDS.length;
     if (!scopeAll && ack.topics.length) await client.unsubscribe(ack.topics);
   }
@@ -481,8 +542,30 @@ async function subscribeAll(userId, canViewStatus) {
     await client.subscribe(KINDS.map((kind) => `user:${userId}:${kind}`));
   }
   document.body.classList.toggle("scope-all", scopeAll);
+  names.enable(scopeAll);
+  if (scopeAll) renderNames();
   showTopics();
   log(`Subscribed to ${client.topics.length} topics`, "ok");
+}
+
+/**
+ * Staff see who is online (present on any user's `user:{id}:orders`, or on `orders`) and who
+ * watches each strategy; every dashboard is seen watching the strategies it shows.
+ */
+async function startPresence() {
+  presenceShown = scopeAll;
+  document.body.classList.toggle("presence-on", presenceShown);
+  $("online-panel").hidden = !presenceShown;
+  watchStrategies();
+  if (!presenceShown) return;
+  await presence.follow(["orders"]);
+  try {
+    await presence.watchUsers(await names.all());
+  } catch (error) {
+    log(`Could not list users for presence: ${error.message}`, "error");
+  }
+  showTopics();
+  renderPresence();
 }
 
 /** The fallback when a topic's snapshot cannot be had: its kind's rows over REST. */
@@ -503,28 +586,38 @@ async function reloadOverRest(kind) {
 
 function showTopics(topics = client.topics) {
   const list = Array.isArray(topics) ? topics : client.topics;
-  const chips = [...list].sort().map((topic) => {
+  const shown = list.filter((topic) => !presence.isPresenceOnly(topic));
+  const chips = [...shown].sort().map((topic) => {
     const chip = document.createElement("span");
     chip.className = "topic";
     chip.textContent = topic;
     return chip;
   });
+  const presenceOnly = list.length - shown.length;
+  if (presenceOnly) {
+    const note = document.createElement("span");
+    note.className = "muted small";
+    note.textContent = `and ${presenceOnly} for presence only`;
+    chips.push(note);
+  }
   $("session-topics").replaceChildren(...chips);
   if (!chips.length) $("session-topics").textContent = "—";
 }
 
+/** The summary cards, added up exactly from the rows' decimal strings; and a P&L sample. */
 function updateSummary() {
   const positions = tables.positions.values();
   const setMoney = (id, value) => {
     $(id).textContent = formatMoney(value, { signed: true });
     $(id).className = `stat-value num ${signClass(value)}`;
   };
-  setMoney("sum-total", sum(positions.map((p) => p.totalPnl)));
-  setMoney("sum-unrealized", sum(positions.map((p) => p.unrealizedPnl)));
-  setMoney("sum-realized", sum(positions.map((p) => p.realizedPnl)));
+  const totals = pnlTotals();
+  setMoney("sum-total", totals.total);
+  setMoney("sum-unrealized", totals.unrealized);
+  setMoney("sum-realized", totals.realized);
   $("sum-exposure").textContent = formatMoney(sum(positions.map((p) => p.exposure)));
-  const open = tables.orders.values().filter((o) => o.status === "NEW" || o.status === "PARTIALLY_FILLED");
-  $("sum-open").textContent = String(open.length);
+  $("sum-open").textContent = String(tables.orders.values().filter(isOpen).length);
+  if (positions.length) pnlChart.changed();
 }
 
 // --- staff: /ws/status ----------------------------------------------------------------------
@@ -588,24 +681,39 @@ function log(text, kind = "") {
 
 // --- sign in and out ------------------------------------------------------------------------
 
-async function start() {
+async function start({ focus = false } = {}) {
   $("login-view").hidden = true;
   $("dashboard-view").hidden = false;
   $("account").hidden = false;
   $("connection").hidden = false;
+  if (focus) $("dashboard-title").focus(); // not left on the vanished sign-in form
   connections = 0;
   recovery = null;
   $("recovery").hidden = true;
+  ticker.start();
   try {
-    const [me, canViewStatus] = await Promise.all([client.connect(), pollStatus()]);
-    await subscribeAll(me.userId, canViewStatus === true);
+    const [authenticated, canViewStatus] = await Promise.all([client.connect(), pollStatus()]);
+    me = authenticated.userId;
+    showEncoding();
+    tables.orders.refresh(); // Cancel buttons for this user's orders
+    orderForm.setStrategies(tables.strategies.values().filter((s) => s.ownerId === me));
+    await subscribeAll(me, canViewStatus === true);
     if (canViewStatus) {
       pollStatus(); // now that this connection's subscriptions count
       startStatusPolling();
     }
+    await startPresence();
   } catch (error) {
     log(`Could not start: ${error.message}`, "error");
   }
+}
+
+/** Which encoding the socket speaks; said only when it is not the default. */
+function showEncoding() {
+  const badge = $("encoding");
+  const encoding = client.encoding;
+  badge.hidden = encoding === "json";
+  badge.textContent = encoding === "msgpack" ? "MessagePack" : encoding;
 }
 
 function signOut(message = "") {
@@ -615,12 +723,25 @@ function signOut(message = "") {
   session.signOut();
   stopStatusPolling();
   snapshotIds.clear();
+  me = null;
+  scopeAll = false;
+  document.body.classList.remove("scope-all");
+  names.clear();
+  presence.clear();
+  presenceShown = false;
+  document.body.classList.remove("presence-on");
+  $("online-panel").hidden = true;
   for (const table of Object.values(tables)) table.clear();
+  ticker.stop();
   ticker.clear();
+  priceChart.clear();
+  pnlChart.clear();
+  orderForm.reset();
   $("dashboard-view").hidden = true;
   $("account").hidden = true;
   $("connection").hidden = true;
   $("server-panel").hidden = true;
+  $("stale-notice").hidden = true;
   $("login-view").hidden = false;
   $("login-error").textContent = message;
   $("login-password").value = "";
@@ -634,7 +755,7 @@ $("login-form").addEventListener("submit", async (event) => {
   button.disabled = true;
   try {
     await session.signIn($("login-username").value.trim(), $("login-password").value);
-    start();
+    start({ focus: true });
   } catch (error) {
     $("login-error").textContent = error.message;
   } finally {
@@ -645,8 +766,7 @@ $("login-form").addEventListener("submit", async (event) => {
 $("sign-out").addEventListener("click", () => signOut());
 $("reconnect").addEventListener("click", () => client.connect().catch(() => {}));
 
-for (const table of Object.values(tables)) table._toggleEmpty();
 if (session.signedIn) start();
 
 // For debugging from the console, and for the browser tests.
-globalThis.tradingrtDashboard = { client, session, tables };
+globalThis.tradingrtDashboard = { client, session, tables, settings, priceChart, pnlChart, names, presence };

@@ -79,12 +79,30 @@ export function formatTime(iso) {
 }
 
 /**
- * Sum decimal strings for the summary cards (display only, so floating point is enough),
- * returned as a string with two decimals.
+ * The exact sum of decimal strings, as a decimal string: the summary cards add money as the
+ * server does, so a card rounds like the rows it adds up ("1.005" is "+1.01" in both).
+ * Values that are not decimal strings count as 0.
  * @param {Iterable<?string>} values
+ * @returns {string}
  */
 export function sum(values) {
-  let total = 0;
-  for (const value of values) total += Number(value) || 0;
-  return total.toFixed(2);
+  const parsed = [];
+  let scale = 0;
+  for (const value of values) {
+    const match = /^(-?)(\d+)(?:\.(\d+))?$/.exec(String(value ?? ""));
+    if (!match) continue;
+    const [, sign, whole, fraction = ""] = match;
+    parsed.push({ sign, whole, fraction });
+    scale = Math.max(scale, fraction.length);
+  }
+  let total = 0n;
+  for (const { sign, whole, fraction } of parsed) {
+    const units = BigInt(whole + fraction.padEnd(scale, "0"));
+    total += sign ? -units : units;
+  }
+  const negative = total < 0n;
+  const digits = (negative ? -total : total).toString().padStart(scale + 1, "0");
+  const whole = digits.slice(0, digits.length - scale);
+  const fraction = scale ? `.${digits.slice(digits.length - scale)}` : "";
+  return `${negative ? "-" : ""}${whole}${fraction}`;
 }

@@ -6,12 +6,16 @@
 const STORAGE_KEY = "tradingrt.dashboard.tokens";
 const REFRESH_MARGIN_MS = 60_000; // refresh an access token that expires sooner than this
 
-/** An HTTP error from the API, with its status and DRF's detail. */
+/**
+ * An HTTP error from the API, with its status, DRF's detail and the whole body (`fields`: a
+ * 400's messages per field, as DRF keys them: `{"quantity": ["..."], "non_field_errors": [...]}`).
+ */
 export class ApiError extends Error {
-  constructor(status, detail) {
+  constructor(status, detail, body = null) {
     super(detail || `HTTP ${status}`);
     this.name = "ApiError";
     this.status = status;
+    this.fields = body && typeof body === "object" && !Array.isArray(body) && !body.detail ? body : {};
   }
 }
 
@@ -132,7 +136,7 @@ export class Session {
       });
       if (response.status === 401 && attempt === 0) continue;
       const data = await response.json().catch(() => null);
-      if (!response.ok) throw new ApiError(response.status, data && data.detail);
+      if (!response.ok) throw new ApiError(response.status, data && data.detail, data);
       return data;
     }
   }
