@@ -29,6 +29,7 @@ import logging
 import secrets
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -285,6 +286,15 @@ class _Script:
 _append_script = _Script(_APPEND_LUA)
 _read_script = _Script(_READ_LUA)
 
+# History commands in flight at once per event loop. The history uses the channel layer's
+# connection pool (redis-py's: 100 connections per loop), which raises MaxConnectionsError
+# instead of waiting once all are taken. A reconnect storm resumes hundreds of subscriptions at
+# once on the surviving process, each reading the history: unbounded, they took every
+# connection, so resumes came back `reset: unavailable`, publishes failed, and the layer's own
+# receive failed too (the hub then thought the layer lost and closed its subscribers). Bounded,
+# the rest wait a few milliseconds for their turn, and the layer keeps most of its pool.
+MAX_COMMANDS_IN_FLIGHT = 20
+
 
 class RedisHistory:
     """History in the Redis of a channels_redis layer (its first host), under its key prefix.
@@ -297,6 +307,17 @@ class RedisHistory:
     def __init__(self, connection: Any, prefix: str) -> None:
         self._connection = connection  # layer.connection(index) -> redis.asyncio.Redis, per loop
         self.prefix = f"{prefix}rt:"
+        self._gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def _gate(self) -> asyncio.Semaphore:
+        """This event loop's bound on commands in flight (MAX_COMMANDS_IN_FLIGHT)."""
+        loop = asyncio.get_running_loop()
+        gate = self._gates.get(loop)
+        if gate is None:
+            gate = self._gates[loop] = asyncio.Semaphore(MAX_COMMANDS_IN_FLIGHT)
+        return gate
 
     def _keys(self, topic: str) -> tuple[str, str]:
         base = f"{self.prefix}h:{topic}"
@@ -309,12 +330,13 @@ class RedisHistory:
         return int(max(realtime_settings.HISTORY_TTL_SECS * 7, 86400))
 
     async def _run(self, script: _Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        try:
-            return await script(self._connection(0), keys, args)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            raise HistoryUnavailable(repr(exc)) from exc
+        async with self._gate():
+            try:
+                return await script(self._connection(0), keys, args)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                raise HistoryUnavailable(repr(exc)) from exc
 
     async def append(
         self,
