@@ -89,6 +89,27 @@ def topic_head(redis_url: str, prefix: str) -> tuple[str | None, int]:
     return (str(epoch) if epoch else None), int(seq or 0)
 
 
+def log_summary(path: Path, limit: int = 12) -> dict[str, Any]:
+    """The server's WARNING and ERROR lines, counted by their text without numbers (the log
+    level is WARNING: anything there is worth reading)."""
+    import re
+
+    counts: dict[str, int] = {}
+    examples: dict[str, str] = {}
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return {}
+    for line in lines:
+        if "WARNING" not in line and "ERROR" not in line and "Traceback" not in line:
+            continue
+        key = re.sub(r"\d+", "N", line)[:160]
+        counts[key] = counts.get(key, 0) + 1
+        examples.setdefault(key, line[:400])
+    top = sorted(counts, key=counts.__getitem__, reverse=True)[:limit]
+    return {"lines": sum(counts.values()), "top": [[counts[k], examples[k]] for k in top]}
+
+
 def wait_for(
     loadgen: LoadGenerator, done: Callable[[dict[str, Any]], bool], limit: float
 ) -> tuple[dict[str, Any], float]:
@@ -137,8 +158,12 @@ def analyse_phase(
 ) -> dict[str, Any]:
     """One phase's figures from every track's leg `leg_index` (0: first connection, 1: the
     reconnect after the kill), checked against the topic's last seq `final`."""
-    legs = [t["legs"][leg_index] for t in collected["tracks"] if len(t["legs"]) > leg_index]
-    clients = len(collected["tracks"])
+    tracks = collected["tracks"]
+    legs = [t["legs"][leg_index] for t in tracks if len(t["legs"]) > leg_index]
+    # Every connection from this one on is checked: a client closed again after it resumed
+    # (the server lost its layer, say) reconnects once more, and its stream must still join.
+    checked = [leg for t in tracks for leg in t["legs"][leg_index:]]
+    clients = len(tracks)
     started = [leg["started_at"] for leg in legs if leg["started_at"] is not None]
     replied = [leg["reply_at"] for leg in legs if leg["reply_at"] is not None]
     caught_up = [leg["caught_up_at"] for leg in legs if leg.get("caught_up_at") is not None]
@@ -184,13 +209,14 @@ def analyse_phase(
         "gave_up": sum(1 for leg in legs if leg["gave_up"]),
         "failures": sorted({f for leg in legs for f in leg["failures"]})[:10],
         "missed": spread([leg["missed"] for leg in legs if "missed" in leg]),
-        "replayed": sum(leg.get("replayed", 0) for leg in legs),
-        "lost": sum(leg.get("missing", 0) for leg in legs),
-        "duplicates": sum(leg.get("duplicates", 0) for leg in legs),
-        "out_of_order": sum(leg.get("out_of_order", 0) for leg in legs),
-        "exact": sum(1 for leg in legs if leg.get("exact")),
-        "unchecked": sum(1 for leg in legs if "exact" not in leg),
-        "bad_epochs": sum(t["bad_epochs"] for t in collected["tracks"]),
+        "replayed": sum(leg.get("replayed", 0) for leg in checked),
+        "lost": sum(leg.get("missing", 0) for leg in checked),
+        "duplicates": sum(leg.get("duplicates", 0) for leg in checked),
+        "out_of_order": sum(leg.get("out_of_order", 0) for leg in checked),
+        "exact": sum(1 for t in tracks if all(leg.get("exact") for leg in t["legs"][leg_index:])),
+        "unchecked": sum(1 for leg in checked if "exact" not in leg),
+        "reconnected_again": sum(1 for t in tracks if len(t["legs"]) > leg_index + 1),
+        "bad_epochs": sum(t["bad_epochs"] for t in tracks),
         "live_during_ms": common.summarize_ms(during),
         "live_after_ms": common.summarize_ms(after),
         "final_seq": final,
@@ -245,6 +271,7 @@ class StormRun:
                 self.warm_up(a, b)
                 fresh = self.fresh(b)
                 storm = self.storm(a, b)
+                storm["survivor_log"] = log_summary(b.log_path)
         storm["ratio"] = common.ratio(storm["ready_s"], fresh["ready_s"])
         storm["cpu_ratio"] = common.ratio(storm["survivor_cpu_s"], fresh["survivor_cpu_s"])
         return {"fresh": fresh, "storm": storm}
@@ -354,7 +381,9 @@ class StormRun:
         a.process.wait(10)
         cpu = common.cpu_seconds(b.pid)
         _, seen = wait_for(
-            loadgen, lambda s: s["settled"].get("2", 0) >= n, self.params["limit_s"] + 30
+            loadgen,
+            lambda s: sum(v for k, v in s["settled"].items() if int(k) >= 2) >= n,
+            self.params["limit_s"] + 30,
         )
         cpu = common.cpu_seconds(b.pid) - cpu
         result = self._finish(publisher, 1, (self.killed_at, seen))
@@ -425,6 +454,14 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "exact": [s["exact"] for s in storm],
         "gave_up": sum(s["gave_up"] for s in storm) + sum(f["gave_up"] for f in fresh),
         "bad_epochs": sum(s["bad_epochs"] for s in storm) + sum(f["bad_epochs"] for f in fresh),
+        "reconnected_again": sum(s["reconnected_again"] for s in storm),
+        "publish_failures": sum(
+            n
+            for phase in (*storm, *fresh)
+            for status, n in phase["publisher"]["statuses"].items()
+            if not status.startswith("2")
+        )
+        + sum(sum(phase["publisher"]["errors"].values()) for phase in (*storm, *fresh)),
     }
 
 
