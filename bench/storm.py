@@ -249,11 +249,15 @@ class StormRun:
         params: dict[str, Any],
         server_args: list[str],
         log: Any,
+        number: int = 1,
+        profile_dir: Path | None = None,
     ) -> None:
         self.space, self.loadgen, self.tokens = space, loadgen, tokens
         self.staff_token, self.redis_url = staff_token, redis_url
         self.params, self.server_args, self.log = params, server_args, log
         self.clients = len(tokens)
+        self.number = number
+        self.profile_dir = profile_dir  # py-spy on the survivor during the storm, if set
 
     def run(self) -> dict[str, Any]:
         with common.redis_prefix(self.redis_url) as prefix:
@@ -380,13 +384,23 @@ class StormRun:
         os.kill(a.pid, signal.SIGKILL)
         a.process.wait(10)
         cpu = common.cpu_seconds(b.pid)
+        profiler = None
+        if self.profile_dir is not None:
+            from bench.profiling import Profiler
+
+            # From just before the first reconnect until everyone is back (stopped then).
+            time.sleep(max(0.0, self.params["reconnect_delay_s"] - 0.3))
+            profiler = Profiler(b.pid, None, self.profile_dir / f"storm-survivor-{self.number}.txt")
         _, seen = wait_for(
             loadgen,
             lambda s: sum(v for k, v in s["settled"].items() if int(k) >= 2) >= n,
             self.params["limit_s"] + 30,
         )
         cpu = common.cpu_seconds(b.pid) - cpu
+        profile = profiler.stop() if profiler is not None else None
         result = self._finish(publisher, 1, (self.killed_at, seen))
+        if profile is not None:
+            result["profile"] = profile
         result["head_at_kill"] = head_at_kill
         # B's CPU from the kill until all were back: the reconnects, resumes and replays, and
         # the live stream meanwhile (as in the fresh phase's window).
@@ -596,6 +610,10 @@ def run(options: Any, log: Any = print) -> dict[str, Any]:
                         params=params,
                         server_args=options.server_args,
                         log=log,
+                        number=number,
+                        profile_dir=(Path(options.out or common.RESULTS_DIR) / "profiles")
+                        if options.profile
+                        else None,
                     ).run()
                 )
     result["runs"] = measured

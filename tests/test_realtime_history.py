@@ -4,7 +4,8 @@ The history shares the channel layer's connection pool (redis-py's, 100 connecti
 loop, which raises rather than waits when all are taken). A reconnect storm resumes hundreds of
 subscriptions at once on one process (bench storm, docs/BENCHMARKS.md); each resume reads the
 history. Those reads must neither fail (a wrong `reset: unavailable`) nor take the connections
-the layer itself needs (its receive, its group sends).
+the layer itself needs (its receive, its group sends), and a publish meanwhile must not wait
+behind them.
 """
 
 from __future__ import annotations
@@ -55,3 +56,25 @@ async def test_a_burst_of_resumes_reads_the_history_without_exhausting_the_layer
     received = [await layer.receive(channel) for _ in range(20)]
     assert [m["n"] for m in received] == list(range(20))
     await layer.group_discard("burst", channel)
+
+
+async def test_a_publish_does_not_queue_behind_a_burst_of_resume_reads(layer):
+    history = RedisHistory(layer.connection, layer.prefix)
+    topic = f"market:T{uuid.uuid4().hex[:6].upper()}"
+    envelope = envelope_for_topic("MARKET_DATA", topic, "{}", "2026-11-29T00:00:00.000Z")
+    await history.append([topic], [envelope])
+    finished: list[str] = []
+
+    async def read() -> None:
+        await history.read(topic, 0)
+        finished.append("read")
+
+    async def publish() -> None:
+        await history.append([topic], [envelope])
+        finished.append("append")
+
+    reads = [asyncio.ensure_future(read()) for _ in range(BURST)]
+    await asyncio.sleep(0)  # every read has asked for its turn
+    await asyncio.gather(publish(), *reads)
+    # Its own bound: done among the first reads, not after the burst.
+    assert finished.index("append") < BURST // 2
