@@ -61,3 +61,9 @@ def test_too_many_ids_at_once_answer_400(staff_client):
     response = staff_client.get("/api/users/", {"id": ids})
     assert response.status_code == 400
     assert str(MAX_IDS_PER_REQUEST) in str(response.json()["id"])
+
+
+def test_an_id_past_the_largest_database_id_is_a_400_not_a_500(staff_client):
+    response = staff_client.get("/api/users/", {"id": [1, 31539044724722352128]})
+    assert response.status_code == 400  # found by the REST fuzzer: SQLite cannot bind it
+    assert "id" in response.json()

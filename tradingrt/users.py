@@ -47,7 +47,7 @@ class UserFilterSerializer(serializers.Serializer):
     """Optional query parameters of GET /api/users/."""
 
     id = serializers.ListField(
-        child=serializers.IntegerField(min_value=1),
+        child=serializers.IntegerField(min_value=1, max_value=2**63 - 1),  # a database id
         required=False,
         allow_empty=False,
         max_length=MAX_IDS_PER_REQUEST,
