@@ -805,6 +805,7 @@ async def test_the_dashboard_on_msgpack_trades_and_charts_the_same(
     await form.get_by_label("Quantity").fill("4")
     await form.get_by_label("Limit price").fill("61.25")
     await form.get_by_role("button", name="Place order").click()
+    await expect(form.get_by_role("status")).to_contain_text("placed", timeout=LIVE_TIMEOUT_MS)
     order = await sync_to_async(Order.objects.get)(user=trader, symbol="PYPL")
     await expect(cell(page, "orders", order.pk, "price")).to_have_text(
         "61.25", timeout=LIVE_TIMEOUT_MS
