@@ -25,6 +25,9 @@ BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
 STAMP = VENV / ".tradingrt-installed"
 LOCK = ROOT / "requirements" / "dev.lock"
+# The Python client for bots: its own package (no Django), installed editable beside the
+# project so the suite tests it against real servers. Its dependencies are in the dev lock.
+PY_CLIENT = ROOT / "clients" / "python"
 PIP_TOOLS = "7.6.2"  # what `dev.py lock` resolves with
 NODE_MODULES = ROOT / "node_modules"
 NODE_STAMP = NODE_MODULES / ".tradingrt-installed"
@@ -42,9 +45,8 @@ def ensure_environment(extras: str = "dev") -> None:
     if sys.version_info < (3, 11):  # noqa: UP036 - dev.py may be run by an older python3
         sys.exit(f"Python 3.11 or newer is needed; this is {sys.version.split()[0]}.")
     pinned = LOCK.read_bytes() if LOCK.exists() else b""
-    wanted = hashlib.sha256(
-        (ROOT / "pyproject.toml").read_bytes() + pinned + extras.encode()
-    ).hexdigest()
+    manifests = (ROOT / "pyproject.toml").read_bytes() + (PY_CLIENT / "pyproject.toml").read_bytes()
+    wanted = hashlib.sha256(manifests + pinned + extras.encode()).hexdigest()
     if STAMP.exists() and STAMP.read_text() == wanted and PYTHON.exists():
         return
     if not PYTHON.exists():
@@ -63,10 +65,14 @@ def ensure_environment(extras: str = "dev") -> None:
                 f"({sys.version.split()[0]}); installing from the ranges in pyproject.toml.",
                 flush=True,
             )
+    client = f"./{PY_CLIENT.relative_to(ROOT).as_posix()}"
     if locked:
-        subprocess.run([*pip, "install", "--no-deps", "-e", "."], check=True, cwd=ROOT)
+        editable = ["--no-deps", "-e", ".", "-e", client]
     else:
-        subprocess.run([*pip, "install", "-e", f".[{extras}]"], check=True, cwd=ROOT)
+        editable = ["-e", f".[{extras}]"]
+        if extras == "dev":
+            editable += ["-e", f"{client}[msgpack]"]
+    subprocess.run([*pip, "install", *editable], check=True, cwd=ROOT)
     STAMP.write_text(wanted)
 
 
@@ -209,8 +215,9 @@ def check(options: argparse.Namespace) -> int:
     ensure_environment()
     steps = [
         [str(BIN / "ruff"), "check", "."],
-        [str(BIN / "ruff"), "format", "--check", "realtime", "tradingrt", "market"],
-        [str(BIN / "mypy"), "realtime", "tradingrt", "orders", "positions", "strategies", "market"],
+        [str(BIN / "ruff"), "format", "--check", "realtime", "tradingrt", "market", "clients"],
+        [str(BIN / "mypy"), "realtime", "tradingrt", "orders", "positions", "strategies", "market",
+         "clients/python/tradingrt_client"],
         [str(PYTHON), "manage.py", "makemigrations", "--check", "--dry-run"],
         [str(PYTHON), "manage.py", "spectacular", "--validate", "--fail-on-warn", "--file",
          os.devnull],

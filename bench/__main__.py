@@ -6,6 +6,7 @@
   status        4. /ws/status latency with N tracked connections
   fanout-redis  5. fan-out with two Daphne processes on the Redis channel layer
   uvicorn       6. scenarios 1 and 3 under uvicorn (also with permessage-deflate offered)
+  storm         7. reconnect storm: subscribers of a SIGKILLed process resume on the other
   all           every scenario above, in order (--quick: tiny sizes, for the test suite)
 
 Each prints its tables and writes bench/results/<name>.json (--out to write elsewhere). Every
@@ -87,6 +88,20 @@ def build_parser() -> argparse.ArgumentParser:
     _common_arguments(sub)
     _fanout_arguments(sub)
     _connections_arguments(sub, alone=False)
+    sub = commands.add_parser("storm", help="reconnect storm: resume with since after SIGKILL")
+    _common_arguments(sub)
+    sub.add_argument("--subscribers", type=int, default=0, help="default 1000 (quick: 20)")
+    sub.add_argument("--rate", type=float, default=0.0, help="ticks/s on the topic (default 20)")
+    sub.add_argument(
+        "--reconnect-delay",
+        type=float,
+        default=None,
+        help="seconds from a client's loss to its reconnect, before jitter (default 4.75)",
+    )
+    sub.add_argument(
+        "--jitter", type=float, default=None, help="reconnect jitter, uniform, s (default 0.5)"
+    )
+    sub.add_argument("--runs", type=int, default=0, help="whole runs, new servers (default 3)")
     sub = commands.add_parser("all", help="every scenario")
     _common_arguments(sub)
     sub.add_argument("--skip", nargs="*", default=[], help="scenarios to leave out")
@@ -154,6 +169,18 @@ def run_fanout_redis(options: argparse.Namespace) -> dict[str, Any]:
     return fanout.run(fanout_options(options, server="daphne", processes=2, name="fanout_redis"))
 
 
+def run_storm(options: argparse.Namespace) -> dict[str, Any]:
+    from bench import storm
+
+    if not common.redis_available(options.redis_url):
+        raise SystemExit(f"storm needs Redis at {options.redis_url} (--redis-url)")
+    defaults = {"subscribers": 0, "rate": 0.0, "reconnect_delay": None, "jitter": None, "runs": 0}
+    for key, value in defaults.items():  # under `all`, the storm's own options are absent
+        if not hasattr(options, key):
+            setattr(options, key, value)
+    return storm.run(options)
+
+
 def run_e2e(options: argparse.Namespace) -> dict[str, Any]:
     from bench import e2e
 
@@ -217,6 +244,7 @@ SCENARIOS = {
     "status": run_status,
     "fanout-redis": run_fanout_redis,
     "uvicorn": run_uvicorn,
+    "storm": run_storm,
 }
 
 
@@ -250,7 +278,7 @@ def _run_scenarios(options: argparse.Namespace, summary: dict[str, Any]) -> None
         if name in options.skip:
             summary["skipped"][name] = "--skip"
             continue
-        if name == "fanout-redis" and not common.redis_available(options.redis_url):
+        if name in ("fanout-redis", "storm") and not common.redis_available(options.redis_url):
             summary["skipped"][name] = f"no Redis at {options.redis_url}"
             print(f"skipping {name}: no Redis at {options.redis_url}")
             continue

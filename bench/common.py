@@ -242,6 +242,7 @@ class Workspace:
     secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(50))
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
     _databases: list[str] = field(default_factory=list)
+    _copies: int = 0
     _template: str | None = None
     identities: dict[str, Any] = field(default_factory=dict)
 
@@ -334,8 +335,12 @@ class Workspace:
     def fresh_database(self) -> str:
         """A new database copied from the template; returns its DATABASE_URL."""
         assert self._template is not None, "prepare() first"
-        name = f"bench_{self.tag}_{len(self._databases)}"
+        self._copies += 1
+        name = f"bench_{self.tag}_{self._copies}"
         if self.db == "sqlite":
+            # A new file each time: copying over an earlier one would leave its -wal and -shm
+            # beside the copy (a SIGKILLed server leaves them), and SQLite would then read the
+            # old log into the new file ("database disk image is malformed").
             path = self.directory / f"{name}.sqlite3"
             shutil.copyfile(self._template, path)
             return f"sqlite:///{path}"

@@ -10,6 +10,10 @@ Modes of a client:
   tick   MARKET_DATA messages carry the publisher's send time in `payload.volume`
          (seconds since the epoch with microseconds); the worker keeps (sent, received) pairs.
   order  ORDER_UPDATE messages are decoded; the worker keeps ((order id, filledQuantity), received).
+  stream each client is a `Track` of one topic's stream across reconnects: every MARKET_DATA's
+         seq, epoch, send time and receipt, and per connection (`Leg`) when it connected, its
+         subscription reply (position, recovered, reset) and when it was lost. A track can be
+         armed to reconnect on loss, after a delay with jitter, resuming with `since`.
 
 The parent talks to the workers over pipes (`LoadGenerator`): connect, record, collect, close.
 """
@@ -20,9 +24,11 @@ import array
 import asyncio
 import base64
 import contextlib
+import itertools
 import json
 import multiprocessing
 import os
+import random
 import time
 import zlib
 from collections import Counter
@@ -33,6 +39,9 @@ from typing import Any
 
 _time = time.time
 VOLUME_KEY = b'"volume":"'
+STREAM_PREFIX = b'{"type":"MARKET_DATA",'
+SEQ_KEY = b'"seq":'
+EPOCH_KEY = b'"epoch":"'
 DEFLATE_OFFER = "permessage-deflate; client_max_window_bits"
 INFLATE_TAIL = b"\x00\x00\xff\xff"
 
@@ -60,8 +69,17 @@ def encode_frame(payload: bytes, opcode: int = 0x1) -> bytes:
 class Client(asyncio.Protocol):
     """One WebSocket connection of the load generator."""
 
-    def __init__(self, worker: Worker, host: str, port: int, target: str, deflate: bool) -> None:
+    def __init__(
+        self,
+        worker: Worker,
+        host: str,
+        port: int,
+        target: str,
+        deflate: bool,
+        track: Track | None = None,
+    ) -> None:
         self.worker = worker
+        self.track = track
         self.host, self.port, self.target = host, port, target
         self.offer_deflate = deflate
         self.transport: asyncio.Transport | None = None
@@ -98,6 +116,8 @@ class Client(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.worker.open_clients.discard(self)
+        if self.track is not None:
+            self.worker.track_lost(self.track, self)
         if not self.hello.done():
             self.hello.set_exception(ConnectionError(f"connection lost before hello: {exc}"))
         if self.reply is not None and not self.reply.done():
@@ -204,6 +224,11 @@ class Client(asyncio.Protocol):
                     worker.sent.append(float(payload[index : payload.index(b'"', index)]))
                     worker.recv.append(now)
                 return
+        elif (
+            worker.mode == "stream" and self.track is not None and payload.startswith(STREAM_PREFIX)
+        ):
+            self.track.received(payload, now)
+            return
         try:
             message = json.loads(payload)
         except ValueError:
@@ -226,6 +251,8 @@ class Client(asyncio.Protocol):
                 worker.sent.append(float(volume))
                 worker.recv.append(now)
         elif kind in ("SUBSCRIPTION", "ERROR") and self.reply is not None:
+            if kind == "SUBSCRIPTION" and self.track is not None:
+                self.track.replied(message.get("payload") or {}, now)
             if not self.reply.done():
                 self.reply.set_result(message)
         elif kind == "ERROR":
@@ -261,6 +288,187 @@ class ConnectSpec:
     timeout: float = 60.0
 
 
+@dataclass
+class StreamSpec:
+    """Open every track's connection to `port`, each at `at` + uniform(0, `jitter`) seconds,
+    subscribing to the topic (with `since` = the last seq it got when `resume`)."""
+
+    host: str
+    port: int
+    path: str
+    at: float
+    jitter: float
+    resume: bool = False
+    timeout: float = 60.0
+
+
+@dataclass
+class RejoinSpec:
+    """Reconnect a track whose subscribed connection is lost: to `port`, `delay` + uniform(0,
+    `jitter`) seconds after the loss, resuming with `since`."""
+
+    host: str
+    port: int
+    path: str
+    delay: float
+    jitter: float
+    timeout: float = 60.0
+
+
+# A failed (re)connect is retried as the JavaScript client does: full jitter below a ceiling
+# of 0.5 s doubling per attempt (realtime/static/realtime/client.js, backoffDelay).
+RETRY_BASE_S = 0.5
+RETRY_CAP_S = 30.0
+RETRY_ATTEMPTS = 8
+
+
+class Leg:
+    """One subscribed connection of a track: how it was opened and what its reply said."""
+
+    __slots__ = (
+        "attempts", "connected_at", "epoch", "failures", "gave_up", "index", "index_at_loss",
+        "lost_at", "position", "recovered", "rejected", "reply_at", "reset", "since",
+        "started_at",
+    )  # fmt: skip
+
+    def __init__(self, since: int | None) -> None:
+        self.since = since  # the seq resumed from (None: a fresh subscription)
+        self.started_at: float | None = None  # first connect attempt
+        self.attempts = 0
+        self.failures: list[str] = []
+        self.connected_at: float | None = None  # AUTHENTICATION received
+        self.reply_at: float | None = None  # the subscription's reply received
+        self.position: int | None = None  # the reply's positions[topic].seq
+        self.epoch: str | None = None
+        self.recovered = False
+        self.reset: str | None = None
+        self.rejected: list[Any] = []
+        self.index = 0  # len(track.seqs) when the reply arrived: what follows is this leg's
+        self.lost_at: float | None = None
+        self.index_at_loss: int | None = None
+        self.gave_up = False
+
+
+class Track:
+    """One client's view of one topic across its connections: every MARKET_DATA's seq, send
+    time (the publisher's, in `volume`) and receipt, and one `Leg` per subscribed connection."""
+
+    __slots__ = (
+        "bad_epochs", "client", "epoch", "last", "legs", "number", "recv", "sent", "seqs",
+        "token", "topic",
+    )  # fmt: skip
+
+    def __init__(self, number: int, token: str | None, topic: str) -> None:
+        self.number, self.token, self.topic = number, token, topic
+        self.seqs = array.array("q")
+        self.sent = array.array("d")
+        self.recv = array.array("d")
+        self.legs: list[Leg] = []
+        self.client: Client | None = None
+        self.epoch: bytes | None = None  # the stream's epoch, from the first reply
+        self.bad_epochs = 0  # messages of another epoch
+        self.last = 0  # the last seq received
+
+    def received(self, payload: bytes, now: float) -> None:
+        start = payload.find(SEQ_KEY, 20) + 6
+        end = payload.find(b",", start)
+        seq = int(payload[start:end])
+        start = payload.find(EPOCH_KEY, end) + 9
+        end = payload.find(b'"', start)
+        if payload[start:end] != self.epoch:
+            self.bad_epochs += 1
+        start = payload.find(VOLUME_KEY, end) + 10
+        self.sent.append(float(payload[start : payload.find(b'"', start)]))
+        self.seqs.append(seq)
+        self.recv.append(now)
+        self.last = seq
+
+    def replied(self, payload: dict[str, Any], now: float) -> None:
+        leg = self.legs[-1]
+        leg.reply_at = now
+        leg.index = len(self.seqs)
+        leg.rejected = list(payload.get("rejected") or [])
+        position = (payload.get("positions") or {}).get(self.topic)
+        if position is not None:
+            leg.position = int(position["seq"])
+            leg.epoch = str(position["epoch"])
+            if self.epoch is None:
+                self.epoch = leg.epoch.encode()
+        leg.recovered = self.topic in (payload.get("recovered") or [])
+        for reset in payload.get("reset") or []:
+            if reset.get("topic") == self.topic:
+                leg.reset = str(reset.get("reason"))
+
+    def resumed(self) -> bool:
+        """Its latest leg has its reply, no reset, and every message up to the reply's position
+        (after which everything follows live)."""
+        leg = self.legs[-1] if self.legs else None
+        return (
+            leg is not None
+            and leg.reply_at is not None
+            and leg.position is not None
+            and leg.reset is None
+            and (leg.since is None or self.last >= leg.position)
+        )
+
+    def settled(self) -> bool:
+        """Resumed, or told to reset (it would reload; nothing more to wait for)."""
+        leg = self.legs[-1] if self.legs else None
+        return self.resumed() or (leg is not None and leg.reset is not None)
+
+    def summary(self, final: int) -> dict[str, Any]:
+        """What each leg got, checked: its seqs are exactly position+1 .. (loss or `final`);
+        a resumed leg's are exactly since+1 .. `final` (nothing lost, nothing twice)."""
+        seqs = self.seqs
+        legs = []
+        for number, leg in enumerate(self.legs):
+            end = leg.index_at_loss if leg.index_at_loss is not None else len(seqs)
+            got = seqs[leg.index : end]
+            first = leg.since if leg.since is not None else leg.position
+            row: dict[str, Any] = {
+                "since": leg.since,
+                "position": leg.position,
+                "recovered": leg.recovered,
+                "reset": leg.reset,
+                "rejected": leg.rejected,
+                "attempts": leg.attempts,
+                "failures": leg.failures,
+                "gave_up": leg.gave_up,
+                "started_at": leg.started_at,
+                "connected_at": leg.connected_at,
+                "reply_at": leg.reply_at,
+                "lost_at": leg.lost_at,
+                "received": len(got),
+            }
+            if first is not None and leg.position is not None:
+                last = seqs[end - 1] if end > leg.index else first
+                # The last leg must reach the end; an earlier one ends where it was lost.
+                until = final if number == len(self.legs) - 1 else max(last, first)
+                expected = range(first + 1, until + 1)
+                unique = set(got)
+                row["missing"] = sum(1 for seq in expected if seq not in unique)
+                row["duplicates"] = len(got) - len(unique)
+                row["out_of_order"] = sum(1 for a, b in itertools.pairwise(got) if b <= a)
+                row["exact"] = list(got) == list(expected)
+                row["last_seq"] = last
+                row["missed"] = leg.position - first if leg.since is not None else 0
+                row["replayed"] = sum(1 for seq in got if seq <= leg.position)
+                # Caught up: the reply, and (after a resume) the replayed message `position`.
+                caught_up = leg.reply_at if leg.position <= first else None
+                first_live = None
+                for index in range(leg.index, end):
+                    seq = seqs[index]
+                    if seq == leg.position and caught_up is None:
+                        caught_up = self.recv[index]
+                    elif seq > leg.position:
+                        first_live = self.recv[index]
+                        break
+                row["caught_up_at"] = caught_up
+                row["first_live_at"] = first_live
+            legs.append(row)
+        return {"number": self.number, "bad_epochs": self.bad_epochs, "legs": legs}
+
+
 class Worker:
     """The clients of one worker process and what they recorded."""
 
@@ -276,6 +484,10 @@ class Worker:
         self.errors: Counter[str] = Counter()
         self.closes: Counter[str] = Counter()
         self.received = 0  # messages, whether recorded or not
+        self.tracks: list[Track] = []  # stream mode
+        self.rejoin: RejoinSpec | None = None  # stream mode: reconnect tracks that lose theirs
+        self.stream_tasks: set[asyncio.Task[None]] = set()
+        self.stream_timers: list[asyncio.TimerHandle] = []
 
     async def connect(self, spec: ConnectSpec) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
@@ -360,13 +572,168 @@ class Worker:
         return result
 
     async def close_all(self) -> dict[str, Any]:
+        self.rejoin = None  # closed on purpose: no track reconnects
+        for timer in self.stream_timers:
+            timer.cancel()
+        self.stream_timers.clear()
+        for task in list(self.stream_tasks):
+            task.cancel()
         clients, self.clients = self.clients, []
+        clients += [
+            t.client for t in self.tracks if t.client is not None and t.client not in clients
+        ]
         for client in clients:
             client.close()
         waiting = [c.closed for c in clients if not c.closed.done()]
         if waiting:
             await asyncio.wait(waiting, timeout=10)
         return {"closed": len(clients), "open": len(self.open_clients)}
+
+    # --- stream mode: one topic's stream per client, across reconnects (bench storm) --------
+
+    def stream_setup(self, tokens: list[tuple[int, str | None]], topic: str) -> dict[str, Any]:
+        self.mode = "stream"
+        self.rejoin = None
+        self.tracks = [Track(number, token, topic) for number, token in tokens]
+        return {"tracks": len(self.tracks)}
+
+    def stream_start(self, spec: StreamSpec) -> dict[str, Any]:
+        for track in self.tracks:
+            delay = spec.at + random.random() * spec.jitter - _time()
+            self._open_later(delay, track, spec, resume=spec.resume)
+        return {"ok": True}
+
+    def stream_arm(self, spec: RejoinSpec | None) -> dict[str, Any]:
+        self.rejoin = spec
+        return {"ok": True}
+
+    def _open_later(
+        self, delay: float, track: Track, spec: StreamSpec | RejoinSpec, *, resume: bool
+    ) -> None:
+        loop = asyncio.get_running_loop()
+
+        def go() -> None:
+            task = loop.create_task(self._open(track, spec, resume=resume))
+            self.stream_tasks.add(task)
+            task.add_done_callback(self.stream_tasks.discard)
+
+        self.stream_timers.append(loop.call_later(max(0.0, delay), go))
+
+    async def _open(self, track: Track, spec: StreamSpec | RejoinSpec, *, resume: bool) -> None:
+        """Connect, authenticate and subscribe (resuming from the last seq received when
+        `resume`); a failure is retried with the JavaScript client's backoff."""
+        loop = asyncio.get_running_loop()
+        host, port, seconds = spec.host, spec.port, spec.timeout
+        leg = Leg(track.last if resume else None)
+        track.legs.append(leg)
+        target = spec.path + (f"?token={track.token}" if track.token else "")
+        entry: Any = track.topic
+        if leg.since is not None:
+            assert track.epoch is not None
+            since = {"epoch": track.epoch.decode(), "seq": leg.since}
+            entry = {"topic": track.topic, "since": since}
+        while True:
+            leg.attempts += 1
+            if leg.started_at is None:
+                leg.started_at = _time()
+            client: Client | None = None
+            try:
+                async with asyncio.timeout(seconds):
+                    _, client = await loop.create_connection(
+                        lambda: Client(self, host, port, target, False, track), host, port
+                    )
+                    track.client = client
+                    self.open_clients.add(client)
+                    await client.hello
+                    leg.connected_at = _time()
+                    reply = await client.request(
+                        {
+                            "type": "SUBSCRIPTION",
+                            "id": track.number,
+                            "payload": {"action": "subscribe", "topics": [entry]},
+                        },
+                        seconds,
+                    )
+                if reply.get("type") != "SUBSCRIPTION" or leg.position is None:
+                    raise ConnectionError(f"subscription refused: {str(reply)[:200]}")
+                self.clients.append(client)
+                return
+            except Exception as exc:
+                leg.failures.append(f"{type(exc).__name__}: {str(exc)[:80]}")
+                if client is not None:
+                    if track.client is client:
+                        track.client = None
+                    client.close()
+                if leg.attempts >= RETRY_ATTEMPTS:
+                    leg.gave_up = True
+                    return
+                ceiling = min(RETRY_CAP_S, RETRY_BASE_S * 2 ** (leg.attempts - 1))
+                await asyncio.sleep(random.random() * ceiling)
+
+    def track_lost(self, track: Track, client: Client) -> None:
+        """A track's connection closed: note where its stream stopped, and reconnect if armed
+        (a connection lost before its subscription's reply is retried by `_open`)."""
+        if track.client is not client:
+            return
+        track.client = None
+        leg = track.legs[-1] if track.legs else None
+        if leg is None or leg.reply_at is None or leg.lost_at is not None:
+            return
+        leg.lost_at = _time()
+        leg.index_at_loss = len(track.seqs)
+        spec = self.rejoin
+        if spec is not None:
+            self._open_later(spec.delay + random.random() * spec.jitter, track, spec, resume=True)
+
+    def stream_status(self) -> dict[str, Any]:
+        tracks = self.tracks
+        resumed: Counter[str] = Counter()
+        settled: Counter[str] = Counter()
+        legs: Counter[str] = Counter()
+        for track in tracks:
+            legs[str(len(track.legs))] += 1
+            if track.resumed():
+                resumed[str(len(track.legs))] += 1
+            if track.settled():
+                settled[str(len(track.legs))] += 1
+        return {
+            "tracks": len(tracks),
+            "legs": dict(legs),
+            "resumed": dict(resumed),
+            "settled": dict(settled),
+            "lost": sum(1 for t in tracks if t.legs and t.legs[-1].lost_at is not None),
+            "gave_up": sum(1 for t in tracks if t.legs and t.legs[-1].gave_up),
+            "min_last": min((t.last for t in tracks), default=0),
+            "max_last": max((t.last for t in tracks), default=0),
+            "received": self.received,
+        }
+
+    def stream_collect(self, final: int) -> dict[str, Any]:
+        """Every track's legs, checked against `final` (the topic's last seq), and the send
+        and receipt times of the messages that came live after each track's last reply."""
+        live_sent = array.array("d")
+        live_recv = array.array("d")
+        for track in self.tracks:
+            leg = track.legs[-1] if track.legs else None
+            if leg is None or leg.position is None:
+                continue
+            for index in range(leg.index, len(track.seqs)):
+                if track.seqs[index] > leg.position:
+                    live_sent.append(track.sent[index])
+                    live_recv.append(track.recv[index])
+        return {
+            "tracks": [track.summary(final) for track in self.tracks],
+            "live_sent": live_sent.tobytes(),
+            "live_recv": live_recv.tobytes(),
+            "errors": dict(self.errors),
+            "closes": dict(self.closes),
+        }
+
+    async def stream_close(self) -> dict[str, Any]:
+        reply = await self.close_all()
+        self.tracks = []
+        self.mode = "tick"
+        return reply
 
     def status(self) -> dict[str, Any]:
         return {
@@ -392,6 +759,18 @@ class Worker:
                     reply = await self.close_all()
                 elif command == "status":
                     reply = self.status()
+                elif command == "stream_setup":
+                    reply = self.stream_setup(*argument)
+                elif command == "stream_start":
+                    reply = self.stream_start(argument)
+                elif command == "stream_arm":
+                    reply = self.stream_arm(argument)
+                elif command == "stream_status":
+                    reply = self.stream_status()
+                elif command == "stream_collect":
+                    reply = self.stream_collect(argument)
+                elif command == "stream_close":
+                    reply = await self.stream_close()
                 elif command == "exit":
                     await self.close_all()
                     pipe.send({"ok": True})
@@ -550,6 +929,60 @@ class LoadGenerator:
                 break
             time.sleep(0.05)
         return recorded
+
+    # --- stream mode (bench storm) -------------------------------------------------------
+
+    def stream_setup(self, tokens: Sequence[str | None], topic: str) -> None:
+        """One track per token (client number = its index), spread over the workers."""
+        count = len(self.pipes)
+        numbered = list(enumerate(tokens))
+        self._all("stream_setup", [(numbered[i::count], topic) for i in range(count)])
+
+    def stream_start(self, spec: StreamSpec) -> None:
+        self._all("stream_start", [spec] * len(self.pipes))
+
+    def stream_arm(self, spec: RejoinSpec | None) -> None:
+        self._all("stream_arm", [spec] * len(self.pipes))
+
+    def stream_status(self) -> dict[str, Any]:
+        counts = ("legs", "resumed", "settled")
+        total: dict[str, Any] = {key: Counter() for key in counts}
+        replies = self._all("stream_status", [None] * len(self.pipes))
+        for reply in replies:
+            for key in counts:
+                total[key].update(reply[key])
+        for key in ("tracks", "lost", "gave_up", "received"):
+            total[key] = sum(r[key] for r in replies)
+        total["min_last"] = min(r["min_last"] for r in replies)
+        total["max_last"] = max(r["max_last"] for r in replies)
+        for key in counts:
+            total[key] = dict(total[key])
+        return total
+
+    def stream_collect(self, final: int) -> dict[str, Any]:
+        tracks: list[dict[str, Any]] = []
+        live_sent = array.array("d")
+        live_recv = array.array("d")
+        errors: Counter[str] = Counter()
+        closes: Counter[str] = Counter()
+        for reply in self._all("stream_collect", [final] * len(self.pipes)):
+            tracks.extend(reply["tracks"])
+            live_sent.frombytes(reply["live_sent"])
+            live_recv.frombytes(reply["live_recv"])
+            errors.update(reply["errors"])
+            closes.update(reply["closes"])
+        tracks.sort(key=lambda t: t["number"])
+        return {
+            "tracks": tracks,
+            "live_sent": live_sent,
+            "live_recv": live_recv,
+            "errors": dict(errors),
+            "closes": dict(closes),
+        }
+
+    def stream_close(self) -> dict[str, Any]:
+        replies = self._all("stream_close", [None] * len(self.pipes), timeout=60)
+        return {"closed": sum(r["closed"] for r in replies)}
 
     def close_all(self) -> dict[str, Any]:
         replies = self._all("close", [None] * len(self.pipes), timeout=60)

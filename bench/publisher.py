@@ -158,8 +158,10 @@ class Publisher:
         *,
         drain_seconds: float = 30.0,
         keep_responses: bool = False,
+        stop: Callable[[], bool] | None = None,
     ) -> PublishLog:
-        """Send `count` requests, request i at start + i/rate (never earlier; later if behind)."""
+        """Send `count` requests, request i at start + i/rate (never earlier; later if behind),
+        or fewer if `stop()` turns true first."""
         log = PublishLog()
         tasks: list[asyncio.Task[None]] = []
         start = time.time() + 0.05
@@ -193,6 +195,8 @@ class Publisher:
             delay = scheduled - time.time()
             if delay > 0:
                 await asyncio.sleep(delay)
+            if stop is not None and stop():
+                break
             tasks.append(asyncio.create_task(one(index, scheduled)))
         if tasks:
             await asyncio.wait(tasks, timeout=drain_seconds)

@@ -29,6 +29,7 @@ import logging
 import secrets
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -289,6 +290,18 @@ class _Script:
 _append_script = _Script(_APPEND_LUA)
 _read_script = _Script(_READ_LUA)
 
+# History commands in flight at once per event loop, for reads (resumes, repairs, heads) and
+# for appends (publishes) apart. The history uses the channel layer's connection pool
+# (redis-py's: 100 connections per loop), which raises MaxConnectionsError instead of waiting
+# once all are taken. A reconnect storm resumes hundreds of subscriptions at once on the
+# surviving process, each reading the history: unbounded, they took every connection, so
+# resumes came back `reset: unavailable`, publishes failed, and the layer's own receive failed
+# too (the hub then thought the layer lost and closed its subscribers). Bounded, the rest wait
+# their turn and the layer keeps most of its pool; publishes have their own bound, so they never
+# queue behind a storm of resume reads.
+MAX_READS_IN_FLIGHT = 16
+MAX_APPENDS_IN_FLIGHT = 8
+
 
 class RedisHistory:
     """History in the Redis of a channels_redis layer (its first host), under its key prefix.
@@ -301,6 +314,21 @@ class RedisHistory:
     def __init__(self, connection: Any, prefix: str) -> None:
         self._connection = connection  # layer.connection(index) -> redis.asyncio.Redis, per loop
         self.prefix = f"{prefix}rt:"
+        # event loop -> (reads gate, appends gate)
+        self._gates: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[asyncio.Semaphore, asyncio.Semaphore]
+        ] = weakref.WeakKeyDictionary()
+
+    def _gate(self, *, append: bool) -> asyncio.Semaphore:
+        """This event loop's bound on reads or appends in flight (MAX_*_IN_FLIGHT)."""
+        loop = asyncio.get_running_loop()
+        gates = self._gates.get(loop)
+        if gates is None:
+            gates = self._gates[loop] = (
+                asyncio.Semaphore(MAX_READS_IN_FLIGHT),
+                asyncio.Semaphore(MAX_APPENDS_IN_FLIGHT),
+            )
+        return gates[1] if append else gates[0]
 
     def _keys(self, topic: str) -> tuple[str, str]:
         base = f"{self.prefix}h:{topic}"
@@ -313,12 +341,13 @@ class RedisHistory:
         return int(max(realtime_settings.HISTORY_TTL_SECS * 7, 86400))
 
     async def _run(self, script: _Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        try:
-            return await script(self._connection(0), keys, args)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            raise HistoryUnavailable(repr(exc)) from exc
+        async with self._gate(append=script is _append_script):
+            try:
+                return await script(self._connection(0), keys, args)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                raise HistoryUnavailable(repr(exc)) from exc
 
     async def append(
         self,

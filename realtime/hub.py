@@ -47,6 +47,10 @@ GROUP_REFRESH_SECS = 3600.0
 BROADCAST_SLICE = 500
 
 
+# Seconds a topic is quiet after activity before its head is compared with the history (a drop
+# of a burst's last messages is repaired this long after the burst at most).
+TAIL_QUIET_SECS = 0.5
+
 # Seconds a permission re-check may take before the connection is closed instead (4503): its
 # topics cannot be vouched for, and their messages are being held meanwhile.
 RECHECK_TIMEOUT_SECS = 10.0
@@ -77,9 +81,20 @@ class Stream:
     next seq is delivered at once; one ahead of it means a gap (the layer dropped a message, or
     two publishers' sends crossed): it waits while the missing ones are read from the history,
     so a drop costs latency, not data. A seq already delivered is a duplicate and is skipped.
+    A drop of the last messages of a burst has no later message to show it: once the topic has
+    been quiet for a moment after activity, its head in the history is compared (`_tail_loop`).
     """
 
-    __slots__ = ("delivered", "epoch", "last", "pending", "ready", "repairing", "retired")
+    __slots__ = (
+        "active_at",
+        "delivered",
+        "epoch",
+        "last",
+        "pending",
+        "ready",
+        "repairing",
+        "retired",
+    )
 
     def __init__(self) -> None:
         self.epoch: str | None = None
@@ -89,6 +104,7 @@ class Stream:
         self.repairing = False
         self.pending: dict[int, tuple[str, str]] = {}  # seq -> (epoch, text), waiting for a repair
         self.retired: set[str] = set()  # earlier epochs: a late message of one is ignored
+        self.active_at: float | None = None  # when a message last came, until the tail check
 
     def position(self) -> Position:
         return Position(self.epoch or "", self.last)
@@ -245,6 +261,7 @@ class Hub:
             self._tasks.append(asyncio.create_task(self._maintenance_loop()))
             self._tasks.append(asyncio.create_task(self._outbox_loop()))
             self._tasks.append(asyncio.create_task(self.presence.loop()))
+            self._tasks.append(asyncio.create_task(self._tail_loop()))
             logger.info("Realtime hub %s started", self.server_id)
 
     async def stop(self) -> None:
@@ -546,6 +563,7 @@ class Hub:
         stream = self._streams.get(topic)
         if stream is None:
             return  # no longer served here (left meanwhile)
+        stream.active_at = self._loop_time()
         if not stream.ready or stream.repairing:
             stream.pending[seq] = (epoch, text)
             return
@@ -1011,6 +1029,36 @@ class Hub:
             if since_refresh >= min(GROUP_REFRESH_SECS, expiry / 3):
                 since_refresh = 0.0
                 await self._rejoin_groups()
+
+    @staticmethod
+    def _loop_time() -> float:
+        return asyncio.get_running_loop().time()
+
+    async def _tail_loop(self) -> None:
+        """Catch the drop of a burst's last messages: a topic quiet for TAIL_QUIET_SECS after
+        activity has its head read from the history once; if the history is ahead, the missing
+        tail is repaired like any gap. Only topics that were just active are read."""
+        while True:
+            await asyncio.sleep(TAIL_QUIET_SECS)
+            now = self._loop_time()
+            for topic, stream in list(self._streams.items()):
+                active_at = stream.active_at
+                if active_at is None or now - active_at < TAIL_QUIET_SECS or not stream.ready:
+                    continue
+                stream.active_at = None
+                if not stream.repairing:
+                    self._spawn(self._check_tail(topic, stream))
+
+    async def _check_tail(self, topic: str, stream: Stream) -> None:
+        try:
+            head = await self.history.head(topic)
+        except HistoryUnavailable:
+            return  # the layer watch handles an unreachable store
+        if self._streams.get(topic) is not stream or stream.repairing:
+            return
+        if head.epoch != stream.epoch or head.seq > stream.last:
+            stream.repairing = True
+            await self._repair(topic, stream)
 
     async def _outbox_loop(self) -> None:
         """Publish committed updates their publisher did not (realtime.publish.publish_pending)."""

@@ -2,8 +2,9 @@
 
 Nothing here asserts a timing: the run must complete and write well-formed JSON with the keys
 docs/BENCHMARKS.md reads. The two-process Redis scenario runs when TEST_REDIS_URL is set, as
-the suite's other Redis tests do; the uvicorn scenario when uvicorn is installed (it is in the
-dev extra).
+the suite's other Redis tests do, and so does the reconnect storm (scenario 7), whose loss
+check must come out clean; the uvicorn scenario when uvicorn is installed (it is in the dev
+extra).
 """
 
 from __future__ import annotations
@@ -83,6 +84,26 @@ def _check_connections(document: dict, server_label: str) -> None:
     assert document["sessions"][0]["tracked_by_status"] == document["sessions"][0]["opened"]
 
 
+def _check_storm(document: dict) -> None:
+    clients = document["params"]["clients"]
+    assert document["params"]["quick"] is True
+    for run in document["runs"]:
+        storm, fresh = run["storm"], run["fresh"]
+        assert storm["clients"] == storm["legs"] == clients  # every client reconnected once
+        assert storm["recovered"] == clients and storm["resets"] == {}
+        assert storm["before_kill"]["lost"] == 0
+        # Checked per client against the topic's last seq, not assumed.
+        assert storm["exact"] == clients and storm["unchecked"] == 0
+        assert storm["lost"] == storm["duplicates"] == storm["out_of_order"] == 0
+        assert storm["missed"]["min"] > 0  # they did miss messages while away
+        assert storm["replayed"] >= storm["missed"]["min"] * clients
+        assert storm["ready_s"] is not None and storm["all_ready"]
+        assert fresh["exact"] == clients and fresh["lost"] == 0
+        assert fresh["ready_s"] is not None
+        assert set(storm["per_client"]["ready_ms"]) == LATENCY_KEYS
+    assert document["summary"]["lost"] == 0 and document["summary"]["resets"] == 0
+
+
 @pytest.mark.timeout(300)
 def test_every_benchmark_runs_in_quick_mode(tmp_path):
     command = [sys.executable, "-m", "bench", "all", "--quick", "--out", str(tmp_path)]
@@ -91,7 +112,7 @@ def test_every_benchmark_runs_in_quick_mode(tmp_path):
     if redis_url:
         command += ["--redis-url", redis_url]
     else:
-        skipped.append("fanout-redis")
+        skipped += ["fanout-redis", "storm"]
     has_uvicorn = importlib.util.find_spec("uvicorn") is not None
     if not has_uvicorn:
         skipped.append("uvicorn")
@@ -128,6 +149,7 @@ def test_every_benchmark_runs_in_quick_mode(tmp_path):
 
     if redis_url:
         _check_fanout(_load(tmp_path, "fanout_redis"), "daphne x2")
+        _check_storm(_load(tmp_path, "storm"))
     if has_uvicorn:
         _check_fanout(_load(tmp_path, "uvicorn_fanout"), "uvicorn")
         deflate = _load(tmp_path, "uvicorn_fanout_deflate")

@@ -85,9 +85,7 @@ class World:
         envelope = envelope_for_topic(
             "ORDER_UPDATE", TOPIC, json.dumps({"id": obj, "version": version}), "t"
         )
-        appended = self.history.append_now(
-            [TOPIC], [envelope], key=f"order:{obj}", version=version
-        )
+        appended = self.history.append_now([TOPIC], [envelope], key=f"order:{obj}", version=version)
         position = appended.positions[0]
         text = envelope.text(position.seq, position.epoch)
         if fate == "deliver":

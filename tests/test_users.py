@@ -74,3 +74,9 @@ def test_as_many_ids_as_allowed_are_answered(staff_client, trader):
     response = staff_client.get("/api/users/", {"ids": ids})
     assert response.status_code == 200
     assert {"id": trader.pk, "username": trader.username} in response.json()
+
+
+def test_an_id_past_the_largest_database_id_is_a_400_not_a_500(staff_client):
+    response = staff_client.get("/api/users/", {"ids": "1,31539044724722352128"})
+    assert response.status_code == 400  # found by the REST fuzzer: SQLite cannot bind it
+    assert "ids" in response.json()

@@ -1,0 +1,106 @@
+"""The reconnect-storm benchmark's loss check (bench.loadgen.Track) counts what it must.
+
+The storm's "zero lost" is only as good as this check, so it is fed streams with a gap, a
+duplicate, a message of another epoch and a reset, as a server would send them.
+"""
+
+from __future__ import annotations
+
+from bench.loadgen import Leg, Track
+
+TOPIC = "market:BENCH"
+EPOCH = "h7Kp2abc"
+
+
+def tick(seq: int, epoch: str = EPOCH) -> bytes:
+    return (
+        f'{{"type":"MARKET_DATA","topic":"{TOPIC}","seq":{seq},"epoch":"{epoch}",'
+        f'"timestamp":"2026-11-29T01:00:00.000Z","payload":{{"symbol":"BENCH",'
+        f'"last":"100.00","volume":"{1000 + seq:.6f}"}}}}'
+    ).encode()
+
+
+def subscribed(track: Track, position: int, *, since: int | None, at: float, **extra) -> None:
+    track.legs.append(Leg(since))
+    payload = {
+        "topics": [TOPIC],
+        "rejected": [],
+        "positions": {TOPIC: {"epoch": EPOCH, "seq": position}},
+        "recovered": [TOPIC] if since is not None and not extra.get("reset") else [],
+        "reset": [{"topic": TOPIC, "reason": extra["reset"]}] if extra.get("reset") else [],
+    }
+    track.replied(payload, at)
+
+
+def lose(track: Track, at: float) -> None:
+    leg = track.legs[-1]
+    leg.lost_at, leg.index_at_loss = at, len(track.seqs)
+
+
+def storm(track: Track, resumed: list[int], *, position: int) -> dict:
+    """A track that had 1..10 on its first connection, lost it, and resumed from 10."""
+    subscribed(track, 0, since=None, at=1.0)
+    for seq in range(1, 11):
+        track.received(tick(seq), 1.0 + seq / 100)
+    lose(track, 2.0)
+    subscribed(track, position, since=10, at=3.0)
+    for number, seq in enumerate(resumed):
+        track.received(tick(seq), 3.0 + number / 1000)
+    return track.summary(final=max(resumed))
+
+
+def test_an_exact_resume_is_exact_and_says_when_it_caught_up():
+    summary = storm(Track(0, None, TOPIC), list(range(11, 31)), position=25)
+    first, resumed = summary["legs"]
+    assert first["exact"] and first["missing"] == 0 and first["last_seq"] == 10
+    assert resumed["exact"]
+    assert (resumed["missing"], resumed["duplicates"], resumed["out_of_order"]) == (0, 0, 0)
+    assert resumed["missed"] == 15 and resumed["replayed"] == 15
+    assert resumed["caught_up_at"] == 3.0 + 14 / 1000  # the receipt of seq 25, the position
+    assert resumed["first_live_at"] == 3.0 + 15 / 1000  # seq 26
+    assert summary["bad_epochs"] == 0
+
+
+def test_a_gap_in_the_replay_is_counted_as_lost():
+    seqs = [s for s in range(11, 31) if s != 17]
+    resumed = storm(Track(0, None, TOPIC), seqs, position=25)["legs"][1]
+    assert resumed["missing"] == 1 and not resumed["exact"]
+
+
+def test_a_duplicate_and_a_reordering_are_counted():
+    seqs = [*range(11, 20), 19, 21, 20, *range(22, 31)]
+    resumed = storm(Track(0, None, TOPIC), seqs, position=25)["legs"][1]
+    assert resumed["duplicates"] == 1
+    assert resumed["out_of_order"] == 2  # 19 after 19, 20 after 21
+    assert resumed["missing"] == 0 and not resumed["exact"]
+
+
+def test_a_missing_tail_is_lost_against_the_topics_last_seq():
+    track = Track(0, None, TOPIC)
+    storm(track, list(range(11, 31)), position=25)
+    resumed = track.summary(final=33)["legs"][1]
+    assert resumed["missing"] == 3 and not resumed["exact"]
+
+
+def test_a_reset_without_replay_is_lost_and_never_caught_up():
+    track = Track(0, None, TOPIC)
+    subscribed(track, 0, since=None, at=1.0)
+    for seq in range(1, 11):
+        track.received(tick(seq), 1.0)
+    lose(track, 2.0)
+    subscribed(track, 25, since=10, at=3.0, reset="expired")
+    for seq in range(26, 31):  # live only: 11..25 never came
+        track.received(tick(seq), 3.5)
+    resumed = track.summary(final=30)["legs"][1]
+    assert resumed["reset"] == "expired" and not resumed["recovered"]
+    assert resumed["missing"] == 15
+    assert resumed["caught_up_at"] is None
+    assert not track.resumed()
+
+
+def test_a_message_of_another_epoch_is_counted():
+    track = Track(0, None, TOPIC)
+    subscribed(track, 0, since=None, at=1.0)
+    track.received(tick(1), 1.1)
+    track.received(tick(2, epoch="other"), 1.2)
+    assert track.summary(final=2)["bad_epochs"] == 1
