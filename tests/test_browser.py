@@ -18,7 +18,7 @@ from asgiref.sync import sync_to_async
 from orders.models import Order
 from tests.browser import DESKTOP, PHONE, artifact, axe_violations, open_page, open_server_page
 from tests.factories import PASSWORD, OrderFactory
-from tests.live import LiveServer, eventually, free_port, live_server
+from tests.live import LiveServer, free_port, live_server
 from tests.rest import api, place
 
 try:
@@ -805,8 +805,8 @@ async def test_the_dashboard_on_msgpack_trades_and_charts_the_same(
     await form.get_by_label("Quantity").fill("4")
     await form.get_by_label("Limit price").fill("61.25")
     await form.get_by_role("button", name="Place order").click()
-    # The click sends the POST; the order exists once the API has answered.
-    order = await eventually(lambda: Order.objects.filter(user=trader, symbol="PYPL").first())
+    await expect(form.get_by_role("status")).to_contain_text("placed", timeout=LIVE_TIMEOUT_MS)
+    order = await sync_to_async(Order.objects.get)(user=trader, symbol="PYPL")
     await expect(cell(page, "orders", order.pk, "price")).to_have_text(
         "61.25", timeout=LIVE_TIMEOUT_MS
     )

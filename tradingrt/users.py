@@ -46,14 +46,23 @@ class UserSerializer(serializers.Serializer):
 class UserFilterSerializer(serializers.Serializer):
     """Optional query parameters of GET /api/users/."""
 
-    id = serializers.ListField(
-        child=serializers.IntegerField(min_value=1, max_value=2**63 - 1),  # a database id
+    # One comma-separated parameter rather than a repeated one: its length bounds the URL.
+    ids = serializers.CharField(
         required=False,
-        allow_empty=False,
-        max_length=MAX_IDS_PER_REQUEST,
-        help_text=f"Only these users (repeat the parameter: ?id=1&id=2; at most "
-        f"{MAX_IDS_PER_REQUEST}). Unknown ids are left out of the answer.",
+        max_length=MAX_IDS_PER_REQUEST * 20,  # 19 digits and a comma each
+        help_text=f"Only these users: comma-separated ids (?ids=1,2), at most "
+        f"{MAX_IDS_PER_REQUEST}. Unknown ids are left out of the answer.",
     )
+
+    def validate_ids(self, value: str) -> list[int]:
+        parts = value.split(",")
+        if len(parts) > MAX_IDS_PER_REQUEST:
+            raise serializers.ValidationError(f"Ask for at most {MAX_IDS_PER_REQUEST} ids at once.")
+        if not all(part.isascii() and part.isdigit() and 0 < int(part) < 2**63 for part in parts):
+            raise serializers.ValidationError(
+                "Give user ids as positive integers separated by commas, like 1,2,3."
+            )
+        return [int(part) for part in parts]
 
 
 class UserDirectoryView(APIView):
@@ -72,4 +81,4 @@ class UserDirectoryView(APIView):
     def get(self, request: Request) -> Response:
         filters = UserFilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
-        return Response(user_directory(ids=filters.validated_data.get("id")))
+        return Response(user_directory(ids=filters.validated_data.get("ids")))

@@ -76,7 +76,7 @@ export class UserNames {
       this.asked.add(id);
     }
     try {
-      const users = await this.api(`/api/users/?${ids.map((id) => `id=${id}`).join("&")}`);
+      const users = await this.api(`/api/users/?ids=${ids.join(",")}`);
       for (const { id, username } of users) this.names.set(id, username);
       this.onNames();
     } catch (error) {
