@@ -584,8 +584,17 @@ class Hub:
         a repair), which decides a message of another epoch."""
         if epoch != stream.epoch:
             if epoch in stream.retired or (current is not None and epoch != current):
+                # Numbered in an epoch the history has left (sent before a reset): its
+                # subscribers are told of the reset by the new epoch, and resume or reload.
                 stats.count("stale_epoch_messages")
-                return  # numbered in an epoch the history has left: sent before a reset
+                logger.info(
+                    "Topic %s: skipped seq %d of epoch %s, which the history has left for %s",
+                    topic,
+                    seq,
+                    epoch,
+                    current or stream.epoch,
+                )
+                return
             if may_repair:  # which epoch is the history's now? read it before deciding
                 stream.pending[seq] = (epoch, text)
                 stream.repairing = True
