@@ -113,12 +113,30 @@ def _parameters_problem(parameters: Any) -> str | None:
         ).encode()
     except (TypeError, ValueError):
         return "Parameters must be plain JSON: objects, arrays, text, finite numbers, booleans."
+    if _contains_nul(parameters):
+        # PostgreSQL's jsonb cannot store \u0000 (found by the REST fuzzer: it was a 500).
+        return "Parameters cannot contain the NUL character (\\u0000), in keys or in text."
     if len(encoded) > PARAMETERS_MAX_BYTES:
         return (
             f"Parameters take at most {PARAMETERS_MAX_BYTES} bytes as compact JSON; these take "
             f"{len(encoded)}. Keep large data elsewhere and refer to it."
         )
     return None
+
+
+def _contains_nul(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return False
 
 
 def json_depth(value: Any) -> int:

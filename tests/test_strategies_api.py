@@ -309,3 +309,17 @@ def test_schema_documents_version_as_a_read_only_integer(api_client):
         assert schemas[name]["properties"]["version"]["type"] == "integer"
         assert schemas[name]["properties"]["version"]["readOnly"] is True
         assert "version" in schemas[name]["required"]
+
+
+@pytest.mark.parametrize(
+    "parameters",
+    [{"name": "a\x00b"}, {"k\x00ey": 1}, {"nested": [{"deep": "\x00"}]}],
+)
+def test_create_refuses_parameters_with_a_nul_character(trader_client, parameters):
+    # PostgreSQL's jsonb cannot store \u0000: this was a 500 there (found by the REST fuzzer).
+    response = trader_client.post(
+        "/api/strategies/", {"name": "Nul", "parameters": parameters}, format="json"
+    )
+    assert response.status_code == 400
+    assert "NUL" in response.json()["parameters"][0]
+    assert not Strategy.objects.exists()
