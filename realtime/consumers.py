@@ -37,6 +37,7 @@ from realtime.protocol import (
     ProtocolError,
     encode,
     error,
+    id_of,
     parse,
     parse_value,
     peek_id,
@@ -749,8 +750,4 @@ def _peek_msgpack_id(frame: bytes) -> Any:
         value = from_msgpack(frame)
     except UndecodableMessage:
         return None
-    if isinstance(value, dict):
-        candidate = value.get("id")
-        if isinstance(candidate, str | int | float) and not isinstance(candidate, bool):
-            return candidate if not isinstance(candidate, str) or len(candidate) <= 128 else None
-    return None
+    return id_of(value)

@@ -224,6 +224,11 @@ def peek_id(text: str) -> Any:
         message = json.loads(text)
     except (ValueError, RecursionError):
         return None
+    return id_of(message)
+
+
+def id_of(message: Any) -> Any:
+    """The valid `id` of a decoded message (JSON or MessagePack), to echo; None otherwise."""
     if isinstance(message, dict) and _valid_id(message.get("id")):
         return message.get("id")
     return None
