@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from tradingrt_client import Client, Connected, Event, Update
+from tradingrt_client import Client, Connected, Event, SubscribeReply, Update
+from tradingrt_client.messages import UPDATE_TYPES
 
 E = TypeVar("E")
 
@@ -24,6 +26,7 @@ class Events:
         self.stream = client.updates()
         self.seen: list[Event] = []
         self.wire = wire
+        self.subscribed: SubscribeReply | None = None
         self._next: asyncio.Future[Event] | None = None
 
     async def next(self, timeout: float = 15.0) -> Event:
@@ -71,14 +74,43 @@ class Events:
         sent = [m for m in (self.wire or [])[heard:] if m.get("type") != "HEARTBEAT" or "id" in m]
         assert sent == [], f"expected nothing but heartbeats, got {sent}"
 
-    async def start(self, *topics: str, snapshot: bool = False) -> None:
+    async def start(self, *topics: str, snapshot: bool = False) -> SubscribeReply | None:
         """Connect, read the Connected event, and subscribe to `topics` (no snapshot unless
-        asked); every topic must be accepted."""
+        asked); every topic must be accepted. The subscribe reply, kept as `subscribed` too."""
         await self.client.connect()
         assert isinstance(await self.next(), Connected), self.seen
         if topics:
             reply = await self.client.subscribe(*topics, snapshot=snapshot)
             assert sorted(reply.topics) == sorted(topics) and reply.rejected == [], reply
+            self.subscribed = reply
+        return self.subscribed
+
+    def subscribe_replies(self) -> list[dict[str, Any]]:
+        """The payloads of the server's subscribe replies so far, as sent (from the wire)."""
+        return [
+            m["payload"]
+            for m in self.wire or []
+            if m.get("type") == "SUBSCRIPTION" and m["payload"].get("action") == "subscribed"
+        ]
+
+    def sent_seqs(self, topic: str) -> list[int]:
+        """The seqs of the topic's updates on the wire, in arrival order: what the server sent,
+        duplicates included (the client drops those)."""
+        return [
+            m["seq"]
+            for m in self.wire or []
+            if m.get("topic") == topic and m.get("type") in UPDATE_TYPES
+        ]
+
+    def assert_nothing_sent_twice(self) -> None:
+        """No update came twice on the wire (same topic, epoch and seq), on any connection."""
+        sent = [
+            (m["topic"], m["epoch"], m["seq"])
+            for m in self.wire or []
+            if m.get("type") in UPDATE_TYPES
+        ]
+        twice = sorted(key for key, times in Counter(sent).items() if times > 1)
+        assert twice == [], f"sent more than once: {twice}"
 
     def updates(self, topic: str) -> list[Update]:
         return [e for e in self.seen if isinstance(e, Update) and e.topic == topic]
@@ -94,8 +126,8 @@ class Events:
             self._next = None
 
 
-def bot(url: str | list[str], token: str, **options: Any) -> Events:
-    """A client (not started yet) that connects with `token`: its events, with every message it
-    will receive on the wire."""
+def bot(url: str | list[str], token: str | None = None, **options: Any) -> Events:
+    """A client (not started yet) that connects with `token` (or as `options` say): its events,
+    with every message it will receive on the wire."""
     wire: list[dict[str, Any]] = []
     return Events(Client(url, token=token, on_message=wire.append, **options), wire)
