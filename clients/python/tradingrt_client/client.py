@@ -148,10 +148,11 @@ class Client:
     `url` is the site, or a list of the sites of one deployment (its server processes): the
     client stays on one while it works and moves to the next when it cannot connect or the
     connection dies without a close frame. Authenticate with `username` and `password` (login,
-    then refresh tokens), a fixed `token`, or `token_provider(reason) -> token` (sync or async). The client reconnects with full-jitter
-    backoff, resumes every topic with `since` and `snapshot` after each reconnect, repairs gaps,
-    drops duplicates, and refreshes the token in-band before it expires. It stops for good on a
-    4403 close (the user was deactivated) or when no token can be had.
+    then refresh tokens), a fixed `token`, or `token_provider(reason) -> token` (sync or async).
+    The client reconnects with full-jitter backoff, resumes every topic with `since` and
+    `snapshot` after each reconnect, repairs gaps, drops duplicates, and refreshes the token
+    in-band before it expires. It stops for good on a 4403 close (the user was deactivated) or
+    when no token can be had.
     """
 
     def __init__(
