@@ -82,6 +82,36 @@ def live(django_db_setup):
 
 
 @pytest.fixture
+async def bots():
+    """Start clients of live servers, as a bot would (tradingrt_client): `await bots(server,
+    user_or_token, *topics, **options)` gives its Events (tests.pyclient); `server` may be a list
+    of servers to fail over between, and `user_or_token` None when `options` name a
+    token_provider. Closed after the test.
+    """
+    from asgiref.sync import sync_to_async
+
+    from tests.pyclient import Events, bot
+
+    started: list[Events] = []
+
+    async def start(server, who, *topics: str, snapshot: bool = False, **options) -> Events:
+        token = who
+        if who is not None and not isinstance(who, str):
+            token = await sync_to_async(access_token_for)(who)
+        url = [s.http_url for s in server] if isinstance(server, list | tuple) else server.http_url
+        events = bot(url, token, **options)
+        started.append(events)
+        await events.start(*topics, snapshot=snapshot)
+        return events
+
+    yield start
+    for events in started:
+        await events.close()
+    for events in started:  # the client drops duplicates: none may have been sent
+        events.assert_nothing_sent_twice()
+
+
+@pytest.fixture
 def trader_token(trader):
     return access_token_for(trader)
 

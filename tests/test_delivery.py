@@ -1,6 +1,12 @@
 """Delivery guarantees (CONTRACT section 9), caused for real: real Daphne processes, a real Redis,
 the suite's database. Missed updates are replayed exactly or refused with a reason; a killed
 server, a restarted or flushed Redis and a channel layer dropping messages lose nothing silently.
+
+Where the client's own reconnection and resume is what a test is about, the client is the
+project's Python client (tradingrt_client), as a bot's would be; where the test is about the
+server's answer to a crafted request (a made-up epoch, `since` the start of an epoch), about the
+server's own repair (which a client that repairs gaps itself would hide), or about raw frames,
+it speaks the protocol through tests.wsclient.
 """
 
 from __future__ import annotations
@@ -13,13 +19,14 @@ from typing import Any
 import httpx
 import pytest
 from asgiref.sync import sync_to_async
-from websockets.exceptions import ConnectionClosed
+from tradingrt_client import Connected, Disconnected, Position, Recovered, Reset, Update
 
 from orders.models import Order
 from orders.services import order_create
 from realtime import publish
 from tests.conftest import access_token_for
 from tests.live import eventually, live_server
+from tests.pyclient import Events
 from tests.test_chaos import PrivateRedis
 from tests.wsclient import connect, receive, receive_type, request
 
@@ -70,6 +77,50 @@ def place(user, n: int) -> list[int]:
     ]
 
 
+def assert_in_sequence(updates: list[Update], *, after: int) -> None:
+    assert [u.seq for u in updates] == list(range(after + 1, after + 1 + len(updates)))
+
+
+async def read_updates(events: Events, *, until_seq: int, timeout: float = 20.0) -> list[Update]:
+    """The client's next events, all updates, until the one with seq `until_seq`."""
+    received: list[Update] = []
+    async with asyncio.timeout(timeout):
+        while not received or received[-1].seq < until_seq:
+            received.append(await events.update(timeout=timeout))
+    return received
+
+
+class Gate:
+    """A token provider that answers at once while open and waits while shut: it keeps a bot
+    offline between two connections for as long as a test needs."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+        self._open = asyncio.Event()
+        self._open.set()
+
+    async def token(self, reason: str) -> str:
+        await self._open.wait()
+        return self._token
+
+    def shut(self) -> None:
+        self._open.clear()
+
+    def open(self) -> None:
+        self._open.set()
+
+
+async def operator_disconnect(server: Any, events: Events) -> Disconnected:
+    """Close the bot's connection as an operator does (`ws_disconnect`, 4000); its Disconnected."""
+    assert events.client.session is not None
+    connection = events.client.session.connection_id
+    result = await asyncio.to_thread(server.manage, "ws_disconnect", "--connection", connection)
+    assert result.returncode == 0, result.stderr
+    closed = await events.next()
+    assert isinstance(closed, Disconnected) and closed.code == 4000, closed
+    return closed
+
+
 class Writer:
     """Places orders for `user` until stopped, like a busy trading day; remembers their ids."""
 
@@ -103,41 +154,47 @@ class Writer:
 
 @pytest.mark.redis
 async def test_a_client_that_missed_50_updates_resumes_with_exactly_those_then_live_ones(
-    cluster, redis_layer, trader
+    bots, cluster, redis_layer, trader
 ):
     a, _ = cluster
     topic = f"user:{trader.pk}:orders"
-    ws = await open_ws(a, trader)
-    reply = await subscribe_entries(ws, topic)
-    start = reply["positions"][topic]
-    assert reply["recovered"] == [] and reply["reset"] == []
+    gate = Gate(await sync_to_async(access_token_for)(trader))
+    bot = await bots(a, None, topic, token_provider=gate.token)
+    reply = bot.subscribed
+    start = reply.positions[topic]
+    assert reply.recovered == [] and reply.reset == {}
     seen = await sync_to_async(place)(trader, 3)
-    first = await updates(ws, topic, until_seq=start["seq"] + 3)
-    assert_contiguous(first, after=start["seq"])
-    assert [m["payload"]["id"] for m in first] == seen
-    assert {m["epoch"] for m in first} == {start["epoch"]}
-    held = first[-1]["seq"]
-    await ws.close()
+    first = await read_updates(bot, until_seq=start.seq + 3)
+    assert_in_sequence(first, after=start.seq)
+    assert [u.key for u in first] == seen
+    assert {u.epoch for u in first} == {start.epoch}
+    held = first[-1].seq
+    gate.shut()  # it stays away until the gate opens
+    await operator_disconnect(a, bot)
 
     missed = await sync_to_async(place)(trader, 50)
     with Writer(trader) as writer:  # and the market does not wait for the resume
-        ws = await open_ws(a, trader)
-        reply = await subscribe_entries(
-            ws, {"topic": topic, "since": {"epoch": start["epoch"], "seq": held}}
-        )
-        assert reply["recovered"] == [topic] and reply["reset"] == [], reply
-        assert reply["positions"][topic]["seq"] >= held + 50
+        gate.open()  # the client reconnects and resumes by itself
+        again = await bot.next()
+        assert isinstance(again, Connected) and again.reconnected
+        recovered = await bot.next()
+        assert isinstance(recovered, Recovered), recovered
+        assert recovered.since == Position(start.epoch, held)
+        assert recovered.head.seq >= held + 50
+        answer = bot.subscribe_replies()[-1]
+        assert answer["recovered"] == [topic] and answer["reset"] == [], answer
         await asyncio.sleep(0.3)
         during = await writer.stop()
     assert during, "the writer placed orders during the resume"
-    got = await updates(ws, topic, until_seq=held + 50 + len(during))
-    assert_contiguous(got, after=held)
-    assert [m["payload"]["id"] for m in got] == missed + during  # each once, in commit order
-    assert {m["epoch"] for m in got} == {start["epoch"]}
+    got = await read_updates(bot, until_seq=held + 50 + len(during))
+    assert_in_sequence(got, after=held)
+    assert [u.key for u in got] == missed + during  # each once, in commit order
+    assert {u.epoch for u in got} == {start.epoch}
     live = await sync_to_async(place)(trader, 1)
-    [after] = await updates(ws, topic, until_seq=held + 51 + len(during))
-    assert after["payload"]["id"] == live[0]
-    await ws.close()
+    after = await bot.update()
+    assert (after.key, after.seq) == (live[0], held + 51 + len(during))
+    # The client drops duplicates: on the wire too, each seq came once, in order.
+    assert bot.sent_seqs(topic) == list(range(start.seq + 1, after.seq + 1))
 
 
 @pytest.mark.redis
@@ -169,25 +226,26 @@ async def test_a_resume_of_many_topics_at_once_answers_each(cluster, redis_layer
 
 @pytest.mark.redis
 async def test_a_resume_older_than_the_history_is_reset_expired(
-    cluster, redis_layer, trader, settings
+    bots, cluster, redis_layer, trader, settings
 ):
     a, _ = cluster
     settings.REALTIME = {"HISTORY_SIZE": 10}  # what this publisher keeps: at least 10
     topic = "market:EXPIRE"
-    ws = await open_ws(a, trader)
-    start = (await subscribe_entries(ws, topic))["positions"][topic]
-    await ws.close()
+    gate = Gate(await sync_to_async(access_token_for)(trader))
+    bot = await bots(a, None, topic, token_provider=gate.token)
+    start = bot.subscribed.positions[topic]
+    gate.shut()
+    await operator_disconnect(a, bot)
     for n in range(300):  # Redis trims whole nodes of 100: far more than 10 are needed
         await publish.apublish_rollback_unsafe("MARKET_DATA", [topic], {"n": n})
-    ws = await open_ws(a, trader)
-    reply = await subscribe_entries(ws, {"topic": topic, "since": start})
-    assert reply["reset"] == [{"topic": topic, "reason": "expired"}] and reply["recovered"] == []
-    assert reply["positions"][topic] == {"epoch": start["epoch"], "seq": start["seq"] + 300}
-    with pytest.raises(TimeoutError):  # nothing of the missed range is sent
-        while True:
-            message = await receive(ws, timeout=0.5)
-            assert message.get("topic") != topic, message
-    await ws.close()
+    gate.open()
+    assert isinstance(await bot.next(), Connected)
+    reset = await bot.next()
+    assert reset == Reset(topic, "expired", Position(start.epoch, start.seq + 300), snapshot=False)
+    answer = bot.subscribe_replies()[-1]
+    assert answer["reset"] == [{"topic": topic, "reason": "expired"}] and answer["recovered"] == []
+    assert answer["positions"][topic] == {"epoch": start.epoch, "seq": start.seq + 300}
+    await bot.quiet(0.5)  # nothing of the missed range is sent
 
 
 @pytest.mark.redis
@@ -250,7 +308,7 @@ def private_redis():
 
 
 async def test_a_flushed_redis_means_a_new_epoch_and_resets_never_a_wrong_recovered(
-    private_redis, trader
+    bots, private_redis, trader
 ):
     import redis.asyncio as aioredis
 
@@ -259,34 +317,32 @@ async def test_a_flushed_redis_means_a_new_epoch_and_resets_never_a_wrong_recove
     realtime = {"HEARTBEAT_INTERVAL_SECS": 0.5, "LAYER_CHECK_INTERVAL_SECS": 0.2}
     redis = {"url": private_redis.url, "prefix": "tradingrt-delivery"}
     with live_server(realtime=realtime, redis=redis) as server:
-        ws = await open_ws(server, trader)
-        start = (await subscribe_entries(ws, topic))["positions"][topic]
+        bot = await bots(server, token, topic, backoff_base=0.1, backoff_cap=0.5)
+        start = bot.subscribed.positions[topic]
         await post_order(server, token)
-        [before] = await updates(ws, topic, until_seq=start["seq"] + 1)
+        before = await bot.update()
+        assert (before.epoch, before.seq) == (start.epoch, start.seq + 1)
         client = aioredis.Redis.from_url(private_redis.url)
         await client.flushall()  # the store loses everything: this Redis is the test's own
         await client.aclose()
-        with contextlib.suppress(ConnectionClosed, TimeoutError):
-            while True:  # the server notices and closes its subscribers (4503)
-                await receive(ws, timeout=5)
-        reply = None
-        for _ in range(50):  # reconnect until the server serves again
-            ws = await open_ws(server, trader)
-            since = {"epoch": before["epoch"], "seq": before["seq"]}
-            reply = await subscribe_entries(ws, {"topic": topic, "since": since})
-            if topic in reply["topics"]:
-                break
-            await ws.close()
-            await asyncio.sleep(0.2)
-        assert reply is not None and topic in reply["topics"], reply
-        assert reply["recovered"] == []
-        assert reply["reset"] == [{"topic": topic, "reason": "epoch"}]
-        new_epoch = reply["positions"][topic]["epoch"]
-        assert new_epoch != before["epoch"]
-        await post_order(server, token)
-        [after] = await updates(ws, topic, until_seq=reply["positions"][topic]["seq"] + 1)
-        assert after["epoch"] == new_epoch and after["seq"] == 1
-        await ws.close()
+        # The server notices and closes its subscribers (4503); the client reconnects until it
+        # serves again, and resumes from the position it holds, in the lost epoch.
+        closed = await bot.until(Disconnected)
+        assert closed.code == 4503 and closed.will_reconnect, closed
+        heard = len(bot.subscribe_replies())
+        while not isinstance(resumed := await bot.next(timeout=20), Reset | Recovered):
+            pass
+        assert isinstance(resumed, Reset), resumed  # never a wrong recovered
+        assert (resumed.topic, resumed.reason) == (topic, "epoch")
+        answer = next(r for r in bot.subscribe_replies()[heard:] if topic in r["topics"])
+        assert answer["recovered"] == []
+        assert answer["reset"] == [{"topic": topic, "reason": "epoch"}]
+        new_epoch = resumed.position.epoch
+        assert new_epoch != before.epoch
+        order = await post_order(server, token)
+        after = await bot.until(Update)
+        assert after.key == order["id"]
+        assert after.epoch == new_epoch and after.seq == 1
 
 
 # --- a server killed mid-stream -----------------------------------------------------------------
@@ -294,7 +350,7 @@ async def test_a_flushed_redis_means_a_new_epoch_and_resets_never_a_wrong_recove
 
 @pytest.mark.redis
 async def test_clients_of_a_killed_server_resume_on_the_other_with_nothing_lost(
-    redis_target, redis_layer, trader
+    bots, redis_target, redis_layer, trader
 ):
     topic = f"user:{trader.pk}:orders"
     realtime = {"HEARTBEAT_INTERVAL_SECS": 0.5}
@@ -302,40 +358,40 @@ async def test_clients_of_a_killed_server_resume_on_the_other_with_nothing_lost(
         live_server(realtime=realtime, redis=redis_target) as doomed,
         live_server(realtime=realtime, redis=redis_target) as survivor,
     ):
-        clients = [await open_ws(doomed, trader) for _ in range(5)]
-        replies = [await subscribe_entries(ws, topic) for ws in clients]
-        start = replies[0]["positions"][topic]["seq"]
-        epoch = replies[0]["positions"][topic]["epoch"]
+        # Each bot knows both sites and is on the first: when it dies they move to the other.
+        clients = [await bots([doomed, survivor], trader, topic) for _ in range(5)]
+        start = clients[0].subscribed.positions[topic].seq
+        epoch = clients[0].subscribed.positions[topic].epoch
         with Writer(trader) as writer:
             await asyncio.sleep(0.3)
             held = []
             doomed.kill()  # SIGKILL, mid-stream
-            for ws in clients:
-                got: list[dict] = []
-                with contextlib.suppress(ConnectionClosed, TimeoutError):
-                    while True:
-                        message = await receive(ws, timeout=5)
-                        if message.get("topic") == topic:
-                            got.append(message)
-                assert_contiguous(got, after=start)
-                held.append(got[-1]["seq"] if got else start)
-            resumed = []
-            for seq in held:
-                ws = await open_ws(survivor, trader)
-                reply = await subscribe_entries(
-                    ws, {"topic": topic, "since": {"epoch": epoch, "seq": seq}}
-                )
-                assert reply["recovered"] == [topic], reply
-                resumed.append(ws)
+            for bot in clients:
+                got: list[Update] = []
+                while not isinstance(event := await bot.next(), Disconnected):
+                    assert isinstance(event, Update), event
+                    got.append(event)
+                assert event.code in (None, 1006) and event.will_reconnect  # it just died
+                assert_in_sequence(got, after=start)
+                held.append(got[-1].seq if got else start)
+            for seq, bot in zip(held, clients, strict=True):
+                while isinstance(event := await bot.next(), Disconnected):
+                    pass  # the dead site, or the first try at the other
+                assert isinstance(event, Connected) and event.reconnected, event
+                recovered = await bot.next()
+                assert isinstance(recovered, Recovered), recovered
+                assert recovered.since == Position(epoch, seq)
+                assert bot.subscribe_replies()[-1]["recovered"] == [topic]
+                assert bot.client.http_url == survivor.http_url
             await asyncio.sleep(0.3)
             placed = await writer.stop()
         final = start + len(placed)
-        for seq, ws in zip(held, resumed, strict=True):
-            got = await updates(ws, topic, until_seq=final)
-            assert_contiguous(got, after=seq)
-            ids = [m["payload"]["id"] for m in got]
+        for seq, bot in zip(held, clients, strict=True):
+            got = await read_updates(bot, until_seq=final)
+            assert_in_sequence(got, after=seq)
+            ids = [u.key for u in got]
             assert ids == placed[seq - start :]  # nothing lost, nothing twice
-            await ws.close()
+            assert bot.sent_seqs(topic) == list(range(start + 1, final + 1))  # on the wire too
 
 
 # --- order per object under concurrent writers ----------------------------------------------
@@ -343,15 +399,15 @@ async def test_clients_of_a_killed_server_resume_on_the_other_with_nothing_lost(
 
 @pytest.mark.redis
 async def test_concurrent_fills_of_one_order_from_two_processes_keep_its_order(
-    cluster, redis_layer, trader, gateway
+    bots, cluster, redis_layer, trader, gateway
 ):
     a, b = cluster
     order = await sync_to_async(order_create)(
         user=trader, symbol="AAPL", side="BUY", order_type="LIMIT", quantity="40", price="100"
     )
     topic = f"user:{trader.pk}:orders"
-    ws = await open_ws(a, trader)
-    start = (await subscribe_entries(ws, topic))["positions"][topic]["seq"]
+    bot = await bots(a, trader, topic)
+    start = bot.subscribed.positions[topic].seq
     token = await sync_to_async(access_token_for)(gateway)
     headers = {"Authorization": f"Bearer {token}"}
 
@@ -364,12 +420,12 @@ async def test_concurrent_fills_of_one_order_from_two_processes_keep_its_order(
 
     async with httpx.AsyncClient(headers=headers, timeout=20) as client:
         await asyncio.gather(*(fill(a if n % 2 else b, client) for n in range(40)))
-    got = await updates(ws, topic, until_seq=start + 40)
-    assert_contiguous(got, after=start)  # no seq skipped
-    filled = [float(m["payload"]["filledQuantity"]) for m in got]
+    got = await read_updates(bot, until_seq=start + 40)
+    assert_in_sequence(got, after=start)  # no seq skipped
+    assert bot.sent_seqs(topic) == list(range(start + 1, start + 41))  # none sent twice
+    filled = [float(u.payload["filledQuantity"]) for u in got]
     assert filled == [float(n) for n in range(1, 41)]  # seq order is commit order
-    assert got[-1]["payload"]["status"] == "FILLED"
-    await ws.close()
+    assert got[-1].payload["status"] == "FILLED"
 
 
 # --- the channel layer dropping messages ---------------------------------------------------------
@@ -598,23 +654,23 @@ OUTBOX_QUICK = {"PUBLISH_GRACE_SECS": 0.5, "PUBLISH_SWEEP_SECS": 0.2}
 
 @pytest.mark.redis
 async def test_an_update_whose_publisher_was_killed_after_commit_is_published_by_a_server(
-    redis_target, trader
+    bots, redis_target, trader
 ):
     from realtime.models import PendingPublication
 
     topic = f"user:{trader.pk}:orders"
     with live_server(realtime=OUTBOX_QUICK, redis=redis_target) as server:
-        ws = await open_ws(server, trader)
-        start = (await subscribe_entries(ws, topic))["positions"][topic]
+        bot = await bots(server, trader, topic)
+        start = bot.subscribed.positions[topic]
         script = KILLED_AFTER_COMMIT.format(username=trader.username)
         result = await asyncio.to_thread(server.manage, "shell", "-c", script)
         assert result.returncode == -9, (result.returncode, result.stderr)  # SIGKILLed
         order = await sync_to_async(Order.objects.get)(user=trader, price=7)
-        [update] = await updates(ws, topic, until_seq=start["seq"] + 1)
-        assert update["payload"]["id"] == order.pk and update["payload"]["event"] == "created"
+        update = await bot.update()
+        assert (update.epoch, update.seq) == (start.epoch, start.seq + 1)
+        assert update.key == order.pk and update.event == "created"
         assert await eventually(lambda: PendingPublication.objects.count() == 0)
         assert "not published by its publisher" in server.log()
-        await ws.close()
 
 
 async def test_updates_committed_while_redis_is_down_are_published_when_it_is_back(

@@ -9,9 +9,8 @@ disconnect resumed exactly, a restarted server's new epoch answered with a snaps
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -23,7 +22,6 @@ from tradingrt_client import (
     Connected,
     Deactivated,
     Disconnected,
-    Event,
     Position,
     Presence,
     Recovered,
@@ -42,13 +40,13 @@ from tradingrt_client.tracker import Tracker
 
 from tests.conftest import access_token_for
 from tests.factories import UserFactory
-from tests.live import LiveServer, live_server
+from tests.live import LiveServer, free_port, live_server
+from tests.pyclient import Events
 from tests.test_delivery import place, post_order
 from tests.test_js_client import short_token
 from tests.test_protocol_examples import Running
 
 BOT_PASSWORD = "bot-password"
-E = TypeVar("E")
 
 
 # --- timing ------------------------------------------------------------------------------------
@@ -322,40 +320,6 @@ async def test_only_a_refused_refresh_token_logs_in_again_and_a_refused_login_st
 # --- against real servers ---------------------------------------------------------------------
 
 
-class Events:
-    """A client's events, read one at a time with a deadline; everything read is kept."""
-
-    def __init__(self, client: Client) -> None:
-        self.stream = client.updates()
-        self.seen: list[Event] = []
-
-    async def next(self, timeout: float = 15.0) -> Event:
-        async with asyncio.timeout(timeout):
-            event = await anext(self.stream)
-        self.seen.append(event)
-        return event
-
-    async def until(
-        self, kind: type[E], where: Callable[[E], bool] = lambda _: True, *, timeout: float = 15.0
-    ) -> E:
-        """Read until an event of `kind` for which `where` holds; that event."""
-        async with asyncio.timeout(timeout):
-            while True:
-                event = await self.next(timeout)
-                if isinstance(event, kind) and where(event):
-                    return event
-
-    async def update_of(self, order_id: int, event: str = "created") -> Update:
-        """Read until the update of order `order_id` with `event`."""
-        return await self.until(Update, lambda u: u.key == order_id and u.event == event)
-
-    def updates(self, topic: str) -> list[Update]:
-        return [e for e in self.seen if isinstance(e, Update) and e.topic == topic]
-
-    def of(self, kind: type[E]) -> list[E]:
-        return [e for e in self.seen if isinstance(e, kind)]
-
-
 def bot(username: str = "py-bot"):
     return UserFactory(username=username, password=BOT_PASSWORD)
 
@@ -390,6 +354,64 @@ async def test_it_logs_in_and_gets_the_state_then_each_update_once_in_order(live
         assert await client.unsubscribe(topic) == [topic]
         assert client.topics == []
     assert not client.connected
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+async def test_on_message_sees_each_server_message_before_the_client_acts_on_it(live, trader):
+    topic = f"user:{trader.pk}:orders"
+    token = await sync_to_async(access_token_for)(trader)
+    wire: list[dict] = []
+    async with Client(live.http_url, token=token, on_message=wire.append) as client:
+        events = Events(client)
+        assert isinstance(await events.next(), Connected)
+        assert [m["type"] for m in wire] == ["AUTHENTICATION"]  # seen before the event
+        assert wire[0]["payload"]["connectionId"] == client.session.connection_id
+        reply = await client.subscribe(topic, snapshot=False)
+        [answer] = [m for m in wire if m["type"] == "SUBSCRIPTION"]
+        assert answer["payload"]["action"] == "subscribed" and "id" in answer
+        assert answer["payload"]["topics"] == reply.topics == [topic]
+        assert answer["payload"]["positions"][topic] == reply.positions[topic].to_wire()
+        order = await post_order(live, token)
+        update = await events.update_of(order["id"])
+        [sent] = [m for m in wire if m["type"] == "ORDER_UPDATE"]
+        assert (sent["seq"], sent["epoch"], sent["payload"]) == (
+            update.seq,
+            update.epoch,
+            update.payload,
+        )
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+async def test_given_several_sites_it_moves_to_the_next_when_one_cannot_be_reached(live):
+    user = await sync_to_async(bot)("py-sites")
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    client = Client(
+        [dead, live.http_url], username=user.username, password=BOT_PASSWORD, backoff_base=0.01
+    )
+    assert (client.http_url, client.ws_url) == (dead, dead.replace("http", "ws") + "/ws")
+    async with client:
+        events = Events(client)
+        unreachable = await events.next()  # the login at the dead site failed
+        assert isinstance(unreachable, Disconnected) and unreachable.will_reconnect
+        assert unreachable.code is None and "access token" in unreachable.reason
+        connected = await events.next()
+        assert isinstance(connected, Connected) and connected.username == user.username
+        assert client.http_url == live.http_url and client.ws_url == live.ws_url
+        login = client.credentials
+        assert isinstance(login, PasswordLogin) and login.base_url == live.http_url
+        assert login.logins == 1
+    token = await sync_to_async(access_token_for)(user)
+    client = Client([dead, live.ws_url], token=token, backoff_base=0.01)
+    async with client:  # a token: the handshake at the dead site failed
+        events = Events(client)
+        unreachable = await events.next()
+        assert isinstance(unreachable, Disconnected) and unreachable.code is None
+        assert "could not connect" in unreachable.reason
+        assert isinstance(await events.next(), Connected)
+    with pytest.raises(ValueError, match="list of the sites"):
+        Client([], token=token)
 
 
 @pytest.mark.e2e

@@ -1,7 +1,8 @@
 """End to end: every write path reaches exactly its topics' subscribers (CONTRACT section 5).
 
-A real Daphne serves both the REST API (and admin) and /ws; changes are made through HTTP, as
-clients and staff make them, and observed on real sockets.
+A real Daphne serves both the REST API (and admin) and /bot; changes are made through HTTP, as
+clients and staff make them, and observed as a bot observes them: through the project's Python
+client (tradingrt_client), over real listeners.
 """
 
 from __future__ import annotations
@@ -13,42 +14,33 @@ import httpx
 import pytest
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import Permission
+from tradingrt_client import Update
 
 from tests.rest import api, place
-from tests.wsclient import assert_silent, connect, receive, receive_type, subscribe
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
-async def listen(live, token: str, *topics: str):
-    ws = await connect(live.ws_url, token=token)
-    await receive_type(ws, "AUTHENTICATION")
-    ack = await subscribe(ws, *topics)
-    assert sorted(ack["topics"]) == sorted(topics), ack
-    return ws
-
-
-async def updates(ws, count: int, *, timeout: float = 5) -> list[dict]:
-    return [await receive(ws, timeout=timeout) for _ in range(count)]
+async def updates(events, count: int) -> list[Update]:
+    return [await events.update() for _ in range(count)]
 
 
 async def test_order_created_reaches_the_owner_and_staff_with_the_rest_representation(
-    live, trader, trader_token, staff_token
+    bots, live, trader, trader_token, staff_token
 ):
-    mine = await listen(live, trader_token, f"user:{trader.pk}:orders")
-    everyone = await listen(live, staff_token, "orders")
+    mine = await bots(live, trader_token, f"user:{trader.pk}:orders")
+    everyone = await bots(live, staff_token, "orders")
     async with api(live, trader_token) as client:
         order = await place(client)
-    for ws, topic in ((mine, f"user:{trader.pk}:orders"), (everyone, "orders")):
-        message = await receive_type(ws, "ORDER_UPDATE")
-        assert message["topic"] == topic
-        assert message["payload"] == order | {"event": "created"}
-        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", message["timestamp"])
-        await ws.close()
+    for bot, topic in ((mine, f"user:{trader.pk}:orders"), (everyone, "orders")):
+        message = await bot.update("ORDER_UPDATE")
+        assert message.topic == topic
+        assert message.payload == order | {"event": "created"}
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", message.timestamp)
 
 
 async def test_a_fill_sends_order_position_and_strategy_execution_updates(
-    live, trader, trader_token, staff_token
+    bots, live, trader, trader_token, staff_token
 ):
     async with api(live, trader_token) as client:
         strategy = (await client.post("/api/strategies/", json={"name": "momentum"})).json()
@@ -60,38 +52,38 @@ async def test_a_fill_sends_order_position_and_strategy_execution_updates(
         f"strategy:{strategy['id']}",
         f"strategy:{strategy['id']}:orders",
     ]
-    ws = await listen(live, trader_token, *topics)
+    bot = await bots(live, trader_token, *topics)
     async with api(live, staff_token) as gateway:
         response = await gateway.post(
             f"/api/orders/{order['id']}/fills/", json={"quantity": "4", "price": "99.5"}
         )
         assert response.status_code == 201, response.text
-    received = await updates(ws, 4)
-    by_topic = {message["topic"]: message for message in received}
+    received = await updates(bot, 4)
+    by_topic = {message.topic: message for message in received}
     assert set(by_topic) == set(topics)
 
     order_update = by_topic[f"user:{trader.pk}:orders"]
-    assert order_update["type"] == "ORDER_UPDATE"
-    assert order_update["payload"]["event"] == "partially_filled"
-    assert order_update["payload"]["previousStatus"] == "NEW"
-    assert order_update["payload"]["status"] == "PARTIALLY_FILLED"
-    assert order_update["payload"]["filledQuantity"] == "4"
-    assert order_update["payload"]["averageFillPrice"] == "99.5"
-    assert by_topic[f"strategy:{strategy['id']}:orders"]["payload"] == order_update["payload"]
+    assert order_update.type == "ORDER_UPDATE"
+    assert order_update.payload["event"] == "partially_filled"
+    assert order_update.payload["previousStatus"] == "NEW"
+    assert order_update.payload["status"] == "PARTIALLY_FILLED"
+    assert order_update.payload["filledQuantity"] == "4"
+    assert order_update.payload["averageFillPrice"] == "99.5"
+    assert by_topic[f"strategy:{strategy['id']}:orders"].payload == order_update.payload
 
     position = by_topic[f"user:{trader.pk}:positions"]
-    assert position["type"] == "POSITION_UPDATE"
-    assert position["payload"]["event"] == "opened"
-    assert position["payload"]["symbol"] == "AAPL"
-    assert position["payload"]["quantity"] == "4"
-    assert position["payload"]["averagePrice"] == "99.5"
+    assert position.type == "POSITION_UPDATE"
+    assert position.payload["event"] == "opened"
+    assert position.payload["symbol"] == "AAPL"
+    assert position.payload["quantity"] == "4"
+    assert position.payload["averagePrice"] == "99.5"
     for key in ("unrealizedPnl", "realizedPnl", "totalPnl", "exposure", "portfolioWeight"):
-        assert key in position["payload"]
+        assert key in position.payload
 
     execution = by_topic[f"strategy:{strategy['id']}"]
-    assert execution["type"] == "STRATEGY_UPDATE"
-    assert execution["payload"]["event"] == "execution"
-    assert execution["payload"]["execution"] | {"fillId": None, "executedAt": None} == {
+    assert execution.type == "STRATEGY_UPDATE"
+    assert execution.payload["event"] == "execution"
+    assert execution.payload["execution"] | {"fillId": None, "executedAt": None} == {
         "orderId": order["id"],
         "fillId": None,
         "symbol": "AAPL",
@@ -100,14 +92,15 @@ async def test_a_fill_sends_order_position_and_strategy_execution_updates(
         "price": "99.5",
         "executedAt": None,
     }
-    assert execution["payload"]["metrics"]["filledOrderCount"] in (0, 1)
-    await ws.close()
+    assert execution.payload["metrics"]["filledOrderCount"] in (0, 1)
 
 
-async def test_updates_of_one_order_arrive_in_commit_order(live, trader, trader_token, staff_token):
+async def test_updates_of_one_order_arrive_in_commit_order(
+    bots, live, trader, trader_token, staff_token
+):
     async with api(live, trader_token) as client:
         order = await place(client, quantity="5")
-    ws = await listen(live, trader_token, f"user:{trader.pk}:orders")
+    bot = await bots(live, trader_token, f"user:{trader.pk}:orders")
     async with api(live, staff_token) as gateway:
         await asyncio.gather(
             *(
@@ -117,57 +110,54 @@ async def test_updates_of_one_order_arrive_in_commit_order(live, trader, trader_
                 for _ in range(5)
             )
         )
-    received = [m["payload"] for m in await updates(ws, 5)]
+    received = [m.payload for m in await updates(bot, 5)]
     assert [p["filledQuantity"] for p in received] == ["1", "2", "3", "4", "5"]
     assert [p["event"] for p in received] == ["partially_filled"] * 4 + ["filled"]
-    await ws.close()
 
 
-async def test_cancel_and_status_changes_carry_previous_status(live, trader, trader_token):
+async def test_cancel_and_status_changes_carry_previous_status(bots, live, trader, trader_token):
     async with api(live, trader_token) as client:
         order = await place(client)
         strategy = (await client.post("/api/strategies/", json={"name": "s"})).json()
-        ws = await listen(
+        bot = await bots(
             live, trader_token, f"user:{trader.pk}:orders", f"strategy:{strategy['id']}"
         )
         assert (await client.post(f"/api/orders/{order['id']}/cancel/")).status_code == 200
-        canceled = await receive_type(ws, "ORDER_UPDATE")
-        assert canceled["payload"]["event"] == "canceled"
-        assert canceled["payload"]["previousStatus"] == "NEW"
-        assert canceled["payload"]["status"] == "CANCELED"
+        canceled = await bot.update("ORDER_UPDATE")
+        assert canceled.payload["event"] == "canceled"
+        assert canceled.payload["previousStatus"] == "NEW"
+        assert canceled.payload["status"] == "CANCELED"
 
         assert (await client.post(f"/api/strategies/{strategy['id']}/start/")).status_code == 200
-        started = await receive_type(ws, "STRATEGY_UPDATE")
-        assert started["payload"]["event"] == "status_changed"
-        assert started["payload"]["status"] == "RUNNING"
-        assert started["payload"]["previousStatus"] == "DRAFT"
+        started = await bot.update("STRATEGY_UPDATE")
+        assert started.payload["event"] == "status_changed"
+        assert started.payload["status"] == "RUNNING"
+        assert started.payload["previousStatus"] == "DRAFT"
 
         renamed = await client.patch(f"/api/strategies/{strategy['id']}/", json={"name": "t"})
         assert renamed.status_code == 200
-        updated = await receive_type(ws, "STRATEGY_UPDATE")
-        assert updated["payload"]["event"] == "updated"
-        assert updated["payload"]["name"] == "t"
-        assert "previousStatus" not in updated["payload"]
-    await ws.close()
+        updated = await bot.update("STRATEGY_UPDATE")
+        assert updated.payload["event"] == "updated"
+        assert updated.payload["name"] == "t"
+        assert "previousStatus" not in updated.payload
 
 
-async def test_a_refused_change_sends_nothing(live, trader, trader_token, staff_token):
+async def test_a_refused_change_sends_nothing(bots, live, trader, trader_token, staff_token):
     async with api(live, trader_token) as client:
         order = await place(client, quantity="2")
-    ws = await listen(live, trader_token, f"user:{trader.pk}:orders", f"user:{trader.pk}:positions")
+    bot = await bots(live, trader_token, f"user:{trader.pk}:orders", f"user:{trader.pk}:positions")
     async with api(live, staff_token) as gateway:
         overfill = await gateway.post(
             f"/api/orders/{order['id']}/fills/", json={"quantity": "3", "price": "100"}
         )
     assert overfill.status_code == 400
-    await assert_silent(ws, 0.7)
-    await ws.close()
+    await bot.quiet(0.7)
 
 
 async def test_a_trader_never_receives_another_traders_updates(
-    live, trader, trader_token, other_trader, other_token, staff_token
+    bots, live, trader, trader_token, other_trader, other_token, staff_token
 ):
-    alice = await listen(
+    alice = await bots(
         live,
         trader_token,
         f"user:{trader.pk}:orders",
@@ -181,30 +171,28 @@ async def test_a_trader_never_receives_another_traders_updates(
         await gateway.post(
             f"/api/orders/{order['id']}/fills/", json={"quantity": "10", "price": "1"}
         )
-    await assert_silent(alice, 1.0)
-    await alice.close()
+    await alice.quiet(1.0)
 
 
 async def test_staff_subscriber_of_the_global_topics_receives_everyones(
-    live, trader_token, other_token, staff_token
+    bots, live, trader_token, other_token, staff_token
 ):
-    ws = await listen(live, staff_token, "orders", "positions", "strategies")
+    bot = await bots(live, staff_token, "orders", "positions", "strategies")
     async with api(live, trader_token) as alice, api(live, other_token) as bob:
         first = await place(alice)
         second = await place(bob, symbol="MSFT")
         await bob.post("/api/strategies/", json={"name": "x"})
-    received = await updates(ws, 3)
-    assert [(m["type"], m["topic"]) for m in received] == [
+    received = await updates(bot, 3)
+    assert [(m.type, m.topic) for m in received] == [
         ("ORDER_UPDATE", "orders"),
         ("ORDER_UPDATE", "orders"),
         ("STRATEGY_UPDATE", "strategies"),
     ]
-    assert [m["payload"]["id"] for m in received[:2]] == [first["id"], second["id"]]
-    await ws.close()
+    assert [m.payload["id"] for m in received[:2]] == [first["id"], second["id"]]
 
 
 async def test_a_permission_holder_receives_the_global_topic(
-    live, other_trader, trader_token, other_token
+    bots, live, other_trader, trader_token, other_token
 ):
     def grant():
         other_trader.user_permissions.add(
@@ -212,22 +200,21 @@ async def test_a_permission_holder_receives_the_global_topic(
         )
 
     await sync_to_async(grant)()
-    ws = await listen(live, other_token, "orders")
+    bot = await bots(live, other_token, "orders")
     async with api(live, trader_token) as alice:
         order = await place(alice)
-    message = await receive_type(ws, "ORDER_UPDATE")
-    assert message["payload"]["id"] == order["id"]
-    await ws.close()
+    message = await bot.update("ORDER_UPDATE")
+    assert message.payload["id"] == order["id"]
 
 
 async def test_a_change_made_in_django_admin_reaches_a_subscriber(
-    live, trader, trader_token, staff
+    bots, live, trader, trader_token, staff
 ):
     staff.is_superuser = True  # admin pages need model permissions; a superuser holds them all
     await sync_to_async(staff.save)()
     async with api(live, trader_token) as client:
         order = await place(client)
-    ws = await listen(live, trader_token, f"user:{trader.pk}:orders")
+    bot = await bots(live, trader_token, f"user:{trader.pk}:orders")
     async with httpx.AsyncClient(base_url=live.http_url, timeout=10) as browser:
         login_page = await browser.get("/admin/login/")
         csrf = browser.cookies["csrftoken"]
@@ -252,14 +239,13 @@ async def test_a_change_made_in_django_admin_reaches_a_subscriber(
             headers={"Referer": f"{live.http_url}/admin/orders/order/"},
         )
         assert action.status_code == 302, action.text
-    message = await receive_type(ws, "ORDER_UPDATE")
-    assert message["payload"]["id"] == order["id"]
-    assert message["payload"]["event"] == "canceled"
-    await ws.close()
+    message = await bot.update("ORDER_UPDATE")
+    assert message.payload["id"] == order["id"]
+    assert message.payload["event"] == "canceled"
 
 
 async def test_market_data_reaches_its_symbols_subscribers_and_marks_positions(
-    live, trader, trader_token, staff_token
+    bots, live, trader, trader_token, staff_token
 ):
     async with api(live, trader_token) as client:
         order = await place(client, symbol="NVDA", quantity="2", price="100")
@@ -268,15 +254,15 @@ async def test_market_data_reaches_its_symbols_subscribers_and_marks_positions(
             f"/api/orders/{order['id']}/fills/", json={"quantity": "2", "price": "100"}
         )
         await asyncio.sleep(0.6)  # past the mark-to-market window of the fill's own mark
-        ws = await listen(live, trader_token, "market:NVDA", f"user:{trader.pk}:positions")
+        bot = await bots(live, trader_token, "market:NVDA", f"user:{trader.pk}:positions")
         response = await gateway.post(
             "/api/market-data/",
             json={"symbol": "nvda", "last": "110", "bid": "109.9", "ask": "110.1"},
         )
         assert response.status_code == 202, response.text
-    tick = await receive_type(ws, "MARKET_DATA")
-    assert tick["topic"] == "market:NVDA"
-    assert tick["payload"] | {"timestamp": None} == {
+    tick = await bot.update("MARKET_DATA")
+    assert tick.topic == "market:NVDA"
+    assert tick.payload | {"timestamp": None} == {
         "symbol": "NVDA",
         "last": "110",
         "bid": "109.9",
@@ -284,15 +270,14 @@ async def test_market_data_reaches_its_symbols_subscribers_and_marks_positions(
         "volume": None,
         "timestamp": None,
     }
-    marked = await receive_type(ws, "POSITION_UPDATE")
-    assert marked["payload"]["event"] == "marked"
-    assert marked["payload"]["marketPrice"] == "110"
-    assert marked["payload"]["unrealizedPnl"] == "20"
-    await ws.close()
+    marked = await bot.update("POSITION_UPDATE")
+    assert marked.payload["event"] == "marked"
+    assert marked.payload["marketPrice"] == "110"
+    assert marked.payload["unrealizedPnl"] == "20"
 
 
 async def test_a_burst_of_ticks_is_conflated_into_few_marks_ending_at_the_last_price(
-    live, trader, trader_token, staff_token
+    bots, live, trader, trader_token, staff_token
 ):
     async with api(live, trader_token) as client:
         order = await place(client, symbol="TSLA", quantity="1", price="200")
@@ -300,7 +285,7 @@ async def test_a_burst_of_ticks_is_conflated_into_few_marks_ending_at_the_last_p
         await gateway.post(
             f"/api/orders/{order['id']}/fills/", json={"quantity": "1", "price": "200"}
         )
-        ws = await listen(live, trader_token, "market:TSLA", f"user:{trader.pk}:positions")
+        bot = await bots(live, trader_token, "market:TSLA", f"user:{trader.pk}:positions")
         prices = [str(201 + n) for n in range(30)]
         for price in prices:
             response = await gateway.post(
@@ -310,44 +295,42 @@ async def test_a_burst_of_ticks_is_conflated_into_few_marks_ending_at_the_last_p
     ticks, marks = [], []
     while len(ticks) < len(prices) or not marks or marks[-1]["marketPrice"] != prices[-1]:
         try:
-            message = await receive(ws, timeout=5)
+            message = await bot.update(timeout=5)
         except TimeoutError:
             raise AssertionError(
                 f"ticks {ticks} marks {[m['marketPrice'] for m in marks]}"
             ) from None
-        if message["type"] == "MARKET_DATA":
-            ticks.append(message["payload"]["last"])
-        elif message["type"] == "POSITION_UPDATE":
-            marks.append(message["payload"])
+        if message.type == "MARKET_DATA":
+            ticks.append(message.payload["last"])
+        elif message.type == "POSITION_UPDATE":
+            marks.append(message.payload)
     assert ticks == prices  # market data itself is never conflated
     assert all(mark["event"] == "marked" for mark in marks)
     assert len(marks) < len(prices) / 3
-    await ws.close()
 
 
 # --- every event on every one of its topics ------------------------------------------------------
 
 
-async def _topic_listeners(live, trader, trader_token, staff_token, strategy_id, kind):
+async def _topic_listeners(bots, live, trader, trader_token, staff_token, strategy_id, kind):
     """Subscribers of every topic that carries `kind` updates: the owner's and staff's."""
     owner_topics = {
         "orders": [f"user:{trader.pk}:orders", f"strategy:{strategy_id}:orders"],
         "positions": [f"user:{trader.pk}:positions"],
         "strategies": [f"user:{trader.pk}:strategies", f"strategy:{strategy_id}"],
     }[kind]
-    owner = await listen(live, trader_token, *owner_topics)
-    staff = await listen(live, staff_token, kind)
+    owner = await bots(live, trader_token, *owner_topics)
+    staff = await bots(live, staff_token, kind)
     return [(owner, owner_topics), (staff, [kind])], [*owner_topics, kind]
 
 
 async def _one_on_each(listeners, topics, message_type):
     """The next update on each topic; all must be `message_type` with one same payload."""
     got = {}
-    for ws, ws_topics in listeners:
-        for _ in ws_topics:
-            message = await receive(ws)
-            assert message["type"] == message_type, message
-            got[message["topic"]] = message["payload"]
+    for bot, bot_topics in listeners:
+        for _ in bot_topics:
+            message = await bot.update(message_type)
+            got[message.topic] = message.payload
     assert set(got) == set(topics), got
     payloads = list(got.values())
     assert all(p == payloads[0] for p in payloads), "every topic carries the same payload"
@@ -355,24 +338,24 @@ async def _one_on_each(listeners, topics, message_type):
 
 
 async def test_order_events_reach_all_their_topics_with_the_same_payload(
-    live, trader, trader_token, staff_token
+    bots, live, trader, trader_token, staff_token
 ):
     async with api(live, trader_token) as client:
         strategy = (await client.post("/api/strategies/", json={"name": "matrix"})).json()
-        sockets, topics = await _topic_listeners(
-            live, trader, trader_token, staff_token, strategy["id"], "orders"
+        listeners, topics = await _topic_listeners(
+            bots, live, trader, trader_token, staff_token, strategy["id"], "orders"
         )
         order = await place(client, strategyId=strategy["id"], quantity="3")
-        created = await _one_on_each(sockets, topics, "ORDER_UPDATE")
+        created = await _one_on_each(listeners, topics, "ORDER_UPDATE")
         assert created == order | {"event": "created"}
         async with api(live, staff_token) as gateway:
             rejected_order = await place(client, strategyId=strategy["id"])
-            await _one_on_each(sockets, topics, "ORDER_UPDATE")
+            await _one_on_each(listeners, topics, "ORDER_UPDATE")
             response = await gateway.post(
                 f"/api/orders/{rejected_order['id']}/reject/", json={"reason": "no liquidity"}
             )
             assert response.status_code == 200, response.text
-            rejected = await _one_on_each(sockets, topics, "ORDER_UPDATE")
+            rejected = await _one_on_each(listeners, topics, "ORDER_UPDATE")
             assert rejected["event"] == "rejected"
             assert rejected["previousStatus"] == "NEW"
             assert rejected["status"] == "REJECTED"
@@ -381,26 +364,24 @@ async def test_order_events_reach_all_their_topics_with_the_same_payload(
             await gateway.post(
                 f"/api/orders/{order['id']}/fills/", json={"quantity": "1", "price": "10"}
             )
-            partial = await _one_on_each(sockets, topics, "ORDER_UPDATE")
+            partial = await _one_on_each(listeners, topics, "ORDER_UPDATE")
             assert (partial["event"], partial["previousStatus"]) == ("partially_filled", "NEW")
             await gateway.post(
                 f"/api/orders/{order['id']}/fills/", json={"quantity": "2", "price": "13"}
             )
-            filled = await _one_on_each(sockets, topics, "ORDER_UPDATE")
+            filled = await _one_on_each(listeners, topics, "ORDER_UPDATE")
             assert filled["event"] == "filled"
             assert filled["previousStatus"] == "PARTIALLY_FILLED"
             assert (filled["filledQuantity"], filled["averageFillPrice"]) == ("3", "12")
             rest = (await client.get(f"/api/orders/{order['id']}/")).json()
             assert filled == rest | {"event": "filled", "previousStatus": "PARTIALLY_FILLED"}
-    for ws, _ in sockets:
-        await ws.close()
 
 
 async def test_position_events_opened_updated_closed_reach_all_their_topics(
-    live, trader, trader_token, staff_token
+    bots, live, trader, trader_token, staff_token
 ):
-    sockets, topics = await _topic_listeners(
-        live, trader, trader_token, staff_token, 1, "positions"
+    listeners, topics = await _topic_listeners(
+        bots, live, trader, trader_token, staff_token, 1, "positions"
     )
     async with api(live, trader_token) as client, api(live, staff_token) as gateway:
         buy = await place(client, symbol="AMD", quantity="4", price="100")
@@ -411,34 +392,32 @@ async def test_position_events_opened_updated_closed_reach_all_their_topics(
             await gateway.post(
                 f"/api/orders/{order['id']}/fills/", json={"quantity": quantity, "price": price}
             )
-            events.append(await _one_on_each(sockets, topics, "POSITION_UPDATE"))
+            events.append(await _one_on_each(listeners, topics, "POSITION_UPDATE"))
         rest = (await client.get(f"/api/positions/{events[-1]['id']}/")).json()
     assert [e["event"] for e in events] == ["opened", "updated", "closed"]
     assert [e["quantity"] for e in events] == ["3", "4", "0"]
     assert events[1]["averagePrice"] == "101"
     assert events[2]["realizedPnl"] == "36"
     assert events[2] == rest | {"event": "closed"}
-    for ws, _ in sockets:
-        await ws.close()
 
 
-async def test_strategy_events_reach_all_their_topics(live, trader, trader_token, staff_token):
+async def test_strategy_events_reach_all_their_topics(
+    bots, live, trader, trader_token, staff_token
+):
     async with api(live, trader_token) as client:
         # The strategy topic needs the strategy to exist: create it, then watch the rest.
         strategy = (await client.post("/api/strategies/", json={"name": "alpha"})).json()
-        sockets, topics = await _topic_listeners(
-            live, trader, trader_token, staff_token, strategy["id"], "strategies"
+        listeners, topics = await _topic_listeners(
+            bots, live, trader, trader_token, staff_token, strategy["id"], "strategies"
         )
         await client.post(f"/api/strategies/{strategy['id']}/start/")
-        started = await _one_on_each(sockets, topics, "STRATEGY_UPDATE")
+        started = await _one_on_each(listeners, topics, "STRATEGY_UPDATE")
         assert (started["event"], started["previousStatus"]) == ("status_changed", "DRAFT")
         await client.patch(f"/api/strategies/{strategy['id']}/", json={"parameters": {"k": 2}})
-        updated = await _one_on_each(sockets, topics, "STRATEGY_UPDATE")
+        updated = await _one_on_each(listeners, topics, "STRATEGY_UPDATE")
         assert (updated["event"], updated["parameters"]) == ("updated", {"k": 2})
         await client.post(f"/api/strategies/{strategy['id']}/pause/")
-        paused = await _one_on_each(sockets, topics, "STRATEGY_UPDATE")
+        paused = await _one_on_each(listeners, topics, "STRATEGY_UPDATE")
         assert (paused["status"], paused["previousStatus"]) == ("PAUSED", "RUNNING")
         rest = (await client.get(f"/api/strategies/{strategy['id']}/")).json()
         assert paused == rest | {"event": "status_changed", "previousStatus": "RUNNING"}
-    for ws, _ in sockets:
-        await ws.close()

@@ -1,4 +1,9 @@
-"""A small test client for the WebSocket protocol, on the `websockets` library."""
+"""A raw test client of the WebSocket protocol, on `websockets`: for protocol-level tests.
+
+Malformed frames, exact error codes and close codes, raw frame kinds, limits, crafted
+requests. A user's view (log in, subscribe, get updates, reconnect and resume) goes through the
+project's Python client instead (tests/pyclient.py, the `bots` fixture).
+"""
 
 from __future__ import annotations
 
@@ -67,15 +72,6 @@ async def subscribe(ws: ClientConnection, *topics: str) -> dict[str, Any]:
     return reply["payload"]
 
 
-async def assert_silent(ws: ClientConnection, seconds: float = 0.5) -> None:
-    """Nothing but heartbeats arrives for `seconds`."""
-    try:
-        message = await receive(ws, timeout=seconds)
-    except TimeoutError:
-        return
-    raise AssertionError(f"expected no message, got {message}")
-
-
 async def closed_with(ws: ClientConnection, *, timeout: float = DEFAULT_TIMEOUT) -> int | None:
     """Wait for the server to close the connection; its close code."""
     try:
@@ -83,18 +79,3 @@ async def closed_with(ws: ClientConnection, *, timeout: float = DEFAULT_TIMEOUT)
             await asyncio.wait_for(ws.recv(), timeout)
     except websockets.ConnectionClosed as closed:
         return closed.rcvd.code if closed.rcvd else None
-
-
-async def listen(server: Any, user: Any, *topics: str) -> tuple[ClientConnection, str]:
-    """A connection of `user` to a live server, subscribed to `topics`; and its connection id."""
-    from asgiref.sync import sync_to_async
-
-    from tests.conftest import access_token_for
-
-    token = await sync_to_async(access_token_for)(user)
-    ws = await connect(server.ws_url, token=token)
-    hello = await receive_type(ws, "AUTHENTICATION")
-    if topics:
-        ack = await subscribe(ws, *topics)
-        assert sorted(ack["topics"]) == sorted(topics), ack
-    return ws, hello["payload"]["connectionId"]

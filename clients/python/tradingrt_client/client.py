@@ -9,7 +9,7 @@ import logging
 import random
 import ssl as ssl_module
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -84,6 +84,11 @@ def endpoints(url: str) -> tuple[str, str]:
     raise ValueError(f"url must start with http://, https://, ws:// or wss://, not {url!r}")
 
 
+# A connection that ends with no close frame (1006, or none at all): the server died or the
+# network failed, so the next attempt goes to the next site when there are several.
+ABNORMAL_CLOSES = frozenset({None, 1006})
+
+
 class _ConnectionLost(Exception):
     """The connection closed before a request was answered."""
 
@@ -140,16 +145,19 @@ class Client:
             async for event in client.updates():
                 ...
 
-    Authenticate with `username` and `password` (login, then refresh tokens), a fixed `token`,
-    or `token_provider(reason) -> token` (sync or async). The client reconnects with full-jitter
-    backoff, resumes every topic with `since` and `snapshot` after each reconnect, repairs gaps,
-    drops duplicates, and refreshes the token in-band before it expires. It stops for good on a
-    4403 close (the user was deactivated) or when no token can be had.
+    `url` is the site, or a list of the sites of one deployment (its server processes): the
+    client stays on one while it works and moves to the next when it cannot connect or the
+    connection dies without a close frame. Authenticate with `username` and `password` (login,
+    then refresh tokens), a fixed `token`, or `token_provider(reason) -> token` (sync or async).
+    The client reconnects with full-jitter backoff, resumes every topic with `since` and
+    `snapshot` after each reconnect, repairs gaps, drops duplicates, and refreshes the token
+    in-band before it expires. It stops for good on a 4403 close (the user was deactivated) or
+    when no token can be had.
     """
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         username: str | None = None,
         password: str | None = None,
@@ -165,9 +173,18 @@ class Client:
         request_timeout: float = 10.0,
         open_timeout: float = 10.0,
         max_queue: int = 10_000,
+        on_message: Callable[[dict[str, Any]], None] | None = None,
         random: Callable[[], float] = random.random,
     ) -> None:
-        self.http_url, self.ws_url = endpoints(url)
+        urls = [url] if isinstance(url, str) else list(url)
+        if not urls:
+            raise ValueError("url: give the site, or a list of the sites of one deployment")
+        self.sites = [endpoints(site) for site in urls]
+        self._site = 0
+        # Every message the server sends, decoded, before the client acts on it: for logging
+        # and debugging (and tests that check the wire). Called in the reading task: keep it
+        # quick; what it raises stops the client, as a bug in the client would.
+        self.on_message = on_message
         self.credentials = self._credentials(
             username,
             password,
@@ -234,6 +251,23 @@ class Client:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+    @property
+    def http_url(self) -> str:
+        """The REST base URL of the site in use (or to be tried next)."""
+        return self.sites[self._site][0]
+
+    @property
+    def ws_url(self) -> str:
+        """The WebSocket endpoint of the site in use (or to be tried next)."""
+        return self.sites[self._site][1]
+
+    def _next_site(self) -> None:
+        """Move to the next site (the login follows, so a dead site's REST API is not asked)."""
+        if len(self.sites) > 1:
+            self._site = (self._site + 1) % len(self.sites)
+            if isinstance(self.credentials, PasswordLogin):
+                self.credentials.base_url = self.http_url
 
     @property
     def connected(self) -> bool:
@@ -405,6 +439,8 @@ class Client:
                     raise
                 except Exception as error:  # unreachable, or the bot's provider failed: retry
                     text = f"could not get an access token: {error!r}"
+                    if isinstance(error, OSError):  # the site's REST API is unreachable
+                        self._next_site()
                     if isinstance(error, HttpError) and error.retry_after is not None:
                         wait = error.retry_after
                 else:
@@ -433,6 +469,7 @@ class Client:
                         raise
                     except (OSError, TimeoutError, InvalidHandshake) as error:
                         text = f"could not connect: {error}"
+                        self._next_site()
                     else:
                         self._settled_at = None
                         code, text, authenticated = await self._serve(ws)
@@ -452,6 +489,8 @@ class Client:
                             reason = "renew"
                         elif code == SESSIONS_REVOKED:
                             reason = "revoked"
+                        elif code in ABNORMAL_CLOSES:
+                            self._next_site()
                 delay = wait + backoff_delay(
                     self._attempt, base=self.backoff_base, cap=self.backoff_cap, random=self._random
                 )
@@ -518,6 +557,8 @@ class Client:
                 except ValueError as error:
                     await self._emit(ErrorNotice("invalid_message", f"unreadable frame: {error}"))
                     continue
+                if self.on_message is not None:
+                    self.on_message(message)
                 if message.get("type") == "AUTHENTICATION" and "id" not in message:
                     authenticated = True
                 await self._handle(message)
