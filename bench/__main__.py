@@ -7,6 +7,8 @@
   fanout-redis  5. fan-out with two Daphne processes on the Redis channel layer
   uvicorn       6. scenarios 1 and 3 under uvicorn (also with permessage-deflate offered)
   storm         7. reconnect storm: subscribers of a SIGKILLed process resume on the other
+  encoding      8. fan-out to JSON, MessagePack and 50/50 mixed subscribers, same run
+  throttle      9. 1,000 connections x 20 symbols throttled at 250 ms against unthrottled
   all           every scenario above, in order (--quick: tiny sizes, for the test suite)
 
 Each prints its tables and writes bench/results/<name>.json (--out to write elsewhere). Every
@@ -102,6 +104,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--jitter", type=float, default=None, help="reconnect jitter, uniform, s (default 0.5)"
     )
     sub.add_argument("--runs", type=int, default=0, help="whole runs, new servers (default 3)")
+    sub = commands.add_parser("encoding", help="fan-out by encoding: JSON, MessagePack, mixed")
+    _common_arguments(sub)
+    sub.add_argument("--subscribers", type=int, default=0, help="default 1000 (quick: 20)")
+    sub.add_argument("--rate", type=float, default=10.0, help="fixed rate (latency), updates/s")
+    sub.add_argument("--load-rate", type=float, default=0.0, help="loaded step (default 30/s)")
+    sub.add_argument("--duration", type=float, default=0.0, help="seconds per step (default 10)")
+    sub.add_argument("--repeats", type=int, default=0, help="servers, mixes rotated (default 3)")
+    sub.add_argument("--no-baseline", action="store_true")
+    sub = commands.add_parser("throttle", help="throttled subscriptions against unthrottled")
+    _common_arguments(sub)
+    sub.add_argument("--connections", type=int, default=0, help="default 1000 (quick: 20)")
+    sub.add_argument("--symbols", type=int, default=0, help="symbols in all (default 20)")
+    sub.add_argument("--per-connection", type=int, default=0, help="symbols each (default 20)")
+    sub.add_argument("--tick-rate", type=float, default=0.0, help="ticks/s in all (default 200)")
+    sub.add_argument("--batch", type=int, default=0, help="ticks per POST (default 10)")
+    sub.add_argument("--throttle-ms", type=int, default=250)
+    sub.add_argument("--duration", type=float, default=0.0, help="seconds (default 10)")
+    sub.add_argument("--repeats", type=int, default=0, help="pairs of runs (default 3)")
     sub = commands.add_parser("all", help="every scenario")
     _common_arguments(sub)
     sub.add_argument("--skip", nargs="*", default=[], help="scenarios to leave out")
@@ -237,6 +257,29 @@ def run_uvicorn(options: argparse.Namespace) -> dict[str, Any]:
     return combined
 
 
+def run_encoding(options: argparse.Namespace) -> dict[str, Any]:
+    from bench import encoding
+
+    defaults = {"subscribers": 0, "rate": 10.0, "load_rate": 0.0, "duration": 0.0, "repeats": 0}
+    defaults["no_baseline"] = False
+    for key, value in defaults.items():  # under `all`, the scenario's own options are absent
+        if not hasattr(options, key):
+            setattr(options, key, value)
+    return encoding.run(options)
+
+
+def run_throttle(options: argparse.Namespace) -> dict[str, Any]:
+    from bench import throttle
+
+    defaults: dict[str, Any] = {"connections": 0, "symbols": 0, "per_connection": 0}
+    defaults |= {"tick_rate": 0.0, "batch": 0, "throttle_ms": 250, "duration": 0.0}
+    defaults["repeats"] = 0
+    for key, value in defaults.items():
+        if not hasattr(options, key):
+            setattr(options, key, value)
+    return throttle.run(options)
+
+
 SCENARIOS = {
     "fanout": run_fanout,
     "e2e": run_e2e,
@@ -245,6 +288,8 @@ SCENARIOS = {
     "fanout-redis": run_fanout_redis,
     "uvicorn": run_uvicorn,
     "storm": run_storm,
+    "encoding": run_encoding,
+    "throttle": run_throttle,
 }
 
 

@@ -1,4 +1,5 @@
-"""Log the server's garbage collections (gen >= 1, or any over 2 ms) for the benchmarks.
+"""Log the server's garbage collections (gen >= 1, or any over 2 ms) and its event loop's
+latency for the benchmarks.
 
 Put on PYTHONPATH with BENCH_GC_LOG=<file> by bench.common.Server: each collection appends
 "<unix time at start> <generation> <milliseconds>" to the file. It only observes (a callback
@@ -37,3 +38,66 @@ if _path:
     import signal
 
     signal.signal(signal.SIGUSR1, _census)
+
+
+# --- Event-loop latency: how long a callback waits to run (BENCH_LOOP_LOG) -------------------
+# A thread asks the server's loop to run a probe (`call_soon_threadsafe`) every PROBE_SECS and
+# waits for it; the wait is how long the loop took to get to a callback posted at that moment:
+# the rest of whatever callback was running plus everything queued ahead. Each probe that waited
+# longer than LOG_ABOVE_MS is logged as "<unix time posted> <milliseconds>", and one line per
+# second "<time> s <probes> <max ms>" records that the probe ran, so a quiet log means a
+# responsive loop rather than a dead watcher. The loop is found when it starts running
+# (asyncio.events._set_running_loop, called by every asyncio loop's run_forever, Twisted's
+# asyncio reactor included); no loop found: nothing is logged.
+
+_loop_path = os.environ.get("BENCH_LOOP_LOG")
+if _loop_path:
+    import asyncio.events
+    import threading
+
+    PROBE_SECS = 0.01
+    LOG_ABOVE_MS = 5.0
+    _original_set_running_loop = asyncio.events._set_running_loop
+    _watched: list[object] = []
+
+    def _probe_loop(loop: "asyncio.AbstractEventLoop") -> None:
+        log = open(f"{_loop_path}.{os.getpid()}", "a", buffering=1)  # noqa: SIM115
+        ran = threading.Event()
+
+        def _ran() -> None:
+            ran.set()
+
+        second, probes, worst = int(time.time()), 0, 0.0
+        while not loop.is_closed():
+            ran.clear()
+            posted, started = time.time(), time.perf_counter()
+            try:
+                loop.call_soon_threadsafe(_ran)
+            except RuntimeError:  # closed meanwhile
+                return
+            while not ran.wait(1.0):
+                if loop.is_closed() or not loop.is_running():
+                    return
+            waited = (time.perf_counter() - started) * 1000
+            probes += 1
+            worst = max(worst, waited)
+            if waited > LOG_ABOVE_MS:
+                log.write(f"{posted:.4f} {waited:.2f}\n")
+            if int(posted) != second:
+                log.write(f"{second} s {probes} {worst:.2f}\n")
+                second, probes, worst = int(posted), 0, 0.0
+            time.sleep(PROBE_SECS)
+
+    def _set_running_loop(loop: "asyncio.AbstractEventLoop | None") -> None:
+        _original_set_running_loop(loop)
+        if (
+            loop is not None
+            and not _watched
+            and threading.current_thread() is threading.main_thread()
+        ):
+            _watched.append(loop)
+            threading.Thread(
+                target=_probe_loop, args=(loop,), name="bench-loop-probe", daemon=True
+            ).start()
+
+    asyncio.events._set_running_loop = _set_running_loop
