@@ -9,6 +9,7 @@
   storm         7. reconnect storm: subscribers of a SIGKILLed process resume on the other
   encoding      8. fan-out to JSON, MessagePack and 50/50 mixed subscribers, same run
   throttle      9. 1,000 connections x 20 symbols throttled at 250 ms against unthrottled
+  churn        10. memory left behind by 8,000 connections that connected, subscribed, left
   all           every scenario above, in order (--quick: tiny sizes, for the test suite)
 
 Each prints its tables and writes bench/results/<name>.json (--out to write elsewhere). Every
@@ -122,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--throttle-ms", type=int, default=250)
     sub.add_argument("--duration", type=float, default=0.0, help="seconds (default 10)")
     sub.add_argument("--repeats", type=int, default=0, help="pairs of runs (default 3)")
+    sub = commands.add_parser("churn", help="memory left by connections that came and went")
+    _common_arguments(sub)
+    sub.add_argument("--connections", type=int, default=0, help="churned (default 8000)")
+    sub.add_argument("--warmup", type=int, default=0, help="churned first (default 1000)")
+    sub.add_argument("--batch", type=int, default=0, help="connected at a time (default 200)")
+    sub.add_argument("--server", choices=["daphne", "uvicorn"], default="daphne")
+    sub.add_argument("--no-baseline", action="store_true")
     sub = commands.add_parser("all", help="every scenario")
     _common_arguments(sub)
     sub.add_argument("--skip", nargs="*", default=[], help="scenarios to leave out")
@@ -280,6 +288,16 @@ def run_throttle(options: argparse.Namespace) -> dict[str, Any]:
     return throttle.run(options)
 
 
+def run_churn(options: argparse.Namespace) -> dict[str, Any]:
+    from bench import churn
+
+    defaults = {"connections": 0, "warmup": 0, "batch": 0, "no_baseline": False}
+    for key, value in defaults.items():
+        if not hasattr(options, key):
+            setattr(options, key, value)
+    return churn.run(options)
+
+
 SCENARIOS = {
     "fanout": run_fanout,
     "e2e": run_e2e,
@@ -290,6 +308,7 @@ SCENARIOS = {
     "storm": run_storm,
     "encoding": run_encoding,
     "throttle": run_throttle,
+    "churn": run_churn,
 }
 
 

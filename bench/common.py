@@ -532,6 +532,20 @@ class Server:
             "over_5ms": len(waits),
         }
 
+    def garbage(self, timeout: float = 30.0) -> dict[str, Any] | None:
+        """A full collection in the server that reports what it freed, by type (gcwatch answers
+        SIGUSR2): the reference cycles left behind, which reference counting did not free."""
+        path = self.directory / f"{self.gc_log_base.name}.garbage.{self.pid}"
+        path.unlink(missing_ok=True)
+        os.kill(self.pid, signal.SIGUSR2)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if path.exists():
+                with contextlib.suppress(ValueError):
+                    return dict(json.loads(path.read_text()))
+            time.sleep(0.1)
+        return None
+
     def census(self, timeout: float = 30.0) -> dict[str, Any] | None:
         """Objects the server's collector tracks, by type (gcwatch answers SIGUSR1)."""
         path = self.directory / f"{self.gc_log_base.name}.census.{self.pid}"

@@ -35,9 +35,86 @@ if _path:
         with open(f"{_path}.census.{os.getpid()}", "w") as out:
             json.dump({"tracked": len(objects), "types": kinds.most_common()}, out)
 
+    def _edge(source: object, target: object) -> str:
+        """How `source` refers to `target`: an attribute or key name where there is one."""
+        if isinstance(source, dict):
+            for key, value in source.items():
+                if value is target:
+                    return f"[{key!r}]"
+            return "[key]"
+        if isinstance(source, (list, tuple, set, frozenset)):
+            return "[i]"
+        for name in ("__dict__", "__self__", "__func__", "__closure__", "cell_contents"):
+            if getattr(source, name, None) is target:
+                return f".{name}"
+        for name in getattr(type(source), "__slots__", ()):
+            if getattr(source, name, None) is target:
+                return f".{name}"
+        return "->"
+
+    def _cycle_through(type_name: str, garbage: list) -> list[str] | None:
+        """The shortest reference path from one garbage object of `type_name` back to itself,
+        through garbage objects only: the cycle that kept it for the collector."""
+        start = next((o for o in garbage if type(o).__qualname__ == type_name), None)
+        if start is None:
+            return None
+        inside = {id(o) for o in garbage}
+        previous: dict[int, object] = {}
+        frontier = [start]
+        seen = {id(start)}
+        while frontier:
+            following = []
+            for node in frontier:
+                for child in gc.get_referents(node):
+                    if child is start:
+                        path = [f"{type(node).__qualname__}{_edge(node, start)}"]
+                        while node is not start:
+                            parent = previous[id(node)]
+                            path.append(f"{type(parent).__qualname__}{_edge(parent, node)}")
+                            node = parent
+                        return list(reversed(path))
+                    if id(child) in inside and id(child) not in seen:
+                        seen.add(id(child))
+                        previous[id(child)] = node
+                        following.append(child)
+            frontier = following
+        return None
+
+    def _garbage(signum: int, frame: object) -> None:
+        """On SIGUSR2: a full collection that keeps what it finds (gc.DEBUG_SAVEALL), and the
+        types of those objects: what reference counting alone could not free (cycles)."""
+        import collections
+        import json
+
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            found = gc.collect()
+            kinds = collections.Counter(type(o).__qualname__ for o in gc.garbage)
+            modules = collections.Counter(
+                getattr(type(o), "__module__", "?") or "?" for o in gc.garbage
+            )
+            cycles = {
+                name: _cycle_through(name, gc.garbage)
+                for name in filter(None, os.environ.get("BENCH_GC_CYCLES", "").split(","))
+            }
+        finally:
+            gc.garbage.clear()
+            gc.set_debug(0)
+        with open(f"{_path}.garbage.{os.getpid()}", "w") as out:
+            json.dump(
+                {
+                    "unreachable": found,
+                    "types": kinds.most_common(),
+                    "modules": modules.most_common(),
+                    "cycles": cycles,
+                },
+                out,
+            )
+
     import signal
 
     signal.signal(signal.SIGUSR1, _census)
+    signal.signal(signal.SIGUSR2, _garbage)
 
 
 # --- Event-loop latency: how long a callback waits to run (BENCH_LOOP_LOG) -------------------
