@@ -546,6 +546,21 @@ class Server:
             time.sleep(0.1)
         return None
 
+    def tracemalloc_snapshot(self, timeout: float = 60.0) -> Path | None:
+        """A tracemalloc snapshot of the server (started with BENCH_TRACEMALLOC=frames), as a
+        file `tracemalloc.Snapshot.load` reads; None when the server does not trace."""
+        if not self.env.get("BENCH_TRACEMALLOC"):
+            return None
+        self._snapshots = getattr(self, "_snapshots", 0) + 1
+        path = self.directory / f"{self.gc_log_base.name}.tracemalloc.{self.pid}.{self._snapshots}"
+        os.kill(self.pid, signal.SIGRTMIN + 1)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if path.exists():
+                return path
+            time.sleep(0.1)
+        return None
+
     def census(self, timeout: float = 30.0) -> dict[str, Any] | None:
         """Objects the server's collector tracks, by type (gcwatch answers SIGUSR1)."""
         path = self.directory / f"{self.gc_log_base.name}.census.{self.pid}"

@@ -116,6 +116,26 @@ if _path:
     signal.signal(signal.SIGUSR1, _census)
     signal.signal(signal.SIGUSR2, _garbage)
 
+    # --- What memory is allocated where (BENCH_TRACEMALLOC=frames): tracemalloc from start-up,
+    # and on SIGRTMIN+1 a snapshot written beside the GC log (compared by bench connections).
+    _trace_frames = int(os.environ.get("BENCH_TRACEMALLOC", "0") or 0)
+    if _trace_frames:
+        import tracemalloc
+
+        tracemalloc.start(_trace_frames)
+        _snapshots = [0]
+
+        def _snapshot(signum: int, frame: object) -> None:
+            _snapshots[0] += 1
+            snapshot = tracemalloc.take_snapshot().filter_traces(
+                [tracemalloc.Filter(False, tracemalloc.__file__)]
+            )
+            target = f"{_path}.tracemalloc.{os.getpid()}.{_snapshots[0]}"
+            snapshot.dump(target + ".part")
+            os.replace(target + ".part", target)
+
+        signal.signal(signal.SIGRTMIN + 1, _snapshot)
+
 
 # --- Event-loop latency: how long a callback waits to run (BENCH_LOOP_LOG) -------------------
 # A thread asks the server's loop to run a probe (`call_soon_threadsafe`) every PROBE_SECS and
