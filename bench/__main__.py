@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -138,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="seconds to wait before each scenario for an idle machine (default 600; quick 0)",
+    )
+    sub.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run every scenario this many times (out/run-N/); report medians with the range",
     )
     return parser
 
@@ -326,15 +333,70 @@ def run_all(options: argparse.Namespace) -> dict[str, Any]:
         staff_tokens=3 if options.quick else 51,
     ) as space:
         options.space = space
-        _run_scenarios(options, summary)
+        repeats = max(1, getattr(options, "repeat", 1) or 1)
+        if repeats == 1:
+            _run_scenarios(options, summary)
+        else:  # each run in its own folder; the summary has each target's median and range
+            base = Path(options.out) if options.out else common.RESULTS_DIR
+            runs: list[dict[str, Any]] = []
+            for index in range(repeats):
+                print(f"\n########## run {index + 1} of {repeats}")
+                one: dict[str, Any] = {"scenarios": {}, "skipped": {}}
+                run_options = copy.copy(options)
+                run_options.out = str(base / f"run-{index + 1}")
+                _run_scenarios(run_options, one)
+                runs.append(one)
+            summary["runs"] = runs
+            summary["skipped"] = runs[0]["skipped"]
+            summary["scenarios"] = runs[-1]["scenarios"]
     summary["seconds"] = round(time.time() - started, 1)
     summary["loadavg_at_end"] = common.loadavg()
-    summary["targets"] = [t for s in summary["scenarios"].values() for t in s["targets"]]
+    if "runs" in summary:
+        summary["targets"] = combine_targets(
+            [
+                [t for s in run["scenarios"].values() for t in s["targets"]]
+                for run in summary["runs"]
+            ]
+        )
+    else:
+        summary["targets"] = [t for s in summary["scenarios"].values() for t in s["targets"]]
     out_dir = Path(options.out) if options.out else None
     common.write_result("all", summary, out_dir)
     print("\n" + common.targets_table(summary["targets"]))
     print(f"all scenarios: {summary['seconds']} s")
     return summary
+
+
+def combine_targets(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Each target over repeated runs: the median run's value and verdict, with the range.
+
+    The median is one run's own figure (the lower middle one for an even count), so its verdict
+    is that run's, judged against the limit as the scenario judges it; runs where a target was
+    not measured (None) do not count.
+    """
+    combined: list[dict[str, Any]] = []
+    for position, first in enumerate(runs[0]):
+        same = [
+            run[position]
+            for run in runs
+            if position < len(run) and run[position]["target"] == first["target"]
+        ]
+        measured = [t for t in same if isinstance(t["value"], int | float)]
+        if not measured:
+            combined.append({**first, "values": [t["value"] for t in same]})
+            continue
+        middle = statistics.median_low(t["value"] for t in measured)
+        chosen = next(t for t in measured if t["value"] == middle)
+        combined.append(
+            {
+                **chosen,
+                "min": min(t["value"] for t in measured),
+                "max": max(t["value"] for t in measured),
+                "values": [t["value"] for t in same],
+                "met_in_runs": sum(1 for t in measured if t["met"]),
+            }
+        )
+    return combined
 
 
 def _run_scenarios(options: argparse.Namespace, summary: dict[str, Any]) -> None:

@@ -695,5 +695,13 @@ def target(name: str, value: Any, limit: Any, met: bool | None, note: str = "") 
 def targets_table(targets: list[dict[str, Any]]) -> str:
     return table(
         ["target", "measured", "limit", "met"],
-        [[t["target"], t["value"], t["limit"], t["met"]] for t in targets],
+        [
+            [
+                t["target"],
+                f"{t['value']} ({t['min']}-{t['max']})" if "min" in t else t["value"],
+                t["limit"],
+                t["met"] if "met_in_runs" not in t else f"{t['met']} ({t['met_in_runs']} runs)",
+            ]
+            for t in targets
+        ],
     )
