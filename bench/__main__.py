@@ -7,6 +7,9 @@
   fanout-redis  5. fan-out with two Daphne processes on the Redis channel layer
   uvicorn       6. scenarios 1 and 3 under uvicorn (also with permessage-deflate offered)
   storm         7. reconnect storm: subscribers of a SIGKILLed process resume on the other
+  encoding      8. fan-out to JSON, MessagePack and 50/50 mixed subscribers, same run
+  throttle      9. 1,000 connections x 20 symbols throttled at 250 ms against unthrottled
+  churn        10. memory left behind by 8,000 connections that connected, subscribed, left
   all           every scenario above, in order (--quick: tiny sizes, for the test suite)
 
 Each prints its tables and writes bench/results/<name>.json (--out to write elsewhere). Every
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -102,6 +106,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--jitter", type=float, default=None, help="reconnect jitter, uniform, s (default 0.5)"
     )
     sub.add_argument("--runs", type=int, default=0, help="whole runs, new servers (default 3)")
+    sub = commands.add_parser("encoding", help="fan-out by encoding: JSON, MessagePack, mixed")
+    _common_arguments(sub)
+    sub.add_argument("--subscribers", type=int, default=0, help="default 1000 (quick: 20)")
+    sub.add_argument("--rate", type=float, default=10.0, help="fixed rate (latency), updates/s")
+    sub.add_argument("--load-rate", type=float, default=0.0, help="loaded step (default 30/s)")
+    sub.add_argument("--duration", type=float, default=0.0, help="seconds per step (default 10)")
+    sub.add_argument("--repeats", type=int, default=0, help="servers, mixes rotated (default 3)")
+    sub.add_argument("--no-baseline", action="store_true")
+    sub = commands.add_parser("throttle", help="throttled subscriptions against unthrottled")
+    _common_arguments(sub)
+    sub.add_argument("--connections", type=int, default=0, help="default 1000 (quick: 20)")
+    sub.add_argument("--symbols", type=int, default=0, help="symbols in all (default 20)")
+    sub.add_argument("--per-connection", type=int, default=0, help="symbols each (default 20)")
+    sub.add_argument("--tick-rate", type=float, default=0.0, help="ticks/s in all (default 200)")
+    sub.add_argument("--batch", type=int, default=0, help="ticks per POST (default 10)")
+    sub.add_argument("--throttle-ms", type=int, default=250)
+    sub.add_argument("--duration", type=float, default=0.0, help="seconds (default 10)")
+    sub.add_argument("--repeats", type=int, default=0, help="pairs of runs (default 3)")
+    sub = commands.add_parser("churn", help="memory left by connections that came and went")
+    _common_arguments(sub)
+    sub.add_argument("--connections", type=int, default=0, help="churned (default 8000)")
+    sub.add_argument("--warmup", type=int, default=0, help="churned first (default 1000)")
+    sub.add_argument("--batch", type=int, default=0, help="connected at a time (default 200)")
+    sub.add_argument("--server", choices=["daphne", "uvicorn"], default="daphne")
+    sub.add_argument("--no-baseline", action="store_true")
     sub = commands.add_parser("all", help="every scenario")
     _common_arguments(sub)
     sub.add_argument("--skip", nargs="*", default=[], help="scenarios to leave out")
@@ -110,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="seconds to wait before each scenario for an idle machine (default 600; quick 0)",
+    )
+    sub.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run every scenario this many times (out/run-N/); report medians with the range",
     )
     return parser
 
@@ -237,6 +272,39 @@ def run_uvicorn(options: argparse.Namespace) -> dict[str, Any]:
     return combined
 
 
+def run_encoding(options: argparse.Namespace) -> dict[str, Any]:
+    from bench import encoding
+
+    defaults = {"subscribers": 0, "rate": 10.0, "load_rate": 0.0, "duration": 0.0, "repeats": 0}
+    defaults["no_baseline"] = False
+    for key, value in defaults.items():  # under `all`, the scenario's own options are absent
+        if not hasattr(options, key):
+            setattr(options, key, value)
+    return encoding.run(options)
+
+
+def run_throttle(options: argparse.Namespace) -> dict[str, Any]:
+    from bench import throttle
+
+    defaults: dict[str, Any] = {"connections": 0, "symbols": 0, "per_connection": 0}
+    defaults |= {"tick_rate": 0.0, "batch": 0, "throttle_ms": 250, "duration": 0.0}
+    defaults["repeats"] = 0
+    for key, value in defaults.items():
+        if not hasattr(options, key):
+            setattr(options, key, value)
+    return throttle.run(options)
+
+
+def run_churn(options: argparse.Namespace) -> dict[str, Any]:
+    from bench import churn
+
+    defaults = {"connections": 0, "warmup": 0, "batch": 0, "no_baseline": False}
+    for key, value in defaults.items():
+        if not hasattr(options, key):
+            setattr(options, key, value)
+    return churn.run(options)
+
+
 SCENARIOS = {
     "fanout": run_fanout,
     "e2e": run_e2e,
@@ -245,6 +313,9 @@ SCENARIOS = {
     "fanout-redis": run_fanout_redis,
     "uvicorn": run_uvicorn,
     "storm": run_storm,
+    "encoding": run_encoding,
+    "throttle": run_throttle,
+    "churn": run_churn,
 }
 
 
@@ -262,15 +333,70 @@ def run_all(options: argparse.Namespace) -> dict[str, Any]:
         staff_tokens=3 if options.quick else 51,
     ) as space:
         options.space = space
-        _run_scenarios(options, summary)
+        repeats = max(1, getattr(options, "repeat", 1) or 1)
+        if repeats == 1:
+            _run_scenarios(options, summary)
+        else:  # each run in its own folder; the summary has each target's median and range
+            base = Path(options.out) if options.out else common.RESULTS_DIR
+            runs: list[dict[str, Any]] = []
+            for index in range(repeats):
+                print(f"\n########## run {index + 1} of {repeats}")
+                one: dict[str, Any] = {"scenarios": {}, "skipped": {}}
+                run_options = copy.copy(options)
+                run_options.out = str(base / f"run-{index + 1}")
+                _run_scenarios(run_options, one)
+                runs.append(one)
+            summary["runs"] = runs
+            summary["skipped"] = runs[0]["skipped"]
+            summary["scenarios"] = runs[-1]["scenarios"]
     summary["seconds"] = round(time.time() - started, 1)
     summary["loadavg_at_end"] = common.loadavg()
-    summary["targets"] = [t for s in summary["scenarios"].values() for t in s["targets"]]
+    if "runs" in summary:
+        summary["targets"] = combine_targets(
+            [
+                [t for s in run["scenarios"].values() for t in s["targets"]]
+                for run in summary["runs"]
+            ]
+        )
+    else:
+        summary["targets"] = [t for s in summary["scenarios"].values() for t in s["targets"]]
     out_dir = Path(options.out) if options.out else None
     common.write_result("all", summary, out_dir)
     print("\n" + common.targets_table(summary["targets"]))
     print(f"all scenarios: {summary['seconds']} s")
     return summary
+
+
+def combine_targets(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Each target over repeated runs: the median run's value and verdict, with the range.
+
+    The median is one run's own figure (the lower middle one for an even count), so its verdict
+    is that run's, judged against the limit as the scenario judges it; runs where a target was
+    not measured (None) do not count.
+    """
+    combined: list[dict[str, Any]] = []
+    for position, first in enumerate(runs[0]):
+        same = [
+            run[position]
+            for run in runs
+            if position < len(run) and run[position]["target"] == first["target"]
+        ]
+        measured = [t for t in same if isinstance(t["value"], int | float)]
+        if not measured:
+            combined.append({**first, "values": [t["value"] for t in same]})
+            continue
+        middle = statistics.median_low(t["value"] for t in measured)
+        chosen = next(t for t in measured if t["value"] == middle)
+        combined.append(
+            {
+                **chosen,
+                "min": min(t["value"] for t in measured),
+                "max": max(t["value"] for t in measured),
+                "values": [t["value"] for t in same],
+                "met_in_runs": sum(1 for t in measured if t["met"]),
+            }
+        )
+    return combined
 
 
 def _run_scenarios(options: argparse.Namespace, summary: dict[str, Any]) -> None:

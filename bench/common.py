@@ -493,6 +493,74 @@ class Server:
             for generation, values in pauses.items()
         }
 
+    @property
+    def loop_log_base(self) -> Path:
+        return self.directory / f"loop-{self.port}"
+
+    def loop_latency(self, since: float, until: float) -> dict[str, Any]:
+        """How long callbacks waited for the server's event loop between two wall-clock times
+        (gcwatch's probe, every 10 ms): the longest wait, how many waited over 50 ms, and how
+        many probes ran (None when the probe never reported: no figure rather than a wrong 0)."""
+        lines: list[str] = []
+        deadline = time.monotonic() + 2.5
+        while True:  # the probe writes a second's line early in the next: wait for `until`'s
+            lines = [
+                line
+                for path in self.directory.glob(self.loop_log_base.name + ".[0-9]*")
+                for line in path.read_text().splitlines()
+            ]
+            seconds = [float(line.split()[0]) for line in lines if " s " in line]
+            if (seconds and max(seconds) >= int(until)) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        waits: list[float] = []
+        probes, worst = 0, 0.0
+        for line in lines:
+            fields = line.split()
+            if len(fields) == 4 and fields[1] == "s":  # one line per second: count, worst
+                if since - 1 < float(fields[0]) <= until:
+                    probes += int(fields[2])
+                    worst = max(worst, float(fields[3]))
+            elif len(fields) == 2 and since <= float(fields[0]) <= until:
+                waits.append(float(fields[1]))
+        if not probes and not waits:
+            return {"probes": None, "max_ms": None, "over_50ms": None, "over_5ms": None}
+        return {
+            "probes": probes,
+            "max_ms": round(max([worst, *waits]), 1),
+            "over_50ms": sum(1 for w in waits if w > 50),
+            "over_5ms": len(waits),
+        }
+
+    def garbage(self, timeout: float = 30.0) -> dict[str, Any] | None:
+        """A full collection in the server that reports what it freed, by type (gcwatch answers
+        SIGUSR2): the reference cycles left behind, which reference counting did not free."""
+        path = self.directory / f"{self.gc_log_base.name}.garbage.{self.pid}"
+        path.unlink(missing_ok=True)
+        os.kill(self.pid, signal.SIGUSR2)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if path.exists():
+                with contextlib.suppress(ValueError):
+                    return dict(json.loads(path.read_text()))
+            time.sleep(0.1)
+        return None
+
+    def tracemalloc_snapshot(self, timeout: float = 60.0) -> Path | None:
+        """A tracemalloc snapshot of the server (started with BENCH_TRACEMALLOC=frames), as a
+        file `tracemalloc.Snapshot.load` reads; None when the server does not trace."""
+        if not self.env.get("BENCH_TRACEMALLOC"):
+            return None
+        self._snapshots = getattr(self, "_snapshots", 0) + 1
+        path = self.directory / f"{self.gc_log_base.name}.tracemalloc.{self.pid}.{self._snapshots}"
+        os.kill(self.pid, signal.SIGRTMIN + 1)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if path.exists():
+                return path
+            time.sleep(0.1)
+        return None
+
     def census(self, timeout: float = 30.0) -> dict[str, Any] | None:
         """Objects the server's collector tracks, by type (gcwatch answers SIGUSR1)."""
         path = self.directory / f"{self.gc_log_base.name}.census.{self.pid}"
@@ -515,6 +583,7 @@ class Server:
             filter(None, [str(ROOT / "bench" / "gcwatch"), env.get("PYTHONPATH")])
         )
         env["BENCH_GC_LOG"] = str(self.gc_log_base)
+        env["BENCH_LOOP_LOG"] = str(self.loop_log_base)
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 command,
@@ -626,5 +695,13 @@ def target(name: str, value: Any, limit: Any, met: bool | None, note: str = "") 
 def targets_table(targets: list[dict[str, Any]]) -> str:
     return table(
         ["target", "measured", "limit", "met"],
-        [[t["target"], t["value"], t["limit"], t["met"]] for t in targets],
+        [
+            [
+                t["target"],
+                f"{t['value']} ({t['min']}-{t['max']})" if "min" in t else t["value"],
+                t["limit"],
+                t["met"] if "met_in_runs" not in t else f"{t['met']} ({t['met_in_runs']} runs)",
+            ]
+            for t in targets
+        ],
     )

@@ -50,6 +50,7 @@ def measure(
     loadgen.close_all()
     time.sleep(settle)
     census_before = server.census()
+    traced_before = server.tracemalloc_snapshot()
     rss_before = common.rss_kib(server.pid)
     cpu_before = common.cpu_seconds(server.pid)
     overflows_before = common.listen_overflows()
@@ -78,6 +79,7 @@ def measure(
     time.sleep(hold)
     rss_held = common.rss_kib(server.pid)
     census_held = server.census()
+    traced_held = server.tracemalloc_snapshot() if traced_before is not None else None
     status = loadgen.status()
     tracked = None
     if staff_token is not None:
@@ -120,6 +122,10 @@ def measure(
         ]
         growth.sort(key=lambda item: -item[1])
         result["gc_tracked_types_per_connection"] = growth[:20]
+    if traced_before is not None and traced_held is not None:
+        result["allocated_per_connection"] = allocations_per_connection(
+            traced_before, traced_held, max(1, opened)
+        )
     if profile is not None:
         result["profile"] = profile
     loadgen.close_all()
@@ -131,6 +137,31 @@ def measure(
         f"open after {hold:g} s: {status['open']}"
     )
     return result
+
+
+def allocations_per_connection(before: Path, after: Path, count: int) -> dict[str, Any]:
+    """What the held connections allocated, by source line: bytes per connection, largest first
+    (tracemalloc; the lines are where the memory was allocated, each with its callers when the
+    server traced more than one frame)."""
+    import tracemalloc
+
+    old, new = tracemalloc.Snapshot.load(str(before)), tracemalloc.Snapshot.load(str(after))
+    frames = new.traceback_limit
+    differences = new.compare_to(old, "traceback" if frames > 1 else "lineno")
+    total = sum(d.size_diff for d in differences)
+    rows = []
+    for difference in differences[:40]:
+        where = [
+            f"{f.filename.split('site-packages/')[-1]}:{f.lineno}" for f in difference.traceback
+        ]
+        rows.append(
+            {
+                "bytes_per_connection": round(difference.size_diff / count, 1),
+                "blocks_per_connection": round(difference.count_diff / count, 2),
+                "where": where,
+            }
+        )
+    return {"kib_per_connection": round(total / count / 1024, 2), "frames": frames, "top": rows}
 
 
 def run(options: Any, log: Any = print) -> dict[str, Any]:

@@ -169,6 +169,7 @@ class FanoutSession:
         staff_token: str | None,
         concurrency: int,
         deflate: bool,
+        subprotocols: list[str | None] | None = None,
     ) -> None:
         self.label = label
         self.servers = servers
@@ -183,6 +184,7 @@ class FanoutSession:
             topics=[[TOPIC]] * subscribers,
             concurrency=concurrency,
             deflate=deflate,
+            subprotocols=subprotocols[:subscribers] if subprotocols else None,
         )
         if self.connect["opened"] != subscribers:
             raise RuntimeError(
@@ -218,6 +220,13 @@ class FanoutSession:
         result["delivery_per_s"] = round(result["received"] / max(1e-9, count / rate))
         result["cpu"] = meter.result
         result["gc"] = [server.gc_pauses(started, ended) for server in self.servers]
+        result["loop"] = [server.loop_latency(started, ended) for server in self.servers]
+        # Bytes read by the clients per tick they recorded: frames with their headers.
+        result["wire_bytes_per_message"] = (
+            round(collected["wire_bytes"] / collected["messages"], 1)
+            if collected["messages"]
+            else None
+        )
         deliveries = max(1, result["received"])
         elapsed = meter.result["seconds"]
         # CPU cost per delivered message: immune to other load on the machine.

@@ -8,12 +8,18 @@ once per read; the machine's one clock is shared by the publisher, the server an
 
 Modes of a client:
   tick   MARKET_DATA messages carry the publisher's send time in `payload.volume`
-         (seconds since the epoch with microseconds); the worker keeps (sent, received) pairs.
+         (seconds since the epoch with microseconds); the worker keeps (sent, received) pairs,
+         the bytes on the wire while recording, and with `latest` the last tick each client
+         got of each symbol (throttled subscriptions must end on the last tick published).
   order  ORDER_UPDATE messages are decoded; the worker keeps ((order id, filledQuantity), received).
   stream each client is a `Track` of one topic's stream across reconnects: every MARKET_DATA's
          seq, epoch, send time and receipt, and per connection (`Leg`) when it connected, its
          subscription reply (position, recovered, reset) and when it was lost. A track can be
          armed to reconnect on loss, after a delay with jitter, resuming with `since`.
+
+A client may negotiate the MessagePack subprotocol (`tradingrt.msgpack`, CONTRACT section 12):
+its requests go as binary frames and its messages are decoded with msgspec, with the same
+fast path for a tick's `volume` (the map key and a str header in place of the JSON text).
 
 The parent talks to the workers over pipes (`LoadGenerator`): connect, record, collect, close.
 """
@@ -31,11 +37,13 @@ import os
 import random
 import time
 import zlib
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection as Pipe
 from typing import Any
+
+import msgspec
 
 _time = time.time
 VOLUME_KEY = b'"volume":"'
@@ -44,6 +52,35 @@ SEQ_KEY = b'"seq":'
 EPOCH_KEY = b'"epoch":"'
 DEFLATE_OFFER = "permessage-deflate; client_max_window_bits"
 INFLATE_TAIL = b"\x00\x00\xff\xff"
+MSGPACK = "tradingrt.msgpack"
+MSGPACK_VOLUME_KEY = b"\xa6volume"  # fixstr "volume"
+MSGPACK_SYMBOL_KEY = b"\xa6symbol"
+SYMBOL_KEY = b'"symbol":"'
+
+
+def msgpack_str_after(payload: bytes, key: bytes) -> bytes | None:
+    """The str value that follows `key` in a MessagePack map (fixstr or str8), or None."""
+    index = payload.find(key)
+    if index < 0:
+        return None
+    index += len(key)
+    if index >= len(payload):
+        return None
+    head = payload[index]
+    if 0xA0 <= head <= 0xBF:
+        return payload[index + 1 : index + 1 + (head & 0x1F)]
+    if head == 0xD9 and index + 1 < len(payload):
+        return payload[index + 2 : index + 2 + payload[index + 1]]
+    return None
+
+
+def json_str_after(payload: bytes, key: bytes) -> bytes | None:
+    """The string value that follows `key` (which ends with the opening quote) in JSON text."""
+    index = payload.find(key)
+    if index < 0:
+        return None
+    index += len(key)
+    return payload[index : payload.index(b'"', index)]
 
 
 def encode_frame(payload: bytes, opcode: int = 0x1) -> bytes:
@@ -77,8 +114,11 @@ class Client(asyncio.Protocol):
         target: str,
         deflate: bool,
         track: Track | None = None,
+        subprotocol: str | None = None,
     ) -> None:
         self.worker = worker
+        self.subprotocol = subprotocol
+        self.binary = False  # MessagePack negotiated
         self.track = track
         self.host, self.port, self.target = host, port, target
         self.offer_deflate = deflate
@@ -112,6 +152,8 @@ class Client(asyncio.Protocol):
         ]
         if self.offer_deflate:
             lines.append(f"Sec-WebSocket-Extensions: {DEFLATE_OFFER}")
+        if self.subprotocol:
+            lines.append(f"Sec-WebSocket-Protocol: {self.subprotocol}")
         transport.write(("\r\n".join(lines) + "\r\n\r\n").encode())  # type: ignore[attr-defined]
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -128,6 +170,8 @@ class Client(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         now = _time()
+        if self.worker.recording:
+            self.worker.wire_bytes += len(data)
         if self.pending:
             data = self.pending + data
             self.pending = b""
@@ -196,8 +240,11 @@ class Client(asyncio.Protocol):
             assert self.transport is not None
             self.transport.close()
             return
+        selected = None
         for line in lines[1:]:
             name, _, value = line.partition(":")
+            if name.strip().lower() == "sec-websocket-protocol":
+                selected = value.strip()
             if name.strip().lower() == "sec-websocket-extensions" and "permessage-deflate" in value:
                 params = [p.strip() for p in value.split(";")]
                 self.reset_inflater = "server_no_context_takeover" in params
@@ -205,6 +252,15 @@ class Client(asyncio.Protocol):
                     if param.startswith("server_max_window_bits="):
                         self.inflate_bits = int(param.split("=", 1)[1])
                 self.inflater = zlib.decompressobj(-self.inflate_bits)
+        if self.subprotocol and selected != self.subprotocol:
+            self.hello.set_exception(
+                ConnectionError(f"offered {self.subprotocol}, the server selected {selected}")
+            )
+            self.worker.errors["subprotocol refused"] += 1
+            assert self.transport is not None
+            self.transport.close()
+            return
+        self.binary = selected == MSGPACK
 
     def inflate(self, payload: bytes) -> bytes:
         if self.inflater is None:
@@ -217,12 +273,23 @@ class Client(asyncio.Protocol):
         worker = self.worker
         worker.received += 1
         if worker.mode == "tick":
-            index = payload.find(VOLUME_KEY)
-            if index >= 0:
+            if self.binary:
+                volume = msgpack_str_after(payload, MSGPACK_VOLUME_KEY)
+            else:
+                volume = json_str_after(payload, VOLUME_KEY)
+            if volume is not None:
                 if worker.recording:
-                    index += 10
-                    worker.sent.append(float(payload[index : payload.index(b'"', index)]))
+                    sent = float(volume)
+                    worker.sent.append(sent)
                     worker.recv.append(now)
+                    worker.messages += 1
+                    if worker.latest is not None:
+                        symbol = (
+                            msgpack_str_after(payload, MSGPACK_SYMBOL_KEY)
+                            if self.binary
+                            else json_str_after(payload, SYMBOL_KEY)
+                        )
+                        worker.latest[(id(self), symbol or b"")] = sent
                 return
         elif (
             worker.mode == "stream" and self.track is not None and payload.startswith(STREAM_PREFIX)
@@ -230,9 +297,9 @@ class Client(asyncio.Protocol):
             self.track.received(payload, now)
             return
         try:
-            message = json.loads(payload)
-        except ValueError:
-            worker.errors["bad json"] += 1
+            message = msgspec.msgpack.decode(payload) if self.binary else json.loads(payload)
+        except (ValueError, msgspec.DecodeError):
+            worker.errors["bad msgpack" if self.binary else "bad json"] += 1
             return
         kind = message.get("type")
         if not self.hello.done():
@@ -264,7 +331,10 @@ class Client(asyncio.Protocol):
 
     async def request(self, message: dict[str, Any], seconds: float) -> dict[str, Any]:
         self.reply = asyncio.get_running_loop().create_future()
-        self.send_frame(json.dumps(message).encode())
+        if self.binary:
+            self.send_frame(msgspec.msgpack.encode(message), 0x2)
+        else:
+            self.send_frame(json.dumps(message).encode())
         try:
             return await asyncio.wait_for(self.reply, seconds)
         finally:
@@ -282,10 +352,11 @@ class ConnectSpec:
     ports: list[int]  # clients are spread over these round-robin (several server processes)
     path: str
     tokens: list[str | None]  # one per client; None: no token in the URL
-    topics: list[list[str]]  # per client: topics to subscribe to (possibly empty)
+    topics: list[list[Any]]  # per client: subscribe entries, topics or objects (possibly empty)
     concurrency: int
     deflate: bool = False
     timeout: float = 60.0
+    subprotocols: list[str | None] | None = None  # per client (None: offer none)
 
 
 @dataclass
@@ -484,6 +555,9 @@ class Worker:
         self.errors: Counter[str] = Counter()
         self.closes: Counter[str] = Counter()
         self.received = 0  # messages, whether recorded or not
+        self.wire_bytes = 0  # bytes read from the sockets while recording (frames, headers)
+        self.messages = 0  # ticks recorded
+        self.latest: dict[tuple[int, bytes], float] | None = None  # (client, symbol) -> sent
         self.tracks: list[Track] = []  # stream mode
         self.rejoin: RejoinSpec | None = None  # stream mode: reconnect tracks that lose theirs
         self.stream_tasks: set[asyncio.Task[None]] = set()
@@ -507,7 +581,16 @@ class Worker:
                 try:
                     async with asyncio.timeout(spec.timeout):
                         _, client = await loop.create_connection(
-                            lambda: Client(self, spec.host, port, target, spec.deflate),
+                            lambda: Client(
+                                self,
+                                spec.host,
+                                port,
+                                target,
+                                spec.deflate,
+                                subprotocol=spec.subprotocols[number]
+                                if spec.subprotocols
+                                else None,
+                            ),
                             spec.host,
                             port,
                         )
@@ -549,11 +632,13 @@ class Worker:
             "finished": finished.tobytes(),
         }
 
-    def record(self, on: bool, mode: str) -> dict[str, Any]:
+    def record(self, on: bool, mode: str, latest: bool = False) -> dict[str, Any]:
         self.mode = mode
         self.sent = array.array("d")
         self.recv = array.array("d")
         self.keys = []
+        self.wire_bytes = self.messages = 0
+        self.latest = {} if latest else None
         self.recording = on
         return {"ok": True}
 
@@ -567,8 +652,16 @@ class Worker:
             "errors": dict(self.errors),
             "closes": dict(self.closes),
             "pid": os.getpid(),
+            "wire_bytes": self.wire_bytes,
+            "messages": self.messages,
         }
+        if self.latest is not None:  # per symbol: the last tick each client got of it
+            by_symbol: defaultdict[str, list[float]] = defaultdict(list)
+            for (_, symbol), sent in self.latest.items():
+                by_symbol[symbol.decode()].append(sent)
+            result["latest"] = dict(by_symbol)
         self.sent, self.recv, self.keys = array.array("d"), array.array("d"), []
+        self.latest = None
         return result
 
     async def close_all(self) -> dict[str, Any]:
@@ -832,12 +925,15 @@ class LoadGenerator:
         ports: list[int],
         path: str,
         tokens: Sequence[str | None],
-        topics: Sequence[list[str]],
+        topics: Sequence[list[Any]],
         concurrency: int,
         deflate: bool = False,
         timeout: float = 60.0,
+        subprotocols: Sequence[str | None] | None = None,
     ) -> dict[str, Any]:
-        """Open len(tokens) clients spread over the workers; returns timings and failures."""
+        """Open len(tokens) clients spread over the workers; returns timings and failures.
+
+        `subprotocols`: per client, the subprotocol it offers (None: none, JSON)."""
         count = len(self.pipes)
         per_worker_concurrency = max(1, concurrency // count)
         specs = []
@@ -852,6 +948,7 @@ class LoadGenerator:
                     concurrency=per_worker_concurrency,
                     deflate=deflate,
                     timeout=timeout,
+                    subprotocols=list(subprotocols[index::count]) if subprotocols else None,
                 )
             )
         started = time.time()
@@ -872,8 +969,9 @@ class LoadGenerator:
             "finished": list(finished),
         }
 
-    def record(self, mode: str = "tick") -> None:
-        self._all("record", [(True, mode)] * len(self.pipes))
+    def record(self, mode: str = "tick", latest: bool = False) -> None:
+        """Start recording; with `latest`, also the last tick each client gets of each symbol."""
+        self._all("record", [(True, mode, latest)] * len(self.pipes))
 
     def collect(self) -> dict[str, Any]:
         sent = array.array("d")
@@ -881,8 +979,13 @@ class LoadGenerator:
         keys: list[tuple[int, str, float]] = []
         errors: Counter[str] = Counter()
         closes: Counter[str] = Counter()
-        open_clients = 0
+        open_clients = wire_bytes = messages = 0
+        latest: defaultdict[str, list[float]] = defaultdict(list)
         for reply in self._all("collect", [None] * len(self.pipes)):
+            wire_bytes += reply["wire_bytes"]
+            messages += reply["messages"]
+            for symbol, values in reply.get("latest", {}).items():
+                latest[symbol] += values
             sent.frombytes(reply["sent"])
             recv.frombytes(reply["recv"])
             keys.extend(reply["keys"])
@@ -896,6 +999,9 @@ class LoadGenerator:
             "errors": dict(errors),
             "closes": dict(closes),
             "open": open_clients,
+            "wire_bytes": wire_bytes,
+            "messages": messages,
+            "latest": dict(latest),
         }
 
     def status(self) -> dict[str, Any]:

@@ -130,6 +130,9 @@ class ServerAdapter:
         """The `send` the outbox uses for messages (an adapter may make it wait)."""
         return send
 
+    def release(self) -> None:
+        """The client is gone: let go of what would keep the connection's objects alive."""
+
     async def close(self, send: Send, code: int, reason: str) -> None:
         closing: dict[str, Any] = {"type": "websocket.close", "code": int(code)}
         if reason:
@@ -274,6 +277,65 @@ def _uvicorn_type() -> type | None:
     return WebSocketsSansIOProtocol
 
 
+@functools.cache
+def _http_channel_type() -> type | None:
+    try:
+        from twisted.web.http import HTTPChannel
+    except ImportError:
+        return None
+    return HTTPChannel
+
+
+def _http_channel_of(transport: Any) -> Any:
+    """The HTTP channel that carried the connection's upgrade request, or None.
+
+    Twisted's HTTPChannel registers itself as its transport's producer (over TLS, wrapped in
+    the TLS layer's producer membrane) and stays so while the connection lives; nothing else
+    of the connection refers to it once Daphne has handed the transport to the WebSocket
+    protocol, so this is the one place to find it.
+    """
+    channel_type = _http_channel_type()
+    if channel_type is None:
+        return None
+    candidate = getattr(transport, "producer", None) or getattr(transport, "_producer", None)
+    for _ in range(3):
+        if candidate is None or isinstance(candidate, channel_type):
+            return candidate
+        candidate = getattr(candidate, "_producer", None)
+    return None
+
+
+def release_daphne_cycles(protocol: Any, http_channel: Any, name: str) -> None:
+    """Break the two reference cycles Daphne leaves behind each closed WebSocket connection.
+
+    Reference counting cannot free them, so each closed connection (its autobahn protocol with
+    its buffers, validators and queue; the upgrade request and its HTTP channel) would wait for
+    a full collection of the garbage collector, which tradingrt.asgi's tuning makes rare: memory
+    grows under connection churn (bench churn, docs/BENCHMARKS.md). The cycles:
+
+    - autobahn resolves the protocol's `is_closed` Deferred with the protocol itself;
+    - Twisted's HTTPChannel lists its requests, each request refers to its channel, and Daphne
+      hands the transport over at the upgrade without finishing the request.
+
+    Only once the connection is closed, and only when each object is what this expects;
+    otherwise nothing is touched (the collector still frees them, later).
+    """
+    try:
+        closed = getattr(protocol, "is_closed", None)
+        if (
+            closed is not None
+            and getattr(closed, "called", False)
+            and getattr(closed, "result", None) is protocol
+            and getattr(protocol, "state", None) == getattr(protocol, "STATE_CLOSED", object())
+        ):
+            closed.result = None  # what a late callback gets; nothing in Daphne adds one
+        requests = getattr(http_channel, "requests", None)
+        if isinstance(requests, list):
+            requests.clear()
+    except Exception:  # internals not as expected: leave them to the collector
+        logger.debug("Connection %s: Daphne's cycles left to the collector", name, exc_info=True)
+
+
 def _tcp_buffer_is_known(tcp: Any) -> bool:
     """Whether Twisted's tcp.Server keeps its unsent bytes where `_tcp_unsent` reads them."""
     return (
@@ -342,6 +404,11 @@ class DaphneTCPAdapter(ServerAdapter):
         self._state_open = protocol.STATE_OPEN
         self._send_ground = protocol.SEND_STATE_GROUND
         self._framed_alike: bool | None = None
+        self._http_channel = _http_channel_of(tcp)
+
+    def release(self) -> None:
+        release_daphne_cycles(self.protocol, self._http_channel, self.name)
+        self._http_channel = None
 
     def unsent_bytes(self) -> int:
         tcp = self.tcp
@@ -408,6 +475,7 @@ class DaphneTLSAdapter(DaphneTCPAdapter):
     def __init__(self, protocol: Any, tls: Any, tcp: Any, name: str) -> None:
         super().__init__(protocol, tcp, name)
         self.tls = tls
+        self._http_channel = _http_channel_of(tls)
         aggregator = getattr(tls, "_aggregator", None)
         self._aggregated: Callable[[], int] = (
             (lambda: aggregator.MAX_BUFFER_SIZE - aggregator._bufferLeft)
@@ -724,11 +792,17 @@ class Outbox:
             await asyncio.sleep(0.01)
 
     def disconnected(self) -> None:
-        """The client is gone: stop sending; what was queued is counted as dropped."""
+        """The client is gone: stop sending; what was queued is counted as dropped.
+
+        `give_up` is the connection's own method, so the outbox and its connection refer to
+        each other: that link goes now, so that reference counting frees a closed connection
+        at once instead of leaving a cycle for the collector's rare full collections."""
         self.closing = True
+        self.give_up = _gone
         if self._drain_task is not None:
             self._drain_task.cancel()
         self._drop_queue("the client disconnected")
+        self.adapter.release()
 
     def _drop_queue(self, why: str) -> None:
         if not self._queue:
@@ -738,6 +812,10 @@ class Outbox:
             "Connection %s: %d queued messages not sent: %s", self.name, len(self._queue), why
         )
         self._discard_queue()
+
+
+def _gone(code: int, reason: str) -> None:
+    """An outbox's `give_up` once its client is gone: nothing is left to close."""
 
 
 class _Resume:

@@ -104,3 +104,25 @@ def test_a_message_of_another_epoch_is_counted():
     track.received(tick(1), 1.1)
     track.received(tick(2, epoch="other"), 1.2)
     assert track.summary(final=2)["bad_epochs"] == 1
+
+
+def test_repeated_runs_report_each_target_as_the_median_run_with_its_range():
+    from bench.__main__ import combine_targets
+    from bench.common import target
+
+    def run(p99: float | None, rate: float) -> list[dict]:
+        return [
+            target("fan-out p99 ratio", p99, "<= 1.2", p99 is not None and p99 <= 1.2),
+            target("deliveries ratio", rate, ">= 0.9", rate >= 0.9),
+        ]
+
+    combined = combine_targets([run(1.5, 0.95), run(1.1, 0.80), run(1.3, 0.92), run(None, 0.5)])
+    p99, rate = combined
+    # The median of the measured runs is one run's own figure, with that run's verdict.
+    assert (p99["value"], p99["met"], p99["min"], p99["max"]) == (1.3, False, 1.1, 1.5)
+    assert p99["values"] == [1.5, 1.1, 1.3, None] and p99["met_in_runs"] == 1
+    assert (rate["value"], rate["met"], rate["min"], rate["max"]) == (0.8, False, 0.5, 0.95)
+    assert rate["met_in_runs"] == 2
+    # A target no run measured keeps its first run's entry, with every run's value.
+    (unmeasured,) = combine_targets([[target("t", None, "x", None)]] * 3)
+    assert unmeasured["value"] is None and unmeasured["values"] == [None, None, None]

@@ -104,7 +104,38 @@ def _check_storm(document: dict) -> None:
     assert document["summary"]["lost"] == 0 and document["summary"]["resets"] == 0
 
 
-@pytest.mark.timeout(300)
+def _check_encoding(document: dict) -> None:
+    summary = document["summary"]
+    assert set(summary) == {"json", "msgpack", "mix"}
+    for step in document["steps"]:
+        for name in ("fixed", "loaded"):
+            # every tick reached every subscriber, in either encoding
+            assert step[name]["received"] == step[name]["expected"] > 0, (step["mix"], name)
+            assert all(probe["probes"] for probe in step[name]["loop"]), "the loop probe ran"
+    json_bytes = summary["json"]["wire_bytes_per_message"]["median"]
+    msgpack_bytes = summary["msgpack"]["wire_bytes_per_message"]["median"]
+    # The same tick in MessagePack is smaller on the wire; the mix lies between the two.
+    assert msgpack_bytes < json_bytes
+    assert msgpack_bytes < summary["mix"]["wire_bytes_per_message"]["median"] < json_bytes
+    assert summary["msgpack"]["ratio_to_json"]["server_us_per_delivery"]["median"] > 0
+
+
+def _check_throttle(document: dict) -> None:
+    by_label = {run["label"]: run for run in document["runs"]}
+    throttled, unthrottled = by_label["throttled"], by_label["unthrottled"]
+    assert throttled["throttle_ms"] == 250 and unthrottled["throttle_ms"] == 0
+    for run in (throttled, unthrottled):
+        assert run["publish_statuses"] == {"202": run["requests"]}
+        assert run["closes"] == {} and run["errors"] == {}
+        # Every subscription ended on its symbol's last tick, throttled or not.
+        assert run["ended_on_last_tick"] == run["subscriptions"]
+        assert run["loop_while_publishing"]["probes"]
+    # Unthrottled, every tick reached every subscriber; throttled, fewer did.
+    assert unthrottled["delivered"] == unthrottled["demanded_unthrottled"]
+    assert 0 < throttled["delivered"] < unthrottled["delivered"]
+
+
+@pytest.mark.timeout(420)
 def test_every_benchmark_runs_in_quick_mode(tmp_path):
     command = [sys.executable, "-m", "bench", "all", "--quick", "--out", str(tmp_path)]
     skipped = []
@@ -120,13 +151,13 @@ def test_every_benchmark_runs_in_quick_mode(tmp_path):
         command += ["--skip", *skipped]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     run = subprocess.run(
-        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=280, check=False
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400, check=False
     )
     assert run.returncode == 0, f"{run.stdout[-4000:]}\n{run.stderr[-4000:]}"
 
     summary = _load(tmp_path, "all")
     ran = set(summary["scenarios"])
-    assert {"fanout", "e2e", "connections", "status"} <= ran
+    assert {"fanout", "e2e", "connections", "status", "encoding", "throttle"} <= ran
     assert set(summary["skipped"]) == set(skipped)
 
     _check_fanout(_load(tmp_path, "fanout"), "daphne")
@@ -140,6 +171,9 @@ def test_every_benchmark_runs_in_quick_mode(tmp_path):
     assert e2e["tick_reference"]["received"] == e2e["tick_reference"]["expected"]
 
     _check_connections(_load(tmp_path, "connections"), "daphne")
+
+    _check_encoding(_load(tmp_path, "encoding"))
+    _check_throttle(_load(tmp_path, "throttle"))
 
     status = _load(tmp_path, "status")
     assert status["full"]["active_connections"] == status["params"]["connections"]

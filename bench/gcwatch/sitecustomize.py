@@ -1,4 +1,5 @@
-"""Log the server's garbage collections (gen >= 1, or any over 2 ms) for the benchmarks.
+"""Log the server's garbage collections (gen >= 1, or any over 2 ms) and its event loop's
+latency for the benchmarks.
 
 Put on PYTHONPATH with BENCH_GC_LOG=<file> by bench.common.Server: each collection appends
 "<unix time at start> <generation> <milliseconds>" to the file. It only observes (a callback
@@ -34,6 +35,166 @@ if _path:
         with open(f"{_path}.census.{os.getpid()}", "w") as out:
             json.dump({"tracked": len(objects), "types": kinds.most_common()}, out)
 
+    def _edge(source: object, target: object) -> str:
+        """How `source` refers to `target`: an attribute or key name where there is one."""
+        if isinstance(source, dict):
+            for key, value in source.items():
+                if value is target:
+                    return f"[{key!r}]"
+            return "[key]"
+        if isinstance(source, (list, tuple, set, frozenset)):
+            return "[i]"
+        for name in ("__dict__", "__self__", "__func__", "__closure__", "cell_contents"):
+            if getattr(source, name, None) is target:
+                return f".{name}"
+        for name in getattr(type(source), "__slots__", ()):
+            if getattr(source, name, None) is target:
+                return f".{name}"
+        return "->"
+
+    def _cycle_through(type_name: str, garbage: list) -> list[str] | None:
+        """The shortest reference path from one garbage object of `type_name` back to itself,
+        through garbage objects only: the cycle that kept it for the collector."""
+        start = next((o for o in garbage if type(o).__qualname__ == type_name), None)
+        if start is None:
+            return None
+        inside = {id(o) for o in garbage}
+        previous: dict[int, object] = {}
+        frontier = [start]
+        seen = {id(start)}
+        while frontier:
+            following = []
+            for node in frontier:
+                for child in gc.get_referents(node):
+                    if child is start:
+                        path = [f"{type(node).__qualname__}{_edge(node, start)}"]
+                        while node is not start:
+                            parent = previous[id(node)]
+                            path.append(f"{type(parent).__qualname__}{_edge(parent, node)}")
+                            node = parent
+                        return list(reversed(path))
+                    if id(child) in inside and id(child) not in seen:
+                        seen.add(id(child))
+                        previous[id(child)] = node
+                        following.append(child)
+            frontier = following
+        return None
+
+    def _garbage(signum: int, frame: object) -> None:
+        """On SIGUSR2: a full collection that keeps what it finds (gc.DEBUG_SAVEALL), and the
+        types of those objects: what reference counting alone could not free (cycles)."""
+        import collections
+        import json
+
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            found = gc.collect()
+            kinds = collections.Counter(type(o).__qualname__ for o in gc.garbage)
+            modules = collections.Counter(
+                getattr(type(o), "__module__", "?") or "?" for o in gc.garbage
+            )
+            cycles = {
+                name: _cycle_through(name, gc.garbage)
+                for name in filter(None, os.environ.get("BENCH_GC_CYCLES", "").split(","))
+            }
+        finally:
+            gc.garbage.clear()
+            gc.set_debug(0)
+        with open(f"{_path}.garbage.{os.getpid()}", "w") as out:
+            json.dump(
+                {
+                    "unreachable": found,
+                    "types": kinds.most_common(),
+                    "modules": modules.most_common(),
+                    "cycles": cycles,
+                },
+                out,
+            )
+
     import signal
 
     signal.signal(signal.SIGUSR1, _census)
+    signal.signal(signal.SIGUSR2, _garbage)
+
+    # --- What memory is allocated where (BENCH_TRACEMALLOC=frames): tracemalloc from start-up,
+    # and on SIGRTMIN+1 a snapshot written beside the GC log (compared by bench connections).
+    _trace_frames = int(os.environ.get("BENCH_TRACEMALLOC", "0") or 0)
+    if _trace_frames:
+        import tracemalloc
+
+        tracemalloc.start(_trace_frames)
+        _snapshots = [0]
+
+        def _snapshot(signum: int, frame: object) -> None:
+            _snapshots[0] += 1
+            snapshot = tracemalloc.take_snapshot().filter_traces(
+                [tracemalloc.Filter(False, tracemalloc.__file__)]
+            )
+            target = f"{_path}.tracemalloc.{os.getpid()}.{_snapshots[0]}"
+            snapshot.dump(target + ".part")
+            os.replace(target + ".part", target)
+
+        signal.signal(signal.SIGRTMIN + 1, _snapshot)
+
+
+# --- Event-loop latency: how long a callback waits to run (BENCH_LOOP_LOG) -------------------
+# A thread asks the server's loop to run a probe (`call_soon_threadsafe`) every PROBE_SECS and
+# waits for it; the wait is how long the loop took to get to a callback posted at that moment:
+# the rest of whatever callback was running plus everything queued ahead. Each probe that waited
+# longer than LOG_ABOVE_MS is logged as "<unix time posted> <milliseconds>", and one line per
+# second "<time> s <probes> <max ms>" records that the probe ran, so a quiet log means a
+# responsive loop rather than a dead watcher. The loop is found when it starts running
+# (asyncio.events._set_running_loop, called by every asyncio loop's run_forever, Twisted's
+# asyncio reactor included); no loop found: nothing is logged.
+
+_loop_path = os.environ.get("BENCH_LOOP_LOG")
+if _loop_path:
+    import asyncio.events
+    import threading
+
+    PROBE_SECS = 0.01
+    LOG_ABOVE_MS = 5.0
+    _original_set_running_loop = asyncio.events._set_running_loop
+    _watched: list[object] = []
+
+    def _probe_loop(loop: "asyncio.AbstractEventLoop") -> None:
+        log = open(f"{_loop_path}.{os.getpid()}", "a", buffering=1)  # noqa: SIM115
+        ran = threading.Event()
+
+        def _ran() -> None:
+            ran.set()
+
+        second, probes, worst = int(time.time()), 0, 0.0
+        while not loop.is_closed():
+            ran.clear()
+            posted, started = time.time(), time.perf_counter()
+            try:
+                loop.call_soon_threadsafe(_ran)
+            except RuntimeError:  # closed meanwhile
+                return
+            while not ran.wait(1.0):
+                if loop.is_closed() or not loop.is_running():
+                    return
+            waited = (time.perf_counter() - started) * 1000
+            probes += 1
+            worst = max(worst, waited)
+            if waited > LOG_ABOVE_MS:
+                log.write(f"{posted:.4f} {waited:.2f}\n")
+            if int(posted) != second:
+                log.write(f"{second} s {probes} {worst:.2f}\n")
+                second, probes, worst = int(posted), 0, 0.0
+            time.sleep(PROBE_SECS)
+
+    def _set_running_loop(loop: "asyncio.AbstractEventLoop | None") -> None:
+        _original_set_running_loop(loop)
+        if (
+            loop is not None
+            and not _watched
+            and threading.current_thread() is threading.main_thread()
+        ):
+            _watched.append(loop)
+            threading.Thread(
+                target=_probe_loop, args=(loop,), name="bench-loop-probe", daemon=True
+            ).start()
+
+    asyncio.events._set_running_loop = _set_running_loop
