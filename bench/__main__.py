@@ -11,6 +11,9 @@
   throttle      9. 1,000 connections x 20 symbols throttled at 250 ms against unthrottled
   churn        10. memory left behind by 8,000 connections that connected, subscribed, left
   all           every scenario above, in order (--quick: tiny sizes, for the test suite)
+  curves        growth curves: fan-out by subscribers, memory by connections, rate by
+                processes, each with the baseline, drawn as PNG (not part of `all`)
+  plot          draw the curves again from a curves.json
 
 Each prints its tables and writes bench/results/<name>.json (--out to write elsewhere). Every
 scenario with a comparable figure also measures the bare `websockets` baseline in the same run.
@@ -64,6 +67,10 @@ def _connections_arguments(parser: argparse.ArgumentParser, *, alone: bool = Tru
     if alone:
         parser.add_argument("--no-baseline", action="store_true")
         parser.add_argument("--deflate", action="store_true", help="clients offer deflate")
+
+
+def _counts(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,6 +138,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--batch", type=int, default=0, help="connected at a time (default 200)")
     sub.add_argument("--server", choices=["daphne", "uvicorn"], default="daphne")
     sub.add_argument("--no-baseline", action="store_true")
+    sub = commands.add_parser("curves", help="growth curves against the baseline, as PNG")
+    _common_arguments(sub)
+    sub.add_argument(
+        "--subscriber-counts", type=_counts, default=None, help="default 1000,2000,5000,10000"
+    )
+    sub.add_argument(
+        "--connection-counts", type=_counts, default=None, help="default 1000,...,19500"
+    )
+    sub = commands.add_parser("plot", help="draw curves.json's PNGs")
+    sub.add_argument("file", help="a curves.json written by `curves`")
+    sub.add_argument("--to", help="directory for the PNGs (default: beside the JSON)")
     sub = commands.add_parser("all", help="every scenario")
     _common_arguments(sub)
     sub.add_argument("--skip", nargs="*", default=[], help="scenarios to leave out")
@@ -429,9 +447,30 @@ def _run_scenarios(options: argparse.Namespace, summary: dict[str, Any]) -> None
         }
 
 
+def run_curves(options: argparse.Namespace) -> dict[str, Any]:
+    from bench import curves
+
+    return curves.run(options, fanout_options)
+
+
+def run_plot(options: argparse.Namespace) -> dict[str, Any]:
+    from bench import curves
+
+    source = Path(options.file)
+    drawn = curves.plot(json.loads(source.read_text()), Path(options.to or source.parent))
+    for path in drawn:
+        print(f"drawn: {path}")
+    return {"drawn": [str(path) for path in drawn]}
+
+
 def main(argv: list[str] | None = None) -> int:
     options = build_parser().parse_args(argv)
-    runner = run_all if options.scenario == "all" else SCENARIOS[options.scenario]
+    extra = {"curves": run_curves, "plot": run_plot}
+    runner = (
+        run_all
+        if options.scenario == "all"
+        else extra.get(options.scenario) or SCENARIOS[options.scenario]
+    )
     result = runner(options)
     json.dumps(result)  # must be serialisable
     return 0

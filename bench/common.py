@@ -34,9 +34,17 @@ LOOPBACK = "127.0.0.1"  # every benchmark targets loopback only
 # --- the process and the machine ----------------------------------------------------------
 
 
+WANTED_NOFILE = 65536  # 20,000 connections and their server's own files, with room
+
+
 def raise_nofile() -> int:
-    """Raise this process's open-files limit to its hard limit; returns the new soft limit."""
+    """Raise this process's open-files limit to its hard limit, and the hard limit to
+    WANTED_NOFILE where the process may (root); returns the new soft limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < WANTED_NOFILE:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (WANTED_NOFILE, WANTED_NOFILE))
+            soft = hard = WANTED_NOFILE
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]

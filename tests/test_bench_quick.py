@@ -192,3 +192,42 @@ def test_every_benchmark_runs_in_quick_mode(tmp_path):
         _check_connections(_load(tmp_path, "uvicorn_connections"), "uvicorn")
         _check_connections(_load(tmp_path, "uvicorn_connections_deflate"), "uvicorn")
         assert _load(tmp_path, "uvicorn")["parts"]
+
+
+@pytest.mark.timeout(300)
+def test_the_growth_curves_run_in_quick_mode_and_are_drawn(tmp_path):
+    """`bench curves --quick`: every point measured with its baseline, and four PNGs drawn
+    from the JSON (again by `bench plot`)."""
+    command = [sys.executable, "-m", "bench", "curves", "--quick", "--out", str(tmp_path)]
+    redis_url = os.environ.get("TEST_REDIS_URL")
+    if redis_url:
+        command += ["--redis-url", redis_url]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    run = subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=280, check=False
+    )
+    assert run.returncode == 0, f"{run.stdout[-4000:]}\n{run.stderr[-4000:]}"
+    document = _load(tmp_path, "curves")
+    assert [p["subscribers"] for p in document["fanout"]] == [20, 40]
+    for point in document["fanout"]:
+        for label in ("daphne", "baseline"):
+            assert point[label]["delivered_pct"] == 100.0
+            assert point[label]["p99_ms"] > 0 and point[label]["server_us_per_delivery"] > 0
+    for label in ("daphne", "baseline"):
+        steps = document["memory"][label]
+        assert [s["connections"] for s in steps] == [20, 40]
+        assert all(s["rss_kib"] > 0 for s in steps)
+    processes = [p["processes"] for p in document["processes"]]
+    assert processes == ([1, 2] if redis_url else [1])
+    assert document["processes"][0]["daphne"]["max_delivery_per_s"] > 0
+    names = {"fanout-p99", "fanout-cpu", "memory", "processes"}
+    images = {name: tmp_path / f"curves-{name}.png" for name in names}
+    for image in images.values():
+        assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        image.unlink()
+    replot = subprocess.run(
+        [sys.executable, "-m", "bench", "plot", str(tmp_path / "curves.json")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert replot.returncode == 0, replot.stderr[-2000:]
+    assert all(image.exists() for image in images.values())
