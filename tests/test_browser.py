@@ -6,9 +6,11 @@ appear on the page without a reload. Screenshots go to var/test-artifacts/.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import signal
+import time
 from pathlib import Path
 
 import httpx
@@ -53,8 +55,10 @@ async def fill(client: httpx.AsyncClient, order: dict, quantity: str, price: str
     assert response.status_code == 201, response.text
 
 
-async def sign_in(page, server: LiveServer, username: str, path: str = "/") -> None:
-    await page.goto(server.http_url + path)
+async def sign_in(
+    page, server: LiveServer, username: str, path: str = "/", *, origin: str | None = None
+) -> None:
+    await page.goto((origin or server.http_url) + path)
     await page.get_by_label("Username").fill(username)
     await page.get_by_label("Password").fill(PASSWORD)
     await page.get_by_role("button", name="Sign in").click()
@@ -659,6 +663,66 @@ async def test_a_drop_during_sign_in_still_fills_the_tables(dashboard, page, tra
     )
     await expect(page.locator("#activity")).to_contain_text("Connection closed")
     assert page.page_errors == []
+
+
+# The page's jitter at its top: each reconnect waits the whole ceiling of its backoff, so the
+# intervals between attempts are the backoff's own (full jitter would make them random below it).
+HIGHEST_JITTER = "Math.random = () => 0.999;"
+RECORD_CLOSES = """() => {
+  window.closes = [];
+  tradingrtDashboard.client.onClose((event) => closes.push(event.code));
+}"""
+
+
+async def test_a_server_that_closes_every_connection_after_login_is_retried_ever_later(
+    request, trader, trader_token, staff_token
+):
+    """Issue 19, item 3: a server that closes each connection with 4508 (slow consumer) right
+    after its login. Caused for real: the server's send buffer is 1 KiB, over TLS (whose writes
+    wait for the next turn of the loop), and while the page was offline 300 ticks went by; each
+    resume is answered with their replay, which overflows the buffer at once. The page's attempts
+    come further and further apart (not every 0.5 s), and no attempt reloads the REST lists."""
+    server = LiveServer(realtime={"SEND_BUFFER_MAX_BYTES": 1024}, tls=True).start()
+    origin = f"https://127.0.0.1:{server.tls_port}"
+    try:
+        async with api(server, trader_token) as client:
+            await place(client, symbol="BURST")
+        async with open_page(request.node.name, ignore_https_errors=True) as page:
+            await page.add_init_script(HIGHEST_JITTER)
+            attempts: list[float] = []  # when the page opened each WebSocket
+            page.on("websocket", lambda ws: attempts.append(time.monotonic()))
+            await sign_in(page, server, "alice", origin=origin)
+            await expect(page.locator('#ticker [data-symbol="BURST"]')).to_be_visible()
+            await expect(page.locator("#session-topics")).to_contain_text("market:BURST")
+            list_requests = count_list_requests(page)
+            await page.evaluate(RECORD_CLOSES)
+
+            await page.context.set_offline(True)
+            connection = page.locator("#connection")
+            await expect(connection).to_have_attribute("data-state", "reconnecting")
+            ticks = [{"symbol": "BURST", "last": "1.5", "volume": str(n)} for n in range(300)]
+            async with api(server, staff_token) as gateway:
+                response = await gateway.post("/api/market-data/", json=ticks)
+                assert response.status_code == 202, response.text
+            attempts.clear()
+            await page.context.set_offline(False)  # `online`: the first attempt is at once
+
+            await page.wait_for_function("closes.filter((code) => code === 4508).length >= 5",
+                                         timeout=RECONNECT_TIMEOUT_MS)  # fmt: skip
+            closes = await page.evaluate("closes")
+            assert closes[0] != 4508  # the page going offline
+            assert set(closes[1:]) == {4508}, closes
+            await expect(page.locator("#activity")).to_contain_text("too slow to keep up")
+            intervals = [later - earlier for earlier, later in itertools.pairwise(attempts)]
+            # The backoff's ceilings are 0.5, 1, 2, 4 s; a reset on each login would make every
+            # one 0.5 s.
+            assert len(intervals) >= 4, attempts
+            assert all(b > a for a, b in itertools.pairwise(intervals[:4])), intervals
+            assert intervals[3] > 3, intervals
+            assert list_requests == []  # resumed each time, never reloaded over REST
+            assert page.page_errors == []
+    finally:
+        server.stop()
 
 
 # --- the examples in docs/PROTOCOL.md -------------------------------------------------------
