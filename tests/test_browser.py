@@ -679,9 +679,10 @@ async def test_a_server_that_closes_every_connection_after_login_is_retried_ever
 ):
     """Issue 19, item 3: a server that closes each connection with 4508 (slow consumer) right
     after its login. Caused for real: the server's send buffer is 1 KiB, over TLS (whose writes
-    wait for the next turn of the loop), and while the page was offline 300 ticks went by; each
-    resume is answered with their replay, which overflows the buffer at once. The page's attempts
-    come further and further apart (not every 0.5 s), and no attempt reloads the REST lists."""
+    wait for the next turn of the loop), and while the page's client was stopped 300 ticks went
+    by; each resume is answered with their replay, which overflows the buffer at once. The
+    page's attempts come further and further apart (not every 0.5 s), and no attempt reloads the
+    REST lists."""
     server = LiveServer(realtime={"SEND_BUFFER_MAX_BYTES": 1024}, tls=True).start()
     origin = f"https://127.0.0.1:{server.tls_port}"
     try:
@@ -697,29 +698,32 @@ async def test_a_server_that_closes_every_connection_after_login_is_retried_ever
             list_requests = count_list_requests(page)
             await page.evaluate(RECORD_CLOSES)
 
-            await page.context.set_offline(True)
-            connection = page.locator("#connection")
-            await expect(connection).to_have_attribute("data-state", "reconnecting")
+            # The page stops its client, and misses ticks until it starts it again.
+            await page.evaluate("tradingrtDashboard.client.close()")
+            await expect(page.locator("#connection")).not_to_have_attribute(
+                "data-state", "connected"
+            )
             ticks = [{"symbol": "BURST", "last": "1.5", "volume": str(n)} for n in range(300)]
             async with api(server, staff_token) as gateway:
                 response = await gateway.post("/api/market-data/", json=ticks)
                 assert response.status_code == 202, response.text
             attempts.clear()
-            await page.context.set_offline(False)  # `online`: the first attempt is at once
+            await page.evaluate("tradingrtDashboard.client.connect().catch(() => {})")
 
-            await page.wait_for_function("closes.filter((code) => code === 4508).length >= 5",
-                                         timeout=RECONNECT_TIMEOUT_MS)  # fmt: skip
+            await page.wait_for_function(
+                "closes.filter((code) => code === 4508).length >= 5", timeout=RECONNECT_TIMEOUT_MS
+            )
             closes = await page.evaluate("closes")
-            assert closes[0] != 4508  # the page going offline
+            assert closes[0] != 4508  # the page's own close
             assert set(closes[1:]) == {4508}, closes
             await expect(page.locator("#activity")).to_contain_text("too slow to keep up")
+            assert list_requests == []  # resumed each time, never reloaded over REST
             intervals = [later - earlier for earlier, later in itertools.pairwise(attempts)]
             # The backoff's ceilings are 0.5, 1, 2, 4 s; a reset on each login would make every
             # one 0.5 s.
             assert len(intervals) >= 4, attempts
             assert all(b > a for a, b in itertools.pairwise(intervals[:4])), intervals
             assert intervals[3] > 3, intervals
-            assert list_requests == []  # resumed each time, never reloaded over REST
             assert page.page_errors == []
     finally:
         server.stop()
