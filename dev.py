@@ -77,8 +77,8 @@ def ensure_environment(extras: str = "dev") -> None:
 
 
 def ensure_node_tools() -> Path | None:
-    """Install the JavaScript tools of package-lock.json (TypeScript, the msgpack package the
-    client's vendored copy comes from) into ./node_modules, unless up to date.
+    """Install the JavaScript tools of package-lock.json (TypeScript, ESLint, the msgpack package
+    the client's vendored copy comes from) into ./node_modules, unless up to date.
 
     `npm ci` installs exactly the locked versions, checked by integrity. Returns the directory,
     or None when npm is not installed (the JavaScript checks then cannot run).
@@ -123,10 +123,15 @@ def vendored_msgpack_differences() -> list[str]:
 
 def check_javascript() -> int:
     """Type-check the JavaScript client (its declarations through a usage of the package, and
-    client.js against its JSDoc) and compare its vendored codec with the locked package."""
+    client.js against its JSDoc), lint the project's own JavaScript with ESLint (the client and
+    the dashboard; eslint.config.js leaves vendored code out), and compare the client's vendored
+    codec with the locked package."""
     node_modules = ensure_node_tools()
     if node_modules is None:
-        message = "npm was not found: the JavaScript checks need Node.js 18+ (apt-get install npm)"
+        message = (
+            "npm was not found: the JavaScript checks need npm and Node.js 20.19+ (ESLint's "
+            "minimum): apt-get install npm"
+        )
         if os.environ.get("CI") or os.environ.get("TRADINGRT_REQUIRE_SERVICES"):
             print(message, file=sys.stderr)
             return 1
@@ -137,6 +142,9 @@ def check_javascript() -> int:
         print(f"$ node_modules/.bin/tsc -p {project}", flush=True)
         if subprocess.call([str(tsc), "-p", project], cwd=ROOT) != 0:
             return 1
+    print("$ node_modules/.bin/eslint .", flush=True)
+    if subprocess.call([str(node_modules / ".bin" / "eslint"), "."], cwd=ROOT) != 0:
+        return 1
     print("$ compare realtime/static/realtime/vendor/msgpack with @msgpack/msgpack", flush=True)
     problems = vendored_msgpack_differences()
     for problem in problems:
@@ -211,7 +219,7 @@ def test(options: argparse.Namespace) -> int:
 
 def check(options: argparse.Namespace) -> int:
     """Static checks: ruff, mypy, migrations in step with the models, the OpenAPI schema, and
-    the JavaScript client's types and vendored codec."""
+    the JavaScript: the client's types, ESLint on the client and dashboard, the vendored codec."""
     ensure_environment()
     steps = [
         [str(BIN / "ruff"), "check", "."],

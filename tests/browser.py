@@ -77,8 +77,13 @@ def _playwright() -> Any:
 
 
 @contextlib.asynccontextmanager
-async def open_page(name: str, viewport: dict[str, int] = VIEWPORT) -> AsyncIterator[Any]:
+async def open_page(
+    name: str, viewport: dict[str, int] = VIEWPORT, *, ignore_https_errors: bool = False
+) -> AsyncIterator[Any]:
     """A page in a fresh headless Chromium profile; on failure a screenshot is left in ARTIFACTS.
+
+    `ignore_https_errors` lets it open a LiveServer's TLS port, whose certificate comes from a CA
+    made for that server.
 
     The page's console lines and uncaught errors are collected in `page.console_lines` and
     `page.page_errors`, and printed at the end (pytest shows them for failed tests).
@@ -94,6 +99,7 @@ async def open_page(name: str, viewport: dict[str, int] = VIEWPORT) -> AsyncIter
                 headless=True,
                 args=CHROMIUM_ARGS,
                 viewport=viewport,
+                ignore_https_errors=ignore_https_errors,
             )
             page = context.pages[0] if context.pages else await context.new_page()
             page.console_lines = []

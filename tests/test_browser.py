@@ -6,6 +6,7 @@ appear on the page without a reload. Screenshots go to var/test-artifacts/.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import signal
@@ -53,8 +54,10 @@ async def fill(client: httpx.AsyncClient, order: dict, quantity: str, price: str
     assert response.status_code == 201, response.text
 
 
-async def sign_in(page, server: LiveServer, username: str, path: str = "/") -> None:
-    await page.goto(server.http_url + path)
+async def sign_in(
+    page, server: LiveServer, username: str, path: str = "/", *, origin: str | None = None
+) -> None:
+    await page.goto((origin or server.http_url) + path)
     await page.get_by_label("Username").fill(username)
     await page.get_by_label("Password").fill(PASSWORD)
     await page.get_by_role("button", name="Sign in").click()
@@ -659,6 +662,79 @@ async def test_a_drop_during_sign_in_still_fills_the_tables(dashboard, page, tra
     )
     await expect(page.locator("#activity")).to_contain_text("Connection closed")
     assert page.page_errors == []
+
+
+# The page's jitter at its top: each reconnect waits the whole ceiling of its backoff, so the
+# intervals between attempts are the backoff's own (full jitter would make them random below it);
+# and when, by the page's clock, each of its (real) WebSockets was made.
+HIGHEST_JITTER_AND_ATTEMPTS = """
+Math.random = () => 0.999;
+window.attempts = [];
+window.WebSocket = class extends WebSocket {
+  constructor(...args) {
+    super(...args);
+    attempts.push(performance.now());
+  }
+};
+"""
+RECORD_CLOSES = """() => {
+  window.closes = [];
+  tradingrtDashboard.client.onClose((event) => closes.push(event.code));
+}"""
+
+
+async def test_a_server_that_closes_every_connection_after_login_is_retried_ever_later(
+    request, trader, trader_token, staff_token
+):
+    """Issue 19, item 3: a server that closes each connection with 4508 (slow consumer) right
+    after its login. Caused for real: the server's send buffer is 1 KiB, over TLS (whose writes
+    wait for the next turn of the loop), and while the page's client was stopped 300 ticks went
+    by; each resume is answered with their replay, which overflows the buffer at once. The
+    page's attempts come further and further apart (not every 0.5 s), and no attempt reloads the
+    REST lists."""
+    server = LiveServer(realtime={"SEND_BUFFER_MAX_BYTES": 1024}, tls=True).start()
+    origin = f"https://127.0.0.1:{server.tls_port}"
+    try:
+        async with api(server, trader_token) as client:
+            await place(client, symbol="BURST")
+        async with open_page(request.node.name, ignore_https_errors=True) as page:
+            await page.add_init_script(HIGHEST_JITTER_AND_ATTEMPTS)
+            await sign_in(page, server, "alice", origin=origin)
+            await expect(page.locator('#ticker [data-symbol="BURST"]')).to_be_visible()
+            await expect(page.locator("#session-topics")).to_contain_text("market:BURST")
+            list_requests = count_list_requests(page)
+            await page.evaluate(RECORD_CLOSES)
+
+            # The page stops its client, and misses ticks until it starts it again.
+            await page.evaluate("tradingrtDashboard.client.close()")
+            await expect(page.locator("#connection")).not_to_have_attribute(
+                "data-state", "connected"
+            )
+            ticks = [{"symbol": "BURST", "last": "1.5", "volume": str(n)} for n in range(300)]
+            async with api(server, staff_token) as gateway:
+                response = await gateway.post("/api/market-data/", json=ticks)
+                assert response.status_code == 202, response.text
+            await page.evaluate(
+                "attempts.length = 0; tradingrtDashboard.client.connect().catch(() => {})"
+            )
+
+            await page.wait_for_function(
+                "closes.filter((code) => code === 4508).length >= 5", timeout=RECONNECT_TIMEOUT_MS
+            )
+            closes = await page.evaluate("closes")
+            assert closes[0] != 4508  # the page's own close
+            assert set(closes[1:]) == {4508}, closes
+            await expect(page.locator("#activity")).to_contain_text("too slow to keep up")
+            assert list_requests == []  # resumed each time, never reloaded over REST
+            attempts = await page.evaluate("attempts")
+            intervals = [round(b - a) for a, b in itertools.pairwise(attempts)]  # ms
+            # Each at least the backoff's next delay, 0.999 of 0.5, 1, 2, 4 s (and the connection
+            # and login besides); a reset on each login would make every one about 0.5 s.
+            assert len(intervals) >= 4, intervals
+            assert all(ms >= 499 * 2**n for n, ms in enumerate(intervals[:4])), intervals
+            assert page.page_errors == []
+    finally:
+        server.stop()
 
 
 # --- the examples in docs/PROTOCOL.md -------------------------------------------------------

@@ -2432,6 +2432,70 @@ async def test_against_a_frozen_server_it_notices_by_itself_and_resumes_once_it_
         await page.evaluate("client.dispose()")
 
 
+# A real WebSocket that records, in order, what the page sends and receives on it.
+RECORDING_WEB_SOCKET = """
+window.frames = [];
+window.RecordingWebSocket = class extends WebSocket {
+  constructor(...args) {
+    super(...args);
+    this.addEventListener("message", (event) => frames.push(["in", JSON.parse(event.data)]));
+  }
+  send(data) {
+    frames.push(["out", JSON.parse(data)]);
+    super.send(data);
+  }
+};
+"""
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+async def test_against_the_server_heartbeats_go_on_after_one_is_answered_rate_limited(
+    browser_page, trader, trader_token
+):
+    """Issue 19, item 3: the server's inbound rate limit refuses most of the client's HEARTBEATs
+    with ERROR rate_limited (2 messages a second, HEARTBEATs every 100 ms). Such a reply is an
+    answer: the client keeps sending HEARTBEATs, some are answered, and the connection stays."""
+    limits = {"RATE_LIMIT_PER_SEC": 2, "RATE_LIMIT_BURST": 2, "RATE_LIMIT_MAX_STRIKES": 1000}
+    with live_server(realtime=limits) as server:
+        page = await live_page(browser_page, server)
+        await page.add_script_tag(content=RECORDING_WEB_SOCKET)
+        await page.evaluate(
+            """async ([token, topic]) => {
+              window.closes = [];
+              window.received = [];
+              window.client = new rt.RealtimeClient({ token, heartbeatIntervalMs: 100,
+                WebSocket: RecordingWebSocket });
+              client.onClose((event) => closes.push([event.code, event.reason]));
+              client.onTopic(topic, (message) => received.push(message.payload));
+              await client.connect();
+              await client.subscribe(topic);
+            }""",
+            [trader_token, f"user:{trader.pk}:orders"],
+        )
+        refused = """frames.findIndex(([way, m]) => way === "in" && m.type === "ERROR"
+            && m.payload.code === "rate_limited"
+            && frames.some(([w, s]) => w === "out" && s.id === m.id && s.type === "HEARTBEAT"))"""
+        await page.wait_for_function(f"({refused}) >= 0", timeout=10_000)
+        # After the first refusal: more HEARTBEATs go out, and some of them are answered.
+        await page.wait_for_function(
+            f"""(() => {{
+              const after = frames.slice({refused} + 1);
+              const sent = after.filter(([w, m]) => w === "out" && m.type === "HEARTBEAT");
+              const answered = after.filter(([w, m]) => w === "in" && m.type === "HEARTBEAT"
+                && sent.some(([, s]) => s.id === m.id));
+              return sent.length >= 10 && answered.length >= 2;
+            }})()""",
+            timeout=10_000,
+        )
+        assert await page.evaluate("[client.state, closes]") == ["connected", []]
+        # The socket is live: an order placed now arrives on it.
+        order = await post_order(server, trader_token)
+        await page.wait_for_function("received.length === 1", timeout=5_000)
+        assert await page.evaluate("received[0].id") == order["id"]
+        await page.evaluate("client.dispose()")
+
+
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
 async def test_against_the_server_going_offline_drops_at_once_and_online_reconnects(

@@ -556,7 +556,9 @@ export class RealtimeClient {
       fresh.push(subscription);
     }
     if (this._state !== State.CONNECTED) {
-      return new Promise((resolve, reject) => this._waiters.push({ names, resolve, reject }));
+      return new Promise((resolve, reject) => {
+        this._waiters.push({ names, resolve, reject });
+      });
     }
     const cause = (subscription) => (subscription.restored ? "reload" : "subscribe");
     const ws = this._ws;
@@ -566,7 +568,9 @@ export class RealtimeClient {
         if (error.code === "closed") {
           if (this._stopped) throw error; // kept, for a later connect()
           // Asked again by the next connection's resubscription, which answers this call.
-          return new Promise((resolve, reject) => this._waiters.push({ names, resolve, reject }));
+          return new Promise((resolve, reject) => {
+            this._waiters.push({ names, resolve, reject });
+          });
         }
         // Refused (an ERROR reply): not held, so never silently left out of resubscriptions.
         for (const subscription of created) this._fail(subscription, error.code, error.message);
@@ -1573,7 +1577,9 @@ export class RealtimeClient {
 
   _whenReady() {
     if (this._state === State.CONNECTED) return Promise.resolve(this._session);
-    return new Promise((resolve, reject) => this._ready.push({ resolve, reject }));
+    return new Promise((resolve, reject) => {
+      this._ready.push({ resolve, reject });
+    });
   }
 
   // --- internals: liveness ----------------------------------------------------------------

@@ -100,6 +100,9 @@ let me = null; // the signed-in user's id, once the socket has authenticated
 let scopeAll = false; // staff (or a permission holder) sees everyone's rows
 
 const names = new UserNames({ api, onNames: () => renderNames() });
+// Declared before the tables: their watchers column reads both.
+const presence = new Presence({ client, names, onChange: () => renderPresence() });
+let presenceShown = false; // staff see presence
 const userText = (id) => names.text(id);
 const userTitle = (id) => (id === null || id === undefined ? "" : `user #${id}`);
 const statusBadge = (status) => `badge badge-${String(status).toLowerCase().replace(/_/g, "-")}`;
@@ -205,9 +208,6 @@ tables.strategies.onChange(() => {
 });
 
 // --- presence -------------------------------------------------------------------------------
-
-const presence = new Presence({ client, names, onChange: () => renderPresence() });
-let presenceShown = false; // staff see presence
 
 /** Be seen watching the strategies on screen; staff also follow who watches them. */
 function watchStrategies() {
@@ -510,8 +510,13 @@ function noteRecovery(verb, { replayed = 0, reason = null }) {
   time.textContent = formatTime(recovery.at.toISOString());
 }
 
-const verbGroup = (verb) => (verb === "Repaired" ? "repair" : "resume");
-const plural = (count, noun) => `${count} ${noun}${count === 1 ? "" : "s"}`;
+function verbGroup(verb) {
+  return verb === "Repaired" ? "repair" : "resume";
+}
+
+function plural(count, noun) {
+  return `${count} ${noun}${count === 1 ? "" : "s"}`;
+}
 
 /** Subscribe to the market data of newly seen symbols, up to MAX_MARKET_SYMBOLS. */
 function watchSymbols(symbols) {
