@@ -506,9 +506,10 @@ class Server:
         return self.directory / f"loop-{self.port}"
 
     def loop_latency(self, since: float, until: float) -> dict[str, Any]:
-        """How long callbacks waited for the server's event loop between two wall-clock times
-        (gcwatch's probe, every 10 ms): the longest wait, how many waited over 50 ms, and how
-        many probes ran (None when the probe never reported: no figure rather than a wrong 0)."""
+        """How late the server's event loop ran gcwatch's probe (a timer every 10 ms) between
+        two wall-clock times: the longest delay (the loop's longest stall), how many were over
+        50 ms, and how many probes ran (None when the probe never reported: no figure rather
+        than a wrong 0)."""
         lines: list[str] = []
         deadline = time.monotonic() + 2.5
         while True:  # the probe writes a second's line early in the next: wait for `until`'s
@@ -591,7 +592,8 @@ class Server:
             filter(None, [str(ROOT / "bench" / "gcwatch"), env.get("PYTHONPATH")])
         )
         env["BENCH_GC_LOG"] = str(self.gc_log_base)
-        env["BENCH_LOOP_LOG"] = str(self.loop_log_base)
+        if env.get("BENCH_LOOP_PROBE", "1") != "0":  # BENCH_LOOP_PROBE=0: no probe thread
+            env["BENCH_LOOP_LOG"] = str(self.loop_log_base)
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 command,

@@ -137,15 +137,15 @@ if _path:
         signal.signal(signal.SIGRTMIN + 1, _snapshot)
 
 
-# --- Event-loop latency: how long a callback waits to run (BENCH_LOOP_LOG) -------------------
-# A thread asks the server's loop to run a probe (`call_soon_threadsafe`) every PROBE_SECS and
-# waits for it; the wait is how long the loop took to get to a callback posted at that moment:
-# the rest of whatever callback was running plus everything queued ahead. Each probe that waited
-# longer than LOG_ABOVE_MS is logged as "<unix time posted> <milliseconds>", and one line per
-# second "<time> s <probes> <max ms>" records that the probe ran, so a quiet log means a
-# responsive loop rather than a dead watcher. The loop is found when it starts running
-# (asyncio.events._set_running_loop, called by every asyncio loop's run_forever, Twisted's
-# asyncio reactor included); no loop found: nothing is logged.
+# --- Event-loop latency: how late the server's loop runs a timer (BENCH_LOOP_LOG) --------------
+# A callback on the server's own loop re-arms itself every PROBE_SECS and measures how late it
+# ran: the time the loop was busy past the moment it was due (whatever callback was running and
+# everything queued ahead). Each probe later than LOG_ABOVE_MS is logged as "<unix time due>
+# <milliseconds late>", and one line per second "<time> s <probes> <max ms>" records that the
+# probe ran, so a quiet log means a responsive loop rather than a dead probe. No thread: a
+# thread contending for the GIL would add to the very costs the benchmarks measure. The loop is
+# found when it starts running (asyncio.events._set_running_loop, called by every asyncio
+# loop's run_forever, Twisted's asyncio reactor included); no loop found: nothing is logged.
 
 _loop_path = os.environ.get("BENCH_LOOP_LOG")
 if _loop_path:
@@ -157,33 +157,26 @@ if _loop_path:
     _original_set_running_loop = asyncio.events._set_running_loop
     _watched: list[object] = []
 
-    def _probe_loop(loop: "asyncio.AbstractEventLoop") -> None:
+    def _start_probe(loop: "asyncio.AbstractEventLoop") -> None:
         log = open(f"{_loop_path}.{os.getpid()}", "a", buffering=1)  # noqa: SIM115
-        ran = threading.Event()
+        clock, wall = loop.time, time.time
+        state = {"second": int(wall()), "probes": 0, "worst": 0.0}
 
-        def _ran() -> None:
-            ran.set()
+        def _probe(due: float) -> None:
+            late = (clock() - due) * 1000
+            now = wall()
+            state["probes"] += 1
+            state["worst"] = max(state["worst"], late)
+            if late > LOG_ABOVE_MS:
+                log.write(f"{now - late / 1000:.4f} {late:.2f}\n")
+            if int(now) != state["second"]:
+                log.write(f"{state['second']} s {state['probes']} {state['worst']:.2f}\n")
+                state["second"], state["probes"], state["worst"] = int(now), 0, 0.0
+            next_due = clock() + PROBE_SECS
+            loop.call_at(next_due, _probe, next_due)
 
-        second, probes, worst = int(time.time()), 0, 0.0
-        while not loop.is_closed():
-            ran.clear()
-            posted, started = time.time(), time.perf_counter()
-            try:
-                loop.call_soon_threadsafe(_ran)
-            except RuntimeError:  # closed meanwhile
-                return
-            while not ran.wait(1.0):
-                if loop.is_closed() or not loop.is_running():
-                    return
-            waited = (time.perf_counter() - started) * 1000
-            probes += 1
-            worst = max(worst, waited)
-            if waited > LOG_ABOVE_MS:
-                log.write(f"{posted:.4f} {waited:.2f}\n")
-            if int(posted) != second:
-                log.write(f"{second} s {probes} {worst:.2f}\n")
-                second, probes, worst = int(posted), 0, 0.0
-            time.sleep(PROBE_SECS)
+        first = clock() + PROBE_SECS
+        loop.call_at(first, _probe, first)
 
     def _set_running_loop(loop: "asyncio.AbstractEventLoop | None") -> None:
         _original_set_running_loop(loop)
@@ -193,8 +186,6 @@ if _loop_path:
             and threading.current_thread() is threading.main_thread()
         ):
             _watched.append(loop)
-            threading.Thread(
-                target=_probe_loop, args=(loop,), name="bench-loop-probe", daemon=True
-            ).start()
+            loop.call_soon(_start_probe, loop)
 
     asyncio.events._set_running_loop = _set_running_loop
