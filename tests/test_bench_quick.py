@@ -126,6 +126,7 @@ def _check_throttle(document: dict) -> None:
     assert throttled["throttle_ms"] == 250 and unthrottled["throttle_ms"] == 0
     for run in (throttled, unthrottled):
         assert run["publish_statuses"] == {"202": run["requests"]}
+        assert run["closing_status"] == {"202": 1}  # the last tick of every symbol
         assert run["closes"] == {} and run["errors"] == {}
         # Every subscription ended on its symbol's last tick, throttled or not.
         assert run["ended_on_last_tick"] == run["subscriptions"]
