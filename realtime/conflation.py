@@ -6,6 +6,11 @@ throttling dozens of symbols must not cost a task or a timer each: one `Conflato
 the subscriptions that hold a message in a heap ordered by when each may send next, and one
 timer handle, armed for the earliest, flushes every one that is due. A held message is the
 same text object every subscriber got (encoded once), so holding costs a reference.
+
+Subscriptions offered the same tick fall due together, so one timer may find thousands due at
+once; it sends at most `slice_size` of them and leaves the rest for the next loop turn (a timer
+due at once), so that a flush never holds the loop for longer than a slice of deliveries, as
+the hub's own broadcasts do (DELIVERY_SLICE).
 """
 
 from __future__ import annotations
@@ -39,9 +44,11 @@ class Conflator:
         *,
         clock: Callable[[], float] | None = None,
         call_at: Callable[[float, Callable[[], None]], Any] | None = None,
+        slice_size: int = 1000,
     ) -> None:
         self._clock = clock
         self._call_at = call_at
+        self.slice_size = max(1, slice_size)
         self._due: list[tuple[float, int, Slot]] = []
         self._order = itertools.count()
         self._timer: Any = None
@@ -79,19 +86,24 @@ class Conflator:
         slot.held = None
 
     def flush(self) -> None:
-        """Send what every due slot holds; re-arm for the next one."""
+        """Send what due slots hold, up to `slice_size`; re-arm for the rest or the next one."""
         self._timer = None
         self._timer_at = float("inf")
         now = self.now()
+        budget = self.slice_size
         # The loop may run a timer up to its clock resolution early: what is due within a
         # millisecond goes now rather than spinning for it.
         while self._due and self._due[0][0] <= now + 0.001:
+            if not budget:  # more are due: they go on the next loop turn, after other work
+                self._arm(now)
+                return
             _, _, slot = heapq.heappop(self._due)
             slot.scheduled = False
             if slot.active and slot.held is not None:
                 message, slot.held = slot.held, None
                 slot.last_sent = now
                 slot.push(message)
+                budget -= 1
         if self._due:
             self._arm(self._due[0][0])
 

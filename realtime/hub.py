@@ -51,6 +51,9 @@ BROADCAST_SLICE = 500
 # of a burst's last messages is repaired this long after the burst at most).
 TAIL_QUIET_SECS = 0.5
 
+# Longest the receive loop dispatches a backlog of channel-layer messages before it yields to
+# the event loop (one message's delivery may take longer: a topic's slices bound that).
+RECEIVE_YIELD_SECS = 0.005
 # Seconds a permission re-check may take before the connection is closed instead (4503): its
 # topics cannot be vouched for, and their messages are being held meanwhile.
 RECHECK_TIMEOUT_SECS = 10.0
@@ -204,7 +207,7 @@ class Hub:
         self._held: dict[str, dict[Subscriber, Hold]] = {}
         # topic -> subscriber -> its filter and throttle, for the subscriptions that have one.
         self._shaped: dict[str, dict[Subscriber, Shaped]] = {}
-        self.conflator = Conflator()
+        self.conflator = Conflator(slice_size=realtime_settings.DELIVERY_SLICE)
         self.presence = PresenceTracker(self)
         # Goes up with every permission re-check, so a subscription authorised while one ran is
         # authorised again (realtime.consumers).
@@ -893,6 +896,8 @@ class Hub:
     async def _receive_loop(self) -> None:
         assert self.layer is not None and self.channel_name is not None
         failures = 0
+        loop = asyncio.get_running_loop()
+        yielded = loop.time()
         while True:
             try:
                 message = await self.layer.receive(self.channel_name)
@@ -915,6 +920,12 @@ class Hub:
                 self.dispatch(message)
             except Exception:
                 logger.exception("Hub failed to dispatch a channel-layer message")
+            # A backlog is received without a pause (the in-process layer's queue hands over
+            # what it holds at once): past RECEIVE_YIELD_SECS of dispatching, let the loop run
+            # sockets, requests and timers before the next message.
+            if loop.time() - yielded >= RECEIVE_YIELD_SECS:
+                await asyncio.sleep(0)
+                yielded = loop.time()
 
     async def _layer_watch_loop(self) -> None:
         """Every LAYER_CHECK_INTERVAL_SECS: is the layer's store the one this process joined?"""

@@ -137,6 +137,50 @@ def seqs(listener):
     return [json.loads(text)["seq"] for text in listener.received]
 
 
+async def test_a_backlog_from_the_layer_is_dispatched_with_the_loop_running_in_between(hub):
+    """Ten messages queued at once for a topic whose delivery takes ~20 ms each (a busy
+    publish): the receive loop yields between them instead of holding the loop ~200 ms."""
+    import time as clock
+
+    from realtime.hub import HUB_MESSAGE
+
+    turn = 0
+
+    class Slow(Listener):
+        def push(self, text: str) -> None:
+            clock.sleep(0.0002)  # a socket write of a 1,000-subscriber broadcast, slowed
+            self.received.append((text, turn))
+
+    topic = "market:SLOW"
+    listeners = [Slow(str(n)) for n in range(100)]
+    for listener in listeners:
+        await subscribe(hub, listener, topic)
+
+    async def ticker() -> None:
+        nonlocal turn
+        while True:
+            turn += 1
+            await asyncio.sleep(0)
+
+    ticking = asyncio.create_task(ticker())
+    texts = publish(hub, topic, 10, deliver=False)
+    for seq, text in enumerate(texts, start=1):
+        epoch = json.loads(text)["epoch"]
+        message = {"type": HUB_MESSAGE, "topic": topic, "epoch": epoch, "seq": seq, "text": text}
+        await hub.layer.send(hub.channel_name, message)
+    for _ in range(200):
+        if all(len(listener.received) == 10 for listener in listeners):
+            break
+        await asyncio.sleep(0.01)
+    ticking.cancel()
+    assert [text for text, _ in listeners[0].received] == texts  # all, in order
+    turns = [[t for _, t in listener.received] for listener in listeners]
+    per_message = [{row[index] for row in turns} for index in range(10)]
+    assert all(len(seen) == 1 for seen in per_message), "one message goes out in one go"
+    distinct = len({next(iter(seen)) for seen in per_message})
+    assert distinct >= 5, f"the loop ran between messages only {distinct - 1} times"
+
+
 async def test_a_failed_group_join_leaves_nothing_half_subscribed(hub):
     listener = Listener("c1")
     hub.layer.down = True

@@ -138,6 +138,33 @@ def test_one_timer_serves_every_throttled_subscription():
     assert got[0] == [0, 4]
 
 
+def test_a_flush_of_thousands_due_at_once_goes_out_in_slices_on_separate_loop_turns():
+    """2,500 subscriptions offered the same ticks fall due together: the timer sends 1,000
+    (the slice) and leaves the rest to timers due at once, so other work runs in between; each
+    subscription still gets its latest tick exactly once, never an older one after it."""
+    time = FakeTime()
+    conflator = Conflator(clock=lambda: time.now, call_at=time.call_at, slice_size=1000)
+    got: dict[int, list[int]] = {n: [] for n in range(2500)}
+    slots = [conflator.slot(got[n].append, 250) for n in range(2500)]
+    for tick in range(3):
+        for slot in slots:
+            conflator.offer(slot, tick)
+    assert sum(len(v) for v in got.values()) == 2500  # the first tick at once, to each
+    batches = []
+    original = time.call_at
+
+    def counting_call_at(at, callback):
+        batches.append(sum(len(v) for v in got.values()))
+        return original(at, callback)
+
+    conflator._call_at = counting_call_at
+    time.advance(0.25)
+    assert all(values == [0, 2] for values in got.values())
+    # After the first timer: 1,000 more sent, re-armed at once; then 1,000; then the last 500.
+    assert batches[:2] == [2500 + 1000, 2500 + 2000]
+    assert conflator.waiting == 0
+
+
 # --- presence bookkeeping -------------------------------------------------------------------------
 
 
