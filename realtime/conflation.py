@@ -23,7 +23,11 @@ from typing import Any
 
 
 class Slot:
-    """One throttled subscription: when it last sent, and the message it holds, if any."""
+    """One throttled subscription: when it last sent, and the message it holds, if any.
+
+    Invariant: a slot that holds a message is scheduled (in the due heap, to be flushed), and a
+    cancelled slot holds nothing; so replacing what a holding slot holds is a whole offer (the
+    hub does that inline for speed)."""
 
     __slots__ = ("active", "held", "interval", "last_sent", "push", "scheduled")
 

@@ -138,6 +138,32 @@ def test_one_timer_serves_every_throttled_subscription():
     assert got[0] == [0, 4]
 
 
+def test_a_slot_holding_a_message_is_always_scheduled_and_a_cancelled_one_holds_nothing():
+    """The invariant the hub's inline replacement of a held tick relies on, under a random mix
+    of offers, flushes and cancels."""
+    import random
+
+    time = FakeTime()
+    conflator = Conflator(clock=lambda: time.now, call_at=time.call_at, slice_size=7)
+    rng = random.Random(19)
+    sent: dict[int, list[int]] = {n: [] for n in range(40)}
+    slots = [conflator.slot(sent[n].append, rng.choice([50, 100, 250])) for n in range(40)]
+    for step in range(3000):
+        action = rng.random()
+        slot = rng.choice(slots)
+        if action < 0.8:
+            conflator.offer(slot, step)
+        elif action < 0.99:
+            time.advance(rng.random() * 0.05)
+        else:
+            conflator.cancel(slot)
+        for each in slots:
+            if each.held is not None:
+                assert each.scheduled and each.active
+    time.advance(1)
+    assert conflator.waiting == 0
+
+
 def test_a_flush_of_thousands_due_at_once_goes_out_in_slices_on_separate_loop_turns():
     """2,500 subscriptions offered the same ticks fall due together: the timer sends 1,000
     (the slice) and leaves the rest to timers due at once, so other work runs in between; each
