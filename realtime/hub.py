@@ -180,6 +180,23 @@ class Subscribed:
     snapshot: bool = False
 
 
+class _Pace:
+    """When a long run of synchronous deliveries should let the event loop have a turn."""
+
+    __slots__ = ("_loop", "_since")
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._since = self._loop.time()
+
+    def due(self) -> bool:
+        now = self._loop.time()
+        if now - self._since < RECEIVE_YIELD_SECS:
+            return False
+        self._since = now  # the caller yields now
+        return True
+
+
 class Hub:
     """Local connections and topics of one process (one event loop)."""
 
@@ -647,29 +664,50 @@ class Hub:
         entries: list[tuple[int, str]] = []
         current: str | None = None
         try:
-            read = await self.history.read(topic, stream.last)
-            current = read.epoch
-            if read.epoch != stream.epoch:
-                read = await self.history.read(topic, 0)
+            try:
+                read = await self.history.read(topic, stream.last)
                 current = read.epoch
-            entries = read.entries
-        except HistoryUnavailable as exc:
-            logger.warning("Could not repair a gap on %s from the history: %s", topic, exc)
-        except Exception:
-            logger.exception("Repairing a gap on %s failed", topic)
+                if read.epoch != stream.epoch:
+                    read = await self.history.read(topic, 0)
+                    current = read.epoch
+                entries = read.entries
+            except HistoryUnavailable as exc:
+                logger.warning("Could not repair a gap on %s from the history: %s", topic, exc)
+            except Exception:
+                logger.exception("Repairing a gap on %s failed", topic)
+            if self._streams.get(topic) is not stream:
+                return
+            if current is not None and current != stream.epoch:
+                self._new_epoch(topic, stream, current)
+            # What the gap missed, then what waited meanwhile, in seq order; the loop runs in
+            # between every RECEIVE_YIELD_SECS (a long gap on a big topic is seconds of
+            # writes), while `repairing` keeps newer messages waiting in `pending`.
+            before = stream.last
+            pace = _Pace()
+            for seq, text in entries:
+                if seq == stream.last + 1:
+                    stream.last = seq
+                    self.deliver(topic, seq, text)
+                elif seq > stream.last + 1:
+                    break
+                if pace.due():
+                    await asyncio.sleep(0)
+                    if self._streams.get(topic) is not stream:
+                        return
+            if stream.last > before:
+                logger.info(
+                    "Topic %s: repaired seqs %d-%d from the history", topic, before + 1, stream.last
+                )
+            while stream.pending:
+                seq = min(stream.pending)
+                epoch, text = stream.pending.pop(seq)
+                self._accept(topic, stream, epoch, seq, text, may_repair=False, current=current)
+                if pace.due():
+                    await asyncio.sleep(0)
+                    if self._streams.get(topic) is not stream:
+                        return
         finally:
             stream.repairing = False
-        if self._streams.get(topic) is not stream:
-            return
-        if current is not None and current != stream.epoch:
-            self._new_epoch(topic, stream, current)
-        before = stream.last
-        self._advance(topic, stream, entries)
-        if stream.last > before:
-            logger.info(
-                "Topic %s: repaired seqs %d-%d from the history", topic, before + 1, stream.last
-            )
-        self._drain_pending(topic, stream, may_repair=False, current=current)
 
     def _advance(self, topic: str, stream: Stream, entries: Sequence[tuple[int, str]]) -> None:
         """Deliver history entries that follow the stream's position, as far as they are
@@ -903,8 +941,7 @@ class Hub:
     async def _receive_loop(self) -> None:
         assert self.layer is not None and self.channel_name is not None
         failures = 0
-        loop = asyncio.get_running_loop()
-        yielded = loop.time()
+        pace = _Pace()
         while True:
             try:
                 message = await self.layer.receive(self.channel_name)
@@ -930,9 +967,8 @@ class Hub:
             # A backlog is received without a pause (the in-process layer's queue hands over
             # what it holds at once): past RECEIVE_YIELD_SECS of dispatching, let the loop run
             # sockets, requests and timers before the next message.
-            if loop.time() - yielded >= RECEIVE_YIELD_SECS:
+            if pace.due():
                 await asyncio.sleep(0)
-                yielded = loop.time()
 
     async def _layer_watch_loop(self) -> None:
         """Every LAYER_CHECK_INTERVAL_SECS: is the layer's store the one this process joined?"""

@@ -181,6 +181,48 @@ async def test_a_backlog_from_the_layer_is_dispatched_with_the_loop_running_in_b
     assert distinct >= 5, f"the loop ran between messages only {distinct - 1} times"
 
 
+async def test_a_long_gap_is_repaired_in_order_with_the_loop_running_in_between(hub):
+    """Twenty messages the layer dropped on a topic whose delivery takes ~20 ms each: the
+    repair reads them from the history and delivers them, and what arrived meanwhile, in seq
+    order, letting the loop run between them instead of holding it ~400 ms."""
+    import time as clock
+
+    turn = 0
+
+    class Slow(Listener):
+        def push(self, text: str) -> None:
+            clock.sleep(0.0002)
+            self.received.append((text, turn))
+
+    topic = "market:GAP"
+    listeners = [Slow(str(n)) for n in range(100)]
+    for listener in listeners:
+        await subscribe(hub, listener, topic)
+
+    async def ticker() -> None:
+        nonlocal turn
+        while True:
+            turn += 1
+            await asyncio.sleep(0)
+
+    ticking = asyncio.create_task(ticker())
+    dropped = publish(hub, topic, 20, deliver=False)  # the layer lost these
+    later = publish(hub, topic, 1)  # this one arrives: a gap of 20 -> repair
+    await asyncio.sleep(0.01)
+    during = publish(hub, topic, 3)  # published while the repair delivers
+    for _ in range(300):
+        if all(len(listener.received) == 24 for listener in listeners):
+            break
+        await asyncio.sleep(0.01)
+    ticking.cancel()
+    assert [text for text, _ in listeners[0].received] == dropped + later + during
+    turns = [[t for _, t in listener.received] for listener in listeners]
+    per_message = [{row[index] for row in turns} for index in range(24)]
+    assert all(len(seen) == 1 for seen in per_message), "one message goes out in one go"
+    distinct = len({next(iter(seen)) for seen in per_message})
+    assert distinct >= 8, f"the loop ran between repaired messages only {distinct - 1} times"
+
+
 async def test_a_failed_group_join_leaves_nothing_half_subscribed(hub):
     listener = Listener("c1")
     hub.layer.down = True
