@@ -442,6 +442,128 @@ async def test_the_dashboard_fits_the_screen_and_passes_axe(
         assert page.page_errors == []
 
 
+async def close_a_position(server: LiveServer, trader_token: str, staff_token: str) -> None:
+    """Alice buys 10 CLSD and sells them again: a position of 0, shown as a closed row."""
+    async with api(server, trader_token) as client:
+        buy = await place(client, symbol="CLSD", quantity="10", price="50")
+        sell = await place(client, symbol="CLSD", side="SELL", quantity="10", price="55")
+    async with api(server, staff_token) as gateway:
+        await fill(gateway, buy, "10", "50")
+        await fill(gateway, sell, "10", "55")
+
+
+async def test_while_reconnecting_every_text_keeps_its_contrast_closed_positions_too(
+    page, trader, trader_token, staff_token
+):
+    """Issue 19, item 6: the page used to fade the tables to 0.6 opacity while the connection
+    was down (text at about 3:1, closed positions at 1.8:1). Caused for real: the server is
+    killed, the page is reconnecting (and failing to), and axe-core's color-contrast rule runs
+    on the page in that state, a closed position's row on screen."""
+    server = LiveServer().start()
+    try:
+        await close_a_position(server, trader_token, staff_token)
+        await sign_in(page, server, "alice")
+        closed = page.locator("#positions tbody tr.closed")
+        await expect(closed).to_have_count(1, timeout=LIVE_TIMEOUT_MS)
+        await expect(closed.locator('[data-field="quantity"]')).to_have_text("0")
+
+        server.kill()
+        await expect(page.locator("#connection")).to_have_attribute(
+            "data-state", "reconnecting", timeout=LIVE_TIMEOUT_MS
+        )
+        await page.wait_for_timeout(1600)  # flashes (and any fading) are over
+        await expect(page.locator("#connection")).to_have_attribute("data-state", "reconnecting")
+        await closed.scroll_into_view_if_needed()
+        await expect(closed).to_be_visible()
+        assert await axe_violations(page, rules=["color-contrast"]) == []
+        await page.screenshot(path=str(artifact("dashboard-reconnecting.png")), full_page=True)
+        assert page.page_errors == []
+    finally:
+        server.stop()
+
+
+# What assistive technology is told from now on: for the changes (nodes or text, not attributes)
+# made to a visible live region in one go, the region and what it reads: all of it if it is
+# atomic (role status and alert are), once; else the nodes added. Also counts the WebSockets.
+RECORD_ANNOUNCEMENTS = """
+window.announced = [];
+window.sockets = 0;
+window.WebSocket = class extends WebSocket {
+  constructor(...args) {
+    super(...args);
+    window.sockets += 1;
+  }
+};
+const LIVE = '[aria-live]:not([aria-live="off"]), [role="status"], [role="log"], [role="alert"],'
+  + ' [role="marquee"], [role="timer"], output';
+new MutationObserver((records) => {
+  const told = new Set(); // atomic regions already read out in this batch
+  for (const record of records) {
+    const { target } = record;
+    const node = target.nodeType === Node.ELEMENT_NODE ? target : target.parentElement;
+    const region = node?.closest(LIVE);
+    if (!region || !region.checkVisibility()) continue;
+    const role = region.getAttribute("role");
+    const atomicAttribute = region.getAttribute("aria-atomic");
+    const atomic = atomicAttribute === "true"
+      || (atomicAttribute !== "false" && (role === "status" || role === "alert"));
+    if (atomic && told.has(region)) continue;
+    if (atomic) told.add(region);
+    const text = (atomic
+      ? region.innerText
+      : [...record.addedNodes].map((added) => added.textContent).join(" ")).trim();
+    if (text) window.announced.push({ region: region.id || region.tagName, text });
+  }
+}).observe(document, { subtree: true, childList: true, characterData: true });
+"""
+
+
+async def test_a_screen_reader_hears_the_connection_change_state_not_every_reconnect_attempt(
+    page, trader, trader_token, staff_token
+):
+    """Issue 19, item 6: every reconnect line used to be read aloud (the activity log was a
+    live region). Caused for real: the server is killed and the page tries again and again;
+    what the live regions are told meanwhile is the change to "Reconnecting", once, and nothing
+    of the attempts (still listed in the activity log, which is not live). When a server is
+    back on the port, the change to "Live" is told."""
+    port = free_port()
+    server = LiveServer(port=port).start()
+    try:
+        await close_a_position(server, trader_token, staff_token)
+        await page.add_init_script(RECORD_ANNOUNCEMENTS)
+        await sign_in(page, server, "alice")
+        await page.wait_for_timeout(500)
+        await page.evaluate("window.announced = []; window.sockets = 0")
+
+        server.kill()
+        connection = page.locator("#connection")
+        await expect(connection).to_have_attribute(
+            "data-state", "reconnecting", timeout=LIVE_TIMEOUT_MS
+        )
+        await page.wait_for_function("window.sockets >= 3", timeout=RECONNECT_TIMEOUT_MS)
+        await expect(page.locator("#activity")).to_contain_text("Reconnect attempt 3")
+        announced = await page.evaluate("window.announced")
+        assert [a for a in announced if "attempt" in a["text"].lower()] == [], announced
+        assert [a["text"] for a in announced] == ["Reconnecting (connection lost)…"], announced
+        assert await connection.get_attribute("role") == "status"
+
+        server = LiveServer(port=port).start()
+        await expect(connection).to_have_attribute(
+            "data-state", "connected", timeout=RECONNECT_TIMEOUT_MS
+        )
+        await page.wait_for_timeout(500)  # the resume's note beside the state
+        texts = [a["text"] for a in await page.evaluate("window.announced")]
+        assert texts[0] == "Reconnecting (connection lost)…", texts
+        # The resume's note may come just before or after it, in the same region.
+        assert [t for t in texts[1:] if t.startswith("Live")], texts
+        assert not [t for t in texts if "attempt" in t.lower()], texts
+        # Each announcement says something new: nothing is read twice in a row.
+        assert all(a != b for a, b in itertools.pairwise(texts)), texts
+        assert page.page_errors == []
+    finally:
+        server.stop()
+
+
 async def test_the_summary_adds_money_exactly_and_counts_every_open_order(dashboard, page, trader):
     """Issue 19, item 4: cards add the rows' decimal strings exactly (a P&L of 1.005 is +1.01
     in its row and in the card), and open orders older than the newest 200 rows still count."""
