@@ -153,20 +153,25 @@ async def serve_blank_page(page: Any, origin: str, path: str = "/__browser-test_
     return url
 
 
-async def axe_violations(page: Any) -> list[str]:
+async def axe_violations(
+    page: Any, rules: list[str] | None = None, within: str | None = None
+) -> list[str]:
     """axe-core's WCAG 2.1 AA and best-practice violations on the page as it is now, one line
     each (rule, impact, the first elements and why), so an assertion's message tells what to fix.
+    With `rules` (axe's rule ids, "color-contrast" say), only those rules are run; with `within`
+    (a CSS selector), only those elements and their contents are checked.
     """
     if not await page.evaluate("typeof window.axe === 'object'"):
         await page.add_script_tag(content=AXE_JS.read_text())
+    run_only = {"type": "rule", "values": rules} if rules else {"type": "tag", "values": AXE_TAGS}
     violations = await page.evaluate(
-        """async (tags) => {
-            const result = await axe.run(document, { runOnly: { type: "tag", values: tags } });
+        """async ([runOnly, within]) => {
+            const result = await axe.run(within ?? document, { runOnly });
             return result.violations.map((v) => ({
                 id: v.id, impact: v.impact,
                 nodes: v.nodes.slice(0, 3).map((n) => `${n.target.join(" ")}: ${n.failureSummary}`),
             }));
         }""",
-        AXE_TAGS,
+        [run_only, within],
     )
     return [f"{v['id']} ({v['impact']}): {' | '.join(v['nodes'])}" for v in violations]

@@ -6,17 +6,25 @@ appear on the page without a reload. Screenshots go to var/test-artifacts/.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
+import json
 import os
 import re
 import signal
+import time
+from decimal import Decimal
 from pathlib import Path
+from unittest import mock
 
 import httpx
 import pytest
 from asgiref.sync import sync_to_async
+from django.utils import timezone
 
 from orders.models import Order
+from orders.services import order_fill
 from tests.browser import DESKTOP, PHONE, artifact, axe_violations, open_page, open_server_page
 from tests.factories import PASSWORD, OrderFactory
 from tests.live import LiveServer, free_port, live_server
@@ -434,6 +442,132 @@ async def test_the_dashboard_fits_the_screen_and_passes_axe(
         assert page.page_errors == []
 
 
+async def close_a_position(server: LiveServer, trader_token: str, staff_token: str) -> None:
+    """Alice buys 10 CLSD and sells them again: a position of 0, shown as a closed row."""
+    async with api(server, trader_token) as client:
+        buy = await place(client, symbol="CLSD", quantity="10", price="50")
+        sell = await place(client, symbol="CLSD", side="SELL", quantity="10", price="55")
+    async with api(server, staff_token) as gateway:
+        await fill(gateway, buy, "10", "50")
+        await fill(gateway, sell, "10", "55")
+
+
+async def test_while_reconnecting_every_text_keeps_its_contrast_closed_positions_too(
+    page, trader, trader_token, staff_token
+):
+    """Issue 19, item 6: the page used to fade the tables to 0.6 opacity while the connection
+    was down (text at about 3:1, closed positions at 1.8:1). Caused for real: the server is
+    killed, the page is reconnecting (and failing to), and axe-core's color-contrast rule runs
+    on the page in that state, a closed position's row on screen."""
+    server = LiveServer().start()
+    try:
+        await close_a_position(server, trader_token, staff_token)
+        await sign_in(page, server, "alice")
+        closed = page.locator("#positions tbody tr.closed")
+        await expect(closed).to_have_count(1, timeout=LIVE_TIMEOUT_MS)
+        await expect(closed.locator('[data-field="quantity"]')).to_have_text("0")
+
+        server.kill()
+        await expect(page.locator("#connection")).to_have_attribute(
+            "data-state", "reconnecting", timeout=LIVE_TIMEOUT_MS
+        )
+        await page.wait_for_timeout(1600)  # flashes (and any fading) are over
+        await expect(page.locator("#connection")).to_have_attribute("data-state", "reconnecting")
+        await closed.scroll_into_view_if_needed()
+        await expect(closed).to_be_visible()
+        assert await axe_violations(page, rules=["color-contrast"]) == []
+        # And the closed row by itself: on the faded page a whole-page run flagged only the
+        # ticker, while a run on this row flagged each of its cells (2.68:1 and 2.07:1).
+        closed_row = "#positions tbody tr.closed"
+        assert await axe_violations(page, rules=["color-contrast"], within=closed_row) == []
+        await page.screenshot(path=str(artifact("dashboard-reconnecting.png")), full_page=True)
+        assert page.page_errors == []
+    finally:
+        server.stop()
+
+
+# What assistive technology is told from now on: for the changes (nodes or text, not attributes)
+# made to a visible live region in one go, the region and what it reads: all of it if it is
+# atomic (role status and alert are), once; else the nodes added. Also counts the WebSockets.
+RECORD_ANNOUNCEMENTS = """
+window.announced = [];
+window.sockets = 0;
+window.WebSocket = class extends WebSocket {
+  constructor(...args) {
+    super(...args);
+    window.sockets += 1;
+  }
+};
+const LIVE = '[aria-live]:not([aria-live="off"]), [role="status"], [role="log"], [role="alert"],'
+  + ' [role="marquee"], [role="timer"], output';
+new MutationObserver((records) => {
+  const told = new Set(); // atomic regions already read out in this batch
+  for (const record of records) {
+    const { target } = record;
+    const node = target.nodeType === Node.ELEMENT_NODE ? target : target.parentElement;
+    const region = node?.closest(LIVE);
+    if (!region || !region.checkVisibility()) continue;
+    const role = region.getAttribute("role");
+    const atomicAttribute = region.getAttribute("aria-atomic");
+    const atomic = atomicAttribute === "true"
+      || (atomicAttribute !== "false" && (role === "status" || role === "alert"));
+    if (atomic && told.has(region)) continue;
+    if (atomic) told.add(region);
+    const text = (atomic
+      ? region.innerText
+      : [...record.addedNodes].map((added) => added.textContent).join(" ")).trim();
+    if (text) window.announced.push({ region: region.id || region.tagName, text });
+  }
+}).observe(document, { subtree: true, childList: true, characterData: true });
+"""
+
+
+async def test_a_screen_reader_hears_the_connection_change_state_not_every_reconnect_attempt(
+    page, trader, trader_token, staff_token
+):
+    """Issue 19, item 6: every reconnect line used to be read aloud (the activity log was a
+    live region). Caused for real: the server is killed and the page tries again and again;
+    what the live regions are told meanwhile is the change to "Reconnecting", once, and nothing
+    of the attempts (still listed in the activity log, which is not live). When a server is
+    back on the port, the change to "Live" is told."""
+    port = free_port()
+    server = LiveServer(port=port).start()
+    try:
+        await close_a_position(server, trader_token, staff_token)
+        await page.add_init_script(RECORD_ANNOUNCEMENTS)
+        await sign_in(page, server, "alice")
+        await page.wait_for_timeout(500)
+        await page.evaluate("window.announced = []; window.sockets = 0")
+
+        server.kill()
+        connection = page.locator("#connection")
+        await expect(connection).to_have_attribute(
+            "data-state", "reconnecting", timeout=LIVE_TIMEOUT_MS
+        )
+        await page.wait_for_function("window.sockets >= 3", timeout=RECONNECT_TIMEOUT_MS)
+        await expect(page.locator("#activity")).to_contain_text("Reconnect attempt 3")
+        announced = await page.evaluate("window.announced")
+        assert [a for a in announced if "attempt" in a["text"].lower()] == [], announced
+        assert [a["text"] for a in announced] == ["Reconnecting (connection lost)…"], announced
+        assert await connection.get_attribute("role") == "status"
+
+        server = LiveServer(port=port).start()
+        await expect(connection).to_have_attribute(
+            "data-state", "connected", timeout=RECONNECT_TIMEOUT_MS
+        )
+        await page.wait_for_timeout(500)  # the resume's note beside the state
+        texts = [a["text"] for a in await page.evaluate("window.announced")]
+        assert texts[0] == "Reconnecting (connection lost)…", texts
+        # The resume's note may come just before or after it, in the same region.
+        assert [t for t in texts[1:] if t.startswith("Live")], texts
+        assert not [t for t in texts if "attempt" in t.lower()], texts
+        # Each announcement says something new: nothing is read twice in a row.
+        assert all(a != b for a, b in itertools.pairwise(texts)), texts
+        assert page.page_errors == []
+    finally:
+        server.stop()
+
+
 async def test_the_summary_adds_money_exactly_and_counts_every_open_order(dashboard, page, trader):
     """Issue 19, item 4: cards add the rows' decimal strings exactly (a P&L of 1.005 is +1.01
     in its row and in the card), and open orders older than the newest 200 rows still count."""
@@ -630,6 +764,187 @@ async def test_after_a_restart_lost_the_history_the_dashboard_reloads_from_a_sna
             second.stop()
     finally:
         first.stop()
+
+
+# --- an object's versions, not its timestamps (issue 19, item 4) ----------------------------
+
+# Run in the server before Daphne starts: the first read of a user's orders topic for a SNAPSHOT
+# waits (after the topic is fenced, before the database is read) until the test lets it go, as a
+# slow database would make it wait. The directory is the test's.
+PARK_FIRST_ORDERS_SNAPSHOT = """
+import os, pathlib, time
+import django
+django.setup()
+from realtime.snapshots import Snapshots
+from realtime.topics import TopicKind
+_gate = pathlib.Path(os.environ["TRADINGRT_TEST_GATE"])
+_read = Snapshots.items.__func__
+_parked = []
+def _items(cls, topic):
+    if topic.kind is TopicKind.USER_ORDERS and not _parked:
+        _parked.append(topic.name)
+        (_gate / "parked").touch()
+        deadline = time.monotonic() + 60
+        while not (_gate / "go").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+    return _read(cls, topic)
+Snapshots.items = classmethod(_items)
+"""
+
+# Every value the order's "Filled" cell has shown, in order (each text the table put in it).
+RECORD_FILLED = """(orderId) => {
+  window.filledShown = [];
+  const cell = `#orders tr[data-id="${orderId}"] [data-field="filledQuantity"]`;
+  new MutationObserver((records) => {
+    for (const record of records) {
+      if (!(record.target instanceof Element) || !record.target.matches(cell)) continue;
+      for (const node of record.addedNodes) {
+        if (node.nodeType === Node.TEXT_NODE) window.filledShown.push(node.data);
+      }
+    }
+  }).observe(document, { subtree: true, childList: true });
+}"""
+
+
+def fill_at(order_id: int, quantity: str, price: str, instant) -> None:
+    """Fill the order as the gateway's service does, its clock reading `instant`: fills committed
+    within one millisecond get one `updatedAt`, and only their versions tell them apart."""
+    with mock.patch("django.utils.timezone.now", return_value=instant):
+        order_fill(
+            order=Order.objects.get(pk=order_id), quantity=Decimal(quantity), price=Decimal(price)
+        )
+
+
+async def wait_for_file(path: Path, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+@pytest.mark.redis
+async def test_fills_with_one_timestamp_never_take_a_row_back_to_an_older_version(
+    page, tmp_path, trader, trader_token, redis_layer
+):
+    """Issue 19, item 4: three fills of one order committed with the same `updatedAt` (versions
+    2, 3 and 4) while the dashboard loads its orders; the row must end at version 4's values
+    and never show an older version after a newer one.
+
+    How the older version reaches the page after the newer one, for real:
+    - the SNAPSHOT path (the dashboard since bff535d): the server fences the orders topic, then
+      its read of the orders waits (PARK_FIRST_ORDERS_SNAPSHOT, a slow database); fills 1 and 2
+      commit meanwhile, so the snapshot holds version 3, and the two updates, sequenced after the
+      fence, follow it: version 2 arrives after version 3 (PROTOCOL 7.5: a change committed while
+      the snapshot is read is both in the state and in a message after it);
+    - the REST path (the page of bff535d^, which loaded its tables over REST after subscribing):
+      the GET /api/orders/ reaches the server after fills 1 and 2 (it is held in the browser
+      until then) and is answered with version 3, but the answer is held in the browser (a slow
+      response) until fill 3's update (version 4) has come by the socket and been shown; then
+      the REST answer, version 3, arrives.
+    The fills are committed by this process through the Redis channel layer, as the gateway's
+    would be, with the clock held at one instant (three fills within one millisecond).
+    """
+    gate = tmp_path
+    server = LiveServer(
+        redis=redis_layer,
+        prelude=PARK_FIRST_ORDERS_SNAPSHOT,
+        env={"TRADINGRT_TEST_GATE": str(gate)},
+    ).start()
+    try:
+        async with api(server, trader_token) as client:
+            order = await place(client, symbol="SAMEMS", quantity="30", price="105")
+        order_id = order["id"]
+
+        # What reaches the page, in order: (path, version) of the order, and each update's body.
+        received: list[tuple[str, int]] = []
+        updates: list[dict] = []
+
+        def frame(payload) -> None:
+            if isinstance(payload, bytes):
+                return
+            message = json.loads(payload)
+            if message.get("type") == "SNAPSHOT" and message.get("topic", "").endswith(":orders"):
+                for item in message["payload"]["items"]:
+                    if item["id"] == order_id:
+                        received.append(("snapshot", item["version"]))
+            if message.get("type") == "ORDER_UPDATE" and message["payload"]["id"] == order_id:
+                received.append(("update", message["payload"]["version"]))
+                updates.append(message["payload"])
+
+        page.on("websocket", lambda ws: ws.on("framereceived", frame))
+
+        two_filled = asyncio.Event()
+        rest_read = asyncio.Event()
+        release_rest = asyncio.Event()
+        held: list[int] = []
+
+        async def hold_orders_list(route) -> None:
+            if route.request.method != "GET" or held:
+                await route.continue_()
+                return
+            await two_filled.wait()  # a request on its way while fills 1 and 2 commit
+            response = await route.fetch()  # the server reads the orders now
+            held.extend(o["version"] for o in await response.json() if o["id"] == order_id)
+            rest_read.set()
+            await release_rest.wait()
+            received.append(("rest", held[0]))
+            await route.fulfill(response=response)
+
+        await page.route(re.compile(r"/api/orders/(\?.*)?$"), hold_orders_list)
+        await page.add_init_script(f"({RECORD_FILLED})({order_id})")
+        await page.goto(server.http_url + "/")
+        await page.get_by_label("Username").fill("alice")
+        await page.get_by_label("Password").fill(PASSWORD)
+        await page.get_by_role("button", name="Sign in").click()
+
+        parked = await wait_for_file(gate / "parked", timeout=LIVE_TIMEOUT_MS / 1000)
+        instant = timezone.now()
+        await sync_to_async(fill_at)(order_id, "10", "100", instant)  # version 2
+        await sync_to_async(fill_at)(order_id, "10", "101", instant)  # version 3
+        two_filled.set()
+        (gate / "go").touch()  # the snapshot, if one was asked for, reads version 3 now
+
+        # A page that loads its orders over REST asks right after its subscriptions.
+        await expect(page.locator("#session-topics .topic").first).to_be_visible(
+            timeout=LIVE_TIMEOUT_MS
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(rest_read.wait(), timeout=3)
+        await sync_to_async(fill_at)(order_id, "10", "102", instant)  # version 4: FILLED
+        filled = cell(page, "orders", order_id, "filledQuantity")
+        await expect(filled).to_have_text("30", timeout=LIVE_TIMEOUT_MS)
+        if rest_read.is_set():
+            async with page.expect_response(lambda r: r.url.endswith("/api/orders/")) as answer:
+                release_rest.set()
+            await (await answer.value).finished()
+            await page.wait_for_timeout(500)  # and the page has applied it
+        release_rest.set()
+
+        # The race happened: an older version reached the page after a newer one ...
+        assert parked or rest_read.is_set(), "the page read its orders neither way"
+        newest = 0
+        overtaken = []
+        for path, version in received:
+            if version < newest:
+                overtaken.append((path, version, newest))
+            newest = max(newest, version)
+        assert overtaken, received
+        # ... and the updates carried one timestamp, so only their versions order them.
+        assert [u["version"] for u in updates][-3:] == [2, 3, 4], received
+        assert len({u["updatedAt"] for u in updates[-3:]}) == 1, updates
+
+        # The row shows version 4, and never went back to an older version's values.
+        await expect(filled).to_have_text("30")
+        await expect(cell(page, "orders", order_id, "status")).to_have_text("FILLED")
+        await expect(cell(page, "orders", order_id, "averageFillPrice")).to_have_text("101.00")
+        shown = [Decimal(text) for text in await page.evaluate("window.filledShown")]
+        assert shown == sorted(shown), f"the Filled cell showed {shown}; received {received}"
+        assert page.page_errors == []
+    finally:
+        (gate / "go").touch()
+        server.stop()
 
 
 # The page's first WebSocket closes itself right after sending its first SUBSCRIPTION.

@@ -345,14 +345,15 @@ client.onState((state, detail) => {
   const box = $("connection");
   box.dataset.state = state;
   document.body.dataset.connection = state; // the page says when what it shows may be stale
-  const label = box.querySelector(".connection-label");
   const why = CLOSE_REASONS[detail.code] || (detail.code ? `code ${detail.code}` : "");
-  label.textContent = {
+  // The box is a live region: only a change of state is read aloud, not each attempt, whose
+  // line goes to the activity log (not live) instead.
+  setText(box.querySelector(".connection-label"), {
     [State.CONNECTING]: "Connecting…",
     [State.CONNECTED]: "Live",
     [State.RECONNECTING]: `Reconnecting${why ? ` (${why})` : ""}…`,
     [State.OFFLINE]: `Offline${why && detail.code !== CloseCode.NORMAL ? `: ${why}` : ""}`,
-  }[state];
+  }[state]);
   $("reconnect").hidden = !(state === State.OFFLINE && session.signedIn);
   if (state === State.RECONNECTING) {
     log(`Reconnect attempt ${detail.attempt} in ${(detail.delayMs / 1000).toFixed(1)} s`, "warn");
@@ -504,10 +505,18 @@ function noteRecovery(verb, { replayed = 0, reason = null }) {
   const element = $("recovery");
   element.hidden = false;
   element.dataset.kind = recovery.verb.toLowerCase();
-  element.querySelector(".recovery-text").textContent = text;
+  setText(element.querySelector(".recovery-text"), text); // one note per resume, not per topic
   const time = element.querySelector("time");
   time.dateTime = recovery.at.toISOString();
-  time.textContent = formatTime(recovery.at.toISOString());
+  setText(time, formatTime(recovery.at.toISOString()));
+}
+
+/**
+ * Set an element's text only if it differs: rewriting the same text still replaces its node,
+ * and a screen reader may read a live region again for that.
+ */
+function setText(element, text) {
+  if (element.textContent !== text) element.textContent = text;
 }
 
 function verbGroup(verb) {
