@@ -134,31 +134,20 @@ def run(options: Any, log: Any = print) -> dict[str, Any]:
         with LoadGenerator(workers) as loadgen:
             env = common.server_environment(space, database_url=space.fresh_database())
             kind = getattr(options, "server", "daphne")
-            server = common.Server(kind, env, space.directory, extra_args=options.server_args)
-            with common.running(server):
-                sessions.append(
-                    measure(
-                        label=kind,
-                        server=server,
-                        loadgen=loadgen,
-                        tokens=tokens,
-                        batch=batch,
-                        warmup=warmup,
-                        total=total,
-                        concurrency=options.concurrency,
-                        settle=settle,
-                        log=log,
-                    )
-                )
+            runs = [(kind, env, tokens)]
             if not options.no_baseline:
-                baseline = common.Server("baseline", space.base_environment(), space.directory)
-                with common.running(baseline):
+                runs.append(("baseline", space.base_environment(), [None] * batch))
+            for label, environment, run_tokens in runs:
+                server = common.Server(
+                    label, environment, space.directory, extra_args=options.server_args
+                )
+                with common.running(server):
                     sessions.append(
                         measure(
-                            label="baseline",
-                            server=baseline,
+                            label=label,
+                            server=server,
                             loadgen=loadgen,
-                            tokens=[None] * batch,
+                            tokens=run_tokens,
                             batch=batch,
                             warmup=warmup,
                             total=total,

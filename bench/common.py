@@ -544,9 +544,13 @@ class Server:
     def garbage(self, timeout: float = 30.0) -> dict[str, Any] | None:
         """A full collection in the server that reports what it freed, by type (gcwatch answers
         SIGUSR2): the reference cycles left behind, which reference counting did not free."""
-        path = self.directory / f"{self.gc_log_base.name}.garbage.{self.pid}"
+        return self._report(signal.SIGUSR2, "garbage", timeout)
+
+    def _report(self, signum: int, kind: str, timeout: float) -> dict[str, Any] | None:
+        """Signal gcwatch in the server and read the JSON report it writes for `kind`."""
+        path = self.directory / f"{self.gc_log_base.name}.{kind}.{self.pid}"
         path.unlink(missing_ok=True)
-        os.kill(self.pid, signal.SIGUSR2)
+        os.kill(self.pid, signum)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if path.exists():
@@ -572,16 +576,7 @@ class Server:
 
     def census(self, timeout: float = 30.0) -> dict[str, Any] | None:
         """Objects the server's collector tracks, by type (gcwatch answers SIGUSR1)."""
-        path = self.directory / f"{self.gc_log_base.name}.census.{self.pid}"
-        path.unlink(missing_ok=True)
-        os.kill(self.pid, signal.SIGUSR1)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if path.exists():
-                with contextlib.suppress(ValueError):
-                    return dict(json.loads(path.read_text()))
-            time.sleep(0.1)
-        return None
+        return self._report(signal.SIGUSR1, "census", timeout)
 
     def start(self, timeout: float = 60) -> Server:
         self.directory.mkdir(parents=True, exist_ok=True)

@@ -690,10 +690,8 @@ class Hub:
                     self.deliver(topic, seq, text)
                 elif seq > stream.last + 1:
                     break
-                if pace.due():
-                    await asyncio.sleep(0)
-                    if self._streams.get(topic) is not stream:
-                        return
+                if not await self._paced(pace, topic, stream):
+                    return
             if stream.last > before:
                 logger.info(
                     "Topic %s: repaired seqs %d-%d from the history", topic, before + 1, stream.last
@@ -702,12 +700,16 @@ class Hub:
                 seq = min(stream.pending)
                 epoch, text = stream.pending.pop(seq)
                 self._accept(topic, stream, epoch, seq, text, may_repair=False, current=current)
-                if pace.due():
-                    await asyncio.sleep(0)
-                    if self._streams.get(topic) is not stream:
-                        return
+                if not await self._paced(pace, topic, stream):
+                    return
         finally:
             stream.repairing = False
+
+    async def _paced(self, pace: _Pace, topic: str, stream: Stream) -> bool:
+        """Give the loop a turn if the pace says so; whether the stream is still this topic's."""
+        if pace.due():
+            await asyncio.sleep(0)
+        return self._streams.get(topic) is stream
 
     def _advance(self, topic: str, stream: Stream, entries: Sequence[tuple[int, str]]) -> None:
         """Deliver history entries that follow the stream's position, as far as they are

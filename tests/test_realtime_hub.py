@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 
@@ -137,47 +138,69 @@ def seqs(listener):
     return [json.loads(text)["seq"] for text in listener.received]
 
 
+class LoopTurns:
+    """Counts turns of the event loop while it runs; `Slow` listeners note the turn each message
+    reached them in, and take ~0.2 ms a push (a big broadcast's socket writes, slowed)."""
+
+    def __init__(self) -> None:
+        self.turn = 0
+        self.task: asyncio.Task[None] | None = None
+        turns = self
+
+        class Slow(Listener):
+            def push(self, text: str) -> None:
+                time.sleep(0.0002)
+                self.received.append((text, turns.turn))
+
+        self.Slow = Slow
+
+    async def __aenter__(self) -> LoopTurns:
+        async def tick() -> None:
+            while True:
+                self.turn += 1
+                await asyncio.sleep(0)
+
+        self.task = asyncio.create_task(tick())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.task is not None
+        self.task.cancel()
+
+    @staticmethod
+    async def until_all(listeners: list[Listener], count: int) -> None:
+        for _ in range(300):
+            if all(len(listener.received) == count for listener in listeners):
+                return
+            await asyncio.sleep(0.01)
+
+    @staticmethod
+    def turns_apart(listeners: list[Listener], count: int) -> int:
+        """How many distinct loop turns the `count` messages went out in, each in one go."""
+        turns = [[t for _, t in listener.received] for listener in listeners]
+        per_message = [{row[index] for row in turns} for index in range(count)]
+        assert all(len(seen) == 1 for seen in per_message), "one message goes out in one go"
+        return len({next(iter(seen)) for seen in per_message})
+
+
 async def test_a_backlog_from_the_layer_is_dispatched_with_the_loop_running_in_between(hub):
     """Ten messages queued at once for a topic whose delivery takes ~20 ms each (a busy
     publish): the receive loop yields between them instead of holding the loop ~200 ms."""
-    import time as clock
-
     from realtime.hub import HUB_MESSAGE
 
-    turn = 0
-
-    class Slow(Listener):
-        def push(self, text: str) -> None:
-            clock.sleep(0.0002)  # a socket write of a 1,000-subscriber broadcast, slowed
-            self.received.append((text, turn))
-
     topic = "market:SLOW"
-    listeners = [Slow(str(n)) for n in range(100)]
-    for listener in listeners:
-        await subscribe(hub, listener, topic)
-
-    async def ticker() -> None:
-        nonlocal turn
-        while True:
-            turn += 1
-            await asyncio.sleep(0)
-
-    ticking = asyncio.create_task(ticker())
-    texts = publish(hub, topic, 10, deliver=False)
-    for seq, text in enumerate(texts, start=1):
-        epoch = json.loads(text)["epoch"]
-        message = {"type": HUB_MESSAGE, "topic": topic, "epoch": epoch, "seq": seq, "text": text}
-        await hub.layer.send(hub.channel_name, message)
-    for _ in range(200):
-        if all(len(listener.received) == 10 for listener in listeners):
-            break
-        await asyncio.sleep(0.01)
-    ticking.cancel()
+    async with LoopTurns() as loop:
+        listeners = [loop.Slow(str(n)) for n in range(100)]
+        for listener in listeners:
+            await subscribe(hub, listener, topic)
+        texts = publish(hub, topic, 10, deliver=False)
+        for seq, text in enumerate(texts, start=1):
+            epoch = json.loads(text)["epoch"]
+            message = {"type": HUB_MESSAGE, "topic": topic, "epoch": epoch, "seq": seq}
+            await hub.layer.send(hub.channel_name, message | {"text": text})
+        await loop.until_all(listeners, 10)
     assert [text for text, _ in listeners[0].received] == texts  # all, in order
-    turns = [[t for _, t in listener.received] for listener in listeners]
-    per_message = [{row[index] for row in turns} for index in range(10)]
-    assert all(len(seen) == 1 for seen in per_message), "one message goes out in one go"
-    distinct = len({next(iter(seen)) for seen in per_message})
+    distinct = loop.turns_apart(listeners, 10)
     assert distinct >= 5, f"the loop ran between messages only {distinct - 1} times"
 
 
@@ -185,41 +208,18 @@ async def test_a_long_gap_is_repaired_in_order_with_the_loop_running_in_between(
     """Twenty messages the layer dropped on a topic whose delivery takes ~20 ms each: the
     repair reads them from the history and delivers them, and what arrived meanwhile, in seq
     order, letting the loop run between them instead of holding it ~400 ms."""
-    import time as clock
-
-    turn = 0
-
-    class Slow(Listener):
-        def push(self, text: str) -> None:
-            clock.sleep(0.0002)
-            self.received.append((text, turn))
-
     topic = "market:GAP"
-    listeners = [Slow(str(n)) for n in range(100)]
-    for listener in listeners:
-        await subscribe(hub, listener, topic)
-
-    async def ticker() -> None:
-        nonlocal turn
-        while True:
-            turn += 1
-            await asyncio.sleep(0)
-
-    ticking = asyncio.create_task(ticker())
-    dropped = publish(hub, topic, 20, deliver=False)  # the layer lost these
-    later = publish(hub, topic, 1)  # this one arrives: a gap of 20 -> repair
-    await asyncio.sleep(0.01)
-    during = publish(hub, topic, 3)  # published while the repair delivers
-    for _ in range(300):
-        if all(len(listener.received) == 24 for listener in listeners):
-            break
+    async with LoopTurns() as loop:
+        listeners = [loop.Slow(str(n)) for n in range(100)]
+        for listener in listeners:
+            await subscribe(hub, listener, topic)
+        dropped = publish(hub, topic, 20, deliver=False)  # the layer lost these
+        later = publish(hub, topic, 1)  # this one arrives: a gap of 20 -> repair
         await asyncio.sleep(0.01)
-    ticking.cancel()
+        during = publish(hub, topic, 3)  # published while the repair delivers
+        await loop.until_all(listeners, 24)
     assert [text for text, _ in listeners[0].received] == dropped + later + during
-    turns = [[t for _, t in listener.received] for listener in listeners]
-    per_message = [{row[index] for row in turns} for index in range(24)]
-    assert all(len(seen) == 1 for seen in per_message), "one message goes out in one go"
-    distinct = len({next(iter(seen)) for seen in per_message})
+    distinct = loop.turns_apart(listeners, 24)
     assert distinct >= 8, f"the loop ran between repaired messages only {distinct - 1} times"
 
 
