@@ -472,10 +472,16 @@ async def test_a_short_lived_token_is_refreshed_in_band_and_the_stream_goes_on(l
 @pytest.mark.django_db(transaction=True)
 async def test_the_refresh_endpoint_buys_the_in_band_tokens(live):
     user = await sync_to_async(bot)("py-refresher")
-    # The server's tokens live 15 minutes: refresh 1.5 s after each, to see it happen.
+    login = await renew_in_band(live.http_url, user.username, lambda login: login.refreshes >= 1)
+    assert login.refreshes >= 1 and login.logins == 1
+
+
+async def renew_in_band(url: str, username: str, renewed: Any) -> PasswordLogin:
+    """A bot whose token is renewed 1.5 s after each (the server's live 15 minutes) until
+    `renewed(login)`: the session's expiry moves on, on the same connection."""
     client = Client(
-        live.http_url,
-        username=user.username,
+        url,
+        username=username,
         password=BOT_PASSWORD,
         refresh_lead=15 * 60 - 1.5,
         refresh_fraction=0,
@@ -486,12 +492,12 @@ async def test_the_refresh_endpoint_buys_the_in_band_tokens(live):
         login = client.credentials
         assert isinstance(login, PasswordLogin)
         for _ in range(60):
-            if login.refreshes >= 1 and client.session.expires_at > first.expires_at:
+            if renewed(login) and client.session.expires_at > first.expires_at:
                 break
             await asyncio.sleep(0.1)
-        assert login.refreshes >= 1 and login.logins == 1
         assert client.session.expires_at > first.expires_at
         assert client.session.connection_id == first.connection_id
+        return login
 
 
 @pytest.mark.e2e
@@ -500,25 +506,8 @@ async def test_when_the_refresh_token_is_refused_it_logs_in_again():
     user = await sync_to_async(bot)("py-relogin")
     # Refresh tokens that are expired as soon as they are issued: every refresh is refused.
     with live_server(env={"JWT_REFRESH_TOKEN_DAYS": "0"}) as server:
-        client = Client(
-            server.http_url,
-            username=user.username,
-            password=BOT_PASSWORD,
-            refresh_lead=15 * 60 - 1.5,
-            refresh_fraction=0,
-        )
-        async with client:
-            assert client.session is not None
-            first = client.session
-            login = client.credentials
-            assert isinstance(login, PasswordLogin)
-            for _ in range(60):
-                if login.logins >= 2 and client.session.expires_at > first.expires_at:
-                    break
-                await asyncio.sleep(0.1)
-            assert login.logins >= 2 and login.refreshes == 0
-            assert client.session.expires_at > first.expires_at
-            assert client.session.connection_id == first.connection_id
+        login = await renew_in_band(server.http_url, user.username, lambda login: login.logins >= 2)
+    assert login.logins >= 2 and login.refreshes == 0
 
 
 @pytest.mark.e2e
