@@ -685,10 +685,7 @@ class Hub:
             before = stream.last
             pace = _Pace()
             for seq, text in entries:
-                if seq == stream.last + 1:
-                    stream.last = seq
-                    self.deliver(topic, seq, text)
-                elif seq > stream.last + 1:
+                if not self._advance_one(topic, stream, seq, text):
                     break
                 if not await self._paced(pace, topic, stream):
                     return
@@ -697,9 +694,7 @@ class Hub:
                     "Topic %s: repaired seqs %d-%d from the history", topic, before + 1, stream.last
                 )
             while stream.pending:
-                seq = min(stream.pending)
-                epoch, text = stream.pending.pop(seq)
-                self._accept(topic, stream, epoch, seq, text, may_repair=False, current=current)
+                self._accept_next_pending(topic, stream, may_repair=False, current=current)
                 if not await self._paced(pace, topic, stream):
                     return
         finally:
@@ -715,19 +710,29 @@ class Hub:
         """Deliver history entries that follow the stream's position, as far as they are
         contiguous."""
         for seq, text in entries:
-            if seq == stream.last + 1:
-                stream.last = seq
-                self.deliver(topic, seq, text)
-            elif seq > stream.last + 1:
+            if not self._advance_one(topic, stream, seq, text):
                 break
+
+    def _advance_one(self, topic: str, stream: Stream, seq: int, text: str) -> bool:
+        """Deliver one history entry if it is the stream's next (skip one it has); False at a
+        gap, where the entries stop being contiguous."""
+        if seq == stream.last + 1:
+            stream.last = seq
+            self.deliver(topic, seq, text)
+        return seq <= stream.last
 
     def _drain_pending(
         self, topic: str, stream: Stream, *, may_repair: bool, current: str | None = None
     ) -> None:
         while stream.pending and not stream.repairing:
-            seq = min(stream.pending)
-            epoch, text = stream.pending.pop(seq)
-            self._accept(topic, stream, epoch, seq, text, may_repair=may_repair, current=current)
+            self._accept_next_pending(topic, stream, may_repair=may_repair, current=current)
+
+    def _accept_next_pending(
+        self, topic: str, stream: Stream, *, may_repair: bool, current: str | None
+    ) -> None:
+        seq = min(stream.pending)
+        epoch, text = stream.pending.pop(seq)
+        self._accept(topic, stream, epoch, seq, text, may_repair=may_repair, current=current)
 
     # --- delivery ----------------------------------------------------------------------
 

@@ -394,7 +394,8 @@ class DaphneTCPAdapter(ServerAdapter):
     kind = "daphne-tcp"
     direct_path = "straight to the socket"
 
-    def __init__(self, protocol: Any, tcp: Any, name: str) -> None:
+    def __init__(self, protocol: Any, tcp: Any, name: str, carrier: Any = None) -> None:
+        """`carrier`: the transport the HTTP upgrade arrived on, when not `tcp` (TLS)."""
         self.protocol = protocol
         self.tcp = tcp
         self.name = name
@@ -404,7 +405,7 @@ class DaphneTCPAdapter(ServerAdapter):
         self._state_open = protocol.STATE_OPEN
         self._send_ground = protocol.SEND_STATE_GROUND
         self._framed_alike: bool | None = None
-        self._http_channel = _http_channel_of(tcp)
+        self._http_channel = _http_channel_of(carrier if carrier is not None else tcp)
 
     def release(self) -> None:
         release_daphne_cycles(self.protocol, self._http_channel, self.name)
@@ -473,9 +474,8 @@ class DaphneTLSAdapter(DaphneTCPAdapter):
     direct_path = "through the TLS transport"
 
     def __init__(self, protocol: Any, tls: Any, tcp: Any, name: str) -> None:
-        super().__init__(protocol, tcp, name)
+        super().__init__(protocol, tcp, name, carrier=tls)
         self.tls = tls
-        self._http_channel = _http_channel_of(tls)
         aggregator = getattr(tls, "_aggregator", None)
         self._aggregated: Callable[[], int] = (
             (lambda: aggregator.MAX_BUFFER_SIZE - aggregator._bufferLeft)
