@@ -58,8 +58,21 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
+def _process_cpu_clock(pid: int) -> int:
+    """Linux's clock id for the CPU time of the whole process `pid` (every thread, living or
+    ended): MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED) from the kernel's posix-timers.h, which
+    clock_gettime(2) reads for any process, in nanoseconds."""
+    return ((~pid) << 3) | 2
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds `pid` has used (its threads included)."""
+    """User + system CPU seconds `pid` has used (its threads included), to the nanosecond: a
+    short quick run on a few subscribers uses less than one 10 ms tick of /proc/<pid>/stat,
+    which read as 0. Falls back to the ticks where the process clock cannot be read."""
+    try:
+        return time.clock_gettime_ns(_process_cpu_clock(pid)) / 1e9
+    except OSError:
+        pass
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:

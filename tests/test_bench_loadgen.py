@@ -126,3 +126,33 @@ def test_repeated_runs_report_each_target_as_the_median_run_with_its_range():
     # A target no run measured keeps its first run's entry, with every run's value.
     (unmeasured,) = combine_targets([[target("t", None, "x", None)]] * 3)
     assert unmeasured["value"] is None and unmeasured["values"] == [None, None, None]
+
+
+def test_a_servers_cpu_is_read_to_well_under_a_clock_tick_threads_included():
+    """A quick run's server may use less than one 10 ms tick; /proc/<pid>/stat would read 0.
+    A child whose thread spins 60 ms and ends is read as at least that (an ended thread's time
+    counts), to the nanosecond rather than in ticks, and an ended process reads as 0."""
+    import subprocess
+    import sys
+
+    from bench import common
+
+    spin = (
+        "import threading, time, sys\n"
+        "def spin():\n"
+        "    end = time.thread_time() + 0.06\n"
+        "    while time.thread_time() < end: pass\n"
+        "t = threading.Thread(target=spin); t.start(); t.join()\n"
+        "print('spun', flush=True); sys.stdin.read()\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", spin], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout.readline() == "spun\n"
+        before_exit = common.cpu_seconds(child.pid)
+    finally:
+        child.communicate("")
+    assert 0.06 <= before_exit < 1.0, before_exit
+    assert round(before_exit * 1e9) % 10_000_000 != 0, "read in 10 ms ticks"
+    assert common.cpu_seconds(child.pid) == 0.0
