@@ -605,6 +605,60 @@ def adapter_for(send: Any, name: str = "") -> ServerAdapter:
     return _use_generic(name, "the ASGI server is not one this module knows")
 
 
+# --- autobahn's debug formatting ------------------------------------------------------------
+
+
+class _Pformatted:
+    """`pprint.pformat(value)`, computed only if a log line is actually formatted."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        return _pformat(self.value)
+
+    __repr__ = __str__
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
+def _pformat(value: Any) -> str:
+    import pprint
+
+    return pprint.pformat(value)
+
+
+def defer_autobahn_debug_formatting() -> bool:
+    """Make autobahn's two per-connection debug lines cost nothing while debug logging is off.
+
+    autobahn's `WebSocketProtocol._connectionMade` and `startHandshake` call `pformat` on the
+    connection's 29 options and its transport details for `log.debug` lines, eagerly, for every
+    connection, whether or not debug is logged: about 230 us per connect on this machine, a
+    fifth of what a whole authenticated connect costs (docs/BENCHMARKS.md, connections). The
+    module-level `pformat` those lines call becomes `_Pformatted`, which formats only when a
+    line is written, to the same text. Done only when autobahn is loaded (Daphne) and the name
+    is still `pprint.pformat`; otherwise nothing changes (said at DEBUG). Whether it applied.
+    """
+    import pprint
+    import sys
+
+    module = sys.modules.get("autobahn.websocket.protocol")
+    if module is None:
+        return False
+    current = getattr(module, "pformat", None)
+    if current is _Pformatted:
+        return True
+    if current is not pprint.pformat:
+        logger.debug("autobahn's pformat is %r, not pprint's: left as it is", current)
+        return False
+    module.pformat = _Pformatted  # type: ignore[attr-defined]
+    logger.info("autobahn's per-connection debug lines are formatted only when logged")
+    return True
+
+
 # --- the outbox -----------------------------------------------------------------------------
 
 

@@ -534,3 +534,79 @@ async def test_a_closed_connection_is_freed_at_once_not_left_in_cycles_for_the_c
     # (Not WebRequest: the REST requests of this test are garbage of their own, for another day.)
     in_cycles = {name: n for name, n in garbage["types"] if name in CONNECTION_TYPES[:-1]}
     assert in_cycles == {}, f"left in cycles: {in_cycles}; {garbage['cycles']}"
+
+
+def _autobahn_connection() -> tuple[object, object]:
+    """A real autobahn server protocol made on a real (in-memory) Twisted transport."""
+    from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+    from twisted.internet.testing import StringTransport
+
+    factory = WebSocketServerFactory("ws://127.0.0.1:9")
+    factory.protocol = WebSocketServerProtocol
+    protocol = factory.buildProtocol(("127.0.0.1", 9))
+    transport = StringTransport()
+    return protocol, transport
+
+
+def test_autobahns_per_connection_debug_lines_cost_no_formatting_unless_logged(monkeypatch):
+    """autobahn pformats 29 options on every connection for a debug line (about 230 us, a fifth
+    of a connect); with the deferral a connection formats nothing while debug is off, and the
+    line reads the same as autobahn's own once debug is on."""
+    import pprint
+
+    import autobahn.websocket.protocol as autobahn_protocol
+    import txaio
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    from realtime import outbound
+
+    monkeypatch.setattr(autobahn_protocol, "pformat", pprint.pformat)
+    assert outbound.defer_autobahn_debug_formatting() is True
+    assert outbound.defer_autobahn_debug_formatting() is True  # again: already done
+    formatted = []
+    original = pprint.pformat
+    monkeypatch.setattr(pprint, "pformat", lambda value: formatted.append(value) or original(value))
+
+    protocol, transport = _autobahn_connection()
+    protocol.makeConnection(transport)
+    assert formatted == []  # debug off (txaio's default): nothing formatted
+
+    lines: list[str] = []
+    observer = lambda event: lines.append(formatEvent(event))  # noqa: E731
+    level = txaio.get_global_log_level()
+    globalLogPublisher.addObserver(observer)
+    txaio.set_global_log_level("debug")
+    try:
+        protocol, transport = _autobahn_connection()
+        protocol.makeConnection(transport)
+    finally:
+        txaio.set_global_log_level(level)
+        globalLogPublisher.removeObserver(observer)
+    options = formatted[0]
+    assert [name for name, _, _ in options] == list(protocol.CONFIG_ATTRS)
+    assert any(original(options) in line for line in lines), lines
+
+
+def test_autobahns_formatting_is_left_alone_when_it_is_not_what_we_expect(monkeypatch, caplog):
+    import autobahn.websocket.protocol as autobahn_protocol
+
+    from realtime import outbound
+
+    def their_own(value):
+        return "theirs"
+
+    monkeypatch.setattr(autobahn_protocol, "pformat", their_own)
+    with caplog.at_level("DEBUG", logger="realtime.outbound"):
+        assert outbound.defer_autobahn_debug_formatting() is False
+    assert autobahn_protocol.pformat is their_own
+    assert "left as it is" in caplog.text
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_a_real_daphne_defers_autobahns_debug_formatting():
+    """Daphne loads autobahn before the application: the deferral applies in a real server."""
+    from tests.live import live_server
+
+    with live_server() as server:
+        assert "debug lines are formatted only when logged" in server.log()
