@@ -210,6 +210,7 @@ def test_the_growth_curves_run_in_quick_mode_and_are_drawn(tmp_path):
     assert run.returncode == 0, f"{run.stdout[-4000:]}\n{run.stderr[-4000:]}"
     document = _load(tmp_path, "curves")
     assert [p["subscribers"] for p in document["fanout"]] == [20, 40]
+    assert [p["rate"] for p in document["fanout"]] == [10.0, 10.0]  # 10,000 deliveries/s: capped
     for point in document["fanout"]:
         for label in ("daphne", "baseline"):
             assert point[label]["delivered_pct"] == 100.0
