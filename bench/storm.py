@@ -41,11 +41,19 @@ TOPIC = f"market:{SYMBOL}"
 
 
 class BackgroundPublisher:
-    """Ticks to one server at `rate`/s from a thread (the parent's pipes block), until stopped."""
+    """Ticks to one server at `rate`/s from a thread (the parent's pipes block), until stopped:
+    of `market:BENCH`, or what `body` builds (publisher.Publisher.run's `body_for`)."""
 
-    def __init__(self, port: int, token: str, rate: float) -> None:
+    def __init__(
+        self,
+        port: int,
+        token: str,
+        rate: float,
+        body: Callable[[int, float], tuple[bytes, Any]] | None = None,
+    ) -> None:
         self.args = (common.LOOPBACK, port, "/api/market-data/")
         self.token, self.rate = token, rate
+        self.body = body or tick_body(SYMBOL)
         self._stop = threading.Event()
         self.log: PublishLog | None = None
         self._thread = threading.Thread(target=self._main, name="storm-publisher", daemon=True)
@@ -57,7 +65,7 @@ class BackgroundPublisher:
                 return await publisher.run(
                     self.rate,
                     int(self.rate * 3600),
-                    tick_body(SYMBOL),
+                    self.body,
                     drain_seconds=10,
                     stop=self._stop.is_set,
                 )
