@@ -33,6 +33,7 @@ logged at WARNING or above by the server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import statistics
@@ -48,8 +49,10 @@ from bench.publisher import tick_body
 from bench.storm import BackgroundPublisher, log_summary, publish_summary, wait_for
 
 # Growth of resident memory over the second half of the run, KiB per minute, above which the
-# server is not on a plateau. Churn leaves 0.4 KiB per connection while the allocator warms up
-# (scenario 10); a plateau's slope is the sampling noise of a few pages.
+# server is not on a plateau. Scenario 10 measured 0.4 KiB left per churned connection over its
+# 8,000; were that a steady leak, the default churn (about 40 connections/s) would grow the
+# server by some 1,000 KiB/min, twice this. A plateau's slope is the noise of a few pages; the
+# limit may be tightened once a 10-minute run shows that noise.
 RSS_GROWTH_LIMIT_KIB_PER_MIN = 512.0
 # How far above its starting level each count may end once every client has left: a thread
 # pool's idle worker may hold a descriptor, a timer a task. Rows must all be gone.
@@ -72,7 +75,10 @@ def connection_rows(database_url: str) -> int:
     query = "SELECT COUNT(*) FROM realtime_connection"
     if database_url.startswith("sqlite:///"):
         path = database_url.removeprefix("sqlite:///")
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10) as db:
+        # closing(): sqlite3's own context manager ends a transaction, not the connection.
+        with contextlib.closing(
+            sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        ) as db:
             return int(db.execute(query).fetchone()[0])
     import psycopg
 
