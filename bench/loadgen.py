@@ -682,7 +682,7 @@ class Worker:
             await asyncio.wait(waiting, timeout=10)
         return {"closed": len(clients), "open": len(self.open_clients)}
 
-    # --- stream mode: one topic's stream per client, across reconnects (bench storm) --------
+    # --- stream mode: one topic's stream per client, across reconnects (storm, soak) ------
 
     def stream_setup(self, tracks: list[tuple[int, str | None, str]]) -> dict[str, Any]:
         self.mode = "stream"
