@@ -11,6 +11,8 @@
   throttle      9. 1,000 connections x 20 symbols throttled at 250 ms against unthrottled
   churn        10. memory left behind by 8,000 connections that connected, subscribed, left
   all           every scenario above, in order (--quick: tiny sizes, for the test suite)
+  soak         11. 10 minutes of ticks, steady subscribers, resumers and churn on one Daphne:
+                no message lost, memory on a plateau, resources back at the end (not in `all`)
   curves        growth curves: fan-out by subscribers, memory by connections, rate by
                 processes, each with the baseline, drawn as PNG (not part of `all`)
   plot          draw the curves again from a curves.json
@@ -138,6 +140,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--batch", type=int, default=0, help="connected at a time (default 200)")
     sub.add_argument("--server", choices=["daphne", "uvicorn"], default="daphne")
     sub.add_argument("--no-baseline", action="store_true")
+    sub = commands.add_parser("soak", help="minutes under a steady mix: loss and resources")
+    _common_arguments(sub)
+    sub.add_argument("--minutes", type=float, default=0.0, help="default 10 (quick: 0.3)")
+    sub.add_argument("--rate", type=float, default=0.0, help="ticks/s in all (default 20)")
+    sub.add_argument("--topics", type=int, default=0, help="market topics (default 4)")
+    sub.add_argument("--subscribers", type=int, default=0, help="steady (default 200)")
+    sub.add_argument("--resumers", type=int, default=0, help="default 100 (quick: 10)")
+    sub.add_argument(
+        "--resume-every", type=float, default=0.0, help="s between a resumer's drops (default 20)"
+    )
+    sub.add_argument("--churn-batch", type=int, default=0, help="per round (default 100)")
+    sub.add_argument("--sample-every", type=float, default=0.0, help="s (default 5; quick: 1)")
     sub = commands.add_parser("curves", help="growth curves against the baseline, as PNG")
     _common_arguments(sub)
     sub.add_argument(
@@ -447,6 +461,12 @@ def _run_scenarios(options: argparse.Namespace, summary: dict[str, Any]) -> None
         }
 
 
+def run_soak(options: argparse.Namespace) -> dict[str, Any]:
+    from bench import soak
+
+    return soak.run(options)
+
+
 def run_curves(options: argparse.Namespace) -> dict[str, Any]:
     from bench import curves
 
@@ -465,7 +485,7 @@ def run_plot(options: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     options = build_parser().parse_args(argv)
-    extra = {"curves": run_curves, "plot": run_plot}
+    extra = {"curves": run_curves, "plot": run_plot, "soak": run_soak}
     runner = (
         run_all
         if options.scenario == "all"

@@ -682,13 +682,24 @@ class Worker:
             await asyncio.wait(waiting, timeout=10)
         return {"closed": len(clients), "open": len(self.open_clients)}
 
-    # --- stream mode: one topic's stream per client, across reconnects (bench storm) --------
+    # --- stream mode: one topic's stream per client, across reconnects (storm, soak) ------
 
-    def stream_setup(self, tokens: list[tuple[int, str | None]], topic: str) -> dict[str, Any]:
+    def stream_setup(self, tracks: list[tuple[int, str | None, str]]) -> dict[str, Any]:
         self.mode = "stream"
         self.rejoin = None
-        self.tracks = [Track(number, token, topic) for number, token in tokens]
+        self.tracks = [Track(number, token, topic) for number, token, topic in tracks]
         return {"tracks": len(self.tracks)}
+
+    def stream_drop(self, fraction: float) -> dict[str, Any]:
+        """Close, from the client's side, the connection of each resumed track with probability
+        `fraction`: an armed rejoin then brings it back with `since` (bench soak's resumers).
+        Only resumed tracks: a drop mid-replay would test the replay's cut, not the resume."""
+        dropped = 0
+        for track in self.tracks:
+            if track.client is not None and track.resumed() and random.random() < fraction:
+                track.client.close()
+                dropped += 1
+        return {"dropped": dropped}
 
     def stream_start(self, spec: StreamSpec) -> dict[str, Any]:
         for track in self.tracks:
@@ -801,9 +812,10 @@ class Worker:
             "received": self.received,
         }
 
-    def stream_collect(self, final: int) -> dict[str, Any]:
-        """Every track's legs, checked against `final` (the topic's last seq), and the send
-        and receipt times of the messages that came live after each track's last reply."""
+    def stream_collect(self, final: int | dict[str, int]) -> dict[str, Any]:
+        """Every track's legs, checked against `final` (the topic's last seq, or each topic's
+        when the tracks follow several), and the send and receipt times of the messages that
+        came live after each track's last reply."""
         live_sent = array.array("d")
         live_recv = array.array("d")
         for track in self.tracks:
@@ -815,7 +827,10 @@ class Worker:
                     live_sent.append(track.sent[index])
                     live_recv.append(track.recv[index])
         return {
-            "tracks": [track.summary(final) for track in self.tracks],
+            "tracks": [
+                track.summary(final if isinstance(final, int) else final[track.topic])
+                for track in self.tracks
+            ],
             "live_sent": live_sent.tobytes(),
             "live_recv": live_recv.tobytes(),
             "errors": dict(self.errors),
@@ -853,11 +868,13 @@ class Worker:
                 elif command == "status":
                     reply = self.status()
                 elif command == "stream_setup":
-                    reply = self.stream_setup(*argument)
+                    reply = self.stream_setup(argument)
                 elif command == "stream_start":
                     reply = self.stream_start(argument)
                 elif command == "stream_arm":
                     reply = self.stream_arm(argument)
+                elif command == "stream_drop":
+                    reply = self.stream_drop(argument)
                 elif command == "stream_status":
                     reply = self.stream_status()
                 elif command == "stream_collect":
@@ -1038,11 +1055,18 @@ class LoadGenerator:
 
     # --- stream mode (bench storm) -------------------------------------------------------
 
-    def stream_setup(self, tokens: Sequence[str | None], topic: str) -> None:
-        """One track per token (client number = its index), spread over the workers."""
+    def stream_setup(self, tokens: Sequence[str | None], topic: str | Sequence[str]) -> None:
+        """One track per token (client number = its index), spread over the workers; `topic`
+        is every track's, or one per token."""
         count = len(self.pipes)
-        numbered = list(enumerate(tokens))
-        self._all("stream_setup", [(numbered[i::count], topic) for i in range(count)])
+        topics = [topic] * len(tokens) if isinstance(topic, str) else list(topic)
+        numbered = [(n, token, topics[n]) for n, token in enumerate(tokens)]
+        self._all("stream_setup", [numbered[i::count] for i in range(count)])
+
+    def stream_drop(self, fraction: float) -> int:
+        """Drop each resumed track's connection with probability `fraction`; how many were."""
+        replies = self._all("stream_drop", [fraction] * len(self.pipes))
+        return sum(r["dropped"] for r in replies)
 
     def stream_start(self, spec: StreamSpec) -> None:
         self._all("stream_start", [spec] * len(self.pipes))
@@ -1065,7 +1089,7 @@ class LoadGenerator:
             total[key] = dict(total[key])
         return total
 
-    def stream_collect(self, final: int) -> dict[str, Any]:
+    def stream_collect(self, final: int | dict[str, int]) -> dict[str, Any]:
         tracks: list[dict[str, Any]] = []
         live_sent = array.array("d")
         live_recv = array.array("d")

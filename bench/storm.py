@@ -41,11 +41,19 @@ TOPIC = f"market:{SYMBOL}"
 
 
 class BackgroundPublisher:
-    """Ticks to one server at `rate`/s from a thread (the parent's pipes block), until stopped."""
+    """Ticks to one server at `rate`/s from a thread (the parent's pipes block), until stopped:
+    of `market:BENCH`, or what `body` builds (publisher.Publisher.run's `body_for`)."""
 
-    def __init__(self, port: int, token: str, rate: float) -> None:
+    def __init__(
+        self,
+        port: int,
+        token: str,
+        rate: float,
+        body: Callable[[int, float], tuple[bytes, Any]] | None = None,
+    ) -> None:
         self.args = (common.LOOPBACK, port, "/api/market-data/")
         self.token, self.rate = token, rate
+        self.body = body or tick_body(SYMBOL)
         self._stop = threading.Event()
         self.log: PublishLog | None = None
         self._thread = threading.Thread(target=self._main, name="storm-publisher", daemon=True)
@@ -57,7 +65,7 @@ class BackgroundPublisher:
                 return await publisher.run(
                     self.rate,
                     int(self.rate * 3600),
-                    tick_body(SYMBOL),
+                    self.body,
                     drain_seconds=10,
                     stop=self._stop.is_set,
                 )
@@ -90,12 +98,14 @@ def topic_head(redis_url: str, prefix: str) -> tuple[str | None, int]:
 
 
 def log_summary(path: Path, limit: int = 12) -> dict[str, Any]:
-    """The server's WARNING and ERROR lines, counted by their text without numbers (the log
-    level is WARNING: anything there is worth reading)."""
+    """The server's WARNING and ERROR lines, counted by their text without numbers or hex ids
+    (a connection's id would make every line its own kind; the log level is WARNING: anything
+    there is worth reading), and how many of them are errors (ERROR, CRITICAL, a traceback)."""
     import re
 
     counts: dict[str, int] = {}
     examples: dict[str, str] = {}
+    errors = 0
     try:
         lines = path.read_text(errors="replace").splitlines()
     except OSError:
@@ -103,11 +113,16 @@ def log_summary(path: Path, limit: int = 12) -> dict[str, Any]:
     for line in lines:
         if "WARNING" not in line and "ERROR" not in line and "Traceback" not in line:
             continue
-        key = re.sub(r"\d+", "N", line)[:160]
+        errors += any(word in line for word in ("ERROR", "CRITICAL", "Traceback"))
+        key = re.sub(r"[0-9a-f]{12,}|\d+", "N", line)[:160]
         counts[key] = counts.get(key, 0) + 1
         examples.setdefault(key, line[:400])
     top = sorted(counts, key=counts.__getitem__, reverse=True)[:limit]
-    return {"lines": sum(counts.values()), "top": [[counts[k], examples[k]] for k in top]}
+    return {
+        "lines": sum(counts.values()),
+        "errors": errors,
+        "top": [[counts[k], examples[k]] for k in top],
+    }
 
 
 def wait_for(

@@ -4,7 +4,8 @@ Nothing here asserts a timing: the run must complete and write well-formed JSON 
 docs/BENCHMARKS.md reads. The two-process Redis scenario runs when TEST_REDIS_URL is set, as
 the suite's other Redis tests do, and so does the reconnect storm (scenario 7), whose loss
 check must come out clean; the uvicorn scenario when uvicorn is installed (it is in the dev
-extra).
+extra). The soak (scenario 11), too long for `all`, runs on its own in quick mode, and its
+loss check must come out clean too.
 """
 
 from __future__ import annotations
@@ -233,3 +234,45 @@ def test_the_growth_curves_run_in_quick_mode_and_are_drawn(tmp_path):
     )  # fmt: skip
     assert replot.returncode == 0, replot.stderr[-2000:]
     assert all(image.exists() for image in images.values())
+
+
+@pytest.mark.timeout(240)
+def test_the_soak_runs_in_quick_mode_and_loses_nothing(tmp_path):
+    """`bench soak --quick` (not part of `all`): its time series and every verdict are in the
+    JSON, nothing was lost or duplicated, every resume came back recovered, and what the
+    clients held (rows, tasks) was given back when they left."""
+    command = [sys.executable, "-m", "bench", "soak", "--quick", "--out", str(tmp_path)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    run = subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=220, check=False
+    )
+    assert run.returncode == 0, f"{run.stdout[-4000:]}\n{run.stderr[-4000:]}"
+    document = _load(tmp_path, "soak")
+    assert document["params"]["quick"] is True
+    phases = [s["phase"] for s in document["samples"]]
+    assert phases[0] == "start" and phases[-1] == "end" and phases.count("run") >= 5
+    for reading in document["samples"]:
+        assert {"t", "rss_kib", "fds", "threads", "tasks", "allocated_blocks", "rows"} <= set(
+            reading
+        )
+        assert reading["tasks"] is not None and reading["rss_kib"] > 0  # the probe answered
+    names = [t["target"] for t in document["targets"]]
+    for expected in (
+        "soak: steady subscribers", "soak: resumers", "soak: resumes recovered",
+        "soak: RSS growth", "soak: open fds", "soak: asyncio tasks", "soak: connection rows",
+        "soak: server log errors", "soak: server log warnings",
+    ):  # fmt: skip
+        assert any(name.startswith(expected) for name in names), expected
+    steady, resumers = document["steady"], document["resumers"]
+    assert steady["received"] > 0 and steady["reconnected"] == 0
+    assert steady["lost"] == steady["duplicates"] == steady["unchecked"] == 0
+    assert resumers["resumes"] > 0 and resumers["recovered"] == resumers["resumes"]
+    assert resumers["resets"] == {}
+    assert resumers["lost"] == resumers["duplicates"] == resumers["unchecked"] == 0
+    assert max(s["rows"] for s in document["samples"]) > 0  # rows were counted, then gone
+    assert document["end"]["rows"] == 0
+    assert document["churn"]["opened"] > 0
+    by_name = {t["target"].split(" (")[0].split(",")[0]: t for t in document["targets"]}
+    assert by_name["soak: steady subscribers"]["met"] is True
+    assert by_name["soak: resumers"]["met"] is True
+    assert by_name["soak: resumes recovered"]["met"] is True

@@ -3,7 +3,8 @@ latency for the benchmarks.
 
 Put on PYTHONPATH with BENCH_GC_LOG=<file> by bench.common.Server: each collection appends
 "<unix time at start> <generation> <milliseconds>" to the file. It only observes (a callback
-in gc.callbacks); the application is not changed.
+in gc.callbacks, and signal handlers that write reports: SIGUSR1 a census, SIGUSR2 a full
+collection, SIGRTMIN+2 a cheap probe); the application is not changed.
 """
 
 import gc
@@ -111,10 +112,26 @@ if _path:
                 out,
             )
 
+    def _probe(signum: int, frame: object) -> None:
+        """On SIGRTMIN+2: a cheap reading for a time series (bench soak), unlike the census
+        (a list of every tracked object, its types counted): the running loop's asyncio tasks
+        and the memory blocks pymalloc has handed out (live small objects, to within a
+        constant), each O(what it counts), so sampling every few seconds does not move what it
+        watches."""
+        import asyncio
+        import json
+        import sys
+
+        loop = asyncio.events._get_running_loop()
+        tasks = len(asyncio.all_tasks(loop)) if loop is not None else None
+        with open(f"{_path}.probe.{os.getpid()}", "w") as out:
+            json.dump({"tasks": tasks, "allocated_blocks": sys.getallocatedblocks()}, out)
+
     import signal
 
     signal.signal(signal.SIGUSR1, _census)
     signal.signal(signal.SIGUSR2, _garbage)
+    signal.signal(signal.SIGRTMIN + 2, _probe)
 
     # --- What memory is allocated where (BENCH_TRACEMALLOC=frames): tracemalloc from start-up,
     # and on SIGRTMIN+1 a snapshot written beside the GC log (compared by bench connections).
