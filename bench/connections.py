@@ -123,9 +123,10 @@ def measure(
         growth.sort(key=lambda item: -item[1])
         result["gc_tracked_types_per_connection"] = growth[:20]
     if traced_before is not None and traced_held is not None:
-        result["allocated_per_connection"] = allocations_per_connection(
-            traced_before, traced_held, max(1, opened)
-        )
+        allocated = allocations_per_connection(traced_before, traced_held, max(1, opened))
+        result["allocated_per_connection"] = allocated
+        owners = ", ".join(f"{name} {kib}" for name, kib in allocated["by_area_kib"][:8])
+        log(f"  {label}: {allocated['kib_per_connection']} KiB allocated each: {owners}")
     if profile is not None:
         result["profile"] = profile
     loadgen.close_all()
@@ -161,7 +162,25 @@ def allocations_per_connection(before: Path, after: Path, count: int) -> dict[st
                 "where": where,
             }
         )
-    return {"kib_per_connection": round(total / count / 1024, 2), "frames": frames, "top": rows}
+    # Whose memory it is: every line's bytes by the package that allocated them (the first
+    # frame's file, as the CPU profile's areas), so a connection's memory splits into ours and
+    # the server's.
+    from bench.profiling import area_of
+
+    areas: dict[str, float] = {}
+    for difference in differences:
+        owner = area_of(difference.traceback[0].filename) if difference.traceback else "other"
+        areas[owner] = areas.get(owner, 0.0) + difference.size_diff
+    by_area = sorted(
+        ((name, round(size / count / 1024, 2)) for name, size in areas.items()),
+        key=lambda item: -item[1],
+    )
+    return {
+        "kib_per_connection": round(total / count / 1024, 2),
+        "frames": frames,
+        "by_area_kib": by_area,
+        "top": rows,
+    }
 
 
 def run(options: Any, log: Any = print) -> dict[str, Any]:

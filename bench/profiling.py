@@ -41,7 +41,8 @@ AREAS = [
 ]
 
 
-def _area(file: str) -> str:
+def area_of(file: str) -> str:
+    """The area (package) a source file belongs to, by AREAS."""
     for name, needles in AREAS:
         if any(needle in file for needle in needles):
             return name
@@ -110,7 +111,7 @@ def summarize(path: Path, top: int = 25) -> dict[str, Any]:
             else:
                 names.append((frame, ""))
         leaf_function, leaf_file = names[-1]
-        areas[_area(leaf_file)] += count
+        areas[area_of(leaf_file)] += count
         self_time[f"{leaf_function} ({leaf_file})"] += count
         for key in {f"{f} ({file})" for f, file in names}:
             inclusive[key] += count

@@ -305,6 +305,25 @@ def _http_channel_of(transport: Any) -> Any:
     return None
 
 
+def release_upgrade_request(http_channel: Any, name: str) -> None:
+    """Free the HTTP request that carried the upgrade, once the WebSocket protocol has it.
+
+    Daphne hands the transport to the WebSocket protocol without finishing the upgrade request,
+    so Twisted's HTTPChannel (which stays the transport's producer) keeps it in `requests` for
+    the connection's life, with its headers, body buffer and response headers: about 2 KiB of
+    each idle connection (docs/BENCHMARKS.md, memory per connection). Nothing reads it again:
+    the channel no longer receives data (the transport's protocol is the WebSocket one), and
+    its producer methods do not touch `requests`. At close the list is cleared anyway (the
+    request-channel cycle, `release_daphne_cycles`); this does it at once.
+    """
+    try:
+        requests = getattr(http_channel, "requests", None)
+        if isinstance(requests, list):
+            requests.clear()
+    except Exception:  # internals not as expected: the request lives as long as the channel
+        logger.debug("Connection %s: the upgrade request kept", name, exc_info=True)
+
+
 def release_daphne_cycles(protocol: Any, http_channel: Any, name: str) -> None:
     """Break the two reference cycles Daphne leaves behind each closed WebSocket connection.
 
@@ -320,6 +339,7 @@ def release_daphne_cycles(protocol: Any, http_channel: Any, name: str) -> None:
     Only once the connection is closed, and only when each object is what this expects;
     otherwise nothing is touched (the collector still frees them, later).
     """
+    release_upgrade_request(http_channel, name)  # done at open; again, in case it came back
     try:
         closed = getattr(protocol, "is_closed", None)
         if (
@@ -329,9 +349,6 @@ def release_daphne_cycles(protocol: Any, http_channel: Any, name: str) -> None:
             and getattr(protocol, "state", None) == getattr(protocol, "STATE_CLOSED", object())
         ):
             closed.result = None  # what a late callback gets; nothing in Daphne adds one
-        requests = getattr(http_channel, "requests", None)
-        if isinstance(requests, list):
-            requests.clear()
     except Exception:  # internals not as expected: leave them to the collector
         logger.debug("Connection %s: Daphne's cycles left to the collector", name, exc_info=True)
 
@@ -406,6 +423,7 @@ class DaphneTCPAdapter(ServerAdapter):
         self._send_ground = protocol.SEND_STATE_GROUND
         self._framed_alike: bool | None = None
         self._http_channel = _http_channel_of(carrier if carrier is not None else tcp)
+        release_upgrade_request(self._http_channel, name)
 
     def release(self) -> None:
         release_daphne_cycles(self.protocol, self._http_channel, self.name)

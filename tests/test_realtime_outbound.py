@@ -610,3 +610,42 @@ def test_a_real_daphne_defers_autobahns_debug_formatting():
 
     with live_server() as server:
         assert "debug lines are formatted only when logged" in server.log()
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("tls", [False, True])
+async def test_an_open_connection_does_not_keep_its_upgrade_request(trader_token, tmp_path, tls):
+    """Daphne leaves the HTTP request that carried the upgrade in its channel for the life of
+    the connection (about 2 KiB each, docs/BENCHMARKS.md); 20 open, subscribed connections on
+    a real Daphne keep none of theirs, and still get their updates and close cleanly."""
+    import signal
+
+    from tests.live import ROOT, live_server
+    from tests.wsclient import connect as ws_connect
+    from tests.wsclient import receive_type, subscribe
+
+    env = {"PYTHONPATH": str(ROOT / "bench" / "gcwatch"), "BENCH_GC_LOG": str(tmp_path / "gc")}
+    with live_server(tls=tls, env=env) as server:
+        url = server.wss_url if tls else server.ws_url
+        secure = {"ssl": server.client_ssl_context()} if tls else {}
+        clients = []
+        for _ in range(20):
+            ws = await ws_connect(url, token=trader_token, **secure)
+            await receive_type(ws, "AUTHENTICATION")
+            await subscribe(ws, "market:UPG")
+            clients.append(ws)
+        deadline = asyncio.get_running_loop().time() + 10
+        while True:  # Daphne itself drops its reference within a second or two (its checker)
+            alive = dict(_gc_report(server, tmp_path, "census", signal.SIGUSR1)["types"])
+            requests = alive.get("WebRequest", 0)
+            if not requests or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        assert alive.get("WebSocketProtocol", 0) >= 20
+        assert requests == 0, f"{requests} upgrade requests alive"
+        assert alive.get("HTTPChannel", 0) >= 20  # the channel itself stays: the producer
+        for ws in clients:  # and the connections work on
+            await subscribe(ws, "market:UPG2")
+        for ws in clients:
+            await ws.close()
