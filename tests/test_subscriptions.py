@@ -101,19 +101,20 @@ def test_a_throttled_subscription_gets_the_latest_tick_at_most_once_per_interval
     time = FakeTime()
     conflator = Conflator(clock=lambda: time.now, call_at=time.call_at)
     sent: list[tuple[float, int]] = []
-    slot = conflator.slot(lambda tick: sent.append((time.now, tick)), 250)
+    lane = conflator.lane(250)
+    conflator.join(lane, "a", lambda tick: sent.append((time.now, tick)))
     for tick in range(100):  # a burst: 100 ticks in 99 ms
-        conflator.offer(slot, tick)
+        conflator.offer(lane, tick)
         time.advance(0.001)
     assert sent == [(0.0, 0)]  # the first at once
     time.advance(0.3)
     assert sent == [(0.0, 0), (0.25, 99)]  # the last of the burst, one interval after the first
     time.advance(0.5)
-    conflator.offer(slot, 100)  # a quiet spell later: at once again
+    conflator.offer(lane, 100)  # a quiet spell later: at once again
     assert sent[-1] == (pytest.approx(0.9), 100)
     for tick in range(101, 111):  # ticks every 100 ms: one per 250 ms, never older than 250 ms
         time.advance(0.1)
-        conflator.offer(slot, tick)
+        conflator.offer(lane, tick)
     time.advance(1.0)
     times = [at for at, _ in sent]
     assert all(b - a >= 0.25 - 1e-9 for a, b in itertools.pairwise(times))
@@ -124,42 +125,47 @@ def test_one_timer_serves_every_throttled_subscription():
     time = FakeTime()
     conflator = Conflator(clock=lambda: time.now, call_at=time.call_at)
     got: dict[int, list[int]] = {n: [] for n in range(1000)}
-    slots = [conflator.slot(got[n].append, 250) for n in range(1000)]
+    lanes = [conflator.lane(250 + n) for n in range(1000)]  # intervals differ: 1,000 lanes
+    for n, lane in enumerate(lanes):
+        conflator.join(lane, n, got[n].append)
     for tick in range(5):
-        for slot in slots:
-            conflator.offer(slot, tick)
+        for lane in lanes:
+            conflator.offer(lane, tick)
     live = [t for _, t in time.timers if not t.cancelled]
     assert len(live) == 1  # not one per subscription
-    time.advance(0.25)
+    time.advance(1.25)
     assert all(values == [0, 4] for values in got.values())
-    conflator.cancel(slots[0])
-    conflator.offer(slots[0], 9)
+    assert conflator.leave(lanes[0], 0)
+    conflator.offer(lanes[0], 9)
     time.advance(1)
     assert got[0] == [0, 4]
 
 
-def test_a_slot_holding_a_message_is_always_scheduled_and_a_cancelled_one_holds_nothing():
+def test_a_lane_holding_a_message_is_always_scheduled_and_a_freed_one_holds_nothing():
     """The invariant the hub's inline replacement of a held tick relies on, under a random mix
-    of offers, flushes and cancels."""
+    of offers, flushes and frees."""
     import random
 
     time = FakeTime()
     conflator = Conflator(clock=lambda: time.now, call_at=time.call_at, slice_size=7)
     rng = random.Random(19)
     sent: dict[int, list[int]] = {n: [] for n in range(40)}
-    slots = [conflator.slot(sent[n].append, rng.choice([50, 100, 250])) for n in range(40)]
+    lanes = [conflator.lane(rng.choice([50, 100, 250])) for n in range(40)]
+    for n, lane in enumerate(lanes):
+        conflator.join(lane, n, sent[n].append)
     for step in range(3000):
         action = rng.random()
-        slot = rng.choice(slots)
+        n = rng.randrange(40)
+        lane = lanes[n]
         if action < 0.8:
-            conflator.offer(slot, step)
+            conflator.offer(lane, step)
         elif action < 0.99:
             time.advance(rng.random() * 0.05)
         else:
-            conflator.cancel(slot)
-        for each in slots:
+            conflator.leave(lane, n)
+        for each in lanes:
             if each.held is not None:
-                assert each.scheduled and each.active
+                assert (each.scheduled or each.cursor is not None) and each.active
     time.advance(1)
     assert conflator.waiting == 0
 
@@ -171,10 +177,12 @@ def test_a_flush_of_thousands_due_at_once_goes_out_in_slices_on_separate_loop_tu
     time = FakeTime()
     conflator = Conflator(clock=lambda: time.now, call_at=time.call_at, slice_size=1000)
     got: dict[int, list[int]] = {n: [] for n in range(2500)}
-    slots = [conflator.slot(got[n].append, 250) for n in range(2500)]
+    lanes = [conflator.lane(250) for n in range(2500)]
+    for n, lane in enumerate(lanes):
+        conflator.join(lane, n, got[n].append)
     for tick in range(3):
-        for slot in slots:
-            conflator.offer(slot, tick)
+        for lane in lanes:
+            conflator.offer(lane, tick)
     assert sum(len(v) for v in got.values()) == 2500  # the first tick at once, to each
     batches = []
     original = time.call_at
