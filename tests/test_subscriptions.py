@@ -199,6 +199,200 @@ def test_a_flush_of_thousands_due_at_once_goes_out_in_slices_on_separate_loop_tu
     assert conflator.waiting == 0
 
 
+class Membership:
+    """One subscription's time in a lane: what it got, and when; it must get nothing after it
+    left."""
+
+    def __init__(self, time: FakeTime, step: int) -> None:
+        self.time = time
+        self.joined_step, self.joined_at = step, time.now
+        self.left_at: float | None = None
+        self.got: list[tuple[float, int]] = []
+
+    def push(self, tick: int) -> None:
+        assert self.left_at is None, "a member got a tick after it left"
+        self.got.append((self.time.now, tick))
+
+
+@pytest.mark.parametrize("busy_loop", [False, True])
+def test_members_joining_and_leaving_a_lane_get_the_latest_at_most_once_per_interval(busy_loop):
+    """Random ticks, joins (between two lane sends, and during a flush cut short by the slice)
+    and leaves (mid-flush too): every member gets at most one tick per interval, ticks only
+    newer than the last it got, never one after it left, and every tick offered while it was a
+    member is superseded in what it gets within the interval (on a busy loop, where the next
+    turn comes after other work, by then: the loop's lateness is not the lane's to make up)."""
+    import random
+
+    time = FakeTime()
+    parked: list[Timer] = []  # on a busy loop: timers due now, waiting for the next turn
+
+    def call_at(at, callback):
+        if busy_loop and at <= time.now:
+            parked.append(timer := Timer(at, callback))
+            return timer
+        return time.call_at(at, callback)
+
+    def next_turn() -> None:
+        turn = parked[:]
+        parked.clear()
+        for timer in turn:
+            if not timer.cancelled:
+                timer.callback()
+
+    conflator = Conflator(clock=lambda: time.now, call_at=call_at, slice_size=7)
+    rng = random.Random(18)
+    lane = conflator.lane(100)
+    memberships: list[Membership] = []
+    current: dict[int, Membership] = {}
+
+    def leave(key: int) -> None:
+        conflator.leave(lane, key)
+        current.pop(key).left_at = time.now
+
+    def join(key: int, step: int) -> None:
+        if key in current:
+            leave(key)
+        membership = current[key] = Membership(time, step)
+        memberships.append(membership)
+        conflator.join(lane, key, membership.push)
+
+    for key in range(20):
+        join(key, 0)
+    offers: list[tuple[int, float, int]] = []
+    for step in range(1, 4000):
+        action = rng.random()
+        if action < 0.45:
+            offers.append((step, time.now, step))
+            conflator.offer(lane, step, step)
+        elif action < 0.55:
+            join(rng.randrange(1, 40), step)  # a new member, or one coming back
+        elif action < 0.65:
+            if len(current) > 1:  # member 0 stays: the lane lives on
+                leave(rng.choice([key for key in current if key]))
+        elif action < 0.7:
+            next_turn()  # a flush cut short goes on
+            time.advance(0)
+        else:
+            next_turn()
+            time.advance(rng.random() * 0.03)
+    for _ in range(20):
+        next_turn()
+        time.advance(0.1)
+    assert conflator.waiting == 0 and conflator.entries == 0
+    sends = 0
+    for membership in memberships:
+        times = [at for at, _ in membership.got]
+        ticks = [tick for _, tick in membership.got]
+        sends += len(ticks)
+        assert all(b - a >= 0.1 - 1e-9 for a, b in itertools.pairwise(times))
+        assert ticks == sorted(set(ticks))
+        if busy_loop:
+            if membership.left_at is None:
+                assert ticks[-1] == offers[-1][2]
+            continue
+        for step, at, tick in offers:
+            stayed = membership.left_at is None or membership.left_at > at + 0.1
+            if membership.joined_step < step and stayed:
+                assert any(
+                    at <= when <= at + 0.1 + 1e-9 and got >= tick for when, got in membership.got
+                )
+    assert sends > 1000  # the run did exercise the lane
+
+
+def test_a_member_that_leaves_during_a_flush_cut_short_gets_nothing_of_its_rest():
+    time = FakeTime()
+    conflator = Conflator(clock=lambda: time.now, call_at=time.call_at, slice_size=1000)
+    lane = conflator.lane(250)
+    got: dict[int, list[int]] = {n: [] for n in range(2501)}
+    for n in range(2500):
+        conflator.join(lane, n, got[n].append)
+    busy = [0.05]  # the loop's next turn comes 50 ms later (it had other work)
+    conflator._call_at = lambda at, callback: time.call_at(
+        at + (busy.pop() if busy else 0), callback
+    )
+    conflator.offer(lane, 1, 1)  # idle: sent at once, to the first slice now
+    assert sum(len(v) for v in got.values()) == 1000
+    conflator.leave(lane, 1500)
+    conflator.leave(lane, 1600)
+    conflator.join(lane, 1600, got[1600].append)  # left and came back: a new subscription
+    conflator.join(lane, 2500, got[2500].append)  # joined mid-flush
+    conflator.offer(lane, 2, 2)  # meanwhile: waits a whole interval after the last slice
+    time.advance(0.05)
+    assert got[1500] == [] and got[1600] == [] and got[2500] == []
+    assert all(got[n] == [1] for n in range(2500) if n not in (1500, 1600))
+    time.advance(0.249)
+    assert got[2499] == [1]  # the interval runs from the last slice, for the slowest member too
+    time.advance(0.001)
+    assert got[0] == [1, 2] and got[2499] == [1, 2] and got[1600] == [2] and got[2500] == [2]
+    assert got[1500] == []
+
+
+def test_a_paused_member_is_skipped_and_on_resuming_gets_what_it_missed_within_the_interval():
+    time = FakeTime()
+    conflator = Conflator(clock=lambda: time.now, call_at=time.call_at)
+    lane = conflator.lane(250)
+    steady: list[tuple[float, int]] = []
+    paused: list[tuple[float, int]] = []
+    conflator.join(lane, "steady", lambda tick: steady.append((time.now, tick)))
+    conflator.join(lane, "paused", lambda tick: paused.append((time.now, tick)))
+    conflator.offer(lane, 1, 1)
+    conflator.pause(lane, "paused")  # its subscription is being re-checked, at position 1
+    time.advance(0.1)
+    conflator.offer(lane, 2, 2)
+    time.advance(0.2)  # the lane sends 2 at 0.25, not to the paused member
+    assert steady == [(0, 1), (0.25, 2)] and paused == [(0, 1)]
+    conflator.resume(
+        lane, "paused", lambda tick: paused.append((time.now, tick)), position=1, missed=2
+    )
+    time.advance(0.3)  # owed 2: alone, one interval after the lane's last send
+    assert paused == [(0, 1), (0.5, 2)] and steady == [(0, 1), (0.25, 2)]
+    conflator.offer(lane, 3, 3)  # the lane's cadence now counts from that send
+    time.advance(0.3)
+    assert paused[-1] == (0.75, 3) and steady[-1] == (0.75, 3)
+
+
+def test_a_resumed_member_never_gets_the_held_tick_its_position_already_covers():
+    """A new subscription fenced at seq 5 while the lane holds seq 5 for the others: it gets
+    the next newer tick, never 5 (CONTRACT section 9: nothing at or below its position)."""
+    time = FakeTime()
+    conflator = Conflator(clock=lambda: time.now, call_at=time.call_at)
+    lane = conflator.lane(250)
+    old: list[int] = []
+    new: list[int] = []
+    conflator.join(lane, "old", old.append)
+    conflator.offer(lane, 4, 4)
+    conflator.offer(lane, 5, 5)  # held for "old"
+    conflator.join(lane, "new", new.append, paused=True)
+    conflator.resume(lane, "new", new.append, position=5)
+    time.advance(0.25)
+    assert old == [4, 5] and new == []
+    conflator.offer(lane, 6, 6)
+    conflator.offer(lane, 7, 7)
+    time.advance(0.25)
+    assert old == [4, 5, 7] and new == [7]
+
+
+def test_a_lane_is_freed_with_its_last_member_and_churn_leaves_nothing_behind():
+    time = FakeTime()
+    conflator = Conflator(clock=lambda: time.now, call_at=time.call_at)
+    for round_ in range(50):
+        lanes = [conflator.lane(100 + n) for n in range(5)]
+        for n in range(100):
+            conflator.join(lanes[n % 5], n, lambda tick: None, paused=n % 7 == 0)
+        for tick in range(3):
+            for lane in lanes:
+                conflator.offer(lane, tick, tick)
+        assert conflator.lanes == 5
+        for n in range(100):
+            freed = conflator.leave(lanes[n % 5], n)
+            assert freed == (n >= 95)
+        assert conflator.lanes == 0
+        assert all(lane.held is None and not lane.members for lane in lanes)
+        time.advance(0.01 * (round_ % 3))
+    time.advance(1)
+    assert conflator.lanes == 0 and conflator.entries == 0 and conflator.waiting == 0
+
+
 # --- presence bookkeeping -------------------------------------------------------------------------
 
 
