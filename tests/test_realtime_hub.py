@@ -622,3 +622,57 @@ async def test_a_throttled_subscription_being_rechecked_is_skipped_then_gets_the
     assert seqs(rechecked) == first
     clock.advance(0.05)
     assert seqs(rechecked) == [first[0], later[-1]] and seqs(steady) == [first[0], later[-1]]
+
+
+async def test_lanes_take_only_the_newest_of_a_backlog_one_assignment_an_entry(
+    hub, settings, monkeypatch
+):
+    """A topic whose plain subscribers are delivered in slices queues its next ticks behind
+    them; its lanes are not in that queue: each queued tick replaces what a lane holds (an
+    assignment, no call), and the lane sends the newest when its interval has passed, however
+    far the slices have got."""
+    settings.REALTIME = {"DELIVERY_SLICE": 100}
+    clock = on_a_fake_clock(hub)
+    topic = "market:AAPL"
+    plain = [Listener(f"p{n}") for n in range(250)]
+    throttled = [Listener(f"t{n}") for n in range(300)]
+    for listener in plain:
+        await subscribe(hub, listener, topic)
+    for listener in throttled:
+        await subscribe_shaped(hub, listener, topic, throttleMs=250)
+    offers = []
+    offer = hub.conflator.offer
+    monkeypatch.setattr(hub.conflator, "offer", lambda *a: offers.append(a) or offer(*a))
+    published = ticks(hub, topic, 30)
+    assert hub._backlog[topic]  # the plain subscribers' slices have not run yet
+    assert len(offers) == 2  # the first sent, the second held, 28 assignments
+    clock.advance(0.25)
+    assert all(seqs(listener) == [published[0], published[-1]] for listener in throttled)
+    for _ in range(200):
+        await asyncio.sleep(0)
+        if topic not in hub._backlog:
+            break
+    assert all(seqs(listener) == published for listener in plain)
+
+
+async def test_a_gap_repaired_from_the_history_costs_a_lane_an_assignment_an_entry(
+    hub, monkeypatch
+):
+    clock = on_a_fake_clock(hub)
+    topic = "market:AAPL"
+    plain, throttled = Listener("plain"), Listener("throttled")
+    await subscribe(hub, plain, topic)
+    await subscribe_shaped(hub, throttled, topic, throttleMs=250)
+    offers = []
+    offer = hub.conflator.offer
+    monkeypatch.setattr(hub.conflator, "offer", lambda *a: offers.append(a) or offer(*a))
+    publish(hub, topic, 40, deliver=False)  # the layer dropped 40
+    [last] = ticks(hub, topic)  # the 41st shows the gap: repaired from the history
+    for _ in range(50):
+        await asyncio.sleep(0)
+        if seqs(plain) and seqs(plain)[-1] == last:
+            break
+    assert seqs(plain) == list(range(1, last + 1))
+    assert len(offers) == 2 and seqs(throttled) == [1]
+    clock.advance(0.25)
+    assert seqs(throttled) == [1, last]
