@@ -34,6 +34,9 @@ from realtime.records import RecordWriter
 
 if TYPE_CHECKING:
     from realtime.subscriptions import Filter, Shaping
+
+    # A lane's key within its topic: the interval (ms) and the filter its members share.
+    LaneKey = tuple[int | None, Filter | None]
 from realtime.topics import group_name
 
 logger = logging.getLogger(__name__)
@@ -151,7 +154,7 @@ class Shaped:
         self.lane = lane
 
     @property
-    def lane_key(self) -> tuple[int | None, Filter | None]:
+    def lane_key(self) -> LaneKey:
         return (self.throttle_ms, self.filter)
 
 
@@ -234,7 +237,7 @@ class Hub:
         # topic -> subscriber -> its filter and throttle, for the subscriptions that have one.
         self._shaped: dict[str, dict[Subscriber, Shaped]] = {}
         # topic -> (interval, filter) -> the lane of its throttled subscriptions alike.
-        self._lanes: dict[str, dict[tuple[int | None, Filter | None], Lane]] = {}
+        self._lanes: dict[str, dict[LaneKey, Lane]] = {}
         # topic -> its subscribers that no lane serves (a topic with lanes; rebuilt on change).
         self._direct: dict[str, set[Subscriber]] = {}
         self.conflator = Conflator(slice_size=realtime_settings.DELIVERY_SLICE)
@@ -482,7 +485,7 @@ class Hub:
             self._direct[topic] = direct
         return direct
 
-    def _offer(self, lanes: dict[Any, Lane], seq: int, text: str) -> None:
+    def _offer(self, lanes: dict[LaneKey, Lane], seq: int, text: str) -> None:
         """Offer one message to the lanes of its topic: once a lane, however many members."""
         message = None
         for (_, wanted), lane in lanes.items():
