@@ -25,7 +25,7 @@ from channels.layers import get_channel_layer
 
 from realtime import connections, metrics, stats
 from realtime.conf import realtime_settings
-from realtime.conflation import Conflator, Slot
+from realtime.conflation import Conflator, Lane
 from realtime.history import HistoryUnavailable, Position, history_for
 from realtime.layer import LayerProbe, probe_for
 from realtime.presence import PresenceTracker
@@ -33,7 +33,10 @@ from realtime.protocol import CloseCode, MessageType, encode
 from realtime.records import RecordWriter
 
 if TYPE_CHECKING:
-    from realtime.subscriptions import Shaping
+    from realtime.subscriptions import Filter, Shaping
+
+    # A lane's key within its topic: the interval (ms) and the filter its members share.
+    LaneKey = tuple[int | None, Filter | None]
 from realtime.topics import group_name
 
 logger = logging.getLogger(__name__)
@@ -137,13 +140,22 @@ class SubscribeRequest:
 
 
 class Shaped:
-    """A subscription that narrows (filter) or conflates (throttle) what it is handed."""
+    """A subscription that narrows (filter) or conflates (throttle) what it is handed.
 
-    __slots__ = ("filter", "slot")
+    A throttled one is a member of the lane of its topic, interval and filter: the lane is
+    offered the topic's messages (filtered once for all its members), not the subscription.
+    """
 
-    def __init__(self, shaping: Shaping, slot: Slot | None) -> None:
+    __slots__ = ("filter", "lane", "throttle_ms")
+
+    def __init__(self, shaping: Shaping, lane: Lane | None) -> None:
         self.filter = shaping.filter
-        self.slot = slot
+        self.throttle_ms = shaping.throttle_ms
+        self.lane = lane
+
+    @property
+    def lane_key(self) -> LaneKey:
+        return (self.throttle_ms, self.filter)
 
 
 class Parsed:
@@ -224,6 +236,10 @@ class Hub:
         self._held: dict[str, dict[Subscriber, Hold]] = {}
         # topic -> subscriber -> its filter and throttle, for the subscriptions that have one.
         self._shaped: dict[str, dict[Subscriber, Shaped]] = {}
+        # topic -> (interval, filter) -> the lane of its throttled subscriptions alike.
+        self._lanes: dict[str, dict[LaneKey, Lane]] = {}
+        # topic -> its subscribers that no lane serves (a topic with lanes; rebuilt on change).
+        self._direct: dict[str, set[Subscriber]] = {}
         self.conflator = Conflator(slice_size=realtime_settings.DELIVERY_SLICE)
         self.presence = PresenceTracker(self)
         # Goes up with every permission re-check, so a subscription authorised while one ran is
@@ -340,6 +356,7 @@ class Hub:
         for request in requests:
             topic = request.topic
             self.topics.setdefault(topic, set()).add(subscriber)
+            self._direct.pop(topic, None)
             stream = self._streams.get(topic)
             if stream is None:
                 stream = self._streams[topic] = Stream()
@@ -416,28 +433,83 @@ class Hub:
         """Set (or clear) how the subscription narrows and conflates what it is handed."""
         shaped = self._shaped.get(topic)
         old = shaped.pop(subscriber, None) if shaped is not None else None
-        if old is not None and old.slot is not None:
-            self.conflator.cancel(old.slot)
+        if old is not None and old.lane is not None:
+            self._leave_lane(topic, subscriber, old)
         if shaping is None:
             if shaped is not None and not shaped:
                 del self._shaped[topic]
             return
-        slot = None
+        new = Shaped(shaping, None)
         if shaping.throttle_ms is not None:
-            slot = self.conflator.slot(subscriber.push, shaping.throttle_ms)
-        self._shaped.setdefault(topic, {})[subscriber] = Shaped(shaping, slot)
+            self._join_lane(topic, subscriber, new)
+        self._shaped.setdefault(topic, {})[subscriber] = new
+
+    def _join_lane(self, topic: str, subscriber: Subscriber, shaped: Shaped) -> None:
+        """Make a throttled subscription a member of its lane (created for the first), paused
+        while the subscription is held: it is being fenced, and gets nothing until released."""
+        assert shaped.throttle_ms is not None
+        lanes = self._lanes.setdefault(topic, {})
+        lane = lanes.get(shaped.lane_key)
+        if lane is None:
+            lane = lanes[shaped.lane_key] = self.conflator.lane(shaped.throttle_ms)
+        held = self._held.get(topic)
+        paused = held is not None and subscriber in held
+        self.conflator.join(lane, subscriber, subscriber.push, paused=paused)
+        shaped.lane = lane
+        self._direct.pop(topic, None)
+
+    def _leave_lane(self, topic: str, subscriber: Subscriber, shaped: Shaped) -> None:
+        """Drop a subscription from its lane, and the lane with its last member (no leak)."""
+        assert shaped.lane is not None
+        if self.conflator.leave(shaped.lane, subscriber):
+            lanes = self._lanes[topic]
+            del lanes[shaped.lane_key]
+            if not lanes:
+                del self._lanes[topic]
+        shaped.lane = None
+        self._direct.pop(topic, None)
+
+    def _receivers(self, topic: str) -> set[Subscriber] | None:
+        """The subscribers of `topic` handed each message themselves: all but the lanes'
+        members (a paused one is handed them, to its hold). Kept while membership is unchanged,
+        so a tick on a topic with lanes costs nothing per throttled subscriber."""
+        subscribers = self.topics.get(topic)
+        lanes = self._lanes.get(topic)
+        if lanes is None or not subscribers:
+            return subscribers
+        direct = self._direct.get(topic)
+        if direct is None:
+            direct = subscribers.difference(*(lane.members for lane in lanes.values()))
+            for lane in lanes.values():
+                direct.difference_update(lane.joining)
+            self._direct[topic] = direct
+        return direct
+
+    def _offer(self, lanes: dict[LaneKey, Lane], seq: int, text: str) -> None:
+        """Offer one message to the lanes of its topic: once a lane, however many members."""
+        message = None
+        for (_, wanted), lane in lanes.items():
+            if wanted is not None:
+                if message is None:
+                    message = Parsed(text)
+                if not wanted.accepts(message.payload):
+                    continue
+            if lane.held is not None:
+                # A lane already holding a tick (its flush is scheduled: Lane's invariant): the
+                # newer replaces it. The common case on a busy symbol, and while the hub works
+                # through a backlog: assignments, not a call.
+                lane.held = lane.latest = text
+                lane.position = seq
+            else:
+                self.conflator.offer(lane, text, seq)
 
     def shaping_of(self, topic: str, subscriber: Subscriber) -> Shaped | None:
         shaped = self._shaped.get(topic)
         return shaped.get(subscriber) if shaped is not None else None
 
     def _hand(self, subscriber: Subscriber, shaped: Shaped, message: Parsed) -> None:
-        """Hand one message to a shaped subscription: filtered, then conflated."""
-        if shaped.filter is not None and not shaped.filter.accepts(message.payload):
-            return
-        if shaped.slot is not None:
-            self.conflator.offer(shaped.slot, message.text)
-        else:
+        """Hand one message to a filtered subscription (a throttled one's lane is offered it)."""
+        if shaped.filter is None or shaped.filter.accepts(message.payload):
             subscriber.push(message.text)
 
     def release(self, topic: str, subscriber: Subscriber) -> None:
@@ -455,12 +527,35 @@ class Hub:
             return
         after = hold.after or 0
         shaped = self.shaping_of(topic, subscriber)
+        if shaped is not None and shaped.lane is not None:
+            self._resume_lane(topic, subscriber, shaped, hold)
+            return
         for seq, text in hold.messages:
             if seq > after:
                 if shaped is None:
                     subscriber.push(text)
                 else:
                     self._hand(subscriber, shaped, Parsed(text))
+
+    def _resume_lane(self, topic: str, subscriber: Subscriber, shaped: Shaped, hold: Hold) -> None:
+        """A throttled subscription's hold ended: back in its lane's sends, owed the latest
+        message after its position if it missed one while held."""
+        assert shaped.lane is not None
+        lane = shaped.lane
+        after = hold.after or 0
+        missed, missed_seq = None, after
+        if lane.latest is not None and lane.position > after:
+            missed, missed_seq = lane.latest, lane.position
+        # The hold may hold newer (it began before the lane did: a re-subscribe during a
+        # permission re-check); the newest that passes the filter, if any.
+        for seq, text in reversed(hold.messages):
+            if seq <= missed_seq:
+                break
+            if shaped.filter is None or shaped.filter.accepts(Parsed(text).payload):
+                missed = text
+                break
+        self.conflator.resume(lane, subscriber, subscriber.push, position=after, missed=missed)
+        self._direct.pop(topic, None)
 
     def _hold(self, topic: str, subscriber: Subscriber, stream: Stream | None) -> Hold:
         held = self._held.setdefault(topic, {})
@@ -470,6 +565,10 @@ class Hub:
             return hold
         after = stream.last if stream is not None and stream.ready else None
         hold = held[subscriber] = Hold(after)
+        shaped = self.shaping_of(topic, subscriber)
+        if shaped is not None and shaped.lane is not None:  # its lane skips it meanwhile
+            self.conflator.pause(shaped.lane, subscriber)
+            self._direct.pop(topic, None)
         return hold
 
     async def latest(self, topic: str, seq: int) -> str | None:
@@ -500,6 +599,7 @@ class Hub:
             if subscribers is None:
                 continue
             subscribers.discard(subscriber)
+            self._direct.pop(topic, None)
             if not subscribers:
                 del self.topics[topic]
                 emptied.append(topic)
@@ -743,18 +843,24 @@ class Hub:
         task that yields to the loop between them, and the topic's next messages queue behind it.
         """
         metrics.observe_delivery(text)  # once per message and process, not per subscriber
+        lanes = self._lanes.get(topic)
+        if lanes is not None:
+            # Lanes want only the newest message, so they are offered each at once, even when
+            # the topic's other subscribers have a backlog to get through.
+            self._offer(lanes, seq, text)
         backlog = self._backlog.get(topic)
         if backlog is not None:
             backlog.append((seq, text))
             return
-        subscribers = self.topics.get(topic)
-        if not subscribers:
-            return
-        if len(subscribers) > realtime_settings.DELIVERY_SLICE:
+        subscribers = self._receivers(topic)
+        if subscribers and len(subscribers) > realtime_settings.DELIVERY_SLICE:
             self._backlog[topic] = collections.deque(((seq, text),))
             self._spawn(self._deliver_in_slices(topic))
             return
-        self._push_all(topic, tuple(subscribers), seq, text)
+        if subscribers:
+            self._push_all(topic, tuple(subscribers), seq, text)
+        elif lanes is None:
+            return
         self._delivered(topic, seq)
 
     def _delivered(self, topic: str, seq: int) -> None:
@@ -775,15 +881,8 @@ class Hub:
                 shaping = shaped.get(subscriber) if shaped else None
                 if shaping is None:
                     subscriber.push(text)
-                    continue
-                slot = shaping.slot
-                if slot is not None and slot.held is not None and shaping.filter is None:
-                    # A throttled subscription already holding a tick (its flush is scheduled:
-                    # Conflator.offer's invariant): the newer replaces it. The common case on
-                    # a busy symbol, so it costs an assignment, not a call per subscriber.
-                    slot.held = text
-                    continue
-                self._hand(subscriber, shaping, message)
+                else:
+                    self._hand(subscriber, shaping, message)
         else:
             for subscriber in subscribers:
                 subscriber.push(text)
@@ -795,11 +894,11 @@ class Hub:
         try:
             while backlog:
                 seq, text = backlog.popleft()
-                subscribers = tuple(self.topics.get(topic, ()))
+                subscribers = tuple(self._receivers(topic) or ())
                 for start in range(0, len(subscribers), size):
                     if start:
                         await asyncio.sleep(0)
-                    current = self.topics.get(topic, ())  # unsubscribed meanwhile: skipped
+                    current = self._receivers(topic) or ()  # unsubscribed meanwhile: skipped
                     part = [s for s in subscribers[start : start + size] if s in current]
                     self._push_all(topic, part, seq, text)
                 self._delivered(topic, seq)

@@ -442,3 +442,237 @@ async def test_a_huge_topic_is_delivered_in_slices_in_order(hub, settings):
         await asyncio.sleep(0)
     assert all(listener.received == ["t1", "t2"] for listener in listeners)
     assert hub._backlog == {}
+
+
+# --- throttled subscriptions: lanes (CONTRACT section 10, issue 18) ------------------------------
+
+from realtime.conflation import Conflator  # noqa: E402
+from realtime.subscriptions import Filter, parse_subscribe_entry  # noqa: E402
+from tests.test_subscriptions import FakeTime  # noqa: E402
+
+
+def on_a_fake_clock(hub) -> FakeTime:
+    """The hub's conflator on a fake clock, so intervals are exact and the test decides when
+    they pass."""
+    clock = FakeTime()
+    hub.conflator = Conflator(clock=lambda: clock.now, call_at=clock.call_at)
+    return clock
+
+
+def shaping(topic, **options):
+    return parse_subscribe_entry({"topic": topic, **options}).shaping
+
+
+async def subscribe_shaped(hub, listener, topic, *, release=True, **options):
+    listener.topics.add(topic)
+    [result] = await hub.subscribe(
+        listener, [SubscribeRequest(topic, shaping=shaping(topic, **options))]
+    )
+    if release:
+        hub.release(topic, listener)
+    return result
+
+
+def ticks(hub, topic, n=1, bid="1"):
+    """Publish `n` MARKET_DATA of `topic` with the given bid; their seqs."""
+    published = []
+    for _ in range(n):
+        envelope = envelope_for_topic(
+            "MARKET_DATA", topic, json.dumps({"bid": bid}), "2026-11-29T00:00:00.000Z"
+        )
+        position = hub.history.append_now([topic], [envelope]).positions[0]
+        hub.receive(
+            topic, position.epoch, position.seq, envelope.text(position.seq, position.epoch)
+        )
+        published.append(position.seq)
+    return published
+
+
+async def test_throttled_subscriptions_alike_share_a_lane_offered_and_filtered_once_a_tick(
+    hub, monkeypatch
+):
+    clock = on_a_fake_clock(hub)
+    topic = "market:AAPL"
+    plain = [Listener(f"p{n}") for n in range(30)]
+    filtered = [Listener(f"f{n}") for n in range(20)]
+    slow = [Listener(f"s{n}") for n in range(10)]
+    everything = Listener("all")
+    for listener in plain:
+        await subscribe_shaped(hub, listener, topic, throttleMs=250)
+    for listener in filtered:
+        await subscribe_shaped(hub, listener, topic, throttleMs=250, filter={"bid": "1"})
+    for listener in slow:
+        await subscribe_shaped(hub, listener, topic, throttleMs=1000)
+    await subscribe(hub, everything, topic)
+    assert len(hub._lanes[topic]) == 3 and hub.conflator.lanes == 3
+    offers, checks = [], []
+    offer, accepts = hub.conflator.offer, Filter.accepts
+    monkeypatch.setattr(hub.conflator, "offer", lambda *a: offers.append(a) or offer(*a))
+    monkeypatch.setattr(Filter, "accepts", lambda f, p: checks.append(p) or accepts(f, p))
+    first = ticks(hub, topic, 5, bid="1") + ticks(hub, topic, 5, bid="2")
+    assert len(checks) == 10  # the filter once a tick, for its whole lane
+    # Per lane, not per subscriber: the first tick is sent, the next held, and the rest only
+    # replace what the lane holds.
+    assert len(offers) == 2 * 3
+    assert all(seqs(listener) == first[:1] for listener in plain + filtered + slow)
+    clock.advance(0.25)
+    assert all(seqs(listener) == [first[0], first[9]] for listener in plain)
+    assert all(seqs(listener) == [first[0], first[4]] for listener in filtered)
+    assert all(seqs(listener) == first[:1] for listener in slow)
+    clock.advance(0.75)
+    assert all(seqs(listener) == [first[0], first[9]] for listener in slow)
+    assert seqs(everything) == first
+
+
+async def test_a_fenced_throttled_subscription_gets_what_follows_its_position_and_no_more(hub):
+    """A subscription joining a lane between two of its sends is held (fenced) meanwhile: the
+    lane skips it; released, it never gets the tick the lane holds for the others at or below
+    its position, and gets a newer one within the interval, one an interval at most."""
+    clock = on_a_fake_clock(hub)
+    topic = "market:AAPL"
+    early, late, later = Listener("early"), Listener("late"), Listener("later")
+    await subscribe_shaped(hub, early, topic, throttleMs=250)
+    first = ticks(hub, topic, 3)  # 1 at once, 3 held for the lane
+    [result] = [await subscribe_shaped(hub, late, topic, throttleMs=250)]
+    assert result.position.seq == first[2]
+    clock.advance(0.25)
+    assert seqs(early) == [first[0], first[2]] and seqs(late) == []
+    await subscribe_shaped(hub, later, topic, throttleMs=250, release=False)
+    clock.advance(0.1)
+    [fourth] = ticks(hub, topic)  # while `later` is held: it waits in the lane, not for it
+    clock.advance(0.15)  # the lane sends 4 at 0.5, to `early` and `late`
+    assert seqs(early)[-1] == seqs(late)[-1] == fourth and seqs(later) == []
+    clock.advance(0.1)
+    hub.release(topic, later)  # it missed 4: owed, one interval after the lane's last send
+    clock.advance(0.1)
+    assert seqs(later) == []
+    clock.advance(0.05)
+    assert seqs(later) == [fourth] and seqs(early) == [first[0], first[2], fourth]
+    [fifth] = ticks(hub, topic)  # the lane's cadence counts from that send, for everyone
+    clock.advance(0.2)
+    assert seqs(later) == [fourth]
+    clock.advance(0.05)
+    assert seqs(later) == seqs(late) == [fourth, fifth] and seqs(early)[-1] == fifth
+
+
+async def test_churning_throttled_subscriptions_leaves_no_lane_behind(hub):
+    import random
+
+    clock = on_a_fake_clock(hub)
+    rng = random.Random(18)
+    listeners = [Listener(f"c{n}") for n in range(40)]
+    topics = ["market:AAPL", "market:MSFT"]
+    options = [
+        {"throttleMs": 250},
+        {"throttleMs": 500},
+        {"throttleMs": 250, "filter": {"bid": "1"}},
+    ]
+    for _ in range(300):
+        listener, topic = rng.choice(listeners), rng.choice(topics)
+        action = rng.random()
+        if action < 0.45:
+            await subscribe_shaped(hub, listener, topic, **rng.choice(options))
+        elif action < 0.55:
+            await subscribe(hub, listener, topic)
+        elif action < 0.85:
+            listener.topics.discard(topic)
+            await hub.unsubscribe(listener, [topic])
+        else:
+            [seq] = ticks(hub, topic, bid=rng.choice("12"))
+            for each in hub.topics.get(topic, ()):  # the unthrottled ones get it at once
+                if hub.shaping_of(topic, each) is None:
+                    assert seqs(each)[-1] == seq
+            clock.advance(rng.random() * 0.3)
+    assert hub.conflator.lanes > 0
+    for listener in listeners:
+        await hub.unsubscribe(listener, list(listener.topics))
+        listener.topics.clear()
+    clock.advance(1)
+    assert hub._lanes == {} and hub._direct == {} and hub._shaped == {} and hub._held == {}
+    assert hub.conflator.lanes == 0 and hub.conflator.entries == 0
+
+
+async def test_a_throttled_subscription_being_rechecked_is_skipped_then_gets_the_latest(hub):
+    """While its permissions are re-checked (CONTRACT section 11) a throttled subscription's
+    lane skips it; once allowed again it gets the latest tick it missed, within the interval."""
+    clock = on_a_fake_clock(hub)
+    topic = "market:AAPL"
+    gate = asyncio.Event()
+
+    class Rechecked(Listener):
+        async def recheck_permissions(self, topics):
+            await gate.wait()
+            return []
+
+    steady, rechecked = Listener("steady", user_id=2), Rechecked("rechecked", user_id=1)
+    hub.register(steady)
+    hub.register(rechecked)
+    await subscribe_shaped(hub, steady, topic, throttleMs=250)
+    await subscribe_shaped(hub, rechecked, topic, throttleMs=250)
+    first = ticks(hub, topic)
+    hub.handle_control({"action": "recheck", "user_ids": [1]})
+    later = ticks(hub, topic, 3)
+    clock.advance(0.25)
+    assert seqs(steady) == [first[0], later[-1]] and seqs(rechecked) == first
+    gate.set()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not hub._held
+    clock.advance(0.2)
+    assert seqs(rechecked) == first
+    clock.advance(0.05)
+    assert seqs(rechecked) == [first[0], later[-1]] and seqs(steady) == [first[0], later[-1]]
+
+
+async def test_lanes_take_only_the_newest_of_a_backlog_one_assignment_an_entry(
+    hub, settings, monkeypatch
+):
+    """A topic whose plain subscribers are delivered in slices queues its next ticks behind
+    them; its lanes are not in that queue: each queued tick replaces what a lane holds (an
+    assignment, no call), and the lane sends the newest when its interval has passed, however
+    far the slices have got."""
+    settings.REALTIME = {"DELIVERY_SLICE": 100}
+    clock = on_a_fake_clock(hub)
+    topic = "market:AAPL"
+    plain = [Listener(f"p{n}") for n in range(250)]
+    throttled = [Listener(f"t{n}") for n in range(300)]
+    for listener in plain:
+        await subscribe(hub, listener, topic)
+    for listener in throttled:
+        await subscribe_shaped(hub, listener, topic, throttleMs=250)
+    offers = []
+    offer = hub.conflator.offer
+    monkeypatch.setattr(hub.conflator, "offer", lambda *a: offers.append(a) or offer(*a))
+    published = ticks(hub, topic, 30)
+    assert hub._backlog[topic]  # the plain subscribers' slices have not run yet
+    assert len(offers) == 2  # the first sent, the second held, 28 assignments
+    clock.advance(0.25)
+    assert all(seqs(listener) == [published[0], published[-1]] for listener in throttled)
+    for _ in range(200):
+        await asyncio.sleep(0)
+        if topic not in hub._backlog:
+            break
+    assert all(seqs(listener) == published for listener in plain)
+
+
+async def test_a_gap_repaired_from_the_history_costs_a_lane_an_assignment_an_entry(
+    hub, monkeypatch
+):
+    clock = on_a_fake_clock(hub)
+    topic = "market:AAPL"
+    plain, throttled = Listener("plain"), Listener("throttled")
+    await subscribe(hub, plain, topic)
+    await subscribe_shaped(hub, throttled, topic, throttleMs=250)
+    offers = []
+    offer = hub.conflator.offer
+    monkeypatch.setattr(hub.conflator, "offer", lambda *a: offers.append(a) or offer(*a))
+    publish(hub, topic, 40, deliver=False)  # the layer dropped 40
+    [last] = ticks(hub, topic)  # the 41st shows the gap: repaired from the history
+    for _ in range(50):
+        await asyncio.sleep(0)
+        if seqs(plain) and seqs(plain)[-1] == last:
+            break
+    assert seqs(plain) == list(range(1, last + 1))
+    assert len(offers) == 2 and seqs(throttled) == [1]
+    clock.advance(0.25)
+    assert seqs(throttled) == [1, last]

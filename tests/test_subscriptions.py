@@ -101,19 +101,20 @@ def test_a_throttled_subscription_gets_the_latest_tick_at_most_once_per_interval
     time = FakeTime()
     conflator = Conflator(clock=lambda: time.now, call_at=time.call_at)
     sent: list[tuple[float, int]] = []
-    slot = conflator.slot(lambda tick: sent.append((time.now, tick)), 250)
+    lane = conflator.lane(250)
+    conflator.join(lane, "a", lambda tick: sent.append((time.now, tick)))
     for tick in range(100):  # a burst: 100 ticks in 99 ms
-        conflator.offer(slot, tick)
+        conflator.offer(lane, tick)
         time.advance(0.001)
     assert sent == [(0.0, 0)]  # the first at once
     time.advance(0.3)
     assert sent == [(0.0, 0), (0.25, 99)]  # the last of the burst, one interval after the first
     time.advance(0.5)
-    conflator.offer(slot, 100)  # a quiet spell later: at once again
+    conflator.offer(lane, 100)  # a quiet spell later: at once again
     assert sent[-1] == (pytest.approx(0.9), 100)
     for tick in range(101, 111):  # ticks every 100 ms: one per 250 ms, never older than 250 ms
         time.advance(0.1)
-        conflator.offer(slot, tick)
+        conflator.offer(lane, tick)
     time.advance(1.0)
     times = [at for at, _ in sent]
     assert all(b - a >= 0.25 - 1e-9 for a, b in itertools.pairwise(times))
@@ -124,42 +125,47 @@ def test_one_timer_serves_every_throttled_subscription():
     time = FakeTime()
     conflator = Conflator(clock=lambda: time.now, call_at=time.call_at)
     got: dict[int, list[int]] = {n: [] for n in range(1000)}
-    slots = [conflator.slot(got[n].append, 250) for n in range(1000)]
+    lanes = [conflator.lane(250 + n) for n in range(1000)]  # intervals differ: 1,000 lanes
+    for n, lane in enumerate(lanes):
+        conflator.join(lane, n, got[n].append)
     for tick in range(5):
-        for slot in slots:
-            conflator.offer(slot, tick)
+        for lane in lanes:
+            conflator.offer(lane, tick)
     live = [t for _, t in time.timers if not t.cancelled]
     assert len(live) == 1  # not one per subscription
-    time.advance(0.25)
+    time.advance(1.25)
     assert all(values == [0, 4] for values in got.values())
-    conflator.cancel(slots[0])
-    conflator.offer(slots[0], 9)
+    assert conflator.leave(lanes[0], 0)
+    conflator.offer(lanes[0], 9)
     time.advance(1)
     assert got[0] == [0, 4]
 
 
-def test_a_slot_holding_a_message_is_always_scheduled_and_a_cancelled_one_holds_nothing():
+def test_a_lane_holding_a_message_is_always_scheduled_and_a_freed_one_holds_nothing():
     """The invariant the hub's inline replacement of a held tick relies on, under a random mix
-    of offers, flushes and cancels."""
+    of offers, flushes and frees."""
     import random
 
     time = FakeTime()
     conflator = Conflator(clock=lambda: time.now, call_at=time.call_at, slice_size=7)
     rng = random.Random(19)
     sent: dict[int, list[int]] = {n: [] for n in range(40)}
-    slots = [conflator.slot(sent[n].append, rng.choice([50, 100, 250])) for n in range(40)]
+    lanes = [conflator.lane(rng.choice([50, 100, 250])) for n in range(40)]
+    for n, lane in enumerate(lanes):
+        conflator.join(lane, n, sent[n].append)
     for step in range(3000):
         action = rng.random()
-        slot = rng.choice(slots)
+        n = rng.randrange(40)
+        lane = lanes[n]
         if action < 0.8:
-            conflator.offer(slot, step)
+            conflator.offer(lane, step)
         elif action < 0.99:
             time.advance(rng.random() * 0.05)
         else:
-            conflator.cancel(slot)
-        for each in slots:
+            conflator.leave(lane, n)
+        for each in lanes:
             if each.held is not None:
-                assert each.scheduled and each.active
+                assert (each.scheduled or each.cursor is not None) and each.active
     time.advance(1)
     assert conflator.waiting == 0
 
@@ -171,10 +177,12 @@ def test_a_flush_of_thousands_due_at_once_goes_out_in_slices_on_separate_loop_tu
     time = FakeTime()
     conflator = Conflator(clock=lambda: time.now, call_at=time.call_at, slice_size=1000)
     got: dict[int, list[int]] = {n: [] for n in range(2500)}
-    slots = [conflator.slot(got[n].append, 250) for n in range(2500)]
+    lanes = [conflator.lane(250) for n in range(2500)]
+    for n, lane in enumerate(lanes):
+        conflator.join(lane, n, got[n].append)
     for tick in range(3):
-        for slot in slots:
-            conflator.offer(slot, tick)
+        for lane in lanes:
+            conflator.offer(lane, tick)
     assert sum(len(v) for v in got.values()) == 2500  # the first tick at once, to each
     batches = []
     original = time.call_at
@@ -189,6 +197,200 @@ def test_a_flush_of_thousands_due_at_once_goes_out_in_slices_on_separate_loop_tu
     # After the first timer: 1,000 more sent, re-armed at once; then 1,000; then the last 500.
     assert batches[:2] == [2500 + 1000, 2500 + 2000]
     assert conflator.waiting == 0
+
+
+class Membership:
+    """One subscription's time in a lane: what it got, and when; it must get nothing after it
+    left."""
+
+    def __init__(self, time: FakeTime, step: int) -> None:
+        self.time = time
+        self.joined_step, self.joined_at = step, time.now
+        self.left_at: float | None = None
+        self.got: list[tuple[float, int]] = []
+
+    def push(self, tick: int) -> None:
+        assert self.left_at is None, "a member got a tick after it left"
+        self.got.append((self.time.now, tick))
+
+
+@pytest.mark.parametrize("busy_loop", [False, True])
+def test_members_joining_and_leaving_a_lane_get_the_latest_at_most_once_per_interval(busy_loop):
+    """Random ticks, joins (between two lane sends, and during a flush cut short by the slice)
+    and leaves (mid-flush too): every member gets at most one tick per interval, ticks only
+    newer than the last it got, never one after it left, and every tick offered while it was a
+    member is superseded in what it gets within the interval (on a busy loop, where the next
+    turn comes after other work, by then: the loop's lateness is not the lane's to make up)."""
+    import random
+
+    time = FakeTime()
+    parked: list[Timer] = []  # on a busy loop: timers due now, waiting for the next turn
+
+    def call_at(at, callback):
+        if busy_loop and at <= time.now:
+            parked.append(timer := Timer(at, callback))
+            return timer
+        return time.call_at(at, callback)
+
+    def next_turn() -> None:
+        turn = parked[:]
+        parked.clear()
+        for timer in turn:
+            if not timer.cancelled:
+                timer.callback()
+
+    conflator = Conflator(clock=lambda: time.now, call_at=call_at, slice_size=7)
+    rng = random.Random(18)
+    lane = conflator.lane(100)
+    memberships: list[Membership] = []
+    current: dict[int, Membership] = {}
+
+    def leave(key: int) -> None:
+        conflator.leave(lane, key)
+        current.pop(key).left_at = time.now
+
+    def join(key: int, step: int) -> None:
+        if key in current:
+            leave(key)
+        membership = current[key] = Membership(time, step)
+        memberships.append(membership)
+        conflator.join(lane, key, membership.push)
+
+    for key in range(20):
+        join(key, 0)
+    offers: list[tuple[int, float, int]] = []
+    for step in range(1, 4000):
+        action = rng.random()
+        if action < 0.45:
+            offers.append((step, time.now, step))
+            conflator.offer(lane, step, step)
+        elif action < 0.55:
+            join(rng.randrange(1, 40), step)  # a new member, or one coming back
+        elif action < 0.65:
+            if len(current) > 1:  # member 0 stays: the lane lives on
+                leave(rng.choice([key for key in current if key]))
+        elif action < 0.7:
+            next_turn()  # a flush cut short goes on
+            time.advance(0)
+        else:
+            next_turn()
+            time.advance(rng.random() * 0.03)
+    for _ in range(20):
+        next_turn()
+        time.advance(0.1)
+    assert conflator.waiting == 0 and conflator.entries == 0
+    sends = 0
+    for membership in memberships:
+        times = [at for at, _ in membership.got]
+        ticks = [tick for _, tick in membership.got]
+        sends += len(ticks)
+        assert all(b - a >= 0.1 - 1e-9 for a, b in itertools.pairwise(times))
+        assert ticks == sorted(set(ticks))
+        if busy_loop:
+            if membership.left_at is None:
+                assert ticks[-1] == offers[-1][2]
+            continue
+        for step, at, tick in offers:
+            stayed = membership.left_at is None or membership.left_at > at + 0.1
+            if membership.joined_step < step and stayed:
+                assert any(
+                    at <= when <= at + 0.1 + 1e-9 and got >= tick for when, got in membership.got
+                )
+    assert sends > 1000  # the run did exercise the lane
+
+
+def test_a_member_that_leaves_during_a_flush_cut_short_gets_nothing_of_its_rest():
+    time = FakeTime()
+    conflator = Conflator(clock=lambda: time.now, call_at=time.call_at, slice_size=1000)
+    lane = conflator.lane(250)
+    got: dict[int, list[int]] = {n: [] for n in range(2501)}
+    for n in range(2500):
+        conflator.join(lane, n, got[n].append)
+    busy = [0.05]  # the loop's next turn comes 50 ms later (it had other work)
+    conflator._call_at = lambda at, callback: time.call_at(
+        at + (busy.pop() if busy else 0), callback
+    )
+    conflator.offer(lane, 1, 1)  # idle: sent at once, to the first slice now
+    assert sum(len(v) for v in got.values()) == 1000
+    conflator.leave(lane, 1500)
+    conflator.leave(lane, 1600)
+    conflator.join(lane, 1600, got[1600].append)  # left and came back: a new subscription
+    conflator.join(lane, 2500, got[2500].append)  # joined mid-flush
+    conflator.offer(lane, 2, 2)  # meanwhile: waits a whole interval after the last slice
+    time.advance(0.05)
+    assert got[1500] == [] and got[1600] == [] and got[2500] == []
+    assert all(got[n] == [1] for n in range(2500) if n not in (1500, 1600))
+    time.advance(0.249)
+    assert got[2499] == [1]  # the interval runs from the last slice, for the slowest member too
+    time.advance(0.001)
+    assert got[0] == [1, 2] and got[2499] == [1, 2] and got[1600] == [2] and got[2500] == [2]
+    assert got[1500] == []
+
+
+def test_a_paused_member_is_skipped_and_on_resuming_gets_what_it_missed_within_the_interval():
+    time = FakeTime()
+    conflator = Conflator(clock=lambda: time.now, call_at=time.call_at)
+    lane = conflator.lane(250)
+    steady: list[tuple[float, int]] = []
+    paused: list[tuple[float, int]] = []
+    conflator.join(lane, "steady", lambda tick: steady.append((time.now, tick)))
+    conflator.join(lane, "paused", lambda tick: paused.append((time.now, tick)))
+    conflator.offer(lane, 1, 1)
+    conflator.pause(lane, "paused")  # its subscription is being re-checked, at position 1
+    time.advance(0.1)
+    conflator.offer(lane, 2, 2)
+    time.advance(0.2)  # the lane sends 2 at 0.25, not to the paused member
+    assert steady == [(0, 1), (0.25, 2)] and paused == [(0, 1)]
+    conflator.resume(
+        lane, "paused", lambda tick: paused.append((time.now, tick)), position=1, missed=2
+    )
+    time.advance(0.3)  # owed 2: alone, one interval after the lane's last send
+    assert paused == [(0, 1), (0.5, 2)] and steady == [(0, 1), (0.25, 2)]
+    conflator.offer(lane, 3, 3)  # the lane's cadence now counts from that send
+    time.advance(0.3)
+    assert paused[-1] == (0.75, 3) and steady[-1] == (0.75, 3)
+
+
+def test_a_resumed_member_never_gets_the_held_tick_its_position_already_covers():
+    """A new subscription fenced at seq 5 while the lane holds seq 5 for the others: it gets
+    the next newer tick, never 5 (CONTRACT section 9: nothing at or below its position)."""
+    time = FakeTime()
+    conflator = Conflator(clock=lambda: time.now, call_at=time.call_at)
+    lane = conflator.lane(250)
+    old: list[int] = []
+    new: list[int] = []
+    conflator.join(lane, "old", old.append)
+    conflator.offer(lane, 4, 4)
+    conflator.offer(lane, 5, 5)  # held for "old"
+    conflator.join(lane, "new", new.append, paused=True)
+    conflator.resume(lane, "new", new.append, position=5)
+    time.advance(0.25)
+    assert old == [4, 5] and new == []
+    conflator.offer(lane, 6, 6)
+    conflator.offer(lane, 7, 7)
+    time.advance(0.25)
+    assert old == [4, 5, 7] and new == [7]
+
+
+def test_a_lane_is_freed_with_its_last_member_and_churn_leaves_nothing_behind():
+    time = FakeTime()
+    conflator = Conflator(clock=lambda: time.now, call_at=time.call_at)
+    for round_ in range(50):
+        lanes = [conflator.lane(100 + n) for n in range(5)]
+        for n in range(100):
+            conflator.join(lanes[n % 5], n, lambda tick: None, paused=n % 7 == 0)
+        for tick in range(3):
+            for lane in lanes:
+                conflator.offer(lane, tick, tick)
+        assert conflator.lanes == 5
+        for n in range(100):
+            freed = conflator.leave(lanes[n % 5], n)
+            assert freed == (n >= 95)
+        assert conflator.lanes == 0
+        assert all(lane.held is None and not lane.members for lane in lanes)
+        time.advance(0.01 * (round_ % 3))
+    time.advance(1)
+    assert conflator.lanes == 0 and conflator.entries == 0 and conflator.waiting == 0
 
 
 # --- presence bookkeeping -------------------------------------------------------------------------
