@@ -9,7 +9,7 @@ from channels.routing import URLRouter
 from channels.security.websocket import WebsocketDenier
 from django.urls import re_path
 
-from realtime.auth import HandshakeGuard, JWTAuthMiddleware, OriginValidator
+from realtime.auth import HandshakeGate
 from realtime.consumers import RealtimeConsumer
 
 websocket_urlpatterns = [
@@ -21,4 +21,4 @@ websocket_urlpatterns = [
 
 def websocket_application() -> Any:
     """The ASGI application for the `websocket` protocol."""
-    return HandshakeGuard(OriginValidator(JWTAuthMiddleware(URLRouter(websocket_urlpatterns))))
+    return HandshakeGate(URLRouter(websocket_urlpatterns))
