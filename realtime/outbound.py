@@ -673,7 +673,7 @@ def defer_autobahn_debug_formatting() -> bool:
         logger.debug("autobahn's pformat is %r, not pprint's: left as it is", current)
         return False
     module.pformat = _Pformatted  # type: ignore[attr-defined]
-    logger.info("autobahn's per-connection debug lines are formatted only when logged")
+    logger.debug("autobahn's per-connection debug lines are formatted only when logged")
     return True
 
 

@@ -608,7 +608,7 @@ def test_a_real_daphne_defers_autobahns_debug_formatting():
     """Daphne loads autobahn before the application: the deferral applies in a real server."""
     from tests.live import live_server
 
-    with live_server() as server:
+    with live_server(env={"DJANGO_LOG_LEVEL": "DEBUG"}) as server:
         assert "debug lines are formatted only when logged" in server.log()
 
 
