@@ -70,6 +70,26 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def fd_kinds(pid: int) -> dict[str, int]:
+    """What `pid`'s open file descriptors are, counted by kind: `socket`, `pipe`, an anonymous
+    inode (`anon_inode:[eventpoll]`, ...) or the file's name (a database file, its -wal)."""
+    kinds: dict[str, int] = {}
+    base = Path(f"/proc/{pid}/fd")
+    for entry in base.iterdir():
+        try:
+            target = os.readlink(entry)
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith(("socket:", "pipe:")):
+            kind = target.split(":", 1)[0]
+        elif target.startswith("anon_inode:"):
+            kind = target
+        else:
+            kind = Path(target).name
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return dict(sorted(kinds.items(), key=lambda item: -item[1]))
+
+
 def threads(pid: int) -> int:
     """Threads of `pid` (the event loop's, the thread pools', the database's)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

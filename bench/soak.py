@@ -178,6 +178,7 @@ def sample(
         "phase": phase,
         "rss_kib": common.rss_kib(server.pid),
         "fds": common.open_fds(server.pid),
+        "fd_kinds": common.fd_kinds(server.pid) if phase in ("start", "end") else None,
         "threads": common.threads(server.pid),
         "tasks": probe.get("tasks"),
         "allocated_blocks": probe.get("allocated_blocks"),
@@ -242,6 +243,13 @@ def clean(checked: dict[str, Any]) -> bool:
     return all(checked[key] == 0 for key in keys)
 
 
+def fd_growth(start: dict[str, Any], end: dict[str, Any]) -> str:
+    """Which kinds of file descriptor the server holds more of at the end than at the start."""
+    before, after = start.get("fd_kinds") or {}, end.get("fd_kinds") or {}
+    grown = {kind: after[kind] - before.get(kind, 0) for kind in after}
+    return ", ".join(f"{kind} +{n}" for kind, n in grown.items() if n > 0)
+
+
 def verdicts(result: dict[str, Any]) -> list[dict[str, Any]]:
     steady, resumers = result["steady"], result["resumers"]
     start, end = result["start"], result["end"]
@@ -291,6 +299,7 @@ def verdicts(result: dict[str, Any]) -> list[dict[str, Any]]:
                 f"{before} -> {after}",
                 f"start + {END_SLACK[key]}",
                 met,
+                fd_growth(start, end) if key == "fds" else "",
             )
         )
     log = result["server_log"]
@@ -350,6 +359,7 @@ def render(result: dict[str, Any]) -> str:
             totals,
             "",
             common.targets_table(result["targets"]),
+            *(f"{t['target']}: {t['note']}" for t in result["targets"] if t.get("note")),
         ]
     )
 
