@@ -61,8 +61,10 @@ _LENGTH_64 = struct.Struct("!BBQ")
 
 # Per-process counts kept in realtime.stats (one place for every drop the module counts):
 # messages_too_large (closed with 1009), slow_consumer_closes (4508), fallback_connections (not
-# served by a direct adapter), send_failures (the server's send raised), dropped_at_close
-# (queued messages never sent because the connection closed).
+# served by a direct adapter), send_failures (the server's send raised), sends_after_client_close
+# (a send to a connection the client had just closed, before its disconnect was handled: the
+# client resumes with `since` when it comes back), dropped_at_close (queued messages never sent
+# because the connection closed).
 
 
 # --- frames -------------------------------------------------------------------------------
@@ -132,6 +134,12 @@ class ServerAdapter:
 
     def release(self) -> None:
         """The client is gone: let go of what would keep the connection's objects alive."""
+
+    def client_closed(self, exc: BaseException) -> bool:
+        """Whether `exc`, raised by the server's send, means the client had already closed the
+        connection (its disconnect not yet handled here): the usual race under churn, not a
+        fault. False when it cannot be told."""
+        return False
 
     async def close(self, send: Send, code: int, reason: str) -> None:
         closing: dict[str, Any] = {"type": "websocket.close", "code": int(code)}
@@ -429,6 +437,10 @@ class DaphneTCPAdapter(ServerAdapter):
         release_daphne_cycles(self.protocol, self._http_channel, self.name)
         self._http_channel = None
 
+    def client_closed(self, exc: BaseException) -> bool:
+        # autobahn raises Disconnected("Attempt to send on a closed protocol") in this state.
+        return bool(self.protocol.state == self.protocol.STATE_CLOSED)
+
     def unsent_bytes(self) -> int:
         tcp = self.tcp
         return len(tcp.dataBuffer) - tcp.offset + tcp._tempDataLen
@@ -546,6 +558,13 @@ class UvicornAdapter(ServerAdapter):
         self.name = name
         self._open = type(self.conn.state).OPEN  # websockets.protocol.State.OPEN
         self._announced = False
+
+    def client_closed(self, exc: BaseException) -> bool:
+        try:
+            from uvicorn.protocols.utils import ClientDisconnected
+        except ImportError:  # an older uvicorn: cannot be told
+            return False
+        return isinstance(exc, ClientDisconnected)
 
     @staticmethod
     def is_known(protocol: Any) -> bool:
@@ -795,6 +814,16 @@ class Outbox:
     def _send_failed(self, exc: BaseException) -> None:
         if self.closing:
             logger.debug("Send failed on %s while closing: %r", self.name, exc)
+            return
+        if self.adapter.client_closed(exc):  # counted, and said at DEBUG: churn does it often
+            stats.count("sends_after_client_close")
+            logger.debug(
+                "Send to %s after the client closed it (%r); %d queued messages dropped",
+                self.name,
+                exc,
+                len(self._queue),
+            )
+            self._discard_queue()
             return
         stats.count("send_failures")
         logger.warning(
