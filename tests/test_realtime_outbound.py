@@ -686,7 +686,9 @@ async def test_a_send_racing_the_clients_close_is_counted_apart_and_not_a_warnin
     def daphne_send(message):  # Daphne's reply path: autobahn's sendMessage
         protocol.sendMessage(message.get("text", "").encode())
 
-    box = Outbox(daphne_send, name="c", give_up=lambda code, reason: None, adapter=adapter, **BOUNDS)
+    box = Outbox(
+        daphne_send, name="c", give_up=lambda code, reason: None, adapter=adapter, **BOUNDS
+    )
     protocol.connectionLost(Failure(ConnectionDone()))
     with pytest.raises(Disconnected):
         protocol.sendMessage(b"x")
@@ -704,7 +706,9 @@ async def test_a_send_racing_the_clients_close_is_counted_apart_and_not_a_warnin
     def broken_send(message):
         raise RuntimeError("the server's send broke")
 
-    box = Outbox(broken_send, name="c", give_up=lambda code, reason: None, adapter=adapter, **BOUNDS)
+    box = Outbox(
+        broken_send, name="c", give_up=lambda code, reason: None, adapter=adapter, **BOUNDS
+    )
     protocol.state = protocol.STATE_CLOSING  # not writable directly: the server's send is used
     with caplog.at_level(logging.WARNING, logger="realtime.outbound"):
         box.push('{"n":2}')
