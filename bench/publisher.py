@@ -16,9 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+class ServerClosed(ConnectionError):
+    """The server closed the connection without answering the request."""
+
+
 class HttpConnection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
+        self.answered = 0  # requests answered on this connection
 
     @classmethod
     async def open(cls, host: str, port: int) -> HttpConnection:
@@ -33,7 +38,7 @@ class HttpConnection:
         self.writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin1") + body)
         status_line = await self.reader.readline()
         if not status_line:
-            raise ConnectionError("server closed the connection")
+            raise ServerClosed("server closed the connection")
         status = int(status_line.split()[1])
         length: int | None = None
         chunked = False
@@ -67,6 +72,7 @@ class HttpConnection:
             closing = True
         if closing:
             self.close()
+        self.answered += 1
         return status, data
 
     @property
@@ -86,6 +92,7 @@ class PublishLog:
     errors: dict[str, int] = field(default_factory=dict)
     bodies: list[Any] = field(default_factory=list)  # what `body_for` returned alongside
     responses: list[tuple[float, int, bytes]] = field(default_factory=list)  # (sent, status, body)
+    resent: int = 0  # requests sent again after a keep-alive connection closed under them
 
     def ok(self) -> int:
         return sum(n for status, n in self.statuses.items() if 200 <= status < 300)
@@ -110,6 +117,7 @@ class Publisher:
         self.max_connections = max_connections
         self.idle: deque[HttpConnection] = deque()
         self.count = 0
+        self.resent = 0  # requests sent again after a keep-alive connection closed under them
         self.available = asyncio.Condition()
 
     async def _acquire(self) -> HttpConnection:
@@ -137,16 +145,39 @@ class Publisher:
         async with self.available:
             self.available.notify()
 
+    async def _request(
+        self, connection: HttpConnection, body: bytes
+    ) -> tuple[HttpConnection, int, bytes]:
+        """POST `body` on `connection` (from `_acquire`); the connection it was answered on
+        (for `_release`), status and body. On failure the connection is closed and released
+        here, and the error raised.
+
+        A reused keep-alive connection that the server closed without answering (it closes idle
+        ones, and a request can cross the close) is the race every HTTP client meets: the
+        request is sent again, once, on a new connection (`resent` counts them), as urllib3 and
+        browsers do. A new connection closed unanswered is an error."""
+        for attempt in (1, 2):
+            try:
+                status, data = await connection.request(
+                    "POST", f"{self.host}:{self.port}", self.path, self.headers, body
+                )
+                return connection, status, data
+            except Exception as exc:
+                connection.close()
+                await self._release(None)
+                if attempt == 2 or not isinstance(exc, ServerClosed) or not connection.answered:
+                    raise
+            self.resent += 1
+            self.count += 1  # the new connection takes the closed one's place in the pool
+            try:
+                connection = await HttpConnection.open(self.host, self.port)
+            except Exception:
+                await self._release(None)
+                raise
+        raise AssertionError("unreachable")
+
     async def post(self, body: bytes) -> tuple[int, bytes]:
-        connection = await self._acquire()
-        try:
-            status, data = await connection.request(
-                "POST", f"{self.host}:{self.port}", self.path, self.headers, body
-            )
-        except Exception:
-            connection.close()
-            await self._release(None)
-            raise
+        connection, status, data = await self._request(await self._acquire(), body)
         await self._release(connection)
         return status, data
 
@@ -167,7 +198,6 @@ class Publisher:
         start = time.time() + 0.05
 
         async def one(index: int, scheduled: float) -> None:
-            connection = None
             try:
                 connection = await self._acquire()
                 sent = time.time()
@@ -175,9 +205,8 @@ class Publisher:
                 log.scheduled.append(scheduled)
                 log.sent.append(sent)
                 log.bodies.append(info)
-                status, data = await connection.request(
-                    "POST", f"{self.host}:{self.port}", self.path, self.headers, body
-                )
+                # On failure `_request` has closed and released the connection.
+                connection, status, data = await self._request(connection, body)
                 log.answered.append(time.time() - sent)
                 if keep_responses:
                     log.responses.append((sent, status, data))
@@ -186,9 +215,6 @@ class Publisher:
             except Exception as exc:
                 key = type(exc).__name__
                 log.errors[key] = log.errors.get(key, 0) + 1
-                if connection is not None:
-                    connection.close()
-                    await self._release(None)
 
         for index in range(count):
             scheduled = start + index / rate
@@ -202,6 +228,7 @@ class Publisher:
             await asyncio.wait(tasks, timeout=drain_seconds)
         for task in tasks:
             task.cancel()
+        log.resent = self.resent
         return log
 
     def close(self) -> None:

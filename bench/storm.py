@@ -244,6 +244,7 @@ def publish_summary(log: PublishLog, rate: float) -> dict[str, Any]:
         "rate": rate,
         "published": log.ok(),
         "errors": log.errors,
+        "resent": log.resent,
         "statuses": {str(k): v for k, v in log.statuses.items()},
         "achieved_rate": round((log.ok() - 1) / span, 1) if span > 0 else None,
         "post_ms": common.summarize_ms(log.answered),

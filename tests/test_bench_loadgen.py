@@ -6,6 +6,8 @@ duplicate, a message of another epoch and a reset, as a server would send them.
 
 from __future__ import annotations
 
+import pytest
+
 from bench.loadgen import Leg, Track
 
 TOPIC = "market:BENCH"
@@ -156,3 +158,47 @@ def test_a_servers_cpu_is_read_to_well_under_a_clock_tick_threads_included():
     assert 0.06 <= before_exit < 1.0, before_exit
     assert round(before_exit * 1e9) % 10_000_000 != 0, "read in 10 ms ticks"
     assert common.cpu_seconds(child.pid) == 0.0
+
+
+async def test_the_publisher_resends_once_when_a_kept_alive_connection_closes_under_a_request():
+    """A server closes idle keep-alive connections; a request can cross the close, and the
+    server never sees it. The publisher sends it again once on a new connection (the soak
+    counted 6 such posts as failed in 12,044), but a new connection closed unanswered is an
+    error, not retried."""
+    import asyncio
+
+    from bench.publisher import Publisher, ServerClosed
+
+    answered: list[bytes] = []
+    refuse_all = False
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        served = 0
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+            body = await reader.readexactly(length)
+            if served == 1 or refuse_all:  # the idle close crossing the second request
+                writer.close()
+                return
+            served += 1
+            answered.append(body)
+            writer.write(b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\nok")
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    publisher = Publisher("127.0.0.1", port, "/publish", token="t", max_connections=1)
+    fresh = Publisher("127.0.0.1", port, "/publish", token="t", max_connections=1)
+    try:
+        assert await publisher.post(b"one") == (202, b"ok")
+        assert await publisher.post(b"two") == (202, b"ok")  # resent on a new connection
+        assert answered == [b"one", b"two"] and publisher.resent == 1
+        refuse_all = True
+        with pytest.raises(ServerClosed):
+            await fresh.post(b"three")
+        assert fresh.resent == 0 and answered == [b"one", b"two"]
+    finally:
+        publisher.close()
+        fresh.close()
+        server.close()
+        await server.wait_closed()
