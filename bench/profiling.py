@@ -63,7 +63,7 @@ class Profiler:
         self.out = out
         binary = available()
         if binary is None:
-            raise RuntimeError("py-spy is not installed (it is in the dev extra: python3 dev.py test)")
+            raise RuntimeError("py-spy is not installed (the dev extra has it: dev.py test)")
         out.parent.mkdir(parents=True, exist_ok=True)
         command = [binary, "record", "--pid", str(pid), "--rate", str(rate), "--nonblocking"]
         if seconds is not None:
