@@ -32,7 +32,9 @@ import collections
 import contextlib
 import functools
 import logging
+import pprint
 import struct
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
@@ -654,18 +656,12 @@ class _Pformatted:
         self.value = value
 
     def __str__(self) -> str:
-        return _pformat(self.value)
+        return pprint.pformat(self.value)
 
     __repr__ = __str__
 
     def __format__(self, spec: str) -> str:
         return format(str(self), spec)
-
-
-def _pformat(value: Any) -> str:
-    import pprint
-
-    return pprint.pformat(value)
 
 
 def defer_autobahn_debug_formatting() -> bool:
@@ -679,9 +675,6 @@ def defer_autobahn_debug_formatting() -> bool:
     line is written, to the same text. Done only when autobahn is loaded (Daphne) and the name
     is still `pprint.pformat`; otherwise nothing changes (said at DEBUG). Whether it applied.
     """
-    import pprint
-    import sys
-
     module = sys.modules.get("autobahn.websocket.protocol")
     if module is None:
         return False
