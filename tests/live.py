@@ -163,6 +163,11 @@ class LiveServer:
             f":privateKey={key_path}:certKey={cert_path}"
         )
 
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, "not started"
+        return self.process.pid
+
     def environment(self) -> dict[str, str]:
         return server_environment(realtime=self.realtime, extra=self.extra_env)
 
@@ -260,6 +265,17 @@ def live_server(**kwargs: Any) -> Iterator[LiveServer]:
         yield server
     finally:
         server.stop()
+
+
+def connections_of(status: dict[str, Any], *servers: LiveServer) -> list[int | None]:
+    """What a status document says each of `servers` holds (None: not listed).
+
+    Every live process on the test database is listed, the session's `live` server among them
+    once a test has used it (its heartbeat writes its row again after each flush), so a test
+    reads its own servers' entries by pid rather than the whole list.
+    """
+    held = {entry["pid"]: entry["connections"] for entry in status["servers"]}
+    return [held.get(server.pid) for server in servers]
 
 
 async def eventually(check: Any, *, timeout: float = 10.0) -> Any:

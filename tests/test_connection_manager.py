@@ -16,7 +16,7 @@ from django.utils import timezone
 from realtime.models import Connection, ServerProcess, Subscription
 from realtime.selectors import connection_status
 from tests.conftest import access_token_for
-from tests.live import eventually, live_server
+from tests.live import connections_of, eventually, live_server
 from tests.wsclient import closed_with, connect, receive, receive_type, request, subscribe
 
 HEARTBEAT = 0.5  # seconds; the servers below and this process agree on it
@@ -71,7 +71,7 @@ async def test_status_counts_follow_connects_subscribes_unsubscribes_and_disconn
         f"user:{trader.pk}:orders": 1,
         f"user:{other_trader.pk}:positions": 1,
     }
-    assert [server["connections"] for server in status["servers"]] == [3]
+    assert connections_of(status, fast_live) == [3]
 
     record = await sync_to_async(
         lambda: Connection.objects.select_related("user").get(user=trader, user_agent="desk/1.0")
