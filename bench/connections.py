@@ -266,7 +266,7 @@ def run(options: Any, log: Any = print) -> dict[str, Any]:
 def targets(sessions: list[dict[str, Any]], options: Any, count: int) -> list[dict[str, Any]]:
     main = sessions[0]
     tag = f"{main['label']}{', deflate offered' if options.deflate else ''}"
-    return [
+    found = [
         common.target(
             f"authenticated connections held by one process ({tag})",
             main["open_after_hold"],
@@ -286,6 +286,28 @@ def targets(sessions: list[dict[str, Any]], options: Any, count: int) -> list[di
             (main["connects_per_s"] or 0) >= 500,
         ),
     ]
+    base = next((s for s in sessions if s["label"] == "baseline"), None)
+    if base is not None and main["label"] == "daphne" and not options.deflate:
+        # Round two's limits (issue 18), against the baseline measured in the same run.
+        memory = common.ratio(main["kib_per_connection"], base["kib_per_connection"])
+        connects = common.ratio(main["connects_per_s"], base["connects_per_s"])
+        found.append(
+            common.target(
+                f"memory per connection / baseline's ({tag}, {count} connections)",
+                memory,
+                "<= 1.5",
+                memory is not None and memory <= 1.5,
+            )
+        )
+        found.append(
+            common.target(
+                f"authenticated connects per second / baseline's ({tag})",
+                connects,
+                ">= 0.7",
+                connects is not None and connects >= 0.7,
+            )
+        )
+    return found
 
 
 def render(result: dict[str, Any]) -> str:

@@ -35,6 +35,8 @@ MIN_PUBLISHES = 20  # a slow point runs long enough for 20 updates
 def point_rate(subscribers: int) -> float:
     """Updates/s for a fan-out point: the same deliveries/s at every subscriber count."""
     return min(MAX_RATE, DELIVERIES_PER_S / subscribers)
+
+
 CONNECTIONS = [1000, 2000, 5000, 10000, 19500]
 WARMUP = 20
 

@@ -150,8 +150,9 @@ def run(options: Any, log: Any = print) -> dict[str, Any]:
                 return session
 
             env = common.server_environment(space, database_url=space.fresh_database())
+            turn = getattr(options, "run_index", 0)  # the run of `all --repeat N`
             for repeat in range(repeats):
-                order = MIXES[repeat % 3 :] + MIXES[: repeat % 3]
+                order = MIXES[(repeat + turn) % 3 :] + MIXES[: (repeat + turn) % 3]
                 server = common.Server(
                     "daphne", env, space.directory, extra_args=options.server_args
                 )

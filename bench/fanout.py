@@ -540,9 +540,8 @@ def targets(summary: dict[str, Any], options: Any) -> list[dict[str, Any]]:
         return []
     row = rows[0]
     found = []
-    limit = {"daphne": 2.0, "uvicorn": 1.2}.get(options.server, 2.0)
-    if options.processes > 1:
-        limit = 3.0
+    # Round two's limits (issue 18): ratios against the baseline measured in the same run.
+    limit = 1.5 if options.processes > 1 else 1.2
     tag = f"{row['label']}, {row['subscribers']} subscribers, {row['rate']:g}/s"
     if options.deflate:
         tag += ", deflate offered"
@@ -562,15 +561,25 @@ def targets(summary: dict[str, Any], options: Any) -> list[dict[str, Any]]:
             bool(row["delivered_pct"] and row["delivered_pct"] >= 99.9),
         )
     )
-    if options.server == "daphne" and options.processes == 1 and not options.no_ladder:
+    if options.server == "daphne" and options.processes == 1 and not options.deflate:
         found.append(
             common.target(
-                "highest sustained delivery rate / baseline's",
-                row.get("delivery_ratio"),
-                ">= 0.5",
-                row.get("delivery_ratio") is not None and row["delivery_ratio"] >= 0.5,
+                f"server CPU per delivery / baseline's ({tag})",
+                row.get("cost_ratio"),
+                "<= 0.6",
+                row.get("cost_ratio") is not None and row["cost_ratio"] <= 0.6,
             )
         )
+        if not options.no_ladder:
+            found.append(
+                common.target(
+                    f"highest sustained delivery rate / baseline's ({row['label']}, "
+                    f"{row['subscribers']} subscribers)",
+                    row.get("delivery_ratio"),
+                    ">= 0.9",
+                    row.get("delivery_ratio") is not None and row["delivery_ratio"] >= 0.9,
+                )
+            )
     return found
 
 

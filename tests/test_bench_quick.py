@@ -161,6 +161,20 @@ def test_every_benchmark_runs_in_quick_mode(tmp_path):
     ran = set(summary["scenarios"])
     assert {"fanout", "e2e", "connections", "status", "encoding", "throttle"} <= ran
     assert set(summary["skipped"]) == set(skipped)
+    # Round two's targets (issue 18) are judged, each a ratio against the same run's baseline.
+    limits = {t["target"].split(" (")[0]: t["limit"] for t in summary["targets"]}
+    assert limits["server CPU per delivery / baseline's"] == "<= 0.6"
+    assert limits["highest sustained delivery rate / baseline's"] == ">= 0.9"
+    assert limits["memory per connection / baseline's"] == "<= 1.5"
+    assert limits["authenticated connects per second / baseline's"] == ">= 0.7"
+    p99_limits = {
+        t["target"]: t["limit"] for t in summary["targets"] if "p99 / baseline" in t["target"]
+    }
+    assert p99_limits["fan-out p99 / baseline p99 (daphne, 20 subscribers, 10/s)"] == "<= 1.2"
+    if redis_url:
+        assert (
+            p99_limits["fan-out p99 / baseline p99 (daphne x2, 20 subscribers, 10/s)"] == "<= 1.5"
+        )
 
     _check_fanout(_load(tmp_path, "fanout"), "daphne")
     assert _load(tmp_path, "fanout")["sessions"][0]["ladder"], "the ladder ran"
