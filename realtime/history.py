@@ -303,6 +303,26 @@ MAX_READS_IN_FLIGHT = 16
 MAX_APPENDS_IN_FLIGHT = 8
 
 
+class InFlightBound:
+    """At most `size` calls in flight at once per event loop (a semaphore is bound to its loop).
+
+    `async with bound():` around each use of the layer's pool by this module's own commands,
+    so that a burst of them waits its turn rather than taking every connection of the pool.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore]
+        self._by_loop = weakref.WeakKeyDictionary()
+
+    def __call__(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        gate = self._by_loop.get(loop)
+        if gate is None:
+            gate = self._by_loop[loop] = asyncio.Semaphore(self.size)
+        return gate
+
+
 class RedisHistory:
     """History in the Redis of a channels_redis layer (its first host), under its key prefix.
 
@@ -314,21 +334,12 @@ class RedisHistory:
     def __init__(self, connection: Any, prefix: str) -> None:
         self._connection = connection  # layer.connection(index) -> redis.asyncio.Redis, per loop
         self.prefix = f"{prefix}rt:"
-        # event loop -> (reads gate, appends gate)
-        self._gates: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, tuple[asyncio.Semaphore, asyncio.Semaphore]
-        ] = weakref.WeakKeyDictionary()
+        self._reads = InFlightBound(MAX_READS_IN_FLIGHT)
+        self._appends = InFlightBound(MAX_APPENDS_IN_FLIGHT)
 
     def _gate(self, *, append: bool) -> asyncio.Semaphore:
         """This event loop's bound on reads or appends in flight (MAX_*_IN_FLIGHT)."""
-        loop = asyncio.get_running_loop()
-        gates = self._gates.get(loop)
-        if gates is None:
-            gates = self._gates[loop] = (
-                asyncio.Semaphore(MAX_READS_IN_FLIGHT),
-                asyncio.Semaphore(MAX_APPENDS_IN_FLIGHT),
-            )
-        return gates[1] if append else gates[0]
+        return self._appends() if append else self._reads()
 
     def _keys(self, topic: str) -> tuple[str, str]:
         base = f"{self.prefix}h:{topic}"

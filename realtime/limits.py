@@ -197,6 +197,15 @@ return 1
 """
 
 
+# The store's commands in flight at once per event loop. They use the channel layer's connection
+# pool (redis-py's: 100 connections per loop), which raises MaxConnectionsError instead of waiting
+# once all are taken: unbounded, the handshakes of a reconnect storm (1,000 clients within a
+# second) took every connection, so the checks were let through unchecked, the layer's own
+# receive and group joins failed (the hub then closed its subscribers with 4503) and resumes read
+# no history (`reset: unavailable`). Bounded, they wait their turn (a check is one round trip).
+MAX_CALLS_IN_FLIGHT = 16
+
+
 class RedisLimits:
     """The limits in the Redis of a channels_redis layer (its first host), shared by every
     process. Keys, under the layer's prefix: `rt:sec:hs:{ip}:{minute}` (handshakes),
@@ -207,13 +216,14 @@ class RedisLimits:
     clock = staticmethod(time.time)
 
     def __init__(self, connection: Any, prefix: str) -> None:
-        from realtime.history import _Script
+        from realtime.history import InFlightBound, _Script
 
         self._connection = connection  # layer.connection(index) -> redis.asyncio.Redis, per loop
         self.prefix = f"{prefix}rt:sec:"
         self._handshake = _Script(_HANDSHAKE_LUA)
         self._failure = _Script(_FAILURE_LUA)
         self._admit = _Script(_ADMIT_LUA)
+        self._in_flight = InFlightBound(MAX_CALLS_IN_FLIGHT)
 
     def _redis(self) -> Any:
         return self._connection(0)
@@ -226,7 +236,8 @@ class RedisLimits:
             f"{self.prefix}hs:{ip}:{minute}",
             f"{self.prefix}hs:{ip}:{minute - 1}",
         ]
-        reply = await self._handshake(self._redis(), keys, [per_minute, (now % 60) / 60])
+        async with self._in_flight():
+            reply = await self._handshake(self._redis(), keys, [per_minute, (now % 60) / 60])
         status = reply.decode() if isinstance(reply, bytes) else str(reply)
         return None if status == "ok" else Refusal(status)
 
@@ -236,17 +247,20 @@ class RedisLimits:
         now_ms = int(self.clock() * 1000)
         keys = [f"{self.prefix}af:{ip}", f"{self.prefix}bl:{ip}", f"{self.prefix}blocks"]
         args = [limit, int(window * 1000), int(block * 1000), now_ms, ip]
-        count, until = await self._failure(self._redis(), keys, args)
+        async with self._in_flight():
+            count, until = await self._failure(self._redis(), keys, args)
         return int(count), (Block(ip, int(until) / 1000) if int(until) else None)
 
     async def blocked_until(self, ip: str) -> float | None:
-        value = await self._redis().get(f"{self.prefix}bl:{ip}")
+        async with self._in_flight():
+            value = await self._redis().get(f"{self.prefix}bl:{ip}")
         return int(value) / 1000 if value is not None else None
 
     async def unblock(self, ip: str) -> bool:
         redis = self._redis()
-        removed = await redis.delete(f"{self.prefix}bl:{ip}", f"{self.prefix}af:{ip}")
-        await redis.zrem(f"{self.prefix}blocks", ip)
+        async with self._in_flight():
+            removed = await redis.delete(f"{self.prefix}bl:{ip}", f"{self.prefix}af:{ip}")
+            await redis.zrem(f"{self.prefix}blocks", ip)
         return bool(removed)
 
     async def admit(self, user_id: int, connection_id: str, limit: int) -> bool:
@@ -254,17 +268,19 @@ class RedisLimits:
         lease_ms = int(lease_secs() * 1000)
         keys = [f"{self.prefix}uc:{user_id}"]
         args = [limit, connection_id, now_ms, now_ms + lease_ms, lease_ms * 2]
-        return bool(int(await self._admit(self._redis(), keys, args)))
+        async with self._in_flight():
+            return bool(int(await self._admit(self._redis(), keys, args)))
 
     async def release(self, user_id: int, connection_id: str) -> None:
-        await self._redis().zrem(f"{self.prefix}uc:{user_id}", connection_id)
+        async with self._in_flight():
+            await self._redis().zrem(f"{self.prefix}uc:{user_id}", connection_id)
 
     async def renew(self, leases: Sequence[tuple[int, str]]) -> None:
         if not leases:
             return
         lease_ms = int(lease_secs() * 1000)
         expiry = int(self.clock() * 1000) + lease_ms
-        async with self._redis().pipeline(transaction=False) as pipe:
+        async with self._in_flight(), self._redis().pipeline(transaction=False) as pipe:
             for user_id, connection_id in leases:
                 key = f"{self.prefix}uc:{user_id}"
                 pipe.zadd(key, {connection_id: expiry}, xx=True)
@@ -274,8 +290,9 @@ class RedisLimits:
     async def user_connections(self, user_id: int) -> int:
         key = f"{self.prefix}uc:{user_id}"
         redis = self._redis()
-        await redis.zremrangebyscore(key, "-inf", int(self.clock() * 1000))
-        return int(await redis.zcard(key))
+        async with self._in_flight():
+            await redis.zremrangebyscore(key, "-inf", int(self.clock() * 1000))
+            return int(await redis.zcard(key))
 
 
 Limits = MemoryLimits | RedisLimits

@@ -344,3 +344,32 @@ def _call(call_command, *args) -> str:
     with contextlib.redirect_stdout(buffer):
         call_command(*args, stdout=buffer)
     return buffer.getvalue()
+
+
+@pytest.mark.redis
+async def test_a_burst_of_handshakes_waits_its_turn_instead_of_taking_the_layers_pool(redis_target):
+    """1,000 clients reconnecting at once each have their handshake checked in Redis, through the
+    channel layer's connection pool (it raises MaxConnectionsError when every connection is
+    taken). 300 checks at once on a pool of 24: every check is answered, and the layer's own
+    commands issued meanwhile (a group join, a send) still find a connection."""
+    from channels_redis.core import RedisChannelLayer
+
+    from realtime.limits import MAX_CALLS_IN_FLIGHT, RedisLimits, limits_for
+
+    assert MAX_CALLS_IN_FLIGHT < 24
+    target = private_redis(redis_target)
+    layer = RedisChannelLayer(
+        hosts=[{"address": target["url"], "max_connections": 24}], prefix=target["prefix"]
+    )
+    store = limits_for(layer)
+    assert isinstance(store, RedisLimits)
+    channel = await layer.new_channel()
+    checks = [store.handshake(f"198.51.100.{n % 250}", 1000) for n in range(300)]
+    layer_work = [layer.group_add("rt.burst", channel), layer.send(channel, {"type": "x"})]
+    results = await asyncio.gather(*checks, *layer_work, return_exceptions=True)
+    failures = [r for r in results if isinstance(r, BaseException)]
+    assert failures == []
+    assert results[:300] == [None] * 300  # under the rate: let in, by a real check
+    assert (await layer.receive(channel))["type"] == "x"
+    await layer.flush()
+    await layer.close_pools()
