@@ -20,8 +20,12 @@ one pre-built frame (a broadcast's frame is built once, not once per socket: doc
   counts what it queues itself, and the bound holds as far as the server's `send` applies
   backpressure (ASGI offers nothing else; uvicorn's does). Said once per process at WARNING.
 
-Private attributes of Twisted, autobahn and uvicorn are read only here, each checked when its
-adapter is chosen; anything unexpected falls back to `GenericAdapter`. What could not be
+The Daphne adapters also spread Daphne's 2-second timeout sweep over its 2 s
+(`SpreadTimeoutSweep`), so that its keep-alive pings do not leave all at once.
+
+Private attributes of Twisted, autobahn, Daphne and uvicorn are read only here, each checked
+when its adapter is chosen; anything unexpected falls back to `GenericAdapter` (or, for the
+sweep, leaves Daphne's as it is). What could not be
 delivered is logged and counted in `realtime.stats`.
 """
 
@@ -434,6 +438,7 @@ class DaphneTCPAdapter(ServerAdapter):
         self._framed_alike: bool | None = None
         self._http_channel = _http_channel_of(carrier if carrier is not None else tcp)
         release_upgrade_request(self._http_channel, name)
+        spread_daphne_timeout_sweep(getattr(protocol, "server", None))
 
     def release(self) -> None:
         release_daphne_cycles(self.protocol, self._http_channel, self.name)
@@ -642,6 +647,91 @@ def adapter_for(send: Any, name: str = "") -> ServerAdapter:
             return UvicornAdapter(owner, name)
         return _use_generic(name, "uvicorn's protocol is not what this module expects")
     return _use_generic(name, "the ASGI server is not one this module knows")
+
+
+# --- Daphne's timeout sweep ---------------------------------------------------------------
+
+# Daphne sweeps its connections every 2 s (`reactor.callLater(2, self.timeout_checker)`).
+DAPHNE_SWEEP_EVERY_SECS = 2.0
+# A spread sweep checks this many connections at least per step, in at most SWEEP_STEPS steps.
+SWEEP_MIN_SLICE = 50
+SWEEP_STEPS = 20
+
+
+class SpreadTimeoutSweep:
+    """Daphne's timeout sweep, spread over its 2 seconds instead of run in one go.
+
+    `daphne.server.Server.timeout_checker` calls `check_timeouts()` on every connection at once
+    every 2 s, and that is where Daphne's keep-alive pings go out (each connection every
+    `--ping-interval`, 20 s): with 10,000 connections about 1,000 pings left in one loop turn
+    and their 1,000 pongs came back together, holding the loop 100-230 ms every 2.07 s
+    (docs/BENCHMARKS.md, what stalls the loop). This makes the same `check_timeouts()` calls in
+    up to SWEEP_STEPS slices spaced evenly over the 2 s, so the pings and their pongs come a
+    slice at a time; each connection is still checked every 2 s and the next sweep starts 2 s
+    after this one. A connection gone before its slice is skipped; an error in one
+    connection's check is logged and the sweep goes on (in Daphne's, it ends the sweeping).
+    """
+
+    def __init__(self, server: Any, reactor: Any) -> None:
+        self.server = server
+        self.reactor = reactor
+        self.sweeps = 0
+
+    def __call__(self) -> None:
+        protocols = list(self.server.connections)
+        steps = max(1, min(SWEEP_STEPS, len(protocols) // SWEEP_MIN_SLICE))
+        size = -(-len(protocols) // steps)  # ceil
+        every = DAPHNE_SWEEP_EVERY_SECS / steps
+        self.sweeps += 1
+        self._slice(protocols[:size])
+        for step in range(1, steps):
+            chunk = protocols[step * size : (step + 1) * size]
+            if chunk:
+                self.reactor.callLater(step * every, self._slice, chunk)
+        self.reactor.callLater(DAPHNE_SWEEP_EVERY_SECS, self.server.timeout_checker)
+        logger.debug(
+            "Daphne's timeout sweep %d: %d connections in %d slices of up to %d, %.2f s apart",
+            self.sweeps,
+            len(protocols),
+            steps,
+            size,
+            every,
+        )
+
+    def _slice(self, protocols: list[Any]) -> None:
+        connections = self.server.connections
+        for protocol in protocols:
+            if protocol not in connections:
+                continue
+            try:
+                protocol.check_timeouts()
+            except Exception:
+                logger.exception("Daphne's timeout check failed for %r", protocol)
+
+
+def spread_daphne_timeout_sweep(server: Any) -> bool:
+    """Install `SpreadTimeoutSweep` on this Daphne server, once; whether it is in place.
+
+    Set on the instance, so Daphne's own reschedule (`callLater(2, self.timeout_checker)`)
+    picks it from its next sweep on. Only when the server is Daphne's, with the `connections`
+    dict and the `timeout_checker` this expects; otherwise Daphne's sweep stays as it is (said
+    at DEBUG).
+    """
+    current = vars(server).get("timeout_checker") if hasattr(server, "__dict__") else None
+    if isinstance(current, SpreadTimeoutSweep):
+        return True
+    if not (
+        type(server).__module__ == "daphne.server"
+        and isinstance(getattr(server, "connections", None), dict)
+        and callable(getattr(type(server), "timeout_checker", None))
+    ):
+        logger.debug("Daphne's server is not what this module expects: its sweep left as it is")
+        return False
+    from twisted.internet import reactor
+
+    server.timeout_checker = SpreadTimeoutSweep(server, reactor)
+    logger.debug("Daphne's timeout sweep is spread over its %g s", DAPHNE_SWEEP_EVERY_SECS)
+    return True
 
 
 # --- autobahn's debug formatting ------------------------------------------------------------

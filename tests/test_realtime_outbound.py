@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import re
 import socket
 
 import pytest
@@ -714,3 +716,61 @@ async def test_a_send_racing_the_clients_close_is_counted_apart_and_not_a_warnin
         box.push('{"n":2}')
     assert stats.counters["send_failures"] == failures_before + 1
     assert "Send failed on c" in caplog.text
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+async def test_daphnes_timeout_sweep_is_spread_over_its_two_seconds_and_still_times_out(
+    trader_token,
+):
+    """A real Daphne whose connections time out after 5 s (`--websocket_timeout 5`): 120
+    connections are swept in two slices a second apart, and the spread sweep is what closes them
+    (installed at the first connection; Daphne's own sweep, scheduled before, runs at most once
+    more, within 2 s of it, before any connection is 5 s old)."""
+    import websockets
+
+    from tests.live import live_server
+    from tests.wsclient import connect, receive_type
+
+    count = 120
+    with live_server(
+        env={"DJANGO_LOG_LEVEL": "DEBUG"},
+        server_args=["--websocket_timeout", "5"],
+    ) as server:
+        opened = asyncio.get_running_loop().time()
+        clients = await asyncio.gather(
+            *(connect(server.ws_url, token=trader_token) for _ in range(count))
+        )
+        for ws in clients:
+            await receive_type(ws, "AUTHENTICATION")
+
+        async def closed(ws) -> float:
+            with contextlib.suppress(websockets.ConnectionClosed):
+                while True:
+                    await ws.recv()
+            return asyncio.get_running_loop().time() - opened
+
+        lived = await asyncio.wait_for(asyncio.gather(*(closed(ws) for ws in clients)), 20)
+        assert {ws.close_code for ws in clients} == {1000}
+        assert min(lived) > 4.5  # not before their time
+        log = server.log_path.read_text()
+        assert "Daphne's timeout sweep is spread over its 2 s" in log
+        sweep = rf"Daphne's timeout sweep \d+: {count} connections in 2 slices of up to 60, 1.00 s"
+        assert re.search(sweep, log), log[-3000:]
+
+
+def test_a_server_that_is_not_daphnes_keeps_its_sweep(caplog):
+    """Internals not as expected (here: no `connections` dict): nothing is installed."""
+
+    class Elsewhere:
+        connections = ()
+
+        def timeout_checker(self):
+            pass
+
+    server = Elsewhere()
+    with caplog.at_level(logging.DEBUG, logger="realtime.outbound"):
+        assert outbound.spread_daphne_timeout_sweep(server) is False
+    assert "timeout_checker" not in vars(server)
+    assert "its sweep left as it is" in caplog.text
+    assert outbound.spread_daphne_timeout_sweep(None) is False
