@@ -25,8 +25,8 @@ The Daphne adapters also spread Daphne's 2-second timeout sweep over its 2 s
 
 Private attributes of Twisted, autobahn, Daphne and uvicorn are read only here, each checked
 when its adapter is chosen; anything unexpected falls back to `GenericAdapter` (or, for the
-sweep, leaves Daphne's as it is). What could not be
-delivered is logged and counted in `realtime.stats`.
+sweep, leaves Daphne's as it is). What could not be delivered is logged and counted in
+`realtime.stats`.
 """
 
 from __future__ import annotations
