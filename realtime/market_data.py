@@ -15,14 +15,32 @@ import threading
 import time
 
 from channels.db import database_sync_to_async
+from redis.exceptions import RedisError
 
 from market.services import market_mark
 from market.ticks import Tick
+from realtime import stats
 from realtime.conf import realtime_settings
+from realtime.history import HistoryUnavailable
 from realtime.protocol import MessageType
 from realtime.publish import apublish_rollback_unsafe
 
 logger = logging.getLogger(__name__)
+
+
+class MarketDataUnavailable(Exception):
+    """Ticks could not be published (the history or the channel layer cannot be reached).
+
+    A tick is stored nowhere before it is published, so the feed is told (503) and sends them
+    again; `published` of them went out before the failure (a tick sent twice is harmless: a
+    subscriber keeps the latest).
+    """
+
+    def __init__(self, published: int, total: int, reason: str) -> None:
+        super().__init__(reason)
+        self.published = published
+        self.total = total
+        self.reason = reason
 
 
 def market_topic(tick: Tick) -> str:
@@ -43,20 +61,50 @@ class MarketDataService:
         self.marks = 0  # how many times positions were marked (observability, tests)
 
     async def apublish(self, ticks: list[Tick]) -> None:
-        """Publish `ticks` as MARKET_DATA now; mark to market now or at the window's end."""
+        """Publish `ticks` as MARKET_DATA now; mark to market now or at the window's end.
+
+        Raises MarketDataUnavailable when the history or the channel layer cannot be reached;
+        the ticks published before that are marked as usual.
+        """
+        published = 0
+        failure: MarketDataUnavailable | None = None
         for tick in ticks:
-            await apublish_rollback_unsafe(
-                MessageType.MARKET_DATA, (market_topic(tick),), tick.payload()
-            )
+            try:
+                await apublish_rollback_unsafe(
+                    MessageType.MARKET_DATA, (market_topic(tick),), tick.payload()
+                )
+            except (HistoryUnavailable, RedisError, OSError) as exc:
+                stats.count("publish_failed")
+                logger.warning(
+                    "Market data for %s could not be published (%d of %d ticks were): %s",
+                    tick.symbol,
+                    published,
+                    len(ticks),
+                    exc or type(exc).__name__,
+                )
+                failure = MarketDataUnavailable(published, len(ticks), str(exc) or repr(exc))
+                break
+            published += 1
+        ticks = ticks[:published]
+        if ticks:
+            await self._mark(ticks)
+        if failure is not None:
+            raise failure
+
+    async def _mark(self, ticks: list[Tick]) -> None:
         with self._lock:
             for tick in ticks:
                 self._pending[tick.symbol] = tick
             interval = realtime_settings.MARK_TO_MARKET_INTERVAL_SECS
             wait = self._last_mark + interval - self.clock()
-        if wait <= 0:
-            await database_sync_to_async(self.flush)()
-        else:
+        if wait > 0:
             self._schedule_trailing(wait)
+            return
+        try:
+            await database_sync_to_async(self.flush)()
+        except Exception:
+            # The ticks went out; only the marking failed (the database): it is retried.
+            self._mark_failed()
 
     def _schedule_trailing(self, wait: float) -> None:
         loop = asyncio.get_running_loop()
@@ -78,7 +126,16 @@ class MarketDataService:
         try:
             await database_sync_to_async(self.flush)()
         except Exception:
-            logger.exception("Marking to market failed")
+            self._mark_failed()
+
+    def _mark_failed(self) -> None:
+        """Log a failed marking and try it again one interval later (its ticks were kept)."""
+        stats.count("mark_failed")
+        logger.exception(
+            "Marking to market failed; trying again in %s s",
+            realtime_settings.MARK_TO_MARKET_INTERVAL_SECS,
+        )
+        self._schedule_trailing(max(realtime_settings.MARK_TO_MARKET_INTERVAL_SECS, 0.5))
 
     def flush(self) -> int:
         """Mark what is pending now (blocking); returns how many symbols were marked."""
@@ -87,7 +144,13 @@ class MarketDataService:
             self._pending.clear()
             self._last_mark = self.clock()
         if ticks:
-            market_mark(ticks=ticks)
+            try:
+                market_mark(ticks=ticks)
+            except BaseException:
+                with self._lock:  # kept for the next try, unless a newer tick came meanwhile
+                    for tick in ticks:
+                        self._pending.setdefault(tick.symbol, tick)
+                raise
             self.marks += 1
         return len(ticks)
 

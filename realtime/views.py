@@ -15,7 +15,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_safe
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
-from rest_framework.exceptions import AuthenticationFailed, Throttled
+from rest_framework.exceptions import APIException, AuthenticationFailed, Throttled
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -25,7 +25,7 @@ from rest_framework_simplejwt.views import TokenObtainPairView
 from realtime import limits, metrics
 from realtime.auth import TokenRejected, authenticate_token, authenticate_token_async
 from realtime.clientip import request_client_ip
-from realtime.market_data import market_data
+from realtime.market_data import MarketDataUnavailable, market_data
 from realtime.permissions import CanPublishMarketData, CanViewConnections
 from realtime.security import EventKind, record, recorder
 from realtime.selectors import connection_status, security_report
@@ -240,6 +240,14 @@ class EventLoopAPIView(APIView):
         return True
 
 
+class MarketDataNotPublished(APIException):
+    """503: the ticks could not be published now; the feed sends them again (Retry-After)."""
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_code = "unavailable"
+    wait = 1  # DRF's exception handler turns it into Retry-After
+
+
 class MarketDataView(EventLoopAPIView):
     """Publish market-data ticks to `market:{SYMBOL}` and mark positions to market."""
 
@@ -247,7 +255,13 @@ class MarketDataView(EventLoopAPIView):
 
     @extend_schema(
         request=TickSerializer(many=True),
-        responses={202: MarketDataAcceptedSerializer},
+        responses={
+            202: MarketDataAcceptedSerializer,
+            503: OpenApiResponse(
+                description="The history or the channel layer cannot be reached: nothing after "
+                "the count in `detail` was published; send the ticks again after Retry-After."
+            ),
+        },
         examples=[
             OpenApiExample("One tick", value={"symbol": "AAPL", "last": "189.5"}),
             OpenApiExample(
@@ -271,5 +285,11 @@ class MarketDataView(EventLoopAPIView):
             serializer.validated_data if many else [serializer.validated_data]
         )
         ticks = [TickSerializer.to_tick(row) for row in rows]
-        await market_data.apublish(ticks)
+        try:
+            await market_data.apublish(ticks)
+        except MarketDataUnavailable as exc:
+            raise MarketDataNotPublished(
+                f"The ticks cannot be published now ({exc.published} of {exc.total} were): "
+                f"{exc.reason}. Send them again."
+            ) from exc
         return Response({"accepted": len(ticks)}, status=status.HTTP_202_ACCEPTED)

@@ -103,6 +103,36 @@ async def test_a_committed_order_is_answered_201_while_redis_is_down(private_red
     assert "__qualname__" not in log
 
 
+async def test_market_data_posted_while_redis_is_down_is_refused_with_503_and_a_reason(
+    private_redis, staff
+):
+    """A tick is not committed anywhere before it is published: if it cannot be, the feed must
+    be told so it sends it again (503 with Retry-After and why), not answered 500."""
+    with live_server(redis=_settings(private_redis.url)) as server:
+        token = await sync_to_async(access_token_for)(staff)
+        async with api(server, token) as client:
+            tick = {"symbol": "AAPL", "last": "189.5"}
+            assert (await client.post("/api/market-data/", json=tick)).status_code == 202
+            private_redis.kill()
+            refused = await client.post("/api/market-data/", json=[tick, tick])
+            assert refused.status_code == 503, refused.text
+            assert refused.headers.get("Retry-After", "").isdigit()
+            assert "cannot be published" in refused.json()["detail"]
+            private_redis.start()
+            # The same port again: the server reconnects and takes ticks at once.
+            answers = []
+            for _ in range(50):
+                answers.append((await client.post("/api/market-data/", json=tick)).status_code)
+                if answers[-1] == 202:
+                    break
+                await asyncio.sleep(0.2)
+            assert answers[-1] == 202, answers
+        log = server.log()
+    assert "Internal Server Error" not in log
+    assert "Traceback" not in log
+    assert "Market data for AAPL could not be published" in log
+
+
 class Follower:
     """A client that does what a real one does: reconnect, resubscribe, retry `unavailable`."""
 

@@ -4,6 +4,9 @@ DRF would everywhere else."""
 
 from __future__ import annotations
 
+import asyncio
+from decimal import Decimal
+
 import pytest
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import Permission
@@ -151,3 +154,41 @@ async def test_a_cached_bearer_token_is_published_without_leaving_the_event_loop
     assert len(at_publish) == 2
     assert at_publish[0] - at_dispatch[0] >= 1, "the first request loads the user in a thread"
     assert at_publish[1] - at_dispatch[1] == 0, "the second never leaves the loop"
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_failed_marking_keeps_its_ticks_and_is_tried_again(monkeypatch, caplog):
+    """The ticks are published; a database that fails the marking (here: locked) fails neither
+    the request nor the marks for good: the ticks are kept and marked one interval later."""
+    from django.db import OperationalError
+
+    from market.ticks import Tick
+    from positions.models import Position
+    from realtime import market_data as module
+    from tests.factories import PositionFactory
+
+    position = await sync_to_async(PositionFactory)(
+        symbol="AAPL", quantity=Decimal(1), average_price=Decimal(100), market_price=Decimal(100)
+    )
+    calls: list[int] = []
+    real_mark = module.market_mark
+
+    def locked_once(*, ticks):
+        calls.append(len(ticks))
+        if len(calls) == 1:
+            raise OperationalError("database is locked")
+        return real_mark(ticks=ticks)
+
+    monkeypatch.setattr(module, "market_mark", locked_once)
+    service = module.MarketDataService()
+    await service.apublish([Tick(symbol="AAPL", last=Decimal("189.5"))])
+    assert calls == [1] and service.marks == 0
+    assert "Marking to market failed; trying again" in caplog.text
+    for _ in range(100):  # retried one interval (0.5 s) later
+        if service.marks:
+            break
+        await asyncio.sleep(0.05)
+    assert calls == [1, 1] and service.marks == 1
+    await position.arefresh_from_db()
+    assert position.market_price == Decimal("189.5")
+    assert await Position.objects.acount() == 1
