@@ -367,6 +367,17 @@ def release_daphne_cycles(protocol: Any, http_channel: Any, name: str) -> None:
         logger.debug("Connection %s: Daphne's cycles left to the collector", name, exc_info=True)
 
 
+def _lost_already(transport: Any, tls_protocol: type) -> bool:
+    """Whether Twisted has already lost this connection (its `connectionLost` ran).
+
+    `FileDescriptor.connectionLost` sets `disconnected`, and `tcp.Connection`'s deletes its
+    `socket`, so a closed `tcp.Server` would otherwise look like an unknown one.
+    """
+    if isinstance(transport, tls_protocol):
+        transport = getattr(transport, "transport", None)
+    return bool(getattr(transport, "disconnected", False))
+
+
 def _tcp_buffer_is_known(tcp: Any) -> bool:
     """Whether Twisted's tcp.Server keeps its unsent bytes where `_tcp_unsent` reads them."""
     return (
@@ -622,6 +633,11 @@ def adapter_for(send: Any, name: str = "") -> ServerAdapter:
             return _use_generic(name, "the server's send is a partial but not Daphne's")
         _, tcp_server, tls_protocol = types
         transport = getattr(protocol, "transport", None)
+        if _lost_already(transport, tls_protocol):
+            # Closed before its first message (Twisted has let go of the socket): nothing will
+            # be written to it, so no adapter is needed and no internals were found wanting.
+            logger.debug("Connection %s was closed before its adapter was chosen", name)
+            return GenericAdapter()
         if not _autobahn_is_known(protocol):
             why = "autobahn's protocol is not what this module expects"
         elif isinstance(transport, tcp_server):

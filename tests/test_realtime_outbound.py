@@ -774,3 +774,43 @@ def test_a_server_that_is_not_daphnes_keeps_its_sweep(caplog):
     assert "timeout_checker" not in vars(server)
     assert "its sweep left as it is" in caplog.text
     assert outbound.spread_daphne_timeout_sweep(None) is False
+
+
+def test_a_connection_lost_before_its_adapter_is_chosen_is_no_warning(fresh_process, caplog):
+    """Under a storm a client may be gone before its connection's adapter is chosen: Twisted's
+    connectionLost has then deleted the tcp.Server's socket, which looked like unknown Twisted
+    internals (a WARNING and a fallback counted, once per storm run). Real Twisted objects: a
+    tcp.Server on a real socket, lost as Twisted loses it."""
+    import functools
+
+    from daphne.ws_protocol import WebSocketProtocol
+    from twisted.internet import reactor, tcp
+    from twisted.internet.error import ConnectionDone
+    from twisted.internet.protocol import Protocol
+    from twisted.python.failure import Failure
+
+    ours, theirs = socket.socketpair()
+    # Under Daphne the tcp.Server's protocol is the HTTP channel that upgraded; the WebSocket
+    # protocol (Daphne's class, no server needed here) is given its transport.
+    transport = tcp.Server(ours, Protocol(), ("127.0.0.1", 1), None, 1, reactor)
+    protocol = WebSocketProtocol.__new__(WebSocketProtocol)
+    protocol.transport = transport
+
+    async def handle_reply(protocol, message): ...
+
+    send = functools.partial(handle_reply, protocol)  # Daphne's send, as its server makes it
+    try:
+        assert outbound._tcp_buffer_is_known(transport)  # open: what the TCP adapter reads
+        transport.connectionLost(Failure(ConnectionDone()))
+        assert transport.disconnected and not hasattr(transport, "socket")
+        before = stats.counters["fallback_connections"]
+        with caplog.at_level(logging.DEBUG, logger="realtime.outbound"):
+            adapter = adapter_for(send, "c1")
+        assert adapter.kind == "generic"
+        assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+        assert "closed before its adapter was chosen" in caplog.text
+        assert stats.counters["fallback_connections"] == before
+    finally:
+        theirs.close()
+        with contextlib.suppress(OSError):
+            ours.close()
