@@ -6,10 +6,13 @@ Runs unchanged under Daphne (the default) and uvicorn (see docs/DEPLOYMENT.md).
 import gc
 import os
 
-from django.core.asgi import get_asgi_application
-
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tradingrt.settings")
-django_asgi_app = get_asgi_application()  # sets Django up before the realtime imports
+
+from tradingrt.http import get_asgi_application
+
+# Django's handler, each request's thread lent from a pool (tradingrt/http.py); this sets Django
+# up before the realtime imports.
+django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 
