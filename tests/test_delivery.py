@@ -610,6 +610,31 @@ async def test_a_snapshot_of_a_market_topic_is_its_latest_tick(live, trader):
     await ws.close()
 
 
+async def test_a_large_state_goes_out_in_pages_at_one_fence_then_the_stream_follows(trader):
+    topic = f"user:{trader.pk}:orders"
+    token = await sync_to_async(access_token_for)(trader)
+    # Two orders a page, and a send buffer so small (2 KiB) that each page waits in the
+    # consumer (`wait_for_room`) until the one before it has left.
+    realtime = {"SNAPSHOT_PAGE_SIZE": 2, "SEND_BUFFER_MAX_BYTES": 2048}
+    with live_server(realtime=realtime) as server:
+        placed = [(await post_order(server, token))["id"] for _ in range(5)]
+        ws = await open_ws(server, trader)
+        reply, pages = await snapshot_then_stream(ws, topic)
+        fence = reply["positions"][topic]
+        assert fence["seq"] == 5  # the five placements were published on this server
+        assert len(pages) == 3  # 2 + 2 + 1
+        assert {(p["seq"], p["epoch"]) for p in pages} == {(fence["seq"], fence["epoch"])}
+        assert [p["payload"]["last"] for p in pages] == [False, False, True]
+        assert [len(p["payload"]["items"]) for p in pages] == [2, 2, 1]
+        items = [item["id"] for p in pages for item in p["payload"]["items"]]
+        assert items == sorted(placed)  # each order once, in id order across the pages
+        order = await post_order(server, token)
+        [update] = await updates(ws, topic, until_seq=fence["seq"] + 1)
+        assert update["type"] == "ORDER_UPDATE" and update["payload"]["id"] == order["id"]
+        assert update["epoch"] == fence["epoch"]
+        await ws.close()
+
+
 async def test_a_snapshot_and_a_resume_in_one_request(live, trader):
     topic = f"user:{trader.pk}:orders"
     token = await sync_to_async(access_token_for)(trader)
