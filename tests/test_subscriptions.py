@@ -534,20 +534,31 @@ def _grant_feed(user) -> None:
 
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
-async def test_market_presence_is_for_staff_only_and_options_fail_alone(live, trader, staff):
+async def test_market_presence_is_for_staff_and_view_connection_holders_and_options_fail_alone(
+    live, trader, staff
+):
     ws = await open_ws(live, trader)
     reply = await subscribe_entries(
         ws,
         {"topic": "market:PRIV", "presence": True},
         {"topic": f"user:{trader.pk}:orders", "presence": True},
-        {"topic": f"user:{trader.pk}:positions", "throttleMs": 100},
+        {"topic": f"user:{trader.pk}:positions", "throttleMs": 100},  # not a market topic
+        {"topic": "market:OBJ", "filter": {"symbol": {"is": "OBJ"}}},  # a value, not an object
+        {"topic": "market:SLOW", "throttleMs": 49},  # just below the range
+        {"topic": "market:FAST", "throttleMs": 60001},  # just above it
+        {"topic": "market:LOWEST", "throttleMs": 50},  # the range's ends are accepted
+        {"topic": "market:HIGHEST", "throttleMs": 60000},
     )
-    assert reply["topics"] == [f"user:{trader.pk}:orders"]
+    assert reply["topics"] == [f"user:{trader.pk}:orders", "market:LOWEST", "market:HIGHEST"]
     assert sorted((r["topic"], r["reason"]) for r in reply["rejected"]) == [
+        ("market:FAST", "invalid_option"),
+        ("market:OBJ", "invalid_option"),
         ("market:PRIV", "forbidden"),
+        ("market:SLOW", "invalid_option"),
         (f"user:{trader.pk}:positions", "invalid_option"),
     ]
-    answer = await request(
+    assert all(r["message"] for r in reply["rejected"] if r["reason"] == "invalid_option")
+    answer = await request(  # the connection lives on, and answers the next request
         ws, "SUBSCRIPTION", {"action": "presence", "topics": ["market:PRIV", "orders"]}, id="p"
     )
     assert answer["payload"]["presence"] == {}
@@ -557,6 +568,28 @@ async def test_market_presence_is_for_staff_only_and_options_fail_alone(live, tr
     reply = await subscribe_entries(boss, {"topic": "market:PRIV", "presence": True})
     assert reply["topics"] == ["market:PRIV"]
     await boss.close()
+    # Not staff, but holding realtime.view_connection (a monitoring system): allowed too.
+    monitor = await sync_to_async(UserFactory)(username="presence-monitor")
+    await sync_to_async(_grant_view_connection)(monitor)
+    watcher = await open_ws(live, monitor)
+    reply = await subscribe_entries(watcher, {"topic": "market:PRIV", "presence": True})
+    assert reply["topics"] == ["market:PRIV"] and reply["rejected"] == []
+    answer = await request(
+        watcher, "SUBSCRIPTION", {"action": "presence", "topics": ["market:PRIV"]}, id="p"
+    )
+    assert answer["payload"]["rejected"] == []
+    assert [m["username"] for m in answer["payload"]["presence"]["market:PRIV"]] == [
+        monitor.username
+    ]
+    await watcher.close()
+
+
+def _grant_view_connection(user) -> None:
+    from django.contrib.auth.models import Permission
+
+    user.user_permissions.add(
+        Permission.objects.get(codename="view_connection", content_type__app_label="realtime")
+    )
 
 
 @pytest.mark.e2e
