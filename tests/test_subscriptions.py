@@ -14,6 +14,7 @@ import json
 import pytest
 from asgiref.sync import sync_to_async
 
+from realtime.conf import DEFAULTS
 from realtime.conflation import Conflator
 from realtime.presence import PresenceTracker
 from realtime.subscriptions import SubscribeOptionError, parse_subscribe_entry
@@ -638,8 +639,16 @@ async def test_presence_across_two_processes_with_no_flapping_and_no_zombies(
         loop = asyncio.get_running_loop()
         killed_at = loop.time()
         assert await presence_event(watcher, timeout=10) == ("leave", carol.pk)
-        # dead after 3 heartbeat intervals (1.5 s), then the leave grace (1.5 s), then a poll
-        assert loop.time() - killed_at < 3 * 0.5 + 1.5 + 1.5
+        left_after = loop.time() - killed_at
+        # b's last heartbeat was at most now, so its rows stop counting within
+        # DEAD_AFTER_HEARTBEATS intervals; a's next poll sees carol gone and starts her grace;
+        # the leave goes out at the first poll past the grace.
+        heartbeats = realtime.get("DEAD_AFTER_HEARTBEATS", DEFAULTS["DEAD_AFTER_HEARTBEATS"])
+        dead_after = heartbeats * realtime["HEARTBEAT_INTERVAL_SECS"]
+        grace = realtime["PRESENCE_LEAVE_GRACE_SECS"]
+        poll = realtime["PRESENCE_INTERVAL_SECS"]
+        margin = 0.5  # the poll's query, and two busy cores shared with other suites
+        assert grace <= left_after < dead_after + poll + grace + poll + margin, left_after
         await bob_ws.close()
         assert await presence_event(watcher, timeout=10) == ("leave", bob.pk)
         await watcher.close()
