@@ -14,6 +14,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import websockets
@@ -29,10 +30,13 @@ pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.django_db(transact
 
 
 class PrivateRedis:
-    """A redis-server of this test's own, on a free port, that keeps nothing on disk."""
+    """A redis-server of this test's own, on a free port, that keeps nothing on disk unless
+    given a `data_dir`: there a SAVE writes what its next start loads (a restart that keeps the
+    data but not the run id)."""
 
-    def __init__(self) -> None:
+    def __init__(self, data_dir: Path | None = None) -> None:
         self.port = free_port()
+        self.data_dir = data_dir
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -43,9 +47,10 @@ class PrivateRedis:
         binary = shutil.which("redis-server")
         if binary is None:
             _unavailable("needs redis-server on PATH to start a private Redis")
+        storage = [] if self.data_dir is None else ["--dir", str(self.data_dir)]
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--loglevel", "warning"],
+             "--appendonly", "no", "--loglevel", "warning", *storage],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
         import redis

@@ -278,20 +278,20 @@ async def test_a_restarted_single_process_server_names_a_new_epoch(trader):
         await ws.close()
 
 
-async def post_order(server: Any, token: str) -> dict[str, Any]:
+async def post_order(server: Any, token: str, *, strategy_id: int | None = None) -> dict[str, Any]:
+    order: dict[str, Any] = {
+        "symbol": "AAPL",
+        "side": "BUY",
+        "orderType": "LIMIT",
+        "quantity": "1",
+        "price": "100",
+    }
+    if strategy_id is not None:
+        order["strategyId"] = strategy_id
     async with httpx.AsyncClient(
         base_url=server.http_url, headers={"Authorization": f"Bearer {token}"}, timeout=10
     ) as client:
-        response = await client.post(
-            "/api/orders/",
-            json={
-                "symbol": "AAPL",
-                "side": "BUY",
-                "orderType": "LIMIT",
-                "quantity": "1",
-                "price": "100",
-            },
-        )
+        response = await client.post("/api/orders/", json=order)
     assert response.status_code == 201, response.text
     return response.json()
 
@@ -343,6 +343,112 @@ async def test_a_flushed_redis_means_a_new_epoch_and_resets_never_a_wrong_recove
         after = await bot.until(Update)
         assert after.key == order["id"]
         assert after.epoch == new_epoch and after.seq == 1
+
+
+async def test_a_redis_restarted_from_saved_data_means_a_new_epoch_never_a_wrong_recovered(
+    bots, trader, tmp_path
+):
+    """The dangerous loss: Redis comes back with its keys (an RDB saved a while ago), so each
+    topic's meta still names the old epoch, at a head behind what clients saw. Only the new run
+    id tells; a client past the saved head, or exactly at it, must be reset, never `recovered`.
+    Two topics carry the same orders, so that each kind of client meets a reloaded meta."""
+    import redis.asyncio as aioredis
+
+    from tests.factories import StrategyFactory
+
+    saving = PrivateRedis(data_dir=tmp_path)
+    saving.start()
+    try:
+        strategy = await sync_to_async(StrategyFactory)(owner=trader)
+        mine, its = f"user:{trader.pk}:orders", f"strategy:{strategy.pk}:orders"
+        token = await sync_to_async(access_token_for)(trader)
+        realtime = {"HEARTBEAT_INTERVAL_SECS": 0.5, "LAYER_CHECK_INTERVAL_SECS": 0.2}
+        redis = {"url": saving.url, "prefix": "tradingrt-delivery"}
+        with live_server(realtime=realtime, redis=redis) as server:
+
+            async def place_one() -> dict[str, Any]:
+                return await post_order(server, token, strategy_id=strategy.pk)
+
+            gate = Gate(token)
+            bot = await bots(server, None, mine, token_provider=gate.token, backoff_base=0.1)
+            start = bot.subscribed.positions[mine]
+            assert start.seq == 0  # a Redis of this test's own
+            for _ in range(2):
+                await place_one()
+            saved = (await read_updates(bot, until_seq=2))[-1]
+            client = aioredis.Redis.from_url(saving.url, decode_responses=True)
+            [[my_meta], [its_meta]] = [await client.keys(f"*rt:h:{t}:m") for t in (mine, its)]
+            metas = {
+                my_meta: await client.hgetall(my_meta),
+                its_meta: await client.hgetall(its_meta),
+            }
+            old_run = (await client.info("server"))["run_id"]
+            assert metas[my_meta] == {"e": saved.epoch, "s": "2", "r": old_run}
+            its_epoch = metas[its_meta]["e"]  # each topic has an epoch of its own
+            await client.save()  # the RDB holds seq 2 of each topic's epoch
+            for _ in range(2):  # published after the save: lost with the restart
+                await place_one()
+            held = (await read_updates(bot, until_seq=4))[-1]
+            gate.shut()  # the bot stays away while Redis restarts and is looked at
+            await operator_disconnect(server, bot)
+            await client.aclose()
+
+            saving.kill()
+            saving.start()
+            client = aioredis.Redis.from_url(saving.url, decode_responses=True)
+            assert (await client.info("server"))["run_id"] != old_run
+            for meta, before in metas.items():  # the same keys, the same epoch, an older head
+                assert await client.hgetall(meta) == before
+            await client.aclose()
+
+            ws = await open_ws(server, trader)
+            resumes = (
+                {"topic": mine, "since": {"epoch": held.epoch, "seq": held.seq}},  # past it
+                {"topic": its, "since": {"epoch": its_epoch, "seq": 2}},  # at it
+            )
+            answers: dict[str, dict[str, Any]] = {}  # each topic's accepting reply
+            pending = list(resumes)
+            async with asyncio.timeout(10):
+                while pending:  # `unavailable` until the server's Redis clients reconnect
+                    reply = await subscribe_entries(ws, *pending)
+                    answers |= {topic: reply for topic in reply["topics"]}
+                    assert {r["reason"] for r in reply["rejected"]} <= {"unavailable"}, reply
+                    pending = [e for e in pending if e["topic"] not in answers]
+                    await asyncio.sleep(0.2 if pending else 0)
+            for topic in (mine, its):
+                reply = answers[topic]
+                assert topic not in reply["recovered"], reply  # never a wrong recovered
+                assert {"topic": topic, "reason": "epoch"} in reply["reset"], reply
+                position = reply["positions"][topic]
+                assert position["epoch"] not in (saved.epoch, its_epoch) and position["seq"] == 0
+            new_epoch = answers[mine]["positions"][mine]["epoch"]
+
+            heard = len(bot.subscribe_replies())
+            gate.open()  # the bot resumes by itself from where it was, in the lost epoch
+            while not isinstance(resumed := await bot.next(timeout=20), Reset | Recovered):
+                pass
+            assert isinstance(resumed, Reset), resumed  # never a wrong recovered
+            assert (resumed.topic, resumed.reason) == (mine, "epoch")
+            assert resumed.position == Position(new_epoch, 0)
+            answer = next(r for r in bot.subscribe_replies()[heard:] if mine in r["topics"])
+            assert answer["recovered"] == []
+            assert answer["reset"] == [{"topic": mine, "reason": "epoch"}]
+
+            order = await place_one()  # and updates flow again, seq from 1
+            after = await bot.until(Update)
+            assert (after.key, after.epoch, after.seq) == (order["id"], new_epoch, 1)
+            got: dict[str, dict[str, Any]] = {}
+            async with asyncio.timeout(10):
+                while len(got) < 2:
+                    message = await receive(ws)
+                    got[message["topic"]] = message
+            for topic in (mine, its):
+                assert got[topic]["payload"]["id"] == order["id"]
+                assert got[topic]["seq"] == 1
+                assert got[topic]["epoch"] == answers[topic]["positions"][topic]["epoch"]
+            await ws.close()
+    finally:
+        saving.kill()
 
 
 # --- a server killed mid-stream -----------------------------------------------------------------
@@ -608,6 +714,31 @@ async def test_a_snapshot_of_a_market_topic_is_its_latest_tick(live, trader):
     assert reply["positions"]["market:NOTICKS"]["seq"] == 0
     assert [p["payload"] for p in pages] == [{"items": [], "last": True}]
     await ws.close()
+
+
+async def test_a_large_state_goes_out_in_pages_at_one_fence_then_the_stream_follows(trader):
+    topic = f"user:{trader.pk}:orders"
+    token = await sync_to_async(access_token_for)(trader)
+    # Two orders a page, and a send buffer so small (2 KiB) that each page waits in the
+    # consumer (`wait_for_room`) until the one before it has left.
+    realtime = {"SNAPSHOT_PAGE_SIZE": 2, "SEND_BUFFER_MAX_BYTES": 2048}
+    with live_server(realtime=realtime) as server:
+        placed = [(await post_order(server, token))["id"] for _ in range(5)]
+        ws = await open_ws(server, trader)
+        reply, pages = await snapshot_then_stream(ws, topic)
+        fence = reply["positions"][topic]
+        assert fence["seq"] == 5  # the five placements were published on this server
+        assert len(pages) == 3  # 2 + 2 + 1
+        assert {(p["seq"], p["epoch"]) for p in pages} == {(fence["seq"], fence["epoch"])}
+        assert [p["payload"]["last"] for p in pages] == [False, False, True]
+        assert [len(p["payload"]["items"]) for p in pages] == [2, 2, 1]
+        items = [item["id"] for p in pages for item in p["payload"]["items"]]
+        assert items == sorted(placed)  # each order once, in id order across the pages
+        order = await post_order(server, token)
+        [update] = await updates(ws, topic, until_seq=fence["seq"] + 1)
+        assert update["type"] == "ORDER_UPDATE" and update["payload"]["id"] == order["id"]
+        assert update["epoch"] == fence["epoch"]
+        await ws.close()
 
 
 async def test_a_snapshot_and_a_resume_in_one_request(live, trader):
