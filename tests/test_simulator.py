@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import sys
+import time
 from decimal import Decimal
 
 import pytest
@@ -51,6 +53,23 @@ async def test_the_simulator_publishes_within_seconds_and_stops_cleanly(live, tr
     output, _ = await asyncio.to_thread(process.communicate, timeout=20)
     assert process.returncode == 0, output
     assert "Stopped:" in output and "ticks sent" in output
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_the_simulator_runs_until_a_signal_then_stops_cleanly(live, stop):
+    """Without --duration it runs until stopped: SIGTERM (a service manager, dev.py) or SIGINT
+    (Ctrl-C) ends it with exit status 0 and its "Stopped:" line, no traceback."""
+    process = simulate(live, "--symbols", "SIM-S", "--rate", "5")
+    assert process.stdout is not None
+    started = process.stdout.readline()  # printed once the signal handlers are in place
+    assert started.startswith("Simulating SIM-S"), started
+    time.sleep(0.5)  # a few ticks out: stopped while running, not while starting
+    process.send_signal(stop)
+    output, _ = process.communicate(timeout=20)
+    assert process.returncode == 0, output
+    assert "Stopped:" in output and "Traceback" not in output, output
 
 
 @pytest.mark.e2e
