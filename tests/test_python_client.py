@@ -785,12 +785,17 @@ async def test_at_the_connection_limit_it_stops_instead_of_retrying_in_a_loop(tr
 # --- the README's examples, run as written ------------------------------------------------------
 
 CLIENT_README = Path(__file__).resolve().parent.parent / "clients" / "python" / "README.md"
+PROJECT_README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-def readme_example(heading: str, *, server: Any, username: str) -> str:
-    text = CLIENT_README.read_text()
+def readme_example(
+    heading: str, *, server: Any, username: str, readme: Path = CLIENT_README
+) -> str:
+    """The first Python block after `heading`, pointed at `server` as `username`."""
+    text = readme.read_text()
     section = text[text.index(heading) :]
-    source = section[section.index("```python\n") + 10 : section.index("\n```\n")]
+    start = section.index("```python\n") + 10
+    source = section[start : section.index("\n```\n", start)]
     for demo in ('"http://127.0.0.1:8000"', '"alice"', '"alice-demo-pass"'):
         assert demo in source, (heading, demo)
     return (
@@ -838,9 +843,14 @@ async def test_the_readme_examples_print_fills_and_keep_a_position_book(live, ga
 
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
-async def test_the_readme_quick_start_prints_a_symbols_ticks(live, staff):
+@pytest.mark.parametrize(
+    ("readme", "heading"),
+    [(CLIENT_README, "## Quick start"), (PROJECT_README, "## A 30-second tour")],
+    ids=["the client's", "the project's tour"],
+)
+async def test_the_readme_quick_start_prints_a_symbols_ticks(live, staff, readme, heading):
     user = await sync_to_async(bot)("py-quick")
-    quick = Running(readme_example("## Quick start", server=live, username=user.username))
+    quick = Running(readme_example(heading, server=live, username=user.username, readme=readme))
     try:
         await quick.wait_for(r"^Snapshot\(topic='market:BTC-USD'")
         staff_token = await sync_to_async(access_token_for)(staff)
