@@ -33,6 +33,7 @@ PIP_TOOLS = "7.6.2"  # what `dev.py lock` resolves with
 NODE_MODULES = ROOT / "node_modules"
 NODE_STAMP = NODE_MODULES / ".tradingrt-installed"
 CLIENT = ROOT / "realtime" / "static" / "realtime"  # the JavaScript client's package
+UPLOT = ROOT / "tradingrt" / "static" / "dashboard" / "vendor" / "uplot"  # the dashboard's charts
 TYPESCRIPT_PROJECTS = ["tests/typescript/tsconfig.json", "tests/typescript/tsconfig.client.json"]
 
 
@@ -136,8 +137,8 @@ def lock_problems_message(problems: list[str]) -> str:
 
 
 def ensure_node_tools() -> Path | None:
-    """Install the JavaScript tools of package-lock.json (TypeScript, ESLint, the msgpack package
-    the client's vendored copy comes from) into ./node_modules, unless up to date.
+    """Install the JavaScript tools of package-lock.json (TypeScript, ESLint, the msgpack and
+    uPlot packages the vendored copies come from) into ./node_modules, unless up to date.
 
     `npm ci` installs exactly the locked versions, checked by integrity. Returns the directory,
     or None when npm is not installed (the JavaScript checks then cannot run).
@@ -180,11 +181,35 @@ def vendored_msgpack_differences() -> list[str]:
     return problems
 
 
+def vendored_uplot_differences() -> list[str]:
+    """The files of the dashboard's vendored uPlot that differ from the locked npm package's
+    (its ES module, stylesheet and licence), and the version or integrity its README and the
+    dashboard's template name if not the locked ones; empty when the copy is exact."""
+    package = NODE_MODULES / "uplot"
+    locked = json.loads((ROOT / "package-lock.json").read_text())["packages"]["node_modules/uplot"]
+    readme = (UPLOT / "README.md").read_text()
+    problems = [
+        f"vendor/uplot/README.md does not name the locked {claim}"
+        for claim in (f"uplot@{locked['version']}", locked["integrity"])
+        if claim not in readme
+    ]
+    template = ROOT / "tradingrt" / "templates" / "dashboard" / "index.html"
+    if f"uPlot {locked['version']}," not in template.read_text():
+        problems.append(f"{template.relative_to(ROOT)} does not name uPlot {locked['version']}")
+    for name in ("dist/uPlot.esm.js", "dist/uPlot.min.css", "LICENSE"):
+        copy = UPLOT / Path(name).name
+        if not copy.exists():
+            problems.append(f"missing: vendor/uplot/{copy.name}")
+        elif not filecmp.cmp(package / name, copy, shallow=False):
+            problems.append(f"differs from the npm package: vendor/uplot/{copy.name}")
+    return problems
+
+
 def check_javascript() -> int:
     """Type-check the JavaScript client (its declarations through a usage of the package, and
     client.js against its JSDoc), lint the project's own JavaScript with ESLint (the client and
     the dashboard; eslint.config.js leaves vendored code out), and compare the client's vendored
-    codec with the locked package."""
+    codec and the dashboard's vendored uPlot with the locked packages."""
     node_modules = ensure_node_tools()
     if node_modules is None:
         message = (
@@ -206,6 +231,8 @@ def check_javascript() -> int:
         return 1
     print("$ compare realtime/static/realtime/vendor/msgpack with @msgpack/msgpack", flush=True)
     problems = vendored_msgpack_differences()
+    print(f"$ compare {UPLOT.relative_to(ROOT)} with uplot", flush=True)
+    problems += vendored_uplot_differences()
     for problem in problems:
         print(f"  {problem}", file=sys.stderr)
     return 1 if problems else 0
