@@ -12,6 +12,7 @@ import filecmp
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -32,6 +33,7 @@ PIP_TOOLS = "7.6.2"  # what `dev.py lock` resolves with
 NODE_MODULES = ROOT / "node_modules"
 NODE_STAMP = NODE_MODULES / ".tradingrt-installed"
 CLIENT = ROOT / "realtime" / "static" / "realtime"  # the JavaScript client's package
+UPLOT = ROOT / "tradingrt" / "static" / "dashboard" / "vendor" / "uplot"  # the dashboard's charts
 TYPESCRIPT_PROJECTS = ["tests/typescript/tsconfig.json", "tests/typescript/tsconfig.client.json"]
 
 
@@ -73,12 +75,70 @@ def ensure_environment(extras: str = "dev") -> None:
         if extras == "dev":
             editable += ["-e", f"{client}[msgpack]"]
     subprocess.run([*pip, "install", *editable], check=True, cwd=ROOT)
+    if locked and (problems := lock_problems()):
+        sys.exit(lock_problems_message(problems))
     STAMP.write_text(wanted)
 
 
+# What dev.py installs of each manifest: the project with its dev extra, the client with msgpack.
+LOCKED_MANIFESTS = {ROOT / "pyproject.toml": ("dev",), PY_CLIENT / "pyproject.toml": ("msgpack",)}
+
+
+def _normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()  # PEP 503
+
+
+def unpinned_requirements(pyproject: str, extras: tuple[str, ...], lock_text: str) -> list[str]:
+    """The requirements of `pyproject` (its dependencies and `extras`) whose name the lock pins
+    no version of. Names only: a requirement's own extras and dependencies are `pip check`'s."""
+    import tomllib  # here, not at the top: dev.py must start on an older python3 to refuse it
+
+    project = tomllib.loads(pyproject)["project"]
+    optional = project.get("optional-dependencies", {})
+    declared = [*project.get("dependencies", []), *(r for e in extras for r in optional[e])]
+    pinned = {
+        _normalized(match[1])
+        for match in re.finditer(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==", lock_text, re.MULTILINE)
+    }
+    missing = []
+    for requirement in declared:
+        name = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", requirement.strip())
+        if name and _normalized(name[0]) not in pinned:
+            missing.append(requirement)
+    return missing
+
+
+def lock_problems() -> list[str]:
+    """Why the installed environment is not what pyproject.toml asks for, when it was installed
+    from the lock with --no-deps: a requirement the lock does not pin would be silently absent."""
+    lock_text = LOCK.read_text()
+    problems = [
+        f"{path.relative_to(ROOT)} requires {requirement}, which {LOCK.name} does not pin"
+        for path, extras in LOCKED_MANIFESTS.items()
+        for requirement in unpinned_requirements(path.read_text(), extras, lock_text)
+    ]
+    pip_check = subprocess.run(
+        [str(PYTHON), "-m", "pip", "--disable-pip-version-check", "check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if pip_check.returncode != 0:
+        problems += [f"pip check: {line}" for line in pip_check.stdout.splitlines() if line]
+    return problems
+
+
+def lock_problems_message(problems: list[str]) -> str:
+    listed = "\n".join(f"  {problem}" for problem in problems)
+    return (
+        f"{LOCK.relative_to(ROOT)} is out of date with pyproject.toml:\n{listed}\n"
+        "Run `python3 dev.py lock` to re-resolve it, then run this command again."
+    )
+
+
 def ensure_node_tools() -> Path | None:
-    """Install the JavaScript tools of package-lock.json (TypeScript, ESLint, the msgpack package
-    the client's vendored copy comes from) into ./node_modules, unless up to date.
+    """Install the JavaScript tools of package-lock.json (TypeScript, ESLint, the msgpack and
+    uPlot packages the vendored copies come from) into ./node_modules, unless up to date.
 
     `npm ci` installs exactly the locked versions, checked by integrity. Returns the directory,
     or None when npm is not installed (the JavaScript checks then cannot run).
@@ -121,11 +181,35 @@ def vendored_msgpack_differences() -> list[str]:
     return problems
 
 
+def vendored_uplot_differences() -> list[str]:
+    """The files of the dashboard's vendored uPlot that differ from the locked npm package's
+    (its ES module, stylesheet and licence), and the version or integrity its README and the
+    dashboard's template name if not the locked ones; empty when the copy is exact."""
+    package = NODE_MODULES / "uplot"
+    locked = json.loads((ROOT / "package-lock.json").read_text())["packages"]["node_modules/uplot"]
+    readme = (UPLOT / "README.md").read_text()
+    problems = [
+        f"vendor/uplot/README.md does not name the locked {claim}"
+        for claim in (f"uplot@{locked['version']}", locked["integrity"])
+        if claim not in readme
+    ]
+    template = ROOT / "tradingrt" / "templates" / "dashboard" / "index.html"
+    if f"uPlot {locked['version']}," not in template.read_text():
+        problems.append(f"{template.relative_to(ROOT)} does not name uPlot {locked['version']}")
+    for name in ("dist/uPlot.esm.js", "dist/uPlot.min.css", "LICENSE"):
+        copy = UPLOT / Path(name).name
+        if not copy.exists():
+            problems.append(f"missing: vendor/uplot/{copy.name}")
+        elif not filecmp.cmp(package / name, copy, shallow=False):
+            problems.append(f"differs from the npm package: vendor/uplot/{copy.name}")
+    return problems
+
+
 def check_javascript() -> int:
     """Type-check the JavaScript client (its declarations through a usage of the package, and
     client.js against its JSDoc), lint the project's own JavaScript with ESLint (the client and
     the dashboard; eslint.config.js leaves vendored code out), and compare the client's vendored
-    codec with the locked package."""
+    codec and the dashboard's vendored uPlot with the locked packages."""
     node_modules = ensure_node_tools()
     if node_modules is None:
         message = (
@@ -147,6 +231,8 @@ def check_javascript() -> int:
         return 1
     print("$ compare realtime/static/realtime/vendor/msgpack with @msgpack/msgpack", flush=True)
     problems = vendored_msgpack_differences()
+    print(f"$ compare {UPLOT.relative_to(ROOT)} with uplot", flush=True)
+    problems += vendored_uplot_differences()
     for problem in problems:
         print(f"  {problem}", file=sys.stderr)
     return 1 if problems else 0
@@ -218,8 +304,9 @@ def test(options: argparse.Namespace) -> int:
 
 
 def check(options: argparse.Namespace) -> int:
-    """Static checks: ruff, mypy, migrations in step with the models, the OpenAPI schema, and
-    the JavaScript: the client's types, ESLint on the client and dashboard, the vendored codec."""
+    """Static checks: ruff, mypy, migrations in step with the models, the OpenAPI schema, the
+    lock in step with pyproject.toml, and the JavaScript: the client's types, ESLint on the
+    client and dashboard, the vendored codec."""
     ensure_environment()
     steps = [
         [str(BIN / "ruff"), "check", "."],
@@ -234,6 +321,10 @@ def check(options: argparse.Namespace) -> int:
         print("$", " ".join(step).replace(f"{ROOT}/", ""), flush=True)
         if subprocess.call(step, cwd=ROOT) != 0:
             return 1
+    print(f"$ (the lock pins every requirement; pip check) {LOCK.relative_to(ROOT)}", flush=True)
+    if problems := lock_problems():
+        print(lock_problems_message(problems), file=sys.stderr)
+        return 1
     return check_javascript()
 
 

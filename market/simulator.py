@@ -58,6 +58,20 @@ class Walk:
         )
 
 
+def crossed_fill_price(side: str, limit: Decimal, tick: Tick) -> Decimal | None:
+    """The price a resting LIMIT order fills at when `tick` crosses it, or None if it does not.
+
+    As on an exchange, a resting order fills at its limit or better: a BUY at the ask (the last
+    price when the tick has no ask) once that is at or below its limit, a SELL at the bid (or
+    the last price) once that is at or above its limit.
+    """
+    if side == "BUY":
+        offer = tick.ask if tick.ask is not None else tick.last
+        return min(limit, offer) if offer <= limit else None
+    bid = tick.bid if tick.bid is not None else tick.last
+    return max(limit, bid) if bid >= limit else None
+
+
 class Simulator:
     """Ticks for several symbols; `seed` makes a run repeatable."""
 

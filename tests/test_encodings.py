@@ -11,13 +11,15 @@ import json
 from typing import Any
 
 import msgpack
+import msgspec
 import pytest
 import websockets
 from asgiref.sync import sync_to_async
 
-from realtime.encoding import to_msgpack
+from realtime.encoding import MAX_DEPTH, UndecodableMessage, from_msgpack, to_msgpack
 from tests.conftest import access_token_for
 from tests.live import live_server
+from tests.rest import api, place
 from tests.test_delivery import post_order
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -65,7 +67,8 @@ async def connect(server: Any, user: Any, subprotocols: list[str] | None) -> Cli
 
 @pytest.fixture(params=["daphne", "uvicorn"])
 def server(request):
-    with live_server(server=request.param) as running:
+    # Presence re-read every 0.2 s (default 1 s): a join reaches watchers without a long wait.
+    with live_server(server=request.param, realtime={"PRESENCE_INTERVAL_SECS": 0.2}) as running:
         yield running
 
 
@@ -129,6 +132,53 @@ async def test_both_encodings_carry_equal_messages_of_every_type(server, trader,
         await client.ws.close()
 
 
+async def test_both_encodings_carry_equal_presence_position_and_strategy_updates(
+    server, trader, staff
+):
+    trader_token = await sync_to_async(access_token_for)(trader)
+    async with api(server, trader_token) as client:
+        strategy = (await client.post("/api/strategies/", json={"name": "both"})).json()
+        order = await place(client, strategyId=strategy["id"])
+    orders, positions = f"user:{trader.pk}:orders", f"user:{trader.pk}:positions"
+    topics = [{"topic": orders, "presence": True}, positions, f"strategy:{strategy['id']}"]
+    clients = [await connect(server, trader, [name]) for name in ("tradingrt.json", MSGPACK)]
+    for client in clients:
+        reply = await client.request("SUBSCRIPTION", {"action": "subscribe", "topics": topics}, "s")
+        assert reply["payload"]["rejected"] == [], reply
+    await asyncio.sleep(0.6)  # the watchers' first look at who is there (every 0.2 s)
+
+    onlooker = await connect(server, staff, None)  # staff's first connection to the topic: join
+    await onlooker.request("SUBSCRIPTION", {"action": "subscribe", "topics": [orders]}, "s")
+    async with api(server, trader_token) as client:
+        started = await client.post(f"/api/strategies/{strategy['id']}/start/")
+        assert started.status_code == 200, started.text
+    staff_token = await sync_to_async(access_token_for)(staff)
+    async with api(server, staff_token) as gateway:
+        filled = await gateway.post(
+            f"/api/orders/{order['id']}/fills/", json={"quantity": "4", "price": "99.5"}
+        )
+        assert filled.status_code == 201, filled.text
+
+    wanted = {"PRESENCE", "ORDER_UPDATE", "POSITION_UPDATE", "STRATEGY_UPDATE"}
+    received = []
+    for client in clients:  # by type, topic and event: topics need not interleave alike
+        seen: dict[tuple[str, str, str], dict[str, Any]] = {}
+        while len(seen) < 5:  # join; fill; position opened; strategy started, executed
+            message = await client.receive()
+            payload = message["payload"]
+            seen[(message["type"], message["topic"], payload.get("event"))] = message
+        assert {kind for kind, _, _ in seen} == wanted, sorted(seen)
+        received.append(seen)
+    by_json, by_msgpack = received
+    assert by_json == by_msgpack  # decimals, timestamps, ids: the same strings and numbers
+    presence = by_msgpack[("PRESENCE", orders, "join")]
+    assert presence["payload"]["userId"] == staff.pk and "seq" not in presence
+    position = by_msgpack[("POSITION_UPDATE", positions, "opened")]
+    assert position["payload"]["averagePrice"] == "99.5"
+    for client in [*clients, onlooker]:
+        await client.ws.close()
+
+
 def strip(message: dict[str, Any]) -> dict[str, Any]:
     """A message without what differs between two connections (timestamps)."""
     return {key: value for key, value in message.items() if key != "timestamp"}
@@ -143,11 +193,46 @@ async def test_a_msgpack_client_can_authenticate_with_its_first_message(server, 
     await ws.close()
 
 
+async def test_an_unknown_type_over_msgpack_gets_the_error_json_gets(live, trader):
+    answers = []
+    for offered in (None, [MSGPACK]):
+        client = await connect(live, trader, offered)
+        answers.append(await client.request("DANCE", {}, "d"))
+        assert (await client.request("HEARTBEAT", {}, "alive"))["type"] == "HEARTBEAT"
+        await client.ws.close()
+    as_json, as_msgpack = answers
+    assert as_msgpack["type"] == "ERROR" and as_msgpack["payload"]["code"] == "unknown_type"
+    assert strip(as_msgpack) == strip(as_json)
+
+
+async def test_a_msgpack_burst_past_the_rate_limit_is_refused_in_msgpack_echoing_ids(live, trader):
+    """The live server allows a burst of 10 then 5 a second, and closes after 3 refusals in a
+    row: of 13 frames at once about 10 are answered and the rest refused, each refusal naming
+    its frame's id (read from the MessagePack frame that is otherwise dropped)."""
+    client = await connect(live, trader, [MSGPACK])
+    for n in range(13):
+        await client.send({"type": "HEARTBEAT", "id": f"burst-{n}"})
+    answers = [await client.receive() for _ in range(13)]  # receive() asserts binary frames
+    refused = [a for a in answers if a["type"] == "ERROR"]
+    assert 1 <= len(refused) <= 3, answers
+    assert {a["payload"]["code"] for a in refused} == {"rate_limited"}
+    assert {a["id"] for a in answers} == {f"burst-{n}" for n in range(13)}
+    await asyncio.sleep(0.5)  # the bucket refills: the connection was kept
+    assert (await client.request("HEARTBEAT", {}, "alive"))["type"] == "HEARTBEAT"
+    await client.ws.close()
+
+
+# Small frames, each refused by the decoder or the checks after it with `invalid_message`; only
+# the last is large enough for the size limit to answer first.
+# {"type": "HEARTBEAT", "payload": [[...[nil]...]]}: nil MAX_DEPTH + 1 levels down.
+TOO_DEEP_FOR_THE_CHECK = b"\x82\xa4type\xa9HEARTBEAT\xa7payload" + b"\x91" * MAX_DEPTH + b"\xc0"
 HOSTILE = {
     "truncated map": b"\x83\xa4type",
     "a declared 4 GiB string": b"\xdb\xff\xff\xff\xff",
     "a declared 4 billion entry array": b"\xdd\xff\xff\xff\xff",
-    "deep nesting": b"\x91" * 100_000 + b"\xc0",
+    "deep nesting past the decoder's recursion limit": b"\x91" * 1000 + b"\xc0",
+    "nesting just past MAX_DEPTH": b"\x91" * (MAX_DEPTH + 1) + b"\xc0",
+    "a map holding nesting past MAX_DEPTH": TOO_DEEP_FOR_THE_CHECK,
     "an extension type": msgpack.packb({"type": "HEARTBEAT", "x": msgpack.ExtType(5, b"boom")}),
     "a timestamp": b"\xd6\xff\x00\x00\x00\x01",
     "binary data": msgpack.packb({"type": "HEARTBEAT", "payload": b"\x00"}),
@@ -155,6 +240,7 @@ HOSTILE = {
     "not a map": msgpack.packb([1, 2, 3]),
     "no type": msgpack.packb({"payload": {}}),
     "a nan": msgpack.packb({"type": "HEARTBEAT", "id": float("nan")}),
+    "deep nesting too large to read": b"\x91" * 100_000 + b"\xc0",
 }
 
 
@@ -164,21 +250,33 @@ async def test_hostile_msgpack_gets_an_error_and_the_connection_lives(live, trad
     await client.ws.send(HOSTILE[name])
     answer = await client.receive()
     assert answer["type"] == "ERROR", answer
-    assert answer["payload"]["code"] in ("invalid_message", "message_too_large"), answer
+    expected = "message_too_large" if name.endswith("too large to read") else "invalid_message"
+    assert answer["payload"]["code"] == expected, answer
     beat = await client.request("HEARTBEAT", {}, "alive")
     assert beat["type"] == "HEARTBEAT"
     await client.ws.close()
 
 
-async def test_the_wrong_frame_kind_is_an_error_in_either_encoding(live, trader):
-    binary = await connect(live, trader, [MSGPACK])
+def test_nesting_is_refused_by_the_depth_check_and_by_the_decoders_recursion_limit():
+    at_the_limit = b"\x91" * MAX_DEPTH + b"\xc0"
+    assert from_msgpack(at_the_limit) is not None  # MAX_DEPTH arrays deep: allowed
+    with pytest.raises(UndecodableMessage, match="nested too deeply"):
+        from_msgpack(b"\x91" + at_the_limit)  # the check after decoding
+    with pytest.raises(RecursionError):
+        msgspec.msgpack.decode(b"\x91" * 1000 + b"\xc0")  # the decoder itself gives up...
+    with pytest.raises(UndecodableMessage, match="nested too deeply"):
+        from_msgpack(b"\x91" * 1000 + b"\xc0")  # ...and that is caught
+
+
+async def test_the_wrong_frame_kind_is_an_error_in_either_encoding(server, trader):
+    binary = await connect(server, trader, [MSGPACK])
     await binary.ws.send(json.dumps({"type": "HEARTBEAT"}))  # text under msgpack
     answer = await binary.receive()
     assert (
         answer["payload"]["code"] == "invalid_message"
         and "binary frame" in (answer["payload"]["message"])
     )
-    text = await connect(live, trader, None)
+    text = await connect(server, trader, None)
     await text.ws.send(msgpack.packb({"type": "HEARTBEAT"}))  # binary under JSON
     answer = await text.receive()
     assert answer["payload"]["code"] == "invalid_message"

@@ -116,3 +116,26 @@ def test_the_package_ships_the_module_its_types_and_the_codec_with_its_licence(n
 
 def test_the_vendored_msgpack_is_the_locked_npm_package_unmodified(node_modules):
     assert dev.vendored_msgpack_differences() == []
+
+
+def test_the_dashboards_vendored_uplot_is_the_locked_npm_package_unmodified(node_modules):
+    assert dev.vendored_uplot_differences() == []
+
+
+def test_a_changed_or_incomplete_uplot_copy_is_reported(node_modules, tmp_path, monkeypatch):
+    copy = tmp_path / "uplot"
+    shutil.copytree(dev.UPLOT, copy)
+    with (copy / "uPlot.esm.js").open("a") as script:
+        script.write("// patched\n")
+    (copy / "uPlot.min.css").unlink()
+    readme = copy / "README.md"
+    readme.write_text(readme.read_text().replace("uplot@", "uplot@0."))
+    monkeypatch.setattr(dev, "UPLOT", copy)
+    problems = dev.vendored_uplot_differences()
+    locked = json.loads((ROOT / "package-lock.json").read_text())["packages"]
+    version = locked["node_modules/uplot"]["version"]
+    assert problems == [
+        f"vendor/uplot/README.md does not name the locked uplot@{version}",
+        "differs from the npm package: vendor/uplot/uPlot.esm.js",
+        "missing: vendor/uplot/uPlot.min.css",
+    ], problems

@@ -9,6 +9,9 @@ disconnect resumed exactly, a restarted server's new epoch answered with a snaps
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +50,52 @@ from tests.test_js_client import short_token
 from tests.test_protocol_examples import Running
 
 BOT_PASSWORD = "bot-password"
+
+
+# --- independence from the server ------------------------------------------------------------
+
+# Run in a fresh interpreter whose imports of the server's packages fail, as on a bot's machine
+# where only clients/python was installed: the package must import and build a client.
+WITHOUT_THE_SERVER = """
+import sys
+
+SERVER = {"django", "channels", "channels_redis", "rest_framework", "rest_framework_simplejwt",
+          "daphne", "tradingrt", "realtime", "orders", "positions", "strategies", "market"}
+
+
+class ServerNotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in SERVER:
+            raise ImportError(f"No module named {name!r} (not installed on a bot's machine)")
+        return None
+
+
+sys.meta_path.insert(0, ServerNotInstalled())
+sys.path.insert(0, sys.argv[1])
+import tradingrt_client
+
+client = tradingrt_client.Client("http://127.0.0.1:8000", username="alice", password="pw")
+print(tradingrt_client.__file__)
+print(type(client).__name__)
+"""
+
+
+def test_the_client_imports_and_builds_without_django_or_the_server(tmp_path):
+    package = Path(__file__).resolve().parent.parent / "clients" / "python"
+    environment = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE",)}
+    run = subprocess.run(
+        [sys.executable, "-I", "-c", WITHOUT_THE_SERVER, str(package)],
+        cwd=tmp_path,  # not the project's root: nothing of the server is importable from there
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    where, built = run.stdout.splitlines()
+    assert Path(where).is_relative_to(package)  # this checkout's client, not another install
+    assert built == "Client"
 
 
 # --- timing ------------------------------------------------------------------------------------
@@ -736,12 +785,17 @@ async def test_at_the_connection_limit_it_stops_instead_of_retrying_in_a_loop(tr
 # --- the README's examples, run as written ------------------------------------------------------
 
 CLIENT_README = Path(__file__).resolve().parent.parent / "clients" / "python" / "README.md"
+PROJECT_README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-def readme_example(heading: str, *, server: Any, username: str) -> str:
-    text = CLIENT_README.read_text()
+def readme_example(
+    heading: str, *, server: Any, username: str, readme: Path = CLIENT_README
+) -> str:
+    """The first Python block after `heading`, pointed at `server` as `username`."""
+    text = readme.read_text()
     section = text[text.index(heading) :]
-    source = section[section.index("```python\n") + 10 : section.index("\n```\n")]
+    start = section.index("```python\n") + 10
+    source = section[start : section.index("\n```\n", start)]
     for demo in ('"http://127.0.0.1:8000"', '"alice"', '"alice-demo-pass"'):
         assert demo in source, (heading, demo)
     return (
@@ -789,9 +843,14 @@ async def test_the_readme_examples_print_fills_and_keep_a_position_book(live, ga
 
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
-async def test_the_readme_quick_start_prints_a_symbols_ticks(live, staff):
+@pytest.mark.parametrize(
+    ("readme", "heading"),
+    [(CLIENT_README, "## Quick start"), (PROJECT_README, "## A 30-second tour")],
+    ids=["the client's", "the project's tour"],
+)
+async def test_the_readme_quick_start_prints_a_symbols_ticks(live, staff, readme, heading):
     user = await sync_to_async(bot)("py-quick")
-    quick = Running(readme_example("## Quick start", server=live, username=user.username))
+    quick = Running(readme_example(heading, server=live, username=user.username, readme=readme))
     try:
         await quick.wait_for(r"^Snapshot\(topic='market:BTC-USD'")
         staff_token = await sync_to_async(access_token_for)(staff)

@@ -16,7 +16,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from rest_framework_simplejwt.tokens import AccessToken
 
 from market.models import MarketQuote
-from market.simulator import DEFAULT_PRICES, Simulator
+from market.simulator import DEFAULT_PRICES, Simulator, crossed_fill_price
 from orders.models import Order, OrderStatus
 
 SIMULATOR_USERNAME = "market-simulator"
@@ -27,8 +27,9 @@ class Command(BaseCommand):
         "Simulate a market: random-walk ticks (with bid/ask and volume) for the demo symbols, "
         "POSTed to a server's /api/market-data/ as a real feed would, so MARKET_DATA reaches "
         "every subscriber and positions are marked to market. With --fill-orders it also fills "
-        "resting LIMIT orders the market crosses, through the fills API, as the execution "
-        "gateway would. A simulation: not for production data."
+        "resting LIMIT orders the market crosses, at their limit price or better (a BUY at the "
+        "ask, a SELL at the bid), through the fills API, as the execution gateway would. A "
+        "simulation: not for production data."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -151,28 +152,23 @@ class Command(BaseCommand):
         return {s: stored.get(s) or DEFAULT_PRICES.get(s) or Decimal("100") for s in symbols}
 
     def _fill_crossed(self, ticks: list[Any]) -> int:
-        """Fill open LIMIT orders the market crossed: a BUY at or above the ask, a SELL at or
-        below the bid, at the order's limit price, for what remains."""
+        """Fill open LIMIT orders the market crossed, for what remains, at their limit price or
+        better (market.simulator.crossed_fill_price), through the fills API."""
         filled = 0
         for tick in ticks:
-            crossed = Order.objects.filter(
+            resting = Order.objects.filter(
                 symbol=tick.symbol,
                 order_type="LIMIT",
                 status__in=[OrderStatus.NEW, OrderStatus.PARTIALLY_FILLED],
             )
-            for order in crossed:
-                buy_crossed = (
-                    order.side == "BUY" and tick.ask is not None and order.price >= tick.ask
-                )
-                sell_crossed = (
-                    order.side == "SELL" and tick.bid is not None and order.price <= tick.bid
-                )
-                if not (buy_crossed or sell_crossed):
+            for order in resting:
+                price = crossed_fill_price(order.side, order.price, tick)
+                if price is None:
                     continue
                 remaining = order.quantity - order.filled_quantity
                 answer = self._post(
                     f"/api/orders/{order.pk}/fills/",
-                    {"quantity": str(remaining), "price": str(order.price)},
+                    {"quantity": str(remaining), "price": str(price)},
                 )
                 filled += answer is not None
         return filled
