@@ -26,7 +26,7 @@ from django.utils import timezone
 from orders.models import Order
 from orders.services import order_fill
 from tests.browser import DESKTOP, PHONE, artifact, axe_violations, open_page, open_server_page
-from tests.factories import PASSWORD, OrderFactory
+from tests.factories import PASSWORD, OrderFactory, PositionFactory
 from tests.live import LiveServer, free_port, live_server
 from tests.rest import api, place
 
@@ -592,6 +592,40 @@ async def test_the_summary_adds_money_exactly_and_counts_every_open_order(dashbo
         }"""
     )
     assert sums == ["+1.01", "+0.30", "\u22121.25", "+100.00"]
+    assert page.page_errors == []
+
+
+async def test_the_summary_cards_show_the_exact_decimal_sum_of_the_positions_rows(
+    dashboard, page, trader, trader_token, staff_token
+):
+    """Issue 19, item 4, on the page: a position whose P&L is 1.005 (1.00499... as a float)
+    shows +1.01 in its row, and the cards, added up from the rows' strings, say +1.01 too, at
+    sign-in and after an update from the stream. A float sum showed +1.00 in the cards."""
+    await sync_to_async(PositionFactory)(
+        user=trader, symbol="RND", quantity=Decimal("0"), realized_pnl=Decimal("1.005")
+    )
+    await sign_in(page, dashboard, "alice")
+    row = page.locator('#positions tr:has(th:text-is("RND"))')
+    await expect(row.locator('[data-field="totalPnl"]')).to_have_text(
+        "+1.01", timeout=LIVE_TIMEOUT_MS
+    )
+    for card in ("#sum-total", "#sum-realized"):
+        await expect(page.locator(card)).to_have_text("+1.01")
+
+    # A second position by the stream: 0.2 + 1.005 is 1.2049999999999998 as floats, "+1.20";
+    # the exact sum is 1.205, "+1.21".
+    async with api(dashboard, trader_token) as client:
+        buy = await place(client, symbol="RND2", quantity="1", price="10")
+        sell = await place(client, symbol="RND2", side="SELL", quantity="1", price="10.2")
+    async with api(dashboard, staff_token) as gateway:
+        await fill(gateway, buy, "1", "10")
+        await fill(gateway, sell, "1", "10.2")
+    other = page.locator('#positions tr:has(th:text-is("RND2"))')
+    await expect(other.locator('[data-field="totalPnl"]')).to_have_text(
+        "+0.20", timeout=LIVE_TIMEOUT_MS
+    )
+    for card in ("#sum-total", "#sum-realized"):
+        await expect(page.locator(card)).to_have_text("+1.21")
     assert page.page_errors == []
 
 
