@@ -28,7 +28,7 @@ from orders.services import order_fill
 from tests.browser import DESKTOP, PHONE, artifact, axe_violations, open_page, open_server_page
 from tests.factories import PASSWORD, OrderFactory, PositionFactory
 from tests.live import LiveServer, free_port, live_server
-from tests.rest import api, place
+from tests.rest import api, place, short_token
 
 try:
     from playwright.async_api import expect
@@ -1014,6 +1014,89 @@ async def test_a_drop_during_sign_in_still_fills_the_tables(dashboard, page, tra
         "ORCL", timeout=LIVE_TIMEOUT_MS
     )
     await expect(page.locator("#activity")).to_contain_text("Connection closed")
+    assert page.page_errors == []
+
+
+RECORD_STATES = """() => {
+  window.states = [];
+  tradingrtDashboard.client.onState((state, detail) => states.push([state, detail.code ?? null]));
+}"""
+
+
+async def sign_in_with_a_short_token(page, server: LiveServer, user, seconds: float) -> dict:
+    """Sign alice in with an access token that expires `seconds` from sign-in, the refresh
+    endpoint answering what `refresh["status"]` says (None: the server's own answer). The
+    returned dict is that switch, with the times of the refresh requests in "requests"."""
+    refresh: dict = {"status": 503, "requests": []}
+
+    async def short_access(route) -> None:
+        response = await route.fetch()
+        body = await response.json()
+        body["access"] = await sync_to_async(short_token)(user, seconds)
+        await route.fulfill(response=response, json=body)
+
+    async def refresh_endpoint(route) -> None:
+        refresh["requests"].append(time.monotonic())
+        if refresh["status"] is None:
+            await route.continue_()
+        else:
+            await route.fulfill(status=refresh["status"], json={"detail": "Outage."})
+
+    await page.route("**/api/auth/token/", short_access)
+    await page.route("**/api/auth/token/refresh/", refresh_endpoint)
+    await sign_in(page, server, user.username)
+    await page.evaluate(RECORD_STATES)
+    return refresh
+
+
+async def test_a_refresh_outage_across_the_tokens_expiry_ends_by_itself_on_the_dashboard(
+    dashboard, page, trader, trader_token
+):
+    """Issue 19, item 2, on the page: signed in with a 10 s access token, the refresh endpoint
+    answering 503 from sign-in until after the expiry. The page works on the token in hand,
+    its refresh fails, the server closes with 4401 at the expiry, and the page keeps asking
+    with backoff: it never goes offline nor back to the sign-in form, and is live again by
+    itself (no click) once the endpoint answers, with updates arriving."""
+    async with api(dashboard, trader_token) as client:
+        before = await place(client, symbol="EXPA")
+    refresh = await sign_in_with_a_short_token(page, dashboard, trader, 10)
+    await expect(cell(page, "orders", before["id"], "symbol")).to_have_text("EXPA")
+
+    await expect(page.locator("#activity")).to_contain_text(
+        "Connection closed: 4401", timeout=20_000
+    )
+    closed_at = time.monotonic()
+    await expect(page.locator("#connection")).to_have_attribute("data-state", "reconnecting")
+    for _ in range(50):  # asked again, with backoff, after the expiry
+        if len([t for t in refresh["requests"] if t > closed_at]) >= 2:
+            break
+        await asyncio.sleep(0.2)
+    assert len([t for t in refresh["requests"] if t > closed_at]) >= 2, refresh["requests"]
+
+    refresh["status"] = None  # the endpoint is back
+    await expect(page.locator("#connection")).to_have_attribute(
+        "data-state", "connected", timeout=RECONNECT_TIMEOUT_MS
+    )
+    async with api(dashboard, trader_token) as client:
+        after = await place(client, symbol="EXPB")
+    await expect(cell(page, "orders", after["id"], "symbol")).to_have_text(
+        "EXPB", timeout=LIVE_TIMEOUT_MS
+    )
+    states = await page.evaluate("states")
+    assert [state for state, _ in states if state == "offline"] == [], states
+    await expect(page.locator("#login-view")).to_be_hidden()
+    assert await page.evaluate("window.loadedOnce === true"), "the page was reloaded"
+    assert page.page_errors == []
+
+
+async def test_a_refused_refresh_token_signs_the_dashboard_out(dashboard, page, trader):
+    """Issue 19, item 2, the end state: once the refresh endpoint refuses the refresh token
+    itself (401), there is no token to be had: the sign-in form comes back, saying why."""
+    refresh = await sign_in_with_a_short_token(page, dashboard, trader, 6)
+    refresh["status"] = 401
+    await expect(page.locator("#login-view")).to_be_visible(timeout=20_000)
+    await expect(page.locator("#login-error")).to_have_text("Your session expired. Sign in again.")
+    await expect(page.locator("#dashboard-view")).to_be_hidden()
     assert page.page_errors == []
 
 

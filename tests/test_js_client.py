@@ -10,17 +10,17 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
-from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 import pytest_asyncio
 from asgiref.sync import sync_to_async
-from rest_framework_simplejwt.tokens import AccessToken, RefreshToken
+from rest_framework_simplejwt.tokens import RefreshToken
 
 from tests.browser import open_page, open_server_page, serve_blank_page
 from tests.live import live_server
+from tests.rest import short_token
 from tests.test_delivery import post_order
 
 CLIENT_JS = Path(__file__).resolve().parent.parent / "realtime/static/realtime/client.js"
@@ -2020,12 +2020,6 @@ async def test_token_expiry_is_judged_by_the_servers_clock(page):
 
 
 # --- against the real server ----------------------------------------------------------------
-
-
-def short_token(user, seconds: float) -> str:
-    token = AccessToken.for_user(user)
-    token.set_exp(lifetime=timedelta(seconds=seconds))
-    return str(token)
 
 
 async def live_page(page, live):
