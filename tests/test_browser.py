@@ -446,6 +446,23 @@ async def test_the_dashboard_fits_the_screen_and_passes_axe(
         assert page.page_errors == []
 
 
+async def test_at_phone_width_staff_reach_the_server_status_panel(request, dashboard, staff):
+    """Issue 19, item 5: at 390 px the staff's server panel is on the page, within the screen's
+    width and scrolled to, not off to the side."""
+    async with open_page(request.node.name, viewport=PHONE) as page:
+        await sign_in(page, dashboard, "staff")
+        panel = page.get_by_role("region", name="Server")
+        await expect(panel).to_be_visible()
+        await expect(panel.locator("#server-connections")).to_have_text(re.compile(r"^[1-9]\d*$"))
+        await panel.scroll_into_view_if_needed()
+        await expect(panel).to_be_in_viewport()
+        box = await panel.bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
+        assert await page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        await page.screenshot(path=str(artifact("dashboard-staff-phone.png")), full_page=True)
+        assert page.page_errors == []
+
+
 async def close_a_position(server: LiveServer, trader_token: str, staff_token: str) -> None:
     """Alice buys 10 CLSD and sells them again: a position of 0, shown as a closed row."""
     async with api(server, trader_token) as client:
@@ -1005,13 +1022,25 @@ DROP_AFTER_FIRST_SUBSCRIPTION = """
 
 async def test_a_drop_during_sign_in_still_fills_the_tables(dashboard, page, trader, trader_token):
     """Issue 19, item 1: the socket closes right after the first SUBSCRIPTION, before any
-    reply. The subscriptions are answered by the next connection, with their snapshots."""
+    reply. The subscriptions are answered by the next connection, with their snapshots: every
+    table fills (orders, positions and strategies), not only the first."""
     async with api(dashboard, trader_token) as client:
         order = await place(client, symbol="ORCL")
+        strategy = (await client.post("/api/strategies/", json={"name": "Dropped"})).json()
+    await sync_to_async(PositionFactory)(
+        user=trader, symbol="ORCL", quantity=Decimal("5"), average_price=Decimal("120")
+    )
     await page.add_init_script(DROP_AFTER_FIRST_SUBSCRIPTION)
     await sign_in(page, dashboard, "alice")
     await expect(cell(page, "orders", order["id"], "symbol")).to_have_text(
         "ORCL", timeout=LIVE_TIMEOUT_MS
+    )
+    position = page.locator('#positions tr:has(th:text-is("ORCL"))')
+    await expect(position.locator('[data-field="quantity"]')).to_have_text(
+        "5", timeout=LIVE_TIMEOUT_MS
+    )
+    await expect(page.locator(f'#strategies tr[data-id="{strategy["id"]}"]')).to_contain_text(
+        "Dropped", timeout=LIVE_TIMEOUT_MS
     )
     await expect(page.locator("#activity")).to_contain_text("Connection closed")
     assert page.page_errors == []
