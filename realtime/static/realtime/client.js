@@ -80,7 +80,10 @@ export const SubscriptionState = Object.freeze({
   SUBSCRIBING: "subscribing",
   /** Acknowledged by the server on this connection. */
   SUBSCRIBED: "subscribed",
-  /** Refused for now (`unavailable`: the server's channel layer is down); asked again later. */
+  /**
+   * Refused for now (`unavailable`: the server's channel layer is down; or the subscribe was
+   * answered `rate_limited`); asked again later.
+   */
   RETRYING: "retrying",
   /** Refused for good (`forbidden`, `invalid_option`, ..., or revoked): no longer held. */
   FAILED: "failed",
@@ -181,6 +184,7 @@ const DEFAULTS = Object.freeze({
 
 const POSITIONS_KEY = "tradingrt.realtime.positions"; // + ":" + userId, in positionStorage
 const REFRESH_RETRY_MIN_MS = 250; // a failed refresh is not retried sooner than this
+const RATE_LIMITED = "rate_limited"; // the ERROR code of a frame dropped unread (§11)
 const REFRESH_GIVE_UP_MS = 1_000; // nor with less time than this left: the 4401 path takes over
 const WAKE_PROBE_AFTER_MS = 5_000; // a tab shown again after this much silence checks its socket
 
@@ -257,7 +261,7 @@ class Subscription {
     this.loading = null; // {head, epoch, seq, page, reason, timer}: a snapshot being received
     this.recovering = null; // {target, replayed, cause}: a replay under way
     this.restored = false; // the position came from positionStorage (a reloaded page)
-    this.retry = null; // {attempt, timer, reason}: refused `unavailable`, asked again later
+    this.retry = null; // {attempt, timer, reason}: refused for now, asked again later
   }
 
   setOptions(entry) {
@@ -512,7 +516,8 @@ export class RealtimeClient {
    * While not connected (or if the connection drops before the reply) the topics are held and
    * the promise resolves with the next connection's acknowledgement; it rejects if the client
    * goes offline first (`close()`, `dispose()`, a 4403, or no token to be had). An `ERROR`
-   * reply rejects it and forgets the new topics.
+   * reply rejects it and forgets the new topics, except `rate_limited` (the request was dropped
+   * unread): the topics are `retrying`, asked for again with backoff until answered.
    * @param {string|object|Array<string|object>} topics
    * @param {{snapshot?: boolean, filter?: object, throttleMs?: number, presence?: boolean}} [options]
    * @returns {Promise<{action: string, topics: string[], rejected: {topic: string, reason: string}[],
@@ -572,6 +577,11 @@ export class RealtimeClient {
             this._waiters.push({ names, resolve, reject });
           });
         }
+        if (error.code === RATE_LIMITED && ws === this._ws) {
+          // The frame was dropped unhandled (§11), not refused: held, and asked again after a
+          // backoff delay, as a topic refused `unavailable` is.
+          return this._subscribeLater(fresh, names, 1);
+        }
         // Refused (an ERROR reply): not held, so never silently left out of resubscriptions.
         for (const subscription of created) this._fail(subscription, error.code, error.message);
         if (fresh.some((subscription) => !created.has(subscription)) && ws === this._ws) {
@@ -581,6 +591,60 @@ export class RealtimeClient {
         throw error;
       },
     );
+  }
+
+  /**
+   * subscribe() once more after a backoff delay, its `fresh` topics `retrying` meanwhile; again
+   * while each attempt is answered `rate_limited`. Settles as subscribe() does.
+   */
+  _subscribeLater(fresh, names, attempt) {
+    const delayMs = Math.max(
+      REFRESH_RETRY_MIN_MS,
+      backoffDelay(attempt - 1, this.options, this.options.random),
+    );
+    const held = () =>
+      fresh.filter((subscription) => this._subscriptions.get(subscription.name) === subscription);
+    for (const subscription of held()) {
+      subscription.retry = { attempt, reason: RATE_LIMITED, timer: null }; // the delay's own below
+      this._setSubscriptionState(subscription, SubscriptionState.RETRYING, {
+        reason: RATE_LIMITED,
+        attempt,
+        delayMs,
+      });
+    }
+    return new Promise((resolve) => {
+      setTimeout(resolve, delayMs);
+    }).then(() => {
+      if (this._stopped) throw new RealtimeError("closed", "The client was closed.");
+      const subscriptions = held();
+      const asked = names.filter((name) => this._subscriptions.has(name));
+      if (asked.length === 0) return ackFor(names, emptyAck()); // unsubscribed meanwhile
+      if (this._state !== State.CONNECTED) {
+        return new Promise((resolve, reject) => {
+          this._waiters.push({ names, resolve, reject }); // the next connection asks for them
+        });
+      }
+      for (const subscription of subscriptions) this._settle(subscription);
+      const ws = this._ws;
+      return this._fence(subscriptions, asked, () => "retry").then(
+        (ack) => ackFor(names, ack),
+        (error) => {
+          if (error.code === "closed") {
+            if (this._stopped) throw error;
+            return new Promise((resolve, reject) => {
+              this._waiters.push({ names, resolve, reject });
+            });
+          }
+          if (error.code === RATE_LIMITED && ws === this._ws) {
+            return this._subscribeLater(subscriptions, asked, attempt + 1);
+          }
+          for (const subscription of subscriptions) {
+            this._fail(subscription, error.code, error.message);
+          }
+          throw error;
+        },
+      );
+    });
   }
 
   /**

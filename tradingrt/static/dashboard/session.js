@@ -5,6 +5,9 @@
 
 const STORAGE_KEY = "tradingrt.dashboard.tokens";
 const REFRESH_MARGIN_MS = 60_000; // refresh an access token that expires sooner than this
+// While the refresh endpoint fails, the token in hand serves until this close to its expiry
+// (by the page's clock: a server that disagrees answers 401, which forces a refresh).
+const STILL_VALID_MS = 2_000;
 
 /**
  * An HTTP error from the API, with its status, DRF's detail and the whole body (`fields`: a
@@ -82,7 +85,15 @@ export class Session {
   async accessToken({ forceRefresh = false } = {}) {
     if (!this.tokens) throw new ApiError(401, "Not signed in.");
     const expiresAtMs = (jwtClaims(this.tokens.access).exp || 0) * 1000;
-    if (forceRefresh || expiresAtMs - Date.now() < REFRESH_MARGIN_MS) await this.refresh();
+    if (forceRefresh || expiresAtMs - Date.now() < REFRESH_MARGIN_MS) {
+      try {
+        await this.refresh();
+      } catch (error) {
+        // A refresh ahead of time failed (the endpoint is down; a refused refresh token has
+        // signed out): the token in hand is still good, so requests need not fail yet.
+        if (forceRefresh || !this.tokens || expiresAtMs - Date.now() < STILL_VALID_MS) throw error;
+      }
+    }
     return this.tokens.access;
   }
 

@@ -173,8 +173,15 @@ export function isNewer(data, current) {
   return !(data.updatedAt && current.updatedAt && current.updatedAt > data.updatedAt);
 }
 
+const FLASH_MS = 1400; // as long as dashboard.css's flash animation
+const flashTimers = new WeakMap(); // element -> the timer that takes its flash off
+
+/** Flash a changed row, then take the class off again, so that each change flashes anew. */
 export function flashRow(element) {
+  clearTimeout(flashTimers.get(element));
   element.classList.remove("flash");
   void element.offsetWidth; // restart the animation
   element.classList.add("flash");
+  // A timer, not animationend: with reduced motion there is no animation to end.
+  flashTimers.set(element, setTimeout(() => element.classList.remove("flash"), FLASH_MS));
 }
