@@ -74,14 +74,17 @@ async def test_the_simulator_publishes_within_seconds_and_stops_cleanly(live, tr
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_the_simulator_runs_until_a_signal_then_stops_cleanly(live, stop):
     """Without --duration it runs until stopped: SIGTERM (a service manager, dev.py) or SIGINT
-    (Ctrl-C) ends it with exit status 0 and its "Stopped:" line, no traceback."""
-    process = simulate(live, "--symbols", "SIM-S", "--rate", "5")
+    (Ctrl-C) ends it with exit status 0 and its "Stopped:" line, no traceback, at once: not
+    after the wait for its next tick (20 s here)."""
+    process = simulate(live, "--symbols", "SIM-S", "--rate", "0.05")
     assert process.stdout is not None
     started = process.stdout.readline()  # printed once the signal handlers are in place
     assert started.startswith("Simulating SIM-S"), started
-    time.sleep(0.5)  # a few ticks out: stopped while running, not while starting
+    time.sleep(0.5)  # its first tick out: stopped while waiting for the next, not starting
+    signalled = time.monotonic()
     process.send_signal(stop)
     output, _ = process.communicate(timeout=20)
+    assert time.monotonic() - signalled < 5, "it waited for its next tick before stopping"
     assert process.returncode == 0, output
     assert "Stopped:" in output and "Traceback" not in output, output
 

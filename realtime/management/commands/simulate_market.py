@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -71,8 +72,8 @@ class Command(BaseCommand):
         simulator = Simulator(
             self._starting_prices(symbols), volatility=options["volatility"], seed=options["seed"]
         )
-        stop = {"now": False}
-        signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+        stop = threading.Event()  # set by SIGTERM; the wait between ticks ends at once
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
         interval = 1 / options["rate"]
         deadline = time.monotonic() + options["duration"] if options["duration"] else None
         sent = fills = 0
@@ -82,14 +83,14 @@ class Command(BaseCommand):
         )
         next_at = time.monotonic()
         try:
-            while not stop["now"] and (deadline is None or time.monotonic() < deadline):
+            while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
                 ticks = simulator.ticks()
                 self._post("/api/market-data/", [tick_json(tick) for tick in ticks])
                 sent += len(ticks)
                 if options["fill_orders"]:
                     fills += self._fill_crossed(ticks)
                 next_at += interval
-                time.sleep(max(0.0, next_at - time.monotonic()))
+                stop.wait(max(0.0, next_at - time.monotonic()))
         except KeyboardInterrupt:
             pass
         self.stdout.write(f"Stopped: {sent} ticks sent, {fills} orders filled.")
