@@ -463,14 +463,31 @@ async def test_at_phone_width_staff_reach_the_server_status_panel(request, dashb
         assert page.page_errors == []
 
 
+async def round_trip(
+    server: LiveServer,
+    trader_token: str,
+    staff_token: str,
+    *,
+    symbol: str,
+    quantity: str,
+    bought: str,
+    sold: str,
+) -> None:
+    """The trader buys `quantity` of `symbol` at `bought` and sells it all at `sold`, each
+    order filled at its price by the gateway: a closed position with that realized P&L."""
+    async with api(server, trader_token) as client:
+        buy = await place(client, symbol=symbol, quantity=quantity, price=bought)
+        sell = await place(client, symbol=symbol, side="SELL", quantity=quantity, price=sold)
+    async with api(server, staff_token) as gateway:
+        await fill(gateway, buy, quantity, bought)
+        await fill(gateway, sell, quantity, sold)
+
+
 async def close_a_position(server: LiveServer, trader_token: str, staff_token: str) -> None:
     """Alice buys 10 CLSD and sells them again: a position of 0, shown as a closed row."""
-    async with api(server, trader_token) as client:
-        buy = await place(client, symbol="CLSD", quantity="10", price="50")
-        sell = await place(client, symbol="CLSD", side="SELL", quantity="10", price="55")
-    async with api(server, staff_token) as gateway:
-        await fill(gateway, buy, "10", "50")
-        await fill(gateway, sell, "10", "55")
+    await round_trip(
+        server, trader_token, staff_token, symbol="CLSD", quantity="10", bought="50", sold="55"
+    )
 
 
 async def test_while_reconnecting_every_text_keeps_its_contrast_closed_positions_too(
@@ -631,12 +648,9 @@ async def test_the_summary_cards_show_the_exact_decimal_sum_of_the_positions_row
 
     # A second position by the stream: 0.2 + 1.005 is 1.2049999999999998 as floats, "+1.20";
     # the exact sum is 1.205, "+1.21".
-    async with api(dashboard, trader_token) as client:
-        buy = await place(client, symbol="RND2", quantity="1", price="10")
-        sell = await place(client, symbol="RND2", side="SELL", quantity="1", price="10.2")
-    async with api(dashboard, staff_token) as gateway:
-        await fill(gateway, buy, "1", "10")
-        await fill(gateway, sell, "1", "10.2")
+    await round_trip(
+        dashboard, trader_token, staff_token, symbol="RND2", quantity="1", bought="10", sold="10.2"
+    )
     other = page.locator('#positions tr:has(th:text-is("RND2"))')
     await expect(other.locator('[data-field="totalPnl"]')).to_have_text(
         "+0.20", timeout=LIVE_TIMEOUT_MS
