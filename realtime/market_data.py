@@ -74,15 +74,16 @@ class MarketDataService:
                     MessageType.MARKET_DATA, (market_topic(tick),), tick.payload()
                 )
             except (HistoryUnavailable, RedisError, OSError) as exc:
+                reason = str(exc) or type(exc).__name__
                 stats.count("publish_failed")
                 logger.warning(
                     "Market data for %s could not be published (%d of %d ticks were): %s",
                     tick.symbol,
                     published,
                     len(ticks),
-                    exc or type(exc).__name__,
+                    reason,
                 )
-                failure = MarketDataUnavailable(published, len(ticks), str(exc) or repr(exc))
+                failure = MarketDataUnavailable(published, len(ticks), reason)
                 break
             published += 1
         ticks = ticks[:published]
@@ -129,13 +130,11 @@ class MarketDataService:
             self._mark_failed()
 
     def _mark_failed(self) -> None:
-        """Log a failed marking and try it again one interval later (its ticks were kept)."""
+        """Log a failed marking and try it again an interval later (its ticks were kept)."""
+        retry_in = max(realtime_settings.MARK_TO_MARKET_INTERVAL_SECS, 0.5)  # never a busy loop
         stats.count("mark_failed")
-        logger.exception(
-            "Marking to market failed; trying again in %s s",
-            realtime_settings.MARK_TO_MARKET_INTERVAL_SECS,
-        )
-        self._schedule_trailing(max(realtime_settings.MARK_TO_MARKET_INTERVAL_SECS, 0.5))
+        logger.exception("Marking to market failed; trying again in %s s", retry_in)
+        self._schedule_trailing(retry_in)
 
     def flush(self) -> int:
         """Mark what is pending now (blocking); returns how many symbols were marked."""

@@ -184,9 +184,9 @@ const DEFAULTS = Object.freeze({
 
 const POSITIONS_KEY = "tradingrt.realtime.positions"; // + ":" + userId, in positionStorage
 const REFRESH_RETRY_MIN_MS = 250; // a failed refresh is not retried sooner than this
-const RATE_LIMITED = "rate_limited"; // the ERROR code of a frame dropped unread (§11)
 const REFRESH_GIVE_UP_MS = 1_000; // nor with less time than this left: the 4401 path takes over
 const WAKE_PROBE_AFTER_MS = 5_000; // a tab shown again after this much silence checks its socket
+const RATE_LIMITED = "rate_limited"; // the ERROR code of a frame dropped unread (§11)
 
 /**
  * The delay before reconnect attempt `attempt` (0 for the first): "full jitter", uniformly
@@ -561,9 +561,7 @@ export class RealtimeClient {
       fresh.push(subscription);
     }
     if (this._state !== State.CONNECTED) {
-      return new Promise((resolve, reject) => {
-        this._waiters.push({ names, resolve, reject });
-      });
+      return this._nextSubscription(names);
     }
     const cause = (subscription) => (subscription.restored ? "reload" : "subscribe");
     const ws = this._ws;
@@ -573,9 +571,7 @@ export class RealtimeClient {
         if (error.code === "closed") {
           if (this._stopped) throw error; // kept, for a later connect()
           // Asked again by the next connection's resubscription, which answers this call.
-          return new Promise((resolve, reject) => {
-            this._waiters.push({ names, resolve, reject });
-          });
+          return this._nextSubscription(names);
         }
         if (error.code === RATE_LIMITED && ws === this._ws) {
           // The frame was dropped unhandled (§11), not refused: held, and asked again after a
@@ -591,6 +587,13 @@ export class RealtimeClient {
         throw error;
       },
     );
+  }
+
+  /** The acknowledgement of `names` by the next connection's resubscription. */
+  _nextSubscription(names) {
+    return new Promise((resolve, reject) => {
+      this._waiters.push({ names, resolve, reject });
+    });
   }
 
   /**
@@ -620,9 +623,7 @@ export class RealtimeClient {
       const asked = names.filter((name) => this._subscriptions.has(name));
       if (asked.length === 0) return ackFor(names, emptyAck()); // unsubscribed meanwhile
       if (this._state !== State.CONNECTED) {
-        return new Promise((resolve, reject) => {
-          this._waiters.push({ names, resolve, reject }); // the next connection asks for them
-        });
+        return this._nextSubscription(names); // the next connection asks for them
       }
       for (const subscription of subscriptions) this._settle(subscription);
       const ws = this._ws;
@@ -631,9 +632,7 @@ export class RealtimeClient {
         (error) => {
           if (error.code === "closed") {
             if (this._stopped) throw error;
-            return new Promise((resolve, reject) => {
-              this._waiters.push({ names, resolve, reject });
-            });
+            return this._nextSubscription(names);
           }
           if (error.code === RATE_LIMITED && ws === this._ws) {
             return this._subscribeLater(subscriptions, asked, attempt + 1);
