@@ -22,6 +22,7 @@ from rest_framework.views import APIView
 from rest_framework_simplejwt.authentication import JWTAuthentication
 from rest_framework_simplejwt.views import TokenObtainPairView
 
+from market.ticks import Tick
 from realtime import limits, metrics
 from realtime.auth import TokenRejected, authenticate_token, authenticate_token_async
 from realtime.clientip import request_client_ip
@@ -274,22 +275,30 @@ class MarketDataView(EventLoopAPIView):
         ],
     )
     async def post(self, request: Request) -> Response:
-        many = isinstance(request.data, list)
-        if many and not 1 <= len(request.data) <= MAX_TICKS_PER_REQUEST:
-            raise serializers.ValidationError(
-                {"detail": f"Send between 1 and {MAX_TICKS_PER_REQUEST} ticks per request."}
-            )
-        serializer = TickSerializer(data=request.data, many=many)
-        serializer.is_valid(raise_exception=True)
-        rows: list[dict[str, Any]] = (
-            serializer.validated_data if many else [serializer.validated_data]
+        accepted = await publish_ticks(ticks_from(request.data))
+        return Response(accepted, status=status.HTTP_202_ACCEPTED)
+
+
+def ticks_from(data: Any) -> list[Tick]:
+    """The ticks of a request's parsed body (one tick or a list); ValidationError if invalid."""
+    many = isinstance(data, list)
+    if many and not 1 <= len(data) <= MAX_TICKS_PER_REQUEST:
+        raise serializers.ValidationError(
+            {"detail": f"Send between 1 and {MAX_TICKS_PER_REQUEST} ticks per request."}
         )
-        ticks = [TickSerializer.to_tick(row) for row in rows]
-        try:
-            await market_data.apublish(ticks)
-        except MarketDataUnavailable as exc:
-            raise MarketDataNotPublished(
-                f"The ticks cannot be published now ({exc.published} of {exc.total} were): "
-                f"{exc.reason}. Send them again."
-            ) from exc
-        return Response({"accepted": len(ticks)}, status=status.HTTP_202_ACCEPTED)
+    serializer = TickSerializer(data=data, many=many)
+    serializer.is_valid(raise_exception=True)
+    rows: list[dict[str, Any]] = serializer.validated_data if many else [serializer.validated_data]
+    return [TickSerializer.to_tick(row) for row in rows]
+
+
+async def publish_ticks(ticks: list[Tick]) -> dict[str, int]:
+    """Publish `ticks` (realtime.market_data); the 202's body, or MarketDataNotPublished."""
+    try:
+        await market_data.apublish(ticks)
+    except MarketDataUnavailable as exc:
+        raise MarketDataNotPublished(
+            f"The ticks cannot be published now ({exc.published} of {exc.total} were): "
+            f"{exc.reason}. Send them again."
+        ) from exc
+    return {"accepted": len(ticks)}

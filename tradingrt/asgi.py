@@ -23,6 +23,7 @@ from realtime.checks import fail_on_bad_settings  # noqa: E402
 fail_on_bad_settings()
 
 from realtime.lifespan import lifespan_application  # noqa: E402
+from realtime.market_data_http import MarketDataEndpoint  # noqa: E402
 from realtime.routing import websocket_application  # noqa: E402
 
 # The application is built: what exists now lives as long as the process. Keep the cyclic
@@ -35,7 +36,8 @@ gc.set_threshold(10_000, 10, 100)
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # A feed's market-data POST on the event loop; every other request Django's.
+        "http": MarketDataEndpoint(django_asgi_app),
         "websocket": websocket_application(),
         "lifespan": lifespan_application,
     }
