@@ -233,12 +233,14 @@ def _close_database_pools(django_db_setup):
 
 @pytest.fixture(autouse=True)
 def _fresh_user_cache():
-    """Each test starts with no users cached by the WebSocket authentication."""
-    from realtime.auth import user_cache
+    """Each test starts with no users (nor verified tokens) cached by the authentication."""
+    from realtime.auth import user_cache, verified_tokens
 
     user_cache.clear()
+    verified_tokens.clear()
     yield
     user_cache.clear()
+    verified_tokens.clear()
 
 
 @pytest.fixture(autouse=True)

@@ -35,7 +35,7 @@ def published(monkeypatch):
     batches: list[list] = []
 
     async def apublish(ticks):
-        batches.append([tick.symbol for tick in ticks])
+        batches.append(ticks)
 
     monkeypatch.setattr(market_data, "apublish", apublish)
     return batches
@@ -92,13 +92,18 @@ async def test_a_valid_post_is_answered_directly_exactly_as_django_answers_it(
     assert (status, json.loads(body), took) == (202, {"accepted": 1}, "market_data_direct")
     names = {name.lower() for name, _ in headers}
     assert {b"x-frame-options", b"x-content-type-options", b"referrer-policy", b"allow"} <= names
-    many = ticks(TICK, TICK | {"symbol": "msft"})
+    other = {"symbol": "msft", "last": "411.2", "bid": None, "volume": "1200"}
+    many = ticks(TICK, other | {"timestamp": "2026-11-29T10:00:00.123Z"})
     charset = (b"content-type", b"application/json; charset=utf-8")
     for extra in ([JSON], [charset, (b"accept", b"application/json")], [JSON, (b"accept", b"*/*")]):
         (status, _, body), took = await both_ways(apps, many, [auth, *extra])
         assert (status, json.loads(body), took) == (202, {"accepted": 2}, "market_data_direct")
-    # each answer twice (the direct path's, then Django's): the same ticks each time
-    assert published == [["AAPL"], ["AAPL"]] + [["AAPL", "MSFT"]] * 6
+    # each answer twice (the direct path's, then Django's): the same ticks, field for field
+    assert [[tick.symbol for tick in batch] for batch in published] == [["AAPL"]] * 2 + [
+        ["AAPL", "MSFT"]
+    ] * 6
+    for direct, django in zip(published[::2], published[1::2], strict=True):
+        assert direct == django
 
 
 async def test_a_failed_publish_gets_drfs_503_with_retry_after(apps, staff, monkeypatch):
@@ -157,7 +162,7 @@ async def test_every_other_request_is_djangos_to_answer(apps, staff, trader, pub
     (status, _, _), took = await both_ways(apps, ticks(TICK, TICK), [staff_auth, JSON])
     assert (status, took) == (400, "market_data_via_django")
     # both ways: the cookie's, the form's, the browsable API's; nothing refused was published
-    assert published == [["AAPL"]] * 6
+    assert [[tick.symbol for tick in batch] for batch in published] == [["AAPL"]] * 6
 
 
 async def test_a_body_in_several_parts_is_read_whole_and_replayed_to_django(apps, staff, published):
@@ -180,7 +185,7 @@ async def test_a_body_in_several_parts_is_read_whole_and_replayed_to_django(apps
         response = await communicator.receive_output(10)
         assert response["status"] == expected
         await communicator.receive_output(10)
-    assert published == [["AAPL"]]
+    assert [[tick.symbol for tick in batch] for batch in published] == [["AAPL"]]
 
 
 @pytest.mark.e2e

@@ -242,3 +242,74 @@ async def test_forty_wrong_passwords_in_a_row_meet_the_limit_over_real_http(trad
             assert set(codes[10:]) == {429}
             last = await login(client, trader.username, "one-more-guess")
             assert "Retry-After" in last.headers
+
+
+# --- verified access tokens, kept until they expire (realtime.auth.VerifiedTokens) ----------------
+
+
+@pytest.fixture
+def decodes(monkeypatch):
+    """How many times simplejwt decoded (verified the signature of) a token."""
+    from rest_framework_simplejwt.backends import TokenBackend
+
+    calls: list[str] = []
+    decode = TokenBackend.decode
+
+    def counted(self, token, verify=True):
+        calls.append(token)
+        return decode(self, token, verify)
+
+    monkeypatch.setattr(TokenBackend, "decode", counted)
+    return calls
+
+
+def test_a_token_is_verified_once_and_refused_once_it_expires(trader, decodes, monkeypatch):
+    from realtime.auth import TokenRejected, validate_token, verified_tokens
+
+    raw = access_token_for(trader)
+    first = validate_token(raw)
+    assert validate_token(raw) is first and decodes == [raw]
+    leeway = first.get_token_backend().get_leeway().total_seconds()
+    expiry = first["exp"] + leeway
+    monkeypatch.setattr(verified_tokens, "clock", lambda: expiry - 0.001)
+    assert validate_token(raw) is first
+    monkeypatch.setattr(verified_tokens, "clock", lambda: expiry)
+    with pytest.raises(TokenRejected, match=r"^Token is expired$"):
+        validate_token(raw)
+    # forgotten: decoded again, and simplejwt's own check (on the real clock) still accepts it
+    assert validate_token(raw)["exp"] == first["exp"] and decodes == [raw, raw]
+
+
+def test_a_refused_token_is_never_kept(trader, decodes):
+    from realtime.auth import TokenRejected, validate_token
+
+    forged = access_token_for(trader) + "x"
+    for _ in range(2):
+        with pytest.raises(TokenRejected):
+            validate_token(forged)
+    assert decodes == [forged, forged]
+
+
+def test_a_change_of_the_jwt_settings_forgets_every_kept_token(trader, settings, decodes):
+    """Decoded again, by whatever the new settings make simplejwt decode with."""
+    from realtime.auth import validate_token
+
+    raw = access_token_for(trader)
+    validate_token(raw)
+    settings.SIMPLE_JWT = {**settings.SIMPLE_JWT, "LEEWAY": 1}
+    validate_token(raw)
+    assert decodes == [raw, raw]
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_kept_token_is_still_refused_once_its_sessions_are_revoked(trader):
+    """What can change about a valid token, its user's revocation, is checked on every use."""
+    from realtime import sessions
+    from realtime.auth import TokenRejected, authenticate_token_async, user_cache
+
+    raw = await sync_to_async(access_token_for)(trader)
+    assert (await authenticate_token_async(raw)).user.pk == trader.pk
+    await sync_to_async(sessions.user_sessions_revoke)(user=trader, by="test")
+    user_cache.clear()  # as the hub's control message does on every process
+    with pytest.raises(TokenRejected, match="sessions were revoked"):
+        await authenticate_token_async(raw)
