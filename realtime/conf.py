@@ -69,6 +69,10 @@ DEFAULTS: dict[str, Any] = {
     # Subscribers handed one update per turn of the event loop; a topic with more local
     # subscribers is delivered in slices, so a huge topic cannot stall every other socket.
     "DELIVERY_SLICE": 1000,
+    # Seconds between collections of the garbage collector's young generations (generation 1
+    # every tenth time), so that each walks only what one interval left alive rather than tens
+    # of thousands of objects at once (realtime.collector). 0: left to CPython's thresholds.
+    "GC_YOUNG_INTERVAL_SECS": 0.1,
     # Items per SNAPSHOT message: a larger state is sent in several pages (each also kept under
     # 256 KiB of items, realtime.snapshots.PAGE_MAX_BYTES), so no message nears the 1 MiB limit.
     "SNAPSHOT_PAGE_SIZE": 500,
@@ -124,6 +128,7 @@ SPEC: dict[str, tuple[type | tuple[type, ...], float | None, float | None]] = {
     "PRUNE_INTERVAL_SECS": (_NUMBER, 0.01, 86400),
     "LAYER_CHECK_INTERVAL_SECS": (_NUMBER, 0.01, 3600),
     "DELIVERY_SLICE": (int, 1, 1_000_000),
+    "GC_YOUNG_INTERVAL_SECS": (_NUMBER, 0, 60),
     "MAX_CONNECTIONS_PER_USER": (int, 0, 1_000_000),
     "HANDSHAKES_PER_IP_PER_MIN": (int, 0, 100_000_000),
     "AUTH_FAILURES_PER_IP": (int, 0, 1_000_000),

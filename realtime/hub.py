@@ -15,6 +15,7 @@ import collections
 import contextlib
 import json
 import logging
+import time
 import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
 from realtime import connections, metrics, stats
+from realtime.collector import collect_young_generations
 from realtime.conf import realtime_settings
 from realtime.conflation import Conflator, Lane
 from realtime.history import HistoryUnavailable, Position, history_for
@@ -48,6 +50,12 @@ HUB_CONTROL = "hub.control"
 GROUP_REFRESH_SECS = 3600.0
 # Connections handed a server-wide broadcast per turn of the event loop (Hub.broadcast).
 BROADCAST_SLICE = 500
+# A topic delivered in slices (more than DELIVERY_SLICE local subscribers) yields to the loop
+# after a slice's DELIVERY_SLICE subscribers or after this many seconds of writing, whichever
+# comes first, checked every SLICE_STEP subscribers: when sends slow down (full socket buffers,
+# a busy machine) a slice of 1,000 could otherwise hold the loop for 50 ms and more.
+SLICE_BUDGET_SECS = 0.01
+SLICE_STEP = 100
 
 
 # Seconds a topic is quiet after activity before its head is compared with the history (a drop
@@ -298,6 +306,9 @@ class Hub:
             self._tasks.append(asyncio.create_task(self._outbox_loop()))
             self._tasks.append(asyncio.create_task(self.presence.loop()))
             self._tasks.append(asyncio.create_task(self._tail_loop()))
+            if realtime_settings.GC_YOUNG_INTERVAL_SECS:
+                beat = realtime_settings.GC_YOUNG_INTERVAL_SECS
+                self._tasks.append(asyncio.create_task(collect_young_generations(beat)))
             logger.info("Realtime hub %s started", self.server_id)
 
     async def stop(self) -> None:
@@ -889,18 +900,29 @@ class Hub:
         self.messages_delivered += len(subscribers)
 
     async def _deliver_in_slices(self, topic: str) -> None:
+        """Each message to every subscriber, in slices of at most DELIVERY_SLICE subscribers
+        and SLICE_BUDGET_SECS of the loop's time, yielding to the loop between slices."""
         backlog = self._backlog[topic]
         size = realtime_settings.DELIVERY_SLICE
+        clock = time.perf_counter
         try:
             while backlog:
                 seq, text = backlog.popleft()
                 subscribers = tuple(self._receivers(topic) or ())
-                for start in range(0, len(subscribers), size):
+                start, total = 0, len(subscribers)
+                while start < total:
                     if start:
                         await asyncio.sleep(0)
+                    began = clock()
+                    end = min(start + size, total)
                     current = self._receivers(topic) or ()  # unsubscribed meanwhile: skipped
-                    part = [s for s in subscribers[start : start + size] if s in current]
-                    self._push_all(topic, part, seq, text)
+                    while start < end:  # in steps, so that a slow slice stops early
+                        stop = min(start + SLICE_STEP, end)
+                        part = [s for s in subscribers[start:stop] if s in current]
+                        self._push_all(topic, part, seq, text)
+                        start = stop
+                        if clock() - began > SLICE_BUDGET_SECS:
+                            break
                 self._delivered(topic, seq)
                 await asyncio.sleep(0)
         finally:

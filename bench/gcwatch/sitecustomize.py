@@ -127,6 +127,63 @@ if _path:
         with open(f"{_path}.probe.{os.getpid()}", "w") as out:
             json.dump({"tasks": tasks, "allocated_blocks": sys.getallocatedblocks()}, out)
 
+    # --- What a slow young collection walked (BENCH_GC_YOUNG=<ms>): before each collection of
+    # generation 0 or 1, the objects in the generations it collects are counted by type, and the
+    # largest containers among them noted; a collection that then takes over <ms> milliseconds
+    # is written as one JSON line to "<BENCH_GC_YOUNG_LOG, else BENCH_GC_LOG>.young.<pid>". The
+    # census is taken before the collection's clock starts: the duration is the collection's.
+    _young_ms = float(os.environ.get("BENCH_GC_YOUNG", "0") or 0)
+    if _young_ms:
+        import collections as _collections
+        import json as _json
+
+        _young_base = os.environ.get("BENCH_GC_YOUNG_LOG") or _path
+        _young_log = open(f"{_young_base}.young.{os.getpid()}", "a", buffering=1)  # noqa: SIM115
+        _census_before: list[object] = [None]
+
+        def _young(phase: str, info: dict) -> None:
+            generation = info["generation"]
+            if generation > 1:
+                return
+            if phase == "start":
+                objects = [o for g in range(generation + 1) for o in gc.get_objects(generation=g)]
+                kinds = _collections.Counter(type(o).__qualname__ for o in objects)
+                sized = sorted(
+                    (
+                        (len(o), type(o).__qualname__)
+                        for o in objects
+                        if isinstance(o, (dict, list, tuple, set, frozenset)) and len(o) > 1000
+                    ),
+                    reverse=True,
+                )[:10]
+                referents = sum(len(gc.get_referents(o)) for o in objects)
+                _census_before[0] = (len(objects), referents, kinds.most_common(15), sized)
+                del objects
+                _started_young[0] = time.perf_counter()
+                return
+            took = (time.perf_counter() - _started_young[0]) * 1000
+            if took > _young_ms and _census_before[0] is not None:
+                count, referents, kinds, sized = _census_before[0]
+                _young_log.write(
+                    _json.dumps(
+                        {
+                            "time": time.time(),
+                            "generation": generation,
+                            "ms": round(took, 2),
+                            "collected": info.get("collected"),
+                            "objects": count,
+                            "referents": referents,
+                            "types": kinds,
+                            "largest": sized,
+                        }
+                    )
+                    + "\n"
+                )
+            _census_before[0] = None
+
+        _started_young = [0.0]
+        gc.callbacks.insert(0, _young)
+
     import signal
 
     signal.signal(signal.SIGUSR1, _census)
