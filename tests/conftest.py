@@ -126,6 +126,21 @@ def staff_token(staff):
     return access_token_for(staff)
 
 
+@pytest.fixture
+def published(monkeypatch):
+    """The ticks each accepted market-data post published (realtime.market_data), in order;
+    nothing is really published."""
+    from realtime.market_data import market_data
+
+    batches: list[list] = []
+
+    async def apublish(ticks):
+        batches.append(ticks)
+
+    monkeypatch.setattr(market_data, "apublish", apublish)
+    return batches
+
+
 # --- Domain fixtures (orders, positions, strategies) --------------------------------------
 
 

@@ -23,18 +23,6 @@ TICK = {"symbol": "AAPL", "last": "189.5", "bid": "189.49", "ask": "189.51"}
 
 
 @pytest.fixture
-def published(monkeypatch):
-    """The ticks each accepted request published, in order."""
-    batches: list[list] = []
-
-    async def apublish(ticks):
-        batches.append(ticks)
-
-    monkeypatch.setattr(market_data, "apublish", apublish)
-    return batches
-
-
-@pytest.fixture
 def feed(db):
     """A market-data feed account: no staff status, only realtime.publish_market_data."""
     user = UserFactory(username="feed")

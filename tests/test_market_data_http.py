@@ -31,17 +31,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def published(monkeypatch):
-    batches: list[list] = []
-
-    async def apublish(ticks):
-        batches.append(ticks)
-
-    monkeypatch.setattr(market_data, "apublish", apublish)
-    return batches
-
-
-@pytest.fixture
 def apps():
     from tradingrt import asgi
 
