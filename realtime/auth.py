@@ -10,6 +10,7 @@ authenticate with its first message (realtime.consumers).
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from dataclasses import dataclass
@@ -56,30 +57,41 @@ class VerifiedTokens:
     `exp` (plus simplejwt's leeway), which is checked on every use; a refused token is never
     kept. What can change about a valid token, its user's state and revocation, is checked
     apart on every use (`authenticate_token_async`). Emptied when the JWT settings change.
+
+    The MAX_ENTRIES most recently used are kept (a verified token holds about 1.5 KiB): enough
+    for the feeds and the clients reconnecting at a time, not a copy of every connection's
+    token (10,000 of them added 1.5 KiB to each of 10,000 connections).
     """
 
     clock = staticmethod(time.time)
-    MAX_ENTRIES = 10_000
+    MAX_ENTRIES = 512
 
     def __init__(self) -> None:
-        self._tokens: dict[str, tuple[AccessToken, float]] = {}
+        self._tokens: collections.OrderedDict[str, tuple[AccessToken, float]] = (
+            collections.OrderedDict()
+        )
 
     def get(self, raw_token: str) -> AccessToken:
-        entry = self._tokens.get(raw_token)
+        tokens = self._tokens
+        entry = tokens.get(raw_token)
         if entry is not None:
             if self.clock() < entry[1]:
+                tokens.move_to_end(raw_token)
                 return entry[0]
-            del self._tokens[raw_token]
+            del tokens[raw_token]
             raise TokenRejected(EXPIRED_MESSAGE)  # simplejwt's words for an expired token
         try:
             token = AccessToken(raw_token)  # type: ignore[arg-type]
         except TokenError as exc:
             raise TokenRejected(str(exc)) from None
-        if len(self._tokens) >= self.MAX_ENTRIES:
-            self._tokens.clear()
         leeway = token.get_token_backend().get_leeway().total_seconds()
-        self._tokens[raw_token] = (token, float(token["exp"]) + leeway)
+        tokens[raw_token] = (token, float(token["exp"]) + leeway)
+        if len(tokens) > self.MAX_ENTRIES:
+            tokens.popitem(last=False)  # the least recently used
         return token
+
+    def __len__(self) -> int:
+        return len(self._tokens)
 
     def clear(self) -> None:
         self._tokens.clear()

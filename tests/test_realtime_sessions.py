@@ -280,6 +280,25 @@ def test_a_token_is_verified_once_and_refused_once_it_expires(trader, decodes, m
     assert validate_token(raw)["exp"] == first["exp"] and decodes == [raw, raw]
 
 
+def test_only_the_most_recently_used_tokens_are_kept(trader, decodes, monkeypatch):
+    """Bounded: not a copy of every connection's token; the one in use stays."""
+    from rest_framework_simplejwt.tokens import AccessToken
+
+    from realtime.auth import validate_token, verified_tokens
+
+    monkeypatch.setattr(verified_tokens, "MAX_ENTRIES", 3)
+    feed = access_token_for(trader)
+    others = [str(AccessToken.for_user(trader)) for _ in range(5)]
+    validate_token(feed)
+    for other in others:
+        validate_token(other)
+        validate_token(feed)  # in use: never the least recently used
+    assert len(verified_tokens) == 3
+    assert decodes.count(feed) == 1
+    validate_token(others[0])  # long evicted: verified again
+    assert decodes.count(others[0]) == 2
+
+
 def test_a_refused_token_is_never_kept(trader, decodes):
     from realtime.auth import TokenRejected, validate_token
 
