@@ -236,9 +236,16 @@ def same_heartbeat(settings, redis_layer):
 
 @pytest.fixture(scope="session", autouse=True)
 def _close_database_pools(django_db_setup):
-    """Return pooled PostgreSQL connections before the test database is dropped."""
+    """Return pooled PostgreSQL connections before the test database is dropped, and close the
+    one asgiref's thread for synchronous code holds: async tests that query through
+    `sync_to_async` (and the services' `database_sync_to_async`) outside a request open it, and
+    nothing closes it, so PostgreSQL refused to drop the test database ("being accessed by
+    other users")."""
     yield
+    from asgiref.sync import SyncToAsync
     from django.db import connections
+
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=30)
 
     for connection in connections.all(initialized_only=True):
         close_pool = getattr(connection, "close_pool", None)
