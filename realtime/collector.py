@@ -20,9 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import logging
-
-logger = logging.getLogger(__name__)
 
 # Every this many beats, generation 1 too (CPython's own ratio between the two: its default
 # second threshold is 10).

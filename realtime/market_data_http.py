@@ -160,12 +160,13 @@ class MarketDataEndpoint:
         try:
             request = ASGIRequest(scope, io.BytesIO(body))
             # Django's request-side checks: the host, the HTTPS redirect, user agents, www.
-            if self._security.process_request(request) or self._common.process_request(request):
-                raise _NotHere
-        except _NotHere:
-            raise
+            redirected = self._security.process_request(request) or self._common.process_request(
+                request
+            )
         except Exception:  # DisallowedHost, PermissionDenied, a path that is not UTF-8 ...
             raise _NotHere from None
+        if redirected:
+            raise _NotHere
         try:
             authenticated = await authenticate_token_async(raw_token)
         except TokenRejected:
