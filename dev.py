@@ -240,8 +240,13 @@ def check_javascript() -> int:
 
 
 def lock(options: argparse.Namespace) -> int:
-    """Re-resolve requirements/dev.lock from pyproject.toml: exact versions, with hashes."""
-    ensure_environment()
+    """Re-resolve requirements/dev.lock from pyproject.toml: exact versions, with hashes.
+
+    Needs only the virtual environment's Python, not an environment installed from the lock:
+    a lock that no longer matches pyproject.toml is what this command is for."""
+    if not PYTHON.exists():
+        print(f"Creating the virtual environment in {VENV} ...", flush=True)
+        venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
     pip = [str(PYTHON), "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "install", f"pip-tools=={PIP_TOOLS}"], check=True)
     LOCK.parent.mkdir(exist_ok=True)
