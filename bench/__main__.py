@@ -34,6 +34,10 @@ from typing import Any
 
 from bench import common
 
+# The servers a scenario can run the module under (`--server`); granian is measured beside
+# Daphne and uvicorn for issue 18 (docs/BENCHMARKS.md), not deployed.
+SERVERS = ["daphne", "uvicorn", "granian"]
+
 
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that it works")
@@ -84,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=f"scenario {name}")
         _common_arguments(sub)
         _fanout_arguments(sub)
+        if name == "fanout":
+            sub.add_argument("--server", choices=SERVERS, default="daphne")
     sub = commands.add_parser("e2e", help="order fill -> ORDER_UPDATE")
     _common_arguments(sub)
     sub.add_argument("--subscribers", type=int, default=0, help="default 100 (quick: 4)")
@@ -92,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = commands.add_parser("connections", help="connections one process holds")
     _common_arguments(sub)
     _connections_arguments(sub)
-    sub.add_argument("--server", choices=["daphne", "uvicorn"], default="daphne")
+    sub.add_argument("--server", choices=SERVERS, default="daphne")
     sub = commands.add_parser("status", help="/ws/status latency")
     _common_arguments(sub)
     sub.add_argument("--connections", type=int, default=0, help="default 10000 (quick: 40)")
@@ -138,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--connections", type=int, default=0, help="churned (default 8000)")
     sub.add_argument("--warmup", type=int, default=0, help="churned first (default 1000)")
     sub.add_argument("--batch", type=int, default=0, help="connected at a time (default 200)")
-    sub.add_argument("--server", choices=["daphne", "uvicorn"], default="daphne")
+    sub.add_argument("--server", choices=SERVERS, default="daphne")
     sub.add_argument("--no-baseline", action="store_true")
     sub = commands.add_parser("soak", help="minutes under a steady mix: loss and resources")
     _common_arguments(sub)
@@ -225,7 +231,9 @@ def connections_options(options: argparse.Namespace, **overrides: Any) -> argpar
 def run_fanout(options: argparse.Namespace) -> dict[str, Any]:
     from bench import fanout
 
-    return fanout.run(fanout_options(options, server="daphne", processes=1, name="fanout"))
+    server = getattr(options, "server", "daphne")  # `all` runs Daphne
+    name = "fanout" if server == "daphne" else f"{server}_fanout"
+    return fanout.run(fanout_options(options, server=server, processes=1, name=name))
 
 
 def run_fanout_redis(options: argparse.Namespace) -> dict[str, Any]:

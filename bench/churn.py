@@ -6,7 +6,10 @@ the server's resident memory after the warm-up and at the end gives KiB per chur
 (a server that frees a closed connection at once grows by nothing once its allocator has warmed
 up). At the end gcwatch runs one full collection that keeps what it finds: the reference cycles
 closed connections left for the collector (by type), then the memory after it. The bare
-`websockets` baseline gets the same churn in the same run.
+`websockets` baseline gets the same churn in the same run. With BENCH_TRACEMALLOC=frames (N
+frames) the server is also traced: `allocations_left` is what the churned connections left
+allocated, per connection and by source line (tracemalloc snapshots after the warm-up and at the
+end), to tell live objects from memory the allocator keeps.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import common
+from bench.connections import allocations_per_connection
 from bench.loadgen import LoadGenerator
 
 TOPICS = [f"market:CH{index}" for index in range(5)]
@@ -28,7 +32,10 @@ def churn(
     batch: int,
     total: int,
     concurrency: int,
+    curve: list[tuple[int, int]] | None = None,
 ) -> dict[str, Any]:
+    """Rounds of `batch` clients that connect, subscribe and close, `total` in all; with `curve`,
+    the server's RSS after each round is appended to it as (connections so far, KiB)."""
     opened = 0
     failures: dict[str, int] = {}
     for start in range(0, total, batch):
@@ -45,7 +52,21 @@ def churn(
         for key, count in connect["failures"].items():
             failures[key] = failures.get(key, 0) + count
         loadgen.close_all()
+        if curve is not None:
+            curve.append((opened, common.rss_kib(server.pid)))
     return {"opened": opened, "failures": failures}
+
+
+def halves(start_kib: int, curve: list[tuple[int, int]]) -> list[float] | None:
+    """KiB of RSS per churned connection over the first and the second half of the rounds."""
+    if len(curve) < 2:
+        return None
+    middle = curve[len(curve) // 2 - 1]
+    end = curve[-1]
+    return [
+        round((middle[1] - start_kib) / max(1, middle[0]), 2),
+        round((end[1] - middle[1]) / max(1, end[0] - middle[0]), 2),
+    ]
 
 
 def measure(
@@ -65,9 +86,12 @@ def measure(
     warm = churn(loadgen, server, tokens, batch, warmup, concurrency)
     time.sleep(settle)
     rss_warm = common.rss_kib(server.pid)
-    measured = churn(loadgen, server, tokens, batch, total, concurrency)
+    traced_warm = server.tracemalloc_snapshot()  # None unless BENCH_TRACEMALLOC is set
+    curve: list[tuple[int, int]] = []
+    measured = churn(loadgen, server, tokens, batch, total, concurrency, curve)
     time.sleep(settle)
     rss_end = common.rss_kib(server.pid)
+    traced_end = server.tracemalloc_snapshot() if traced_warm is not None else None
     elapsed = time.time() - started
     garbage = server.garbage() if label != "baseline" else None
     rss_collected = common.rss_kib(server.pid)
@@ -79,10 +103,20 @@ def measure(
         "rss_kib_end": rss_end,
         "rss_kib_after_full_collection": rss_collected,
         "kib_per_churned_connection": round((rss_end - rss_warm) / max(1, measured["opened"]), 2),
+        # The same over each half of the measured churn: a plateau shows as a second half that
+        # grows by much less than the first; a leak as two halves alike.
+        "kib_per_churned_connection_by_half": halves(rss_warm, curve),
+        "rss_curve": curve,
         "seconds": round(elapsed, 1),
         "connections_per_s": round((warm["opened"] + measured["opened"]) / elapsed, 1),
         "gc": server.gc_pauses(started, time.time()),
     }
+    if traced_warm is not None and traced_end is not None:
+        # What the churned connections left allocated, by source line: live Python objects.
+        # RSS growth beyond it is memory the allocator keeps (arenas, fragmentation).
+        result["allocations_left"] = allocations_per_connection(
+            traced_warm, traced_end, max(1, measured["opened"])
+        )
     if garbage is not None:
         result["cycles_left"] = {
             "unreachable": garbage["unreachable"],
@@ -95,7 +129,8 @@ def measure(
         }
     log(
         f"  {label}: {measured['opened']} churned after {warm['opened']}: RSS "
-        f"{rss_warm} -> {rss_end} KiB ({result['kib_per_churned_connection']} KiB each)"
+        f"{rss_warm} -> {rss_end} KiB ({result['kib_per_churned_connection']} KiB each; "
+        f"by half {result['kib_per_churned_connection_by_half']})"
         + (
             f", {garbage['unreachable']} objects in cycles left, RSS after a full collection "
             f"{rss_collected} KiB"
@@ -163,6 +198,10 @@ def run(options: Any, log: Any = print) -> dict[str, Any]:
         "kib_per_churned_connection": ours["kib_per_churned_connection"],
         "baseline_kib_per_churned_connection": by_label.get("baseline", {}).get(
             "kib_per_churned_connection"
+        ),
+        "kib_per_churned_connection_by_half": ours["kib_per_churned_connection_by_half"],
+        "baseline_kib_per_churned_connection_by_half": by_label.get("baseline", {}).get(
+            "kib_per_churned_connection_by_half"
         ),
         "cycles_left_per_connection": ours.get("cycles_left", {}).get("per_churned_connection"),
     }

@@ -469,21 +469,44 @@ def uvicorn_available() -> bool:
 # --- servers --------------------------------------------------------------------------------
 
 
+def granian_worker(supervisor: int, timeout: float = 10.0) -> int:
+    """The pid of granian's one worker: the child of its supervisor that runs the application
+    (spawned by multiprocessing: `spawn_main` on its command line; not a resource tracker)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for child in _children(supervisor):
+            command = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
+            if b"spawn_main" in command or b"granian" in command:
+                return child
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"granian ({supervisor}) has no worker process")
+        time.sleep(0.1)
+
+
+def _children(pid: int) -> list[int]:
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            children += [int(c) for c in (task / "children").read_text().split()]
+    return children
+
+
 def _raise_child_nofile() -> None:  # runs in the child before exec
     raise_nofile()
 
 
 @dataclass
 class Server:
-    """One server process under test, on 127.0.0.1: daphne, uvicorn or the baseline."""
+    """One server process under test, on 127.0.0.1: daphne, uvicorn, granian or the baseline."""
 
-    kind: str  # "daphne" | "uvicorn" | "baseline"
+    kind: str  # "daphne" | "uvicorn" | "granian" | "baseline"
     env: dict[str, str]
     directory: Path
     port: int = field(default_factory=free_port)
     control_port: int | None = None  # the baseline's HTTP publish port
     extra_args: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
+    _worker_pid: int | None = field(default=None, init=False, repr=False)
 
     @property
     def log_path(self) -> Path:
@@ -491,7 +514,13 @@ class Server:
 
     @property
     def pid(self) -> int:
+        """The process that serves the connections: the one started, or, for granian (a
+        supervisor that spawns its worker), the worker, found once it listens."""
         assert self.process is not None
+        if self.kind == "granian":
+            if self._worker_pid is None:
+                self._worker_pid = granian_worker(self.process.pid)
+            return self._worker_pid
         return self.process.pid
 
     @property
@@ -516,6 +545,16 @@ class Server:
                 PYTHON, "-m", "uvicorn", "--host", LOOPBACK, "--port", str(self.port),
                 "--ws-ping-interval", "20", "--ws-ping-timeout", "30",
                 "--ws-max-size", "1048576", "--no-access-log", "--log-level", "warning",
+                *self.extra_args, "tradingrt.asgi:application",
+            ]  # fmt: skip
+        if self.kind == "granian":
+            # One worker process, asyncio's loop (as Daphne and the baseline), no request limit
+            # below the connections a scenario holds (--backpressure: requests in flight per
+            # worker; an open WebSocket is one). Granian sends no WebSocket pings of its own.
+            return [
+                PYTHON, "-m", "granian", "--interface", "asgi", "--host", LOOPBACK,
+                "--port", str(self.port), "--workers", "1", "--loop", "asyncio",
+                "--backlog", "1024", "--backpressure", "100000", "--log-level", "warning",
                 *self.extra_args, "tradingrt.asgi:application",
             ]  # fmt: skip
         if self.kind == "baseline":

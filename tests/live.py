@@ -96,7 +96,8 @@ def run_manage(
 
 
 class LiveServer:
-    """A Daphne (or uvicorn) process serving tradingrt.asgi on 127.0.0.1, stopped by `stop()`."""
+    """A Daphne (or uvicorn, or Granian) process serving tradingrt.asgi on 127.0.0.1, stopped by
+    `stop()`."""
 
     def __init__(
         self,
@@ -176,7 +177,26 @@ class LiveServer:
         return run_manage(*args, env=self.environment(), stdin=stdin)
 
     def command(self) -> list[str]:
-        """Daphne as dev.py starts it, or uvicorn as docs/DEPLOYMENT.md does (deflate left on)."""
+        """Daphne as dev.py starts it, uvicorn as docs/DEPLOYMENT.md does (deflate left on), or
+        Granian (one worker process under its supervisor, asyncio's loop)."""
+        if self.server == "granian":
+            return [
+                sys.executable,
+                "-m",
+                "granian",
+                "--interface",
+                "asgi",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+                "--loop",
+                "asyncio",
+                *self.server_args,
+                "tradingrt.asgi:application",
+            ]
         if self.server == "uvicorn":
             return [
                 sys.executable,

@@ -290,3 +290,31 @@ def test_the_soak_runs_in_quick_mode_and_loses_nothing(tmp_path):
     assert by_name["soak: steady subscribers"]["met"] is True
     assert by_name["soak: resumers"]["met"] is True
     assert by_name["soak: resumes recovered"]["met"] is True
+
+
+@pytest.mark.timeout(300)
+def test_granian_is_measured_beside_the_baseline_in_quick_mode(tmp_path):
+    """`--server granian` (a third ASGI server, issue 18): its worker process, not the
+    supervisor that spawned it, is the one measured; and the churn's memory curve, halves and
+    cycles are in its JSON."""
+    pytest.importorskip("granian")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    for scenario in (["connections"], ["fanout", "--no-ladder"], ["churn"]):
+        command = [sys.executable, "-m", "bench", *scenario, "--server", "granian", "--quick"]
+        run = subprocess.run(
+            [*command, "--out", str(tmp_path)],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=200, check=False,
+        )  # fmt: skip
+        assert run.returncode == 0, f"{run.stdout[-4000:]}\n{run.stderr[-4000:]}"
+    _check_connections(_load(tmp_path, "granian_connections"), "granian")
+    # The worker holds the connections: its memory grew by them (the supervisor's would not).
+    held = _load(tmp_path, "granian_connections")["sessions"][0]
+    assert held["rss_kib_held"] > held["rss_kib_before"]
+    _check_fanout(_load(tmp_path, "granian_fanout"), "granian")
+    churn = _load(tmp_path, "churn")
+    assert churn["params"]["server"] == "granian"
+    ours = churn["sessions"][0]
+    assert ours["label"] == "granian" and ours["churned"]["opened"] > 0
+    assert [n for n, _ in ours["rss_curve"]][-1] == ours["churned"]["opened"]
+    assert len(ours["kib_per_churned_connection_by_half"]) == 2
+    assert ours["cycles_left"]["unreachable"] >= 0  # gcwatch answered from the worker
