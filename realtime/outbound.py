@@ -40,6 +40,7 @@ import pprint
 import struct
 import sys
 from collections.abc import Awaitable, Callable
+from types import CoroutineType
 from typing import Any, ClassVar
 
 from realtime import stats
@@ -1045,8 +1046,12 @@ def send_now(send: Callable[[dict[str, Any]], Any], message: dict[str, Any]) -> 
     Daphne's `send` never suspends (it hands the frame to Twisted and returns), so a broadcast
     can write to each of its sockets without creating a task per socket and message. A `send`
     that does suspend (backpressure, another server) is carried on by a task, which is returned.
+    A `send` that returns an awaitable other than a coroutine (ASGI asks only for an awaitable:
+    Granian's returns a future of its own, not yet done) is returned to be awaited as it is.
     """
     coroutine = send(message)
+    if type(coroutine) is not CoroutineType:
+        return asyncio.ensure_future(coroutine)
     try:
         suspended_on = coroutine.send(None)
     except StopIteration:

@@ -54,6 +54,70 @@ async def test_an_error_in_a_suspended_send_reaches_whoever_awaits_it():
         raise AssertionError("the error was lost")
 
 
+class FutureSend:
+    """An ASGI `send` that returns a future rather than a coroutine, as Granian's does (ASGI asks
+    only for an awaitable): each message is written when its future is resolved, later."""
+
+    def __init__(self, fail_at: int | None = None):
+        self.sent: list[dict] = []
+        self.fail_at = fail_at
+
+    def __call__(self, message: dict) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+
+        def written() -> None:
+            if self.fail_at is not None and len(self.sent) == self.fail_at:
+                future.set_exception(ConnectionResetError("gone"))
+                return
+            self.sent.append(message)
+            future.set_result(None)
+
+        loop.call_soon(written)
+        return future
+
+
+async def test_a_send_that_returns_a_future_is_awaited_not_taken_for_a_failure():
+    send = FutureSend()
+    pending = send_now(send, {"text": "d"})
+    assert pending is not None and send.sent == []
+    await pending
+    assert send.sent == [{"text": "d"}]
+
+
+async def test_through_a_send_that_returns_futures_every_message_arrives_in_order(caplog):
+    """The outbox queues behind the send's future; nothing is dropped, nothing counted failed."""
+    send = FutureSend()
+    box, _ = outbox_for(send)
+    before = stats.counters["send_failures"]
+    with caplog.at_level(logging.WARNING, logger="realtime.outbound"):
+        for n in range(30):
+            box.push(json.dumps({"n": n}))
+        for _ in range(200):
+            if len(send.sent) == 30:
+                break
+            await asyncio.sleep(0)
+    assert [json.loads(m["text"])["n"] for m in send.sent] == list(range(30))
+    assert stats.counters["send_failures"] == before
+    assert "Send failed" not in caplog.text
+
+
+async def test_a_future_that_fails_is_a_send_failure_said_at_warning(caplog):
+    send = FutureSend(fail_at=2)
+    box, _ = outbox_for(send)
+    before = stats.counters["send_failures"]
+    with caplog.at_level(logging.WARNING, logger="realtime.outbound"):
+        for n in range(5):
+            box.push(json.dumps({"n": n}))
+        for _ in range(200):
+            if stats.counters["send_failures"] > before:
+                break
+            await asyncio.sleep(0)
+    assert len(send.sent) == 2
+    assert stats.counters["send_failures"] == before + 1
+    assert "Send failed on c (ConnectionResetError('gone'))" in caplog.text
+
+
 # --- frames ---------------------------------------------------------------------------------
 
 
@@ -328,12 +392,30 @@ async def test_under_uvicorn_messages_arrive_whole_and_in_order_with_or_without_
 
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
+async def test_under_granian_messages_arrive_whole_and_in_order_and_no_send_counts_as_failed(
+    trader, trader_token
+):
+    """Granian's send returns a future of its own, not a coroutine: the generic adapter awaits
+    it (it once took every send for a failure: a WARNING each and the queue dropped)."""
+    pytest.importorskip("granian")
+    from tests.live import live_server
+
+    with live_server(server="granian") as server:
+        await _exchange_through(server, trader_token)
+        log = server.log_path.read_text()
+    assert "using the generic ASGI adapter" in log
+    assert "Send failed" not in log
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize(
     ("path", "twisted"),
     [
         ("daphne-tcp", "as expected"),
         ("daphne-tls", "as expected"),
         ("uvicorn", "-"),
+        ("generic", "-"),  # Granian: the ASGI send's own backpressure
         ("daphne-backpressure", "tcp buffer unknown"),
         ("daphne-backpressure", "tls buffer unknown"),
     ],
@@ -341,7 +423,8 @@ async def test_under_uvicorn_messages_arrive_whole_and_in_order_with_or_without_
 async def test_a_client_that_stops_reading_is_closed_with_4508_on_every_server_path(
     trader, staff, path, twisted
 ):
-    """Daphne's send never blocks (Twisted's buffers overflow), uvicorn's does (the queue does).
+    """Daphne's send never blocks (Twisted's buffers overflow), uvicorn's and Granian's do (the
+    queue does).
 
     With Twisted's private buffer attributes not as expected (a Twisted that renamed them), the
     bound still holds, through Twisted's public producer API.
@@ -357,7 +440,10 @@ async def test_a_client_that_stops_reading_is_closed_with_4508_on_every_server_p
     token = await sync_to_async(access_token_for)(trader)
     staff_token = await sync_to_async(access_token_for)(staff)
     tls = path == "daphne-tls" or twisted == "tls buffer unknown"
-    options: dict = {"server": "uvicorn"} if path == "uvicorn" else {"tls": tls}
+    servers = {"uvicorn": "uvicorn", "generic": "granian"}
+    options: dict = {"server": servers[path]} if path in servers else {"tls": tls}
+    if path == "generic":
+        pytest.importorskip("granian")
     if twisted.endswith("unknown"):  # the real server, meeting internals it does not know
         options["prelude"] = (
             "import realtime.outbound as outbound\n"
