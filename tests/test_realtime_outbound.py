@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import socket
+from collections.abc import Callable
 
 import pytest
 
@@ -85,18 +86,23 @@ async def test_a_send_that_returns_a_future_is_awaited_not_taken_for_a_failure()
     assert send.sent == [{"text": "d"}]
 
 
+async def push_through_futures(send: FutureSend, count: int, until: Callable[[], bool]) -> None:
+    """`count` messages pushed to an outbox over `send`; the loop turned until `until()`."""
+    box, _ = outbox_for(send)
+    for n in range(count):
+        box.push(json.dumps({"n": n}))
+    for _ in range(200):
+        if until():
+            return
+        await asyncio.sleep(0)
+
+
 async def test_through_a_send_that_returns_futures_every_message_arrives_in_order(caplog):
     """The outbox queues behind the send's future; nothing is dropped, nothing counted failed."""
     send = FutureSend()
-    box, _ = outbox_for(send)
     before = stats.counters["send_failures"]
     with caplog.at_level(logging.WARNING, logger="realtime.outbound"):
-        for n in range(30):
-            box.push(json.dumps({"n": n}))
-        for _ in range(200):
-            if len(send.sent) == 30:
-                break
-            await asyncio.sleep(0)
+        await push_through_futures(send, 30, lambda: len(send.sent) == 30)
     assert [json.loads(m["text"])["n"] for m in send.sent] == list(range(30))
     assert stats.counters["send_failures"] == before
     assert "Send failed" not in caplog.text
@@ -104,15 +110,9 @@ async def test_through_a_send_that_returns_futures_every_message_arrives_in_orde
 
 async def test_a_future_that_fails_is_a_send_failure_said_at_warning(caplog):
     send = FutureSend(fail_at=2)
-    box, _ = outbox_for(send)
     before = stats.counters["send_failures"]
     with caplog.at_level(logging.WARNING, logger="realtime.outbound"):
-        for n in range(5):
-            box.push(json.dumps({"n": n}))
-        for _ in range(200):
-            if stats.counters["send_failures"] > before:
-                break
-            await asyncio.sleep(0)
+        await push_through_futures(send, 5, lambda: stats.counters["send_failures"] > before)
     assert len(send.sent) == 2
     assert stats.counters["send_failures"] == before + 1
     assert "Send failed on c (ConnectionResetError('gone'))" in caplog.text
