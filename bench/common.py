@@ -471,11 +471,15 @@ def uvicorn_available() -> bool:
 
 def granian_worker(supervisor: int, timeout: float = 10.0) -> int:
     """The pid of granian's one worker: the child of its supervisor that runs the application
-    (spawned by multiprocessing: `spawn_main` on its command line; not a resource tracker)."""
+    (forked by multiprocessing, so its command line is granian's; `spawn_main` if spawned; not
+    a resource tracker)."""
     deadline = time.monotonic() + timeout
     while True:
         for child in _children(supervisor):
-            command = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
+            try:
+                command = Path(f"/proc/{child}/cmdline").read_bytes()
+            except OSError:  # gone since it was listed
+                continue
             if b"spawn_main" in command or b"granian" in command:
                 return child
         if time.monotonic() > deadline:
