@@ -32,15 +32,25 @@ SYMBOL = "BENCH"
 TOPIC = f"market:{SYMBOL}"
 LADDER_START = 15.0  # the fixed-rate run (10/s by default) is the step below
 LADDER_FACTOR = 1.5
+BISECTIONS = 2  # between the last sustained step and the first failure
 
 
-def ladder(start: float, factor: float, limit: float) -> list[int]:
-    rates: list[int] = []
+def ladder(start: float, factor: float, limit: float) -> list[float]:
+    """The ladder's rates: whole numbers, or tenths below 10/s (a ladder for many subscribers
+    starts low: `ladder_start`)."""
+    rates: list[float] = []
     rate = start
     while rate <= limit:
-        rates.append(round(rate))
+        rates.append(round(rate, 1) if rate < 10 else round(rate))
         rate *= factor
     return rates
+
+
+def ladder_start(subscribers: int) -> float:
+    """Where the ladder starts: LADDER_START updates/s up to 1,000 subscribers, the same
+    deliveries/s (15,000) above, so that 10,000 subscribers start at 1.5/s, not at a rate past
+    both servers."""
+    return LADDER_START * min(1.0, 1000 / max(1, subscribers))
 
 
 class Meter:
@@ -284,10 +294,11 @@ def run_session(
     )
     steps: list[dict[str, Any]] = []
     # The fixed-rate run counts as a step below the ladder when it held its rate.
-    best: dict[str, Any] | None = fixed if fixed["sustained"] and rate < LADDER_START else None
+    start = ladder_start(session.subscribers)
+    best: dict[str, Any] | None = fixed if fixed["sustained"] and rate < start else None
     if do_ladder:
         failed: dict[str, Any] | None = None
-        for step_rate in ladder(LADDER_START, LADDER_FACTOR, ladder_limit):
+        for step_rate in ladder(start, LADDER_FACTOR, ladder_limit):
             step = session.step(step_rate, step_seconds, grace)
             steps.append(step)
             log(
@@ -301,24 +312,32 @@ def run_session(
             else:
                 failed = step
                 break
-        # One bisection between the last sustained rate and the first failure, if clients
-        # survived the failure (a slow-consumer close leaves fewer subscribers than measured).
-        if (
-            failed is not None
-            and best is not None
-            and session.loadgen.status()["open"] >= session.subscribers
-        ):
-            middle = round((best["rate"] + failed["rate"]) / 2)
-            if best["rate"] < middle < failed["rate"]:
-                step = session.step(middle, step_seconds, grace)
-                steps.append(step)
-                log(
-                    f"  {session.label}: bisect {middle:g}/s -> "
-                    f"p99 {step['latency_ms']['p99']} ms, "
-                    f"growth {step.get('lag_growth_ms')} ms: {step['verdict']}"
-                )
-                if step["sustained"]:
-                    best = step
+        # BISECTIONS between the last sustained rate and the first failure, while clients
+        # survived the failures (a slow-consumer close leaves fewer subscribers than measured):
+        # the ladder's 1.5x steps leave the highest rate uncertain by up to 50%, two halvings
+        # by about 12%, so that a ratio of 0.9 can be told from 1.0.
+        for _ in range(BISECTIONS):
+            if (
+                failed is None
+                or best is None
+                or session.loadgen.status()["open"] < session.subscribers
+            ):
+                break
+            middle = (best["rate"] + failed["rate"]) / 2
+            middle = round(middle, 1) if middle < 10 else round(middle)
+            if not best["rate"] < middle < failed["rate"]:
+                break
+            step = session.step(middle, step_seconds, grace)
+            steps.append(step)
+            log(
+                f"  {session.label}: bisect {middle:g}/s -> "
+                f"p99 {step['latency_ms']['p99']} ms, "
+                f"growth {step.get('lag_growth_ms')} ms: {step['verdict']}"
+            )
+            if step["sustained"]:
+                best = step
+            else:
+                failed = step
     return {
         "label": session.label,
         "subscribers": session.subscribers,
@@ -362,7 +381,7 @@ def run(options: Any, log: Any = print) -> dict[str, Any]:
             "rate": rate,
             "duration_s": duration,
             "ladder_step_s": step_seconds,
-            "ladder": ladder(LADDER_START, LADDER_FACTOR, ladder_limit),
+            "ladder": ladder(ladder_start(subscribers), LADDER_FACTOR, ladder_limit),
             "workers": workers,
             "deflate_offered": options.deflate,
             "quick": quick,
