@@ -592,6 +592,17 @@ class RealtimeConsumer(AsyncConsumer):
             transcode = self._transcode
             self._outbox.push(text if transcode is None else transcode(text))
 
+    def push_frame(self, text: str, data: bytes) -> bool:
+        """`push` for the hub's broadcasts, uncounted (the hub counts once per slice): `data` is
+        `text`'s frame, built once for all subscribers. False if closing (nothing sent)."""
+        transcode = self._transcode
+        if transcode is None:
+            return self._outbox.push_frame(text, data)
+        if self.closing:
+            return False
+        self._outbox.push(transcode(text))
+        return True
+
     def close_with(self, code: int, reason: str = "") -> None:
         """Close the connection from the server side with `code` (sent after queued text)."""
         if self.closing:

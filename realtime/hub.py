@@ -30,6 +30,7 @@ from realtime.conf import realtime_settings
 from realtime.conflation import Conflator, Lane
 from realtime.history import HistoryUnavailable, Position, history_for
 from realtime.layer import LayerProbe, probe_for
+from realtime.outbound import frame
 from realtime.presence import PresenceTracker
 from realtime.protocol import CloseCode, MessageType, encode
 from realtime.records import RecordWriter
@@ -82,6 +83,10 @@ class Subscriber(Protocol):
     topics: set[str]
 
     def push(self, text: str) -> None: ...
+
+    def push_frame(self, text: str, data: bytes) -> bool:
+        """`push(text)` uncounted, `data` being `outbound.frame(text)`; False if not sent."""
+        ...
 
     def close_with(self, code: int, reason: str = "") -> None: ...
 
@@ -895,8 +900,14 @@ class Hub:
                 else:
                     self._hand(subscriber, shaping, message)
         else:
+            # The fused path: one call per subscriber, the frame built once, counted once.
+            data = frame(text)
+            handed = 0
             for subscriber in subscribers:
-                subscriber.push(text)
+                if subscriber.push_frame(text, data):
+                    handed += 1
+            if handed:
+                metrics.message_sent(text, handed)
         self.messages_delivered += len(subscribers)
 
     async def _deliver_in_slices(self, topic: str) -> None:

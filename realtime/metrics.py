@@ -108,9 +108,9 @@ _sent: collections.Counter[str] = collections.Counter()
 _last_sent: tuple[str | None, str] = (None, "")
 
 
-def message_sent(text: str) -> None:
-    """Count one message handed to a connection (the type is read once per distinct text: a
-    broadcast hands the same object to every subscriber)."""
+def message_sent(text: str, count: int = 1) -> None:
+    """Count a message handed to `count` connections (the type is read once per distinct text:
+    a broadcast hands the same object to every subscriber, and counts once per slice of them)."""
     global _last_sent
     last_text, kind = _last_sent
     if text is not last_text:
@@ -119,7 +119,7 @@ def message_sent(text: str) -> None:
         if kind not in _MESSAGE_TYPES:
             kind = "other"
         _last_sent = (text, kind)
-    _sent[kind] += 1
+    _sent[kind] += count
 
 
 def observe_delivery(text: str) -> None:

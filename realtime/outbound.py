@@ -135,6 +135,14 @@ class ServerAdapter:
         """Write `message` as one pre-built frame; False, having written nothing, if it cannot."""
         return False
 
+    def write_frame(self, data: bytes) -> bool:
+        """Write the frame `data` if the server holds nothing unsent and the connection is simply
+        open; False, having written nothing, otherwise (the outbox then takes its full path).
+
+        A broadcast's fast path: one call per subscriber, the frame built once for all of them,
+        no bound to check (nothing is queued or unsent). The base writes nothing."""
+        return False
+
     def wrap_send(self, send: Send) -> Send:
         """The `send` the outbox uses for messages (an adapter may make it wait)."""
         return send
@@ -486,11 +494,30 @@ class DaphneTCPAdapter(ServerAdapter):
     def write(self, message: str | bytes, unsent: int) -> bool:
         if not self._writable():
             return False
-        data = frame(message)
-        tcp = self.tcp
         if unsent:
-            tcp.write(data)  # behind what is already waiting
+            self.tcp.write(frame(message))  # behind what is already waiting
             return True
+        return self.write_frame(frame(message))
+
+    def write_frame(self, data: bytes) -> bool:
+        # `_writable` and `unsent_bytes` in one: this runs once per subscriber of a broadcast.
+        # `_framed_alike` is None until the first `write` has checked autobahn: False till then.
+        protocol = self.protocol
+        if (
+            protocol.state != self._state_open
+            or protocol.send_state != self._send_ground
+            or protocol.send_queue
+            or not self._framed_alike
+        ):
+            return False
+        tcp = self.tcp
+        if (
+            not tcp.connected
+            or tcp.disconnecting
+            or tcp._writeDisconnected
+            or len(tcp.dataBuffer) - tcp.offset + tcp._tempDataLen
+        ):
+            return False
         try:
             sent = tcp.socket.send(data)
         except OSError:  # BlockingIOError: a full buffer; others: Twisted's write will close
@@ -559,6 +586,11 @@ class DaphneTLSAdapter(DaphneTCPAdapter):
             return False
         self.tls.write(frame(message))  # encrypted, in order behind whatever TLS holds
         return True
+
+    def write_frame(self, data: bytes) -> bool:
+        # Never the TCP adapter's: that one writes to the socket beneath TLS, in clear. A
+        # broadcast's frame takes `write`, through the TLS transport, after the 4508 bound.
+        return False
 
 
 class UvicornAdapter(ServerAdapter):
@@ -830,6 +862,7 @@ class Outbox:
         self._fits_unchecked = self.max_message_bytes // 4 if self.max_message_bytes else 1 << 62
         self._unsent = self.adapter.unsent_bytes
         self._write = self.adapter.write
+        self._write_frame = self.adapter.write_frame
         self.closing = False
         # What waits behind a send in progress; none most of the time, so no deque until then
         # (an empty deque is 760 bytes of each idle connection).
@@ -877,6 +910,23 @@ class Outbox:
         if carried_on is not None:
             self._draining = True
             self._drain_task = asyncio.get_running_loop().create_task(self._drain(carried_on))
+
+    def push_frame(self, message: str | bytes, data: bytes) -> bool:
+        """`push(message)`, given `data`, its frame (a broadcast builds one for every subscriber):
+        straight to the socket when nothing is queued or unsent; False if closing (not sent)."""
+        if self.closing:
+            return False
+        if self._draining or len(message) > self._fits_unchecked:
+            self.push(message)
+            return True
+        try:
+            if self._write_frame(data):
+                return True
+        except Exception:  # the server's internals changed under us: `push` decides
+            logger.exception("Direct write failed on %s; using the full path", self.name)
+            self._write_frame = ServerAdapter.write_frame.__get__(self.adapter)
+        self.push(message)
+        return True
 
     def _too_large(self, message: str | bytes) -> bool:
         size = payload_size(message)

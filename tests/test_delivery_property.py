@@ -44,6 +44,10 @@ class Client:
     def push(self, text: str) -> None:
         self.inbox.append(text)
 
+    def push_frame(self, text: str, data: bytes) -> bool:
+        self.push(text)
+        return True
+
     def close_with(self, code: int, reason: str = "") -> None: ...
 
     async def recheck_permissions(self, topics: set[str]) -> list[str]:

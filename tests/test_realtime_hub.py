@@ -23,6 +23,10 @@ class Counted:
     def push(self, text: str) -> None:
         self.received.append((text, Counted.turn))
 
+    def push_frame(self, text: str, data: bytes) -> bool:
+        self.push(text)
+        return True
+
     def close_with(self, code: int, reason: str = "") -> None: ...
 
 
@@ -75,6 +79,10 @@ class Listener:
 
     def push(self, text: str) -> None:
         self.received.append(text)
+
+    def push_frame(self, text: str, data: bytes) -> bool:
+        self.push(text)
+        return True
 
     def close_with(self, code: int, reason: str = "") -> None:
         self.closed = (code, reason)
@@ -202,6 +210,25 @@ async def test_a_backlog_from_the_layer_is_dispatched_with_the_loop_running_in_b
     assert [text for text, _ in listeners[0].received] == texts  # all, in order
     distinct = loop.turns_apart(listeners, 10)
     assert distinct >= 5, f"the loop ran between messages only {distinct - 1} times"
+
+
+async def test_a_broadcast_is_counted_once_per_connection_it_reached_not_per_closing_one(hub):
+    """The fused path counts a slice's deliveries once; a connection that is closing takes none
+    and is not counted as sent."""
+    from realtime import metrics
+
+    class Closing(Listener):
+        def push_frame(self, text: str, data: bytes) -> bool:
+            return False
+
+    open_ones = [Listener(f"c{n}") for n in range(3)]
+    closing = Closing("gone")
+    for listener in [*open_ones, closing]:
+        await subscribe(hub, listener, "market:CNT")
+    before = metrics._sent["MARKET_DATA"]
+    publish(hub, "market:CNT", 2)
+    assert metrics._sent["MARKET_DATA"] - before == 2 * len(open_ones)
+    assert all(seqs(listener) == [1, 2] for listener in open_ones) and closing.received == []
 
 
 async def test_a_long_gap_is_repaired_in_order_with_the_loop_running_in_between(hub):

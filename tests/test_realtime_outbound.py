@@ -277,6 +277,100 @@ async def test_a_close_sends_what_is_queued_first_except_for_4508():
     assert [m.get("text", m.get("code")) for m in sent] == ["m0", "m1", "m2", 4000]
 
 
+class FrameWriter(outbound.ServerAdapter):
+    """An adapter whose socket takes frames while `room` lasts (then, like Twisted's, holds them
+    unsent): what `Outbox.push_frame` sees of a server."""
+
+    kind = "frame-writer"
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+        self.frames: list[bytes] = []
+        self.held: list[bytes] = []
+
+    def unsent_bytes(self) -> int:
+        return sum(map(len, self.held))
+
+    def write_frame(self, data: bytes) -> bool:
+        if self.held or len(self.frames) >= self.room:
+            return False
+        self.frames.append(data)
+        return True
+
+    def write(self, message: str | bytes, unsent: int) -> bool:
+        if not self.write_frame(frame(message)):
+            self.held.append(frame(message))
+        return True
+
+
+async def test_a_broadcasts_frame_goes_straight_out_and_behind_whatever_waits_in_order():
+    """The fused path writes the given frame while nothing is unsent; once the socket holds
+    bytes back, messages take `push` (bound checked, written behind them), in order."""
+    adapter = FrameWriter(room=2)
+    box, _ = outbox_for(None, adapter=adapter)
+    texts = [f'{{"n":{n}}}' for n in range(5)]
+    for text in texts:
+        assert box.push_frame(text, frame(text))
+    assert adapter.frames == [frame(t) for t in texts[:2]]
+    assert adapter.held == [frame(t) for t in texts[2:]]
+
+
+async def test_a_broadcasts_frame_waits_behind_a_send_in_progress_and_a_closing_box_takes_none():
+    release = asyncio.Event()
+    sent: list[str] = []
+
+    async def blocking_send(message: dict) -> None:
+        sent.append(message.get("text", message.get("code")))
+        if len(sent) == 1:
+            await release.wait()
+
+    class FirstThroughSend(FrameWriter):
+        def write(self, message: str | bytes, unsent: int) -> bool:
+            return False if message == "first" else super().write(message, unsent)
+
+    adapter = FirstThroughSend(room=10)
+    box, _ = outbox_for(blocking_send, adapter=adapter)
+    box.push("first")  # the server's send, which blocks
+    assert box.push_frame("second", frame("second"))  # the socket would take it: queued
+    box.push("third")
+    release.set()
+    await asyncio.wait_for(box._drain_task, 2)
+    assert sent == ["first", "second", "third"] and adapter.frames == []
+    box.close(1000)
+    assert box.push_frame("late", frame("late")) is False
+
+
+async def test_a_broadcasts_message_over_the_size_limit_still_closes_with_1009():
+    client = StalledClient(room=100)
+    adapter = FrameWriter(room=100)
+    adapter.max_message_bytes = 100
+    box, closing = outbox_for(client, adapter=adapter)
+    big = "é" * 60  # 120 bytes
+    assert box.push_frame(big, frame(big))
+    await asyncio.wait_for(closing[0], 2)
+    assert adapter.frames == [] and client.close()["code"] == 1009
+
+
+async def test_an_adapter_whose_fast_write_breaks_falls_back_to_the_full_path_once(caplog):
+    class Broken(FrameWriter):
+        calls = 0
+
+        def write_frame(self, data: bytes) -> bool:
+            if type(self).calls == 0:
+                type(self).calls += 1
+                raise AttributeError("'Server' object has no attribute '_tempDataLen'")
+            return super().write_frame(data)
+
+    adapter = Broken(room=10)
+    box, _ = outbox_for(None, adapter=adapter)
+    with caplog.at_level(logging.ERROR, logger="realtime.outbound"):
+        for text in ("a", "b"):
+            assert box.push_frame(text, frame(text))
+    assert caplog.text.count("Direct write failed") == 1
+    assert adapter.frames == [frame("a"), frame("b")]  # through `write`, then `write`
+    assert box._write_frame("c") is False  # the fast path is the base's: it writes nothing
+
+
 # --- real servers ----------------------------------------------------------------------------
 
 
