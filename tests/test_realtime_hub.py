@@ -260,7 +260,7 @@ async def test_a_failed_group_join_leaves_nothing_half_subscribed(hub):
     hub.layer.down = False
     results = await subscribe(hub, listener, "market:AAPL")
     assert not results[0].failed and results[0].position.seq == 0
-    assert hub.topics == {"market:AAPL": {listener}}
+    assert hub.topics == {"market:AAPL": {listener: None}}
 
 
 async def test_membership_locks_are_dropped_once_no_change_is_under_way(hub):
@@ -469,6 +469,29 @@ async def test_a_huge_topic_is_delivered_in_slices_in_order(hub, settings):
         await asyncio.sleep(0)
     assert all(listener.received == ["t1", "t2"] for listener in listeners)
     assert hub._backlog == {}
+
+
+async def test_a_connection_that_leaves_between_slices_is_handed_nothing_more(hub, settings):
+    """Slices after the first check their part against the topic's members only once
+    membership moved; one that left (or was moved to a throttled lane) is skipped from then."""
+    settings.REALTIME = {"DELIVERY_SLICE": 100}
+    listeners = [Listener(f"c{n}") for n in range(300)]
+    for listener in listeners:
+        await subscribe(hub, listener, "market:AAPL")
+    hub.deliver("market:AAPL", 1, "t1")
+    await asyncio.sleep(0)  # the first slice: listeners 0-99
+    handed = [n for n, listener in enumerate(listeners) if listener.received]
+    assert handed == list(range(100))  # in the order they subscribed
+    leaving = listeners[150]
+    await hub.unsubscribe(leaving, ["market:AAPL"])
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert leaving.received == []
+    assert all(listener.received == ["t1"] for listener in listeners if listener is not leaving)
+    hub.deliver("market:AAPL", 2, "t2")  # and after: a snapshot without it
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert leaving.received == [] and listeners[299].received == ["t1", "t2"]
 
 
 # --- throttled subscriptions: lanes (CONTRACT section 10, issue 18) ------------------------------
