@@ -445,7 +445,9 @@ async def test_under_daphne_messages_go_straight_to_the_socket_whole_and_in_orde
 
     with live_server(env={"DJANGO_LOG_LEVEL": "DEBUG"}) as server:
         await _exchange_through(server, trader_token)
-        assert "(daphne-tcp): frames go straight to the socket" in server.log_path.read_text()
+        log = server.log_path.read_text()
+        assert "(daphne-tcp): frames go straight to the socket" in log
+        assert "Daphne's connections get a lean inbox instead of an asyncio.Queue" in log
 
 
 @pytest.mark.e2e
@@ -997,3 +999,99 @@ def test_a_connection_lost_before_its_adapter_is_chosen_is_no_warning(fresh_proc
         theirs.close()
         with contextlib.suppress(OSError):
             ours.close()
+
+
+# --- Daphne's per-connection inbox ------------------------------------------------------------
+
+ENDPOINTS = ["tcp:port=0:interface=127.0.0.1"]  # Daphne's Server wants one; never listened on
+
+
+async def test_the_lean_inbox_hands_messages_in_order_and_wakes_a_waiting_get():
+    inbox = outbound.DaphneInbox()
+    assert inbox  # Daphne tests `if self.application_queue:`
+    inbox.put_nowait({"n": 1})
+    inbox.put_nowait({"n": 2})
+    assert [await inbox.get(), await inbox.get()] == [{"n": 1}, {"n": 2}]
+    waiting = asyncio.ensure_future(inbox.get())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    inbox.put_nowait({"n": 3})
+    assert await asyncio.wait_for(waiting, 1) == {"n": 3}
+    assert inbox.qsize() == 0
+
+
+async def test_a_cancelled_get_takes_nothing_and_passes_its_wake_up_on():
+    inbox = outbound.DaphneInbox()
+    first = asyncio.ensure_future(inbox.get())
+    second = asyncio.ensure_future(inbox.get())
+    await asyncio.sleep(0)
+    inbox.put_nowait("m1")  # wakes `first`...
+    first.cancel()  # ...which is cancelled before it runs
+    assert await asyncio.wait_for(second, 1) == "m1"
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    inbox.put_nowait("m2")
+    assert await inbox.get() == "m2"
+
+
+async def test_several_waiting_gets_each_take_one_message():
+    inbox = outbound.DaphneInbox()
+    gets = [asyncio.ensure_future(inbox.get()) for _ in range(3)]
+    await asyncio.sleep(0)
+    for n in range(3):
+        inbox.put_nowait(n)
+    assert sorted(await asyncio.wait_for(asyncio.gather(*gets), 1)) == [0, 1, 2]
+
+
+async def test_a_real_daphne_server_gives_its_applications_the_lean_inbox(caplog):
+    """daphne.server.Server itself (not started): after `lighten_daphne_inboxes`, a connection's
+    application gets its messages through a DaphneInbox, and its replies reach handle_reply."""
+    from daphne.server import Server
+
+    received: list[dict] = []
+
+    async def application(scope, receive, send):
+        received.append(await receive())
+        await send({"type": "websocket.accept"})
+
+    server = Server(application=application, endpoints=ENDPOINTS)
+    replies: list[tuple[object, dict]] = []
+
+    async def handle_reply(protocol, message):
+        replies.append((protocol, message))
+
+    server.handle_reply = handle_reply
+    server.connections = {}  # as Server.run() starts it
+    protocol = object()
+    server.connections[protocol] = {"connected": 0}
+    with caplog.at_level(logging.DEBUG, logger="realtime.outbound"):
+        assert outbound.lighten_daphne_inboxes(server) is True
+        assert outbound.lighten_daphne_inboxes(server) is True  # once
+    assert caplog.text.count("lean inbox") == 1
+    inbox = server.create_application(protocol, {"type": "websocket"})
+    assert isinstance(inbox, outbound.DaphneInbox)
+    inbox.put_nowait({"type": "websocket.connect"})
+    await asyncio.wait_for(server.connections[protocol]["application_instance"], 1)
+    assert received == [{"type": "websocket.connect"}]
+    assert replies == [(protocol, {"type": "websocket.accept"})]
+
+
+def test_a_server_that_is_not_daphnes_keeps_its_queues(caplog):
+    from daphne.server import Server
+
+    class Elsewhere:
+        connections: dict = {}
+        application = handle_reply = staticmethod(lambda *a: None)
+
+    class Changed(Server):  # a Daphne whose create_application is no longer the one we copy
+        def create_application(self, protocol, scope):
+            return None
+
+    Changed.__module__ = "daphne.server"
+    with caplog.at_level(logging.DEBUG, logger="realtime.outbound"):
+        changed = Changed(application=lambda *a: None, endpoints=ENDPOINTS)
+        for server in (Elsewhere(), changed):
+            assert outbound.lighten_daphne_inboxes(server) is False
+            assert "create_application" not in vars(server)
+        assert outbound.lighten_daphne_inboxes(None) is False
+    assert "its queues left as they are" in caplog.text
