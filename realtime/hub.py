@@ -49,7 +49,8 @@ HUB_MESSAGE = "hub.message"
 HUB_CONTROL = "hub.control"
 # Channel-layer groups expire (channels-redis: group_expiry); rejoin well before.
 GROUP_REFRESH_SECS = 3600.0
-# Connections handed a server-wide broadcast per turn of the event loop (Hub.broadcast).
+# Connections handed a server-wide broadcast or HEARTBEAT per turn of the event loop, at most
+# (also bounded by SLICE_BUDGET_SECS, below).
 BROADCAST_SLICE = 500
 # A topic delivered in slices (more than DELIVERY_SLICE local subscribers) yields to the loop
 # after a slice's DELIVERY_SLICE subscribers or after this many seconds of writing, whichever
@@ -955,7 +956,12 @@ class Hub:
     def positions(self, subscriber: Subscriber) -> dict[str, dict[str, Any]]:
         """The positions a HEARTBEAT reports to `subscriber`: of its topics not held right now,
         the last seq every subscriber was handed (never more than it was handed)."""
-        result = {}
+        return {topic: {"epoch": epoch, "seq": seq} for topic, epoch, seq in self._at(subscriber)}
+
+    def _at(self, subscriber: Subscriber) -> tuple[tuple[str, str, int], ...]:
+        """`positions` as (topic, epoch, seq) triples: connections at the same positions share
+        one HEARTBEAT text."""
+        result = []
         for topic in subscriber.topics:
             stream = self._streams.get(topic)
             if stream is None or not stream.ready or stream.epoch is None:
@@ -963,43 +969,50 @@ class Hub:
             held = self._held.get(topic)
             if held and subscriber in held:
                 continue
-            result[topic] = {"epoch": stream.epoch, "seq": stream.delivered}
-        return result
+            result.append((topic, stream.epoch, stream.delivered))
+        return tuple(result)
 
     async def send_heartbeats(self) -> None:
         """A HEARTBEAT to every local connection, with the positions of its topics (CONTRACT
-        section 9), in slices like `broadcast`; one shared text for connections without topics."""
+        section 9), in slices like `broadcast`. Connections at the same positions (every
+        subscriber of one topic, say) share one text, encoded once, and so one frame."""
         server_time = _server_time()
-        bare = encode(MessageType.HEARTBEAT, {"serverTime": server_time})
-        subscribers = tuple(self.connections.values())
-        for start in range(0, len(subscribers), BROADCAST_SLICE):
-            if start:
+        texts: dict[tuple[tuple[str, str, int], ...], str] = {
+            (): encode(MessageType.HEARTBEAT, {"serverTime": server_time})
+        }
+        async for subscriber in self._in_slices(tuple(self.connections.values())):
+            at = self._at(subscriber) if subscriber.topics else ()
+            text = texts.get(at)
+            if text is None:
+                positions = {topic: {"epoch": epoch, "seq": seq} for topic, epoch, seq in at}
+                payload = {"serverTime": server_time, "positions": positions}
+                text = texts[at] = encode(MessageType.HEARTBEAT, payload)
+            subscriber.push(text)
+
+    async def _in_slices(self, subscribers: Sequence[Subscriber]) -> Any:
+        """Each of `subscribers`, yielding to the loop after BROADCAST_SLICE of them or
+        SLICE_BUDGET_SECS of the loop's time, whichever comes first (checked every SLICE_STEP)."""
+        clock = time.perf_counter
+        began = clock()
+        for n, subscriber in enumerate(subscribers):
+            if (
+                n
+                and n % SLICE_STEP == 0
+                and (n % BROADCAST_SLICE == 0 or clock() - began > SLICE_BUDGET_SECS)
+            ):
                 await asyncio.sleep(0)
-            for subscriber in subscribers[start : start + BROADCAST_SLICE]:
-                positions = self.positions(subscriber) if subscriber.topics else None
-                if positions:
-                    subscriber.push(
-                        encode(
-                            MessageType.HEARTBEAT,
-                            {"serverTime": server_time, "positions": positions},
-                        )
-                    )
-                else:
-                    subscriber.push(bare)
+                began = clock()
+            yield subscriber
 
     async def broadcast(self, text: str) -> None:
         """Hand one encoded message to every local connection (server heartbeats).
 
-        In slices of BROADCAST_SLICE connections, yielding to the loop between them: one pass
-        over 10,000 sockets would hold the loop for a quarter to half a second, and every
-        update and request waiting behind it (docs/BENCHMARKS.md, status).
+        In slices of at most BROADCAST_SLICE connections and SLICE_BUDGET_SECS, yielding to the
+        loop between them: one pass over 10,000 sockets would hold the loop for a quarter to half
+        a second, and every update and request waiting behind it (docs/BENCHMARKS.md, status).
         """
-        subscribers = tuple(self.connections.values())
-        for start in range(0, len(subscribers), BROADCAST_SLICE):
-            if start:
-                await asyncio.sleep(0)
-            for subscriber in subscribers[start : start + BROADCAST_SLICE]:
-                subscriber.push(text)
+        async for subscriber in self._in_slices(tuple(self.connections.values())):
+            subscriber.push(text)
 
     # --- control: operator disconnects and permission changes -----------------------------
 

@@ -4,6 +4,7 @@ duplicates, gap repair from the history, fenced subscriptions, resume)."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import time
 
@@ -426,6 +427,48 @@ async def test_heartbeat_positions_never_run_ahead_of_what_a_connection_was_hand
     assert hub.positions(resumer) == {}  # held: nothing to report yet
     hub.release("orders", resumer)
     assert hub.positions(resumer)["orders"]["seq"] == 4
+
+
+async def test_connections_at_the_same_positions_share_one_heartbeat_text(hub):
+    """10,000 subscribers of one topic got 10,000 HEARTBEATs encoded one by one (a slice of
+    500 held the loop tens of ms); now one text for each distinct set of positions."""
+    same = [Listener(f"s{n}") for n in range(3)]
+    held, bare = Listener("held"), Listener("bare")
+    for listener in same:
+        await subscribe(hub, listener, "orders")
+    publish(hub, "orders", 2)
+    held.topics.add("orders")
+    await hub.subscribe(held, [SubscribeRequest("orders")])  # fenced, not yet released
+    for listener in [*same, held, bare]:
+        hub.register(listener)
+    await hub.send_heartbeats()
+    texts = [listener.received[-1] for listener in same]
+    assert texts[0] is texts[1] is texts[2]
+    payload = json.loads(texts[0])["payload"]
+    assert payload["positions"] == {"orders": {"epoch": hub.history.epoch, "seq": 2}}
+    for other in (held, bare):  # no position to report: the bare HEARTBEAT
+        [text] = other.received
+        assert (
+            json.loads(text)["type"] == "HEARTBEAT"
+            and "positions" not in json.loads(text)["payload"]
+        )
+    assert held.received[0] is bare.received[0]
+
+
+async def test_a_heartbeat_whose_writes_slow_down_yields_to_the_loop_within_its_budget(hub):
+    """Sends that slow down (0.2 ms a push): a slice of 500 would hold the loop ~100 ms; the
+    budget (SLICE_BUDGET_SECS, checked every SLICE_STEP connections) ends it early."""
+    from realtime.hub import SLICE_STEP
+
+    async with LoopTurns() as loop:
+        listeners = [loop.Slow(str(n)) for n in range(500)]
+        for listener in listeners:
+            hub.register(listener)
+        await hub.send_heartbeats()
+    turns = [turn for listener in listeners for _, turn in listener.received]
+    per_turn = collections.Counter(turns)
+    assert len(per_turn) >= 4, f"500 slow sends in {len(per_turn)} loop turns"
+    assert max(per_turn.values()) <= SLICE_STEP
 
 
 async def test_a_start_that_fails_half_way_leaves_nothing_running(transactional_db, monkeypatch):
