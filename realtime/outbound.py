@@ -494,11 +494,14 @@ class DaphneTCPAdapter(ServerAdapter):
         return bool(tcp.connected) and not tcp.disconnecting and not tcp._writeDisconnected
 
     def write(self, message: str | bytes, unsent: int) -> bool:
-        if not self._writable():
-            return False
         if unsent:
+            if not self._writable():
+                return False
             self.tcp.write(frame(message))  # behind what is already waiting
             return True
+        # `write_frame` makes every check `_writable` does; `_writable` once, to check autobahn.
+        if self._framed_alike is None and not self._writable():
+            return False
         return self.write_frame(frame(message))
 
     def write_frame(self, data: bytes) -> bool:
