@@ -32,10 +32,12 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from channels.db import database_sync_to_async
-from django.db import InterfaceError, OperationalError, transaction
+from django.db import InterfaceError, OperationalError, models, router, transaction
+from django.db import connections as databases
+from django.db.backends.base.base import BaseDatabaseWrapper
 
 from realtime import connections
 from realtime.models import Connection, Subscription
@@ -447,29 +449,37 @@ def _apply(server_id: str, rows: Sequence[_Row]) -> None:
     """Make the database hold exactly these connections' states, in one transaction."""
     closed = [row.connection_id for row in rows if not row.open]
     opened = [row for row in rows if row.open]
-    with transaction.atomic():
+    alias = router.db_for_write(Connection)
+    statements = _Statements.of(databases[alias])
+    with transaction.atomic(using=alias):
         for ids in _chunks(closed):
-            Connection.objects.filter(pk__in=ids).delete()  # cascades to subscriptions
+            if statements is not None:
+                statements.delete(ids)
+            else:
+                Connection.objects.filter(pk__in=ids).delete()  # cascades to subscriptions
         if not opened:
             return
-        Connection.objects.bulk_create(
-            [
-                Connection(
-                    id=row.connection_id,
-                    server_id=server_id,
-                    user_id=row.user_id,
-                    client_address=row.client_address,
-                    user_agent=row.user_agent,
-                    connected_at=row.connected_at,
-                    authenticated_at=row.authenticated_at,
-                )
-                for row in opened
-            ],
-            batch_size=CHUNK,
-            update_conflicts=True,
-            unique_fields=["id"],
-            update_fields=_CONNECTION_FIELDS,
-        )
+        if statements is not None:
+            statements.upsert(server_id, opened)
+        else:
+            Connection.objects.bulk_create(
+                [
+                    Connection(
+                        id=row.connection_id,
+                        server_id=server_id,
+                        user_id=row.user_id,
+                        client_address=row.client_address,
+                        user_agent=row.user_agent,
+                        connected_at=row.connected_at,
+                        authenticated_at=row.authenticated_at,
+                    )
+                    for row in opened
+                ],
+                batch_size=CHUNK,
+                update_conflicts=True,
+                unique_fields=["id"],
+                update_fields=_CONNECTION_FIELDS,
+            )
         existing: dict[str, dict[str, int]] = {}
         for ids in _chunks([row.connection_id for row in opened if not row.fresh]):
             for pk, connection_id, topic in Subscription.objects.filter(
@@ -490,6 +500,90 @@ def _apply(server_id: str, rows: Sequence[_Row]) -> None:
             Subscription.objects.filter(pk__in=pks).delete()
         if missing:
             Subscription.objects.bulk_create(missing, batch_size=CHUNK, ignore_conflicts=True)
+
+
+class _Statements:
+    """The connection rows' upsert and delete as plain SQL statements, for SQLite and PostgreSQL.
+
+    What `bulk_create(update_conflicts=True)` and `delete()` send, without compiling each row
+    through the ORM: the same `INSERT ... ON CONFLICT (id) DO UPDATE` (one `executemany`) and,
+    for closed connections, their subscriptions' rows and then theirs. Compiling was 3-4 times
+    the statements' own cost for an upsert and 8 times for a delete (docs/BENCHMARKS.md, "Where
+    a connect's CPU goes"); a connect burst writes one row per connect. Values go through each
+    field's `get_db_prep_save`, as the ORM's do. `of()` is None on any other backend, and if
+    another model ever refers to Connection (its rows would need deleting too): the ORM then.
+    """
+
+    _cache: dict[str, _Statements | None] = {}
+
+    def __init__(self, database: BaseDatabaseWrapper) -> None:
+        self.database = database
+        quote = database.ops.quote_name
+        fields = [_field(Connection, name) for name in ("id", *_CONNECTION_FIELDS)]
+        self.width = len(fields)
+        # connected_at and authenticated_at: their field adapts a time to this database
+        self.adapt_time = fields[-1].get_db_prep_save
+        columns = [quote(f.column) for f in fields]
+        table = quote(Connection._meta.db_table)
+        updates = ", ".join(f"{column} = EXCLUDED.{column}" for column in columns[1:])
+        # Only quoted table and column names from the models go into the text; values are
+        # always parameters.
+        self.insert_sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "  # noqa: S608
+        self.row_marks = f"({', '.join(['%s'] * self.width)})"
+        self.conflict_sql = f" ON CONFLICT ({columns[0]}) DO UPDATE SET {updates}"
+        limit = database.features.max_query_params or CHUNK * self.width
+        self.rows_per_statement = max(1, min(CHUNK, limit // self.width))
+        subscriptions = quote(Subscription._meta.db_table)
+        of_connection = quote(_field(Subscription, "connection").column)
+        self.delete_subscriptions_sql = f"DELETE FROM {subscriptions} WHERE {of_connection} IN "  # noqa: S608
+        self.delete_connections_sql = f"DELETE FROM {table} WHERE {columns[0]} IN "  # noqa: S608
+
+    @classmethod
+    def of(cls, database: BaseDatabaseWrapper) -> _Statements | None:
+        key = f"{database.alias}:{database.vendor}"
+        if key not in cls._cache:
+            referring = {rel.related_model for rel in Connection._meta.related_objects}
+            usable = database.vendor in ("sqlite", "postgresql") and referring == {Subscription}
+            cls._cache[key] = cls(database) if usable else None
+        return cls._cache[key]
+
+    def upsert(self, server_id: str, rows: Sequence[_Row]) -> None:
+        database, adapt = self.database, self.adapt_time
+        # The text and id values are the database's already; the two times are adapted by
+        # their field (SQLite: a UTC string; PostgreSQL: the aware datetime).
+        values = [
+            value
+            for row in rows
+            for value in (
+                row.connection_id,
+                server_id,
+                row.user_id,
+                row.client_address,
+                row.user_agent,
+                adapt(row.connected_at, database),
+                adapt(row.authenticated_at, database),
+            )
+        ]
+        width, step = self.width, self.rows_per_statement
+        with database.cursor() as cursor:
+            for start in range(0, len(rows), step):
+                count = min(step, len(rows) - start)
+                cursor.execute(
+                    f"{self.insert_sql}{', '.join([self.row_marks] * count)}{self.conflict_sql}",
+                    values[start * width : (start + count) * width],
+                )
+
+    def delete(self, ids: Sequence[str]) -> None:
+        marks = f"({', '.join(['%s'] * len(ids))})"
+        with self.database.cursor() as cursor:
+            cursor.execute(self.delete_subscriptions_sql + marks, list(ids))
+            cursor.execute(self.delete_connections_sql + marks, list(ids))
+
+
+def _field(model: type[models.Model], name: str) -> models.Field[Any, Any]:
+    field = model._meta.get_field(name)
+    assert isinstance(field, models.Field)
+    return field
 
 
 def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:

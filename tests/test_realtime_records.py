@@ -6,13 +6,14 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable
+from datetime import timedelta
 
 import pytest
 from asgiref.sync import sync_to_async
 from django.db import connection, transaction
 from django.utils import timezone
 
-from realtime import connections
+from realtime import connections, records
 from realtime.auth import authenticate_token_async, user_cache
 from realtime.models import Connection, ServerProcess, Subscription
 from realtime.records import RecordWriter
@@ -25,13 +26,17 @@ from tests.wsclient import connect, receive_type, subscribe
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture
-async def writer():
+@pytest.fixture(params=["statements", "orm"])
+async def writer(request, monkeypatch):
+    """A started writer; each test runs twice: with the plain SQL statements this database's
+    backend uses, and with the ORM's bulk_create and delete that any other backend gets."""
+    if request.param == "orm":
+        monkeypatch.setattr(records._Statements, "of", classmethod(lambda cls, database: None))
     server = await sync_to_async(connections.server_process_register)(channel_name="rt.hub!test")
-    records = RecordWriter(server.pk, channel_name="rt.hub!test")
-    records.start()
-    yield records
-    await records.stop()
+    started = RecordWriter(server.pk, channel_name="rt.hub!test")
+    started.start()
+    yield started
+    await started.stop()
 
 
 def _open(records: RecordWriter, connection_id: str, user_id=None) -> None:
@@ -63,6 +68,50 @@ async def test_a_burst_of_connects_is_written_in_one_batch(writer):
     assert connection_ids == [f"c{n:03}" for n in range(500)]
     assert len(subscriptions) == 1000
     assert writer.batches == 1
+
+
+def test_sqlite_and_postgresql_write_records_with_plain_statements():
+    assert connection.vendor in ("sqlite", "postgresql")
+    records._Statements._cache.clear()
+    assert records._Statements.of(connection) is not None
+
+
+def test_another_model_referring_to_connections_turns_the_statements_off(monkeypatch):
+    """Their DELETE removes subscriptions and connections only: rows of any other model that
+    refers to a connection would be left behind (or fail its foreign key), so the ORM, which
+    cascades to every relation, writes instead."""
+    related = [*Connection._meta.related_objects, Connection._meta.get_field("server")]
+    monkeypatch.setattr(Connection._meta, "related_objects", related)
+    monkeypatch.setattr(records._Statements, "_cache", {})
+    assert records._Statements.of(connection) is None
+
+
+async def test_a_record_written_again_holds_exactly_the_latest_state(writer, trader):
+    """The upsert replaces every field (what the ORM's update_conflicts did), times keep their
+    microseconds and zone, and an address or user agent too long is cut to its column."""
+    opened_at = timezone.now().replace(microsecond=123456)
+    writer.opened(
+        connection_id="c1",
+        user_id=None,
+        client_address="1" * 150,
+        user_agent="agent/1",
+        connected_at=opened_at,
+    )
+    await writer.flushed()
+    record = await sync_to_async(Connection.objects.get)(pk="c1")
+    assert (record.user_id, record.authenticated_at) == (None, None)
+    assert record.connected_at == opened_at and record.client_address == "1" * 100
+    signed_in = opened_at + timedelta(seconds=1, microseconds=1)
+    writer.authenticated(connection_id="c1", user_id=trader.pk, at=signed_in)
+    writer.subscribed(connection_id="c1", topics=["orders"])
+    await writer.flushed()
+    record = await sync_to_async(Connection.objects.get)(pk="c1")
+    assert (record.user_id, record.authenticated_at) == (trader.pk, signed_in)
+    assert (record.server_id, record.user_agent) == (writer.server_id, "agent/1")
+    assert (await rows()) == (["c1"], [("c1", "orders")])
+    writer.closed(connection_id="c1")
+    await writer.flushed()
+    assert await rows() == ([], [])  # its subscription deleted with it
 
 
 async def test_a_connection_closed_before_it_was_written_is_never_written(writer):
