@@ -122,6 +122,14 @@ def measure(
         ]
         growth.sort(key=lambda item: -item[1])
         result["gc_tracked_types_per_connection"] = growth[:20]
+        if "owners" in census_held:  # BENCH_GC_OWNERS=1: by type and holder, per connection
+            held_before = {(kind, by): n for kind, by, n in census_before.get("owners", ())}
+            by_owner = [
+                [kind, by, round((n - held_before.get((kind, by), 0)) / max(1, opened), 2)]
+                for kind, by, n in census_held["owners"]
+            ]
+            by_owner.sort(key=lambda item: -item[2])
+            result["gc_tracked_owners_per_connection"] = by_owner[:40]
     if traced_before is not None and traced_held is not None:
         allocated = allocations_per_connection(traced_before, traced_held, max(1, opened))
         result["allocated_per_connection"] = allocated

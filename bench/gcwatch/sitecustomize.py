@@ -33,8 +33,25 @@ if _path:
 
         objects = gc.get_objects()
         kinds = collections.Counter(type(o).__qualname__ for o in objects)
+        report: dict = {"tracked": len(objects), "types": kinds.most_common()}
+        if os.environ.get("BENCH_GC_OWNERS"):
+            report["owners"] = _owners(objects)
         with open(f"{_path}.census.{os.getpid()}", "w") as out:
-            json.dump({"tracked": len(objects), "types": kinds.most_common()}, out)
+            json.dump(report, out)
+
+    def _owners(objects: list) -> list:
+        """Each tracked object counted by its type and by the first object found to refer to
+        it (its type and the attribute, key or slot): which of the application's objects
+        holds the lists, dicts and methods a connection adds."""
+        import collections
+
+        owner: dict[int, str] = {}
+        for source in objects:
+            for child in gc.get_referents(source):
+                if id(child) not in owner and gc.is_tracked(child):
+                    owner[id(child)] = f"{type(source).__qualname__}{_edge(source, child)}"
+        held = collections.Counter((type(o).__qualname__, owner.get(id(o), "?")) for o in objects)
+        return [[kind, by, count] for (kind, by), count in held.most_common(150)]
 
     def _edge(source: object, target: object) -> str:
         """How `source` refers to `target`: an attribute or key name where there is one."""
