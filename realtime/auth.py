@@ -10,9 +10,12 @@ authenticate with its first message (realtime.consumers).
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import logging
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -136,12 +139,21 @@ class UserCache:
     """Users recently loaded for a token, for USER_CACHE_SECS, so a burst of connects by the
     same users (a trader's tabs, a desk reconnecting after a deploy) does not queue on the
     database. A deactivated or deleted user is forgotten at once by every process (the hub's
-    control message), and in any case within USER_CACHE_SECS."""
+    control message), and in any case within USER_CACHE_SECS.
+
+    A user being loaded is loaded once: the connects that miss the cache meanwhile wait for
+    that load (`loading`) instead of each queueing its own query on the database thread. In a
+    burst of 10,000 connects by 100 users, every user's entry expiring every USER_CACHE_SECS,
+    the misses that came in while a load waited its turn had made thousands of queries of the
+    same 100 rows (docs/BENCHMARKS.md, "Where a connect's CPU goes"). Forgetting a user also
+    forgets their load in progress: what it returns is neither kept nor given to its waiters,
+    who load afresh, as does whoever misses the cache after that."""
 
     clock = staticmethod(time.monotonic)
 
     def __init__(self) -> None:
         self._users: dict[Any, tuple[Any, float]] = {}
+        self._loads: dict[str, asyncio.Future[Any]] = {}
 
     def get(self, user_id: Any) -> Any:
         entry = self._users.get(user_id)
@@ -156,12 +168,44 @@ class UserCache:
                 self._users.clear()
             self._users[str(user.pk)] = (user, self.clock() + ttl)
 
+    def loading(self, user_id: str) -> asyncio.Future[Any] | None:
+        """The load of this user in progress on this event loop, if there is one: its result
+        is the user, or None if it failed (that token's own fault, or the database's)."""
+        load = self._loads.get(user_id)
+        if load is None or load.get_loop() is not asyncio.get_running_loop():
+            return None
+        return load
+
+    @contextlib.contextmanager
+    def load(self, user_id: str) -> Iterator[Callable[[Any], None]]:
+        """Register a load of this user for others to wait on; call what it yields with the
+        user loaded. If the load ends without (an exception), the waiters get None."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._loads[user_id] = future
+
+        def loaded(user: Any) -> None:
+            if self._loads.get(user_id) is future:
+                self.put(user)
+                future.set_result(user)
+            else:  # forgotten meanwhile (revoked, deactivated): its waiters load afresh
+                future.set_result(None)
+
+        try:
+            yield loaded
+        finally:
+            if self._loads.get(user_id) is future:
+                del self._loads[user_id]
+            if not future.done():
+                future.set_result(None)
+
     def forget(self, user_ids: Any) -> None:
         for user_id in user_ids:
             self._users.pop(str(user_id), None)
+            self._loads.pop(str(user_id), None)
 
     def clear(self) -> None:
         self._users.clear()
+        self._loads.clear()
 
 
 user_cache = UserCache()
@@ -172,14 +216,19 @@ _load_user_in_request = sync_to_async(_load_user)
 
 
 async def authenticate_token_async(raw_token: str, *, in_request: bool = False) -> Authenticated:
-    """`authenticate_token` for the event loop: the database only when the user is not cached."""
+    """`authenticate_token` for the event loop: the database only when the user is not cached
+    (and not being loaded for another token already)."""
     token = validate_token(raw_token)
-    user_id = token.get(api_settings.USER_ID_CLAIM)
-    user = user_cache.get(str(user_id))
+    user_id = str(token.get(api_settings.USER_ID_CLAIM))
+    user = user_cache.get(user_id)
+    if user is None or not user.is_active:
+        pending = user_cache.loading(user_id)
+        user = await asyncio.shield(pending) if pending is not None else None
     if user is None or not user.is_active:
         load = _load_user_in_request if in_request else _load_user_async
-        authenticated = await load(token)
-        user_cache.put(authenticated.user)
+        with user_cache.load(user_id) as loaded:
+            authenticated = await load(token)
+            loaded(authenticated.user)
         return authenticated
     if token_revoked(user, token):
         raise TokenRejected(REVOKED_MESSAGE)
