@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common_arguments(sub)
     _connections_arguments(sub)
     sub.add_argument("--server", choices=SERVERS, default="daphne")
+    sub.add_argument(
+        "--bare",
+        action="store_true",
+        help="serve bench/bare_asgi.py (the baseline's work per connection, nothing of ours) "
+        "under the same server: its floor; an extra row, never a target's figure",
+    )
     sub = commands.add_parser("status", help="/ws/status latency")
     _common_arguments(sub)
     sub.add_argument("--connections", type=int, default=0, help="default 10000 (quick: 40)")
@@ -218,6 +224,7 @@ def connections_options(options: argparse.Namespace, **overrides: Any) -> argpar
         "no_baseline": False,
         "deflate": False,
         "server": "daphne",
+        "bare": False,
         "name": "connections",
     }
     for key, value in defaults.items():
@@ -267,6 +274,8 @@ def run_connections(options: argparse.Namespace) -> dict[str, Any]:
 
     server = getattr(options, "server", "daphne")
     name = "connections" if server == "daphne" else f"{server}_connections"
+    if getattr(options, "bare", False):
+        name = f"bare_{name}"
     return connections.run(connections_options(options, name=name))
 
 

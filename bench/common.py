@@ -509,6 +509,7 @@ class Server:
     port: int = field(default_factory=free_port)
     control_port: int | None = None  # the baseline's HTTP publish port
     extra_args: list[str] = field(default_factory=list)
+    app: str = "tradingrt.asgi:application"  # bench.bare_asgi:application: the server's floor
     process: subprocess.Popen[bytes] | None = None
     _worker_pid: int | None = field(default=None, init=False, repr=False)
 
@@ -542,14 +543,14 @@ class Server:
             return [
                 PYTHON, "-m", "daphne", "-e", endpoint,
                 "--ping-interval", "20", "--ping-timeout", "30",
-                *self.extra_args, "tradingrt.asgi:application",
+                *self.extra_args, self.app,
             ]  # fmt: skip
         if self.kind == "uvicorn":
             return [
                 PYTHON, "-m", "uvicorn", "--host", LOOPBACK, "--port", str(self.port),
                 "--ws-ping-interval", "20", "--ws-ping-timeout", "30",
                 "--ws-max-size", "1048576", "--no-access-log", "--log-level", "warning",
-                *self.extra_args, "tradingrt.asgi:application",
+                *self.extra_args, self.app,
             ]  # fmt: skip
         if self.kind == "granian":
             # One worker process, asyncio's loop (as Daphne and the baseline), no request limit
@@ -559,7 +560,7 @@ class Server:
                 PYTHON, "-m", "granian", "--interface", "asgi", "--host", LOOPBACK,
                 "--port", str(self.port), "--workers", "1", "--loop", "asyncio",
                 "--backlog", "1024", "--backpressure", "100000", "--log-level", "warning",
-                *self.extra_args, "tradingrt.asgi:application",
+                *self.extra_args, self.app,
             ]  # fmt: skip
         if self.kind == "baseline":
             self.control_port = self.control_port or free_port()

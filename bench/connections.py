@@ -210,6 +210,7 @@ def run(options: Any, log: Any = print) -> dict[str, Any]:
             "hold_s": hold,
             "database": options.db,
             "deflate_offered": options.deflate,
+            "bare": options.bare,
             "quick": quick,
         },
     }
@@ -221,7 +222,11 @@ def run(options: Any, log: Any = print) -> dict[str, Any]:
         with LoadGenerator(workers) as loadgen:
             env = common.server_environment(space, database_url=space.fresh_database())
             server = common.Server(
-                server_kind, env, space.directory, extra_args=options.server_args
+                server_kind,
+                env,
+                space.directory,
+                extra_args=options.server_args,
+                app="bench.bare_asgi:application" if options.bare else common.Server.app,
             )
             profile_to = None
             if options.profile:
@@ -229,7 +234,7 @@ def run(options: Any, log: Any = print) -> dict[str, Any]:
             with common.running(server):
                 sessions.append(
                     measure(
-                        label=server_kind,
+                        label=f"{server_kind} (bare)" if options.bare else server_kind,
                         server=server,
                         loadgen=loadgen,
                         tokens=tokens[WARMUP:],

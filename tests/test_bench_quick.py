@@ -318,3 +318,23 @@ def test_granian_is_measured_beside_the_baseline_in_quick_mode(tmp_path):
     assert [n for n, _ in ours["rss_curve"]][-1] == ours["churned"]["opened"]
     assert len(ours["kib_per_churned_connection_by_half"]) == 2
     assert ours["cycles_left"]["unreachable"] >= 0  # gcwatch answered from the worker
+
+
+@pytest.mark.timeout(200)
+def test_the_servers_floor_serves_the_bare_application_in_quick_mode(tmp_path):
+    """`bench connections --bare`: the same server on bench/bare_asgi.py (no token checked, no
+    record, no hub), labelled as such, never judged against round two's ratios."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    command = [sys.executable, "-m", "bench", "connections", "--bare", "--quick"]
+    run = subprocess.run(
+        [*command, "--out", str(tmp_path)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, f"{run.stdout[-4000:]}\n{run.stderr[-4000:]}"
+    document = _load(tmp_path, "bare_connections")
+    assert document["params"]["bare"] is True
+    bare, baseline = document["sessions"]
+    assert (bare["label"], baseline["label"]) == ("daphne (bare)", "baseline")
+    assert bare["opened"] == bare["requested"] > 0
+    assert bare["tracked_by_status"] is None  # no /ws/status: nothing of ours is served
+    assert not any("baseline's" in t["target"] for t in document["targets"])
