@@ -55,12 +55,17 @@ async def test_connects_that_miss_together_load_their_user_once(trader, loads):
     ]  # each its own token
 
 
+async def _tokens_around_a_revocation(user) -> tuple[str, str]:
+    """One token issued before the user's sessions were revoked, one after; the cache empty."""
+    before = _token(user, issued_at=time.time() - 60)
+    await sync_to_async(sessions.user_sessions_revoke)(user=user, by="test")
+    user_cache.clear()
+    return before, _token(user, issued_at=time.time() + 1)
+
+
 async def test_a_waiter_checks_its_own_token_against_the_revocation(trader, loads):
     """The user a load returns is shared; whether each token is revoked is checked apart."""
-    before = _token(trader, issued_at=time.time() - 60)
-    await sync_to_async(sessions.user_sessions_revoke)(user=trader, by="test")
-    user_cache.clear()
-    after = _token(trader, issued_at=time.time() + 1)
+    before, after = await _tokens_around_a_revocation(trader)
     valid, revoked = await asyncio.gather(
         authenticate_token_async(after),
         authenticate_token_async(before),
@@ -72,10 +77,7 @@ async def test_a_waiter_checks_its_own_token_against_the_revocation(trader, load
 
 
 async def test_when_the_shared_load_fails_its_waiters_load_for_themselves(trader, loads):
-    before = _token(trader, issued_at=time.time() - 60)
-    await sync_to_async(sessions.user_sessions_revoke)(user=trader, by="test")
-    user_cache.clear()
-    after = _token(trader, issued_at=time.time() + 1)
+    before, after = await _tokens_around_a_revocation(trader)
     refused, valid = await asyncio.gather(
         authenticate_token_async(before),  # loads first, and is refused
         authenticate_token_async(after),
