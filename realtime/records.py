@@ -518,12 +518,14 @@ class _Statements:
     """The connection rows' upsert and delete as plain SQL statements, for SQLite and PostgreSQL.
 
     What `bulk_create(update_conflicts=True)` and `delete()` send, without compiling each row
-    through the ORM: the same `INSERT ... ON CONFLICT (id) DO UPDATE` (one `executemany`) and,
-    for closed connections, their subscriptions' rows and then theirs. Compiling was 3-4 times
-    the statements' own cost for an upsert and 8 times for a delete (docs/BENCHMARKS.md, "Where
-    a connect's CPU goes"); a connect burst writes one row per connect. Values go through each
-    field's `get_db_prep_save`, as the ORM's do. `of()` is None on any other backend, and if
-    another model ever refers to Connection (its rows would need deleting too): the ORM then.
+    through the ORM: the same multi-row `INSERT ... ON CONFLICT (id) DO UPDATE` (as many rows a
+    statement as the backend's parameter limit allows) and, for closed connections, the
+    `DELETE` of their subscriptions' rows and then of theirs. The ORM's way cost 2.5-3 times
+    the CPU a row for an upsert and 7-8 times for a delete on SQLite (docs/BENCHMARKS.md, "Where
+    a connect's CPU goes"); a connect burst writes one row per connect. Text and ids go as they
+    are; the two times through their field's `get_db_prep_save`, as the ORM's would. `of()` is
+    None on any other backend, and if another model ever refers to Connection (its rows would
+    need deleting too): the ORM then.
     """
 
     _cache: dict[str, _Statements | None] = {}
