@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -110,6 +111,9 @@ class RecordWriter:
     retry_secs = 0.5  # first backoff after a failure, doubled at each further one
     max_retry_secs = 10.0  # longest backoff, for a failing row and for an outage alike
     stored_wait_secs = 5.0  # longest `stored()` waits before the caller goes on
+    # Least time between the end of one flush and the start of the next: in a burst, the most
+    # a record (and the reply waiting for it) waits to share a transaction; 0 flushes at once.
+    linger_secs = 0.01
     clock = staticmethod(time.monotonic)
 
     def __init__(self, server_id: str, *, channel_name: str = "") -> None:
@@ -265,12 +269,20 @@ class RecordWriter:
 
     async def _run(self) -> None:
         outage = 0  # failed flushes in a row for want of a database
+        loop = asyncio.get_running_loop()
+        flushed_at = -math.inf  # loop.time() when the last flush ended
         while True:
             if not self._dirty:
                 due = min(self._delayed.values(), default=None)
                 timeout = None if due is None else max(0.0, due - self.clock())
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
+            # In a burst (the last flush ended under linger_secs ago), the changes of the rest
+            # of that interval go into this flush too: fewer, larger transactions, rather than
+            # one for every connect that arrives while the last one commits.
+            pause = flushed_at + self.linger_secs - loop.time()
+            if pause > 0:
+                await asyncio.sleep(pause)
             self._wake.clear()
             now = self.clock()
             for connection_id, due in list(self._delayed.items()):
@@ -305,6 +317,7 @@ class RecordWriter:
                 continue
             finally:
                 self._in_flight = set()
+                flushed_at = loop.time()
             if outage:
                 logger.warning("The database is back; writing connection records again")
                 outage = 0

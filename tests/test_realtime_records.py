@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -112,6 +113,35 @@ async def test_a_record_written_again_holds_exactly_the_latest_state(writer, tra
     writer.closed(connection_id="c1")
     await writer.flushed()
     assert await rows() == ([], [])  # its subscription deleted with it
+
+
+async def test_connects_arriving_through_a_burst_share_transactions(writer):
+    """While changes keep coming, a flush starts at most linger_secs after the last one ended,
+    so a burst is a few transactions, not one for each connect that arrived meanwhile."""
+    writer.linger_secs = 0.05
+    _open(writer, "first")
+    await writer.flushed()
+    before, started = writer.batches, time.monotonic()
+    for n in range(40):
+        _open(writer, f"c{n:02}")
+        await asyncio.sleep(0.005)
+    await writer.flushed()
+    elapsed = time.monotonic() - started
+    assert len((await rows())[0]) == 41
+    assert writer.batches - before <= elapsed / writer.linger_secs + 2
+
+
+async def test_a_connect_after_a_quiet_spell_is_written_at_once(writer):
+    """The linger holds a change only within linger_secs of the last flush: a lone connect,
+    and the reply that waits for its record, are not held."""
+    writer.linger_secs = 1.0
+    _open(writer, "lone")
+    assert await asyncio.wait_for(writer.stored("lone"), 0.5)
+    _open(writer, "next")  # within the linger of that flush: held for it
+    await asyncio.sleep(0.2)
+    assert (await rows())[0] == ["lone"]
+    assert await asyncio.wait_for(writer.stored("next"), 2.0)
+    assert (await rows())[0] == ["lone", "next"]
 
 
 async def test_a_connection_closed_before_it_was_written_is_never_written(writer):
