@@ -2333,6 +2333,7 @@ def browser_example(heading: str) -> str:
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(180)  # the client's backoff may reach its 30 s ceiling twice
 @pytest.mark.django_db(transaction=True)
 async def test_the_documented_reconnecting_client_gets_a_new_token_after_4401_by_itself(
     browser_page, live, trader, trader_token
@@ -2379,7 +2380,8 @@ async def test_the_documented_reconnecting_client_gets_a_new_token_after_4401_by
     await page.wait_for_function("closes.includes(4401)", timeout=10_000)
     await asyncio.sleep(1)  # a few refreshes refused with 503 meanwhile
     outage["status"] = 0
-    await page.wait_for_function("socket.authenticated === true", timeout=20_000)
+    # The reconnect after the outage waits its backoff: up to the client's 30 s ceiling.
+    await page.wait_for_function("socket.authenticated === true", timeout=40_000)
     await asyncio.sleep(0.3)  # the resubscription
     order = await post_order(live, trader_token)
     await page.wait_for_function("updates.length === 1", timeout=5_000)
@@ -2389,8 +2391,12 @@ async def test_the_documented_reconnecting_client_gets_a_new_token_after_4401_by
 
     # Now the refresh token itself is refused: it gives up, asking for a login.
     outage["status"] = 401
+    # The connection has not lasted the 5 s that resets the backoff, so the reconnect that
+    # finds the token refused waits up to the ceiling of the attempts made so far (each 503
+    # added one): wait that long, plus the reconnect and the refresh.
+    ceiling_ms = await page.evaluate("Math.min(30000, 500 * 2 ** socket.attempt)")
     await page.evaluate("setTokens({ ...getTokens(), access: 'expired' }); socket.socket.close()")
-    await page.wait_for_function("fatal.length === 1", timeout=10_000)
+    await page.wait_for_function("fatal.length === 1", timeout=ceiling_ms + 10_000)
     assert await page.evaluate("fatal") == ["login required"]
     await page.evaluate("socket.stop()")
 
