@@ -475,17 +475,18 @@ def _apply(server_id: str, rows: Sequence[_Row]) -> None:
     closed = [row.connection_id for row in rows if not row.open]
     opened = [row for row in rows if row.open]
     alias = router.db_for_write(Connection)
-    statements = _Statements.of(databases[alias])
+    database = databases[alias]  # this thread's connection
+    statements = _Statements.of(database)
     with transaction.atomic(using=alias):
         for ids in _chunks(closed):
             if statements is not None:
-                statements.delete(ids)
+                statements.delete(database, ids)
             else:
                 Connection.objects.filter(pk__in=ids).delete()  # cascades to subscriptions
         if not opened:
             return
         if statements is not None:
-            statements.upsert(server_id, opened)
+            statements.upsert(database, server_id, opened)
         else:
             Connection.objects.bulk_create(
                 [
@@ -544,7 +545,8 @@ class _Statements:
     _cache: dict[str, _Statements | None] = {}
 
     def __init__(self, database: BaseDatabaseWrapper) -> None:
-        self.database = database
+        # Kept: text and the fields' methods, the same for every thread. Not kept: `database`,
+        # one thread's connection (Django refuses it in any other).
         quote = database.ops.quote_name
         fields = [_field(Connection, name) for name in ("id", *_CONNECTION_FIELDS)]
         self.width = len(fields)
@@ -574,8 +576,8 @@ class _Statements:
             cls._cache[key] = cls(database) if usable else None
         return cls._cache[key]
 
-    def upsert(self, server_id: str, rows: Sequence[_Row]) -> None:
-        database, adapt = self.database, self.adapt_time
+    def upsert(self, database: BaseDatabaseWrapper, server_id: str, rows: Sequence[_Row]) -> None:
+        adapt = self.adapt_time
         # The text and id values are the database's already; the two times are adapted by
         # their field (SQLite: a UTC string; PostgreSQL: the aware datetime).
         values = [
@@ -600,9 +602,9 @@ class _Statements:
                     values[start * width : (start + count) * width],
                 )
 
-    def delete(self, ids: Sequence[str]) -> None:
+    def delete(self, database: BaseDatabaseWrapper, ids: Sequence[str]) -> None:
         marks = f"({', '.join(['%s'] * len(ids))})"
-        with self.database.cursor() as cursor:
+        with database.cursor() as cursor:
             cursor.execute(self.delete_subscriptions_sql + marks, list(ids))
             cursor.execute(self.delete_connections_sql + marks, list(ids))
 

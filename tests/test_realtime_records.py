@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 import time
@@ -85,6 +86,30 @@ def test_another_model_referring_to_connections_turns_the_statements_off(monkeyp
     monkeypatch.setattr(Connection._meta, "related_objects", related)
     monkeypatch.setattr(records._Statements, "_cache", {})
     assert records._Statements.of(connection) is None
+
+
+def test_records_are_written_from_any_thread_on_its_own_connection(transactional_db):
+    """Django's connections are per thread: the statements kept between flushes must not hold
+    the first thread's, or a flush from another thread fails (the writer's thread is asgiref's
+    choice, not ours)."""
+    server = connections.server_process_register(channel_name="rt.hub!test")
+    now = timezone.now()
+
+    def write(connection_id: str) -> dict:
+        row = records._Row(
+            connection_id=connection_id, version=1, open=True, fresh=True, user_id=None,
+            authenticated_at=None, client_address="", user_agent="", connected_at=now,
+            topics=frozenset(),
+        )  # fmt: skip
+        try:
+            return records.write_records(server_id=server.pk, channel_name="", rows=[row]).failed
+        finally:
+            connection.close()
+
+    for name in ("first", "second"):
+        with concurrent.futures.ThreadPoolExecutor(1) as thread:  # a new thread each time
+            assert thread.submit(write, name).result() == {}, name
+    assert sorted(Connection.objects.values_list("pk", flat=True)) == ["first", "second"]
 
 
 async def test_a_record_written_again_holds_exactly_the_latest_state(writer, trader):
@@ -256,10 +281,12 @@ async def _deleted_user_id() -> int:
     return await sync_to_async(create_and_delete)()
 
 
-async def _in_flight() -> None:
-    """Let the writer task take what is queued and hand it to the database thread."""
-    for _ in range(5):
-        await asyncio.sleep(0)
+async def _in_flight(writer: RecordWriter, connection_id: str) -> None:
+    """Until the writer has taken this connection's change and handed it to the database
+    thread (after its linger, if a flush has just ended)."""
+    async with asyncio.timeout(5):
+        while connection_id not in writer._in_flight:
+            await asyncio.sleep(0.001)
 
 
 async def test_open_then_a_failed_write_then_close_leaves_no_ghost_row(writer, caplog):
@@ -269,7 +296,7 @@ async def test_open_then_a_failed_write_then_close_leaves_no_ghost_row(writer, c
         # while it is under way.
         async with WriteLock(then=lambda: _add_fault("realtime_connection")) as lock:
             _open(writer, "c1")
-            await _in_flight()
+            await _in_flight(writer, "c1")
             writer.closed(connection_id="c1")
             await lock.release()
         await _write_failed(caplog)
@@ -289,7 +316,7 @@ async def test_subscribe_then_a_failed_write_then_unsubscribe_leaves_no_subscrip
     try:
         async with WriteLock(then=lambda: _add_fault("realtime_subscription")) as lock:
             writer.subscribed(connection_id="c1", topics=["orders"])
-            await _in_flight()
+            await _in_flight(writer, "c1")
             writer.unsubscribed(connection_id="c1", topics=["orders"])
             await lock.release()
         await _write_failed(caplog)
