@@ -16,7 +16,6 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from realtime import connections, records
-from realtime.auth import authenticate_token_async, user_cache
 from realtime.models import Connection, ServerProcess, Subscription
 from realtime.records import RecordWriter
 from realtime.selectors import connection_status
@@ -210,27 +209,6 @@ async def test_records_of_a_process_whose_row_vanished_restore_it(writer):
     assert (await rows())[0] == ["c1"]
     restored = await sync_to_async(ServerProcess.objects.get)(pk=writer.server_id)
     assert restored.channel_name == "rt.hub!test"  # operator commands reach it again
-
-
-async def test_tokens_of_one_user_load_the_user_once_until_it_is_forgotten(trader, monkeypatch):
-    from realtime import auth
-
-    user_cache.clear()
-    loads = []
-    real = auth._load_user_async
-
-    async def counting(token):
-        loads.append(token)
-        return await real(token)
-
-    monkeypatch.setattr(auth, "_load_user_async", counting)
-    for _ in range(3):
-        token = await sync_to_async(access_token_for)(trader)
-        assert (await authenticate_token_async(token)).user.pk == trader.pk
-    assert len(loads) == 1
-    user_cache.forget([trader.pk])
-    await authenticate_token_async(token)
-    assert len(loads) == 2
 
 
 # --- faults: real database errors, caused in the database -----------------------------------

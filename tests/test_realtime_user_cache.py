@@ -14,6 +14,7 @@ from rest_framework_simplejwt.tokens import AccessToken
 
 from realtime import auth, sessions
 from realtime.auth import TokenRejected, authenticate_token_async, user_cache
+from tests.conftest import access_token_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -43,6 +44,16 @@ def loads(monkeypatch):
     monkeypatch.setattr(auth, "_load_user_async", counting)
     user_cache.clear()
     return loads
+
+
+async def test_tokens_of_one_user_load_the_user_once_until_it_is_forgotten(trader, loads):
+    for _ in range(3):
+        token = await sync_to_async(access_token_for)(trader)
+        assert (await authenticate_token_async(token)).user.pk == trader.pk
+    assert len(loads) == 1
+    user_cache.forget([trader.pk])
+    await authenticate_token_async(token)
+    assert len(loads) == 2
 
 
 async def test_connects_that_miss_together_load_their_user_once(trader, loads):
