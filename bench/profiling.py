@@ -8,6 +8,7 @@ that matter on the hot path.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -56,6 +57,11 @@ def available() -> str | None:
     return shutil.which("py-spy")
 
 
+def gil_only() -> bool:
+    """`BENCH_PROFILE_GIL=1`: sample only the thread that holds the GIL (py-spy `--gil`)."""
+    return os.environ.get("BENCH_PROFILE_GIL", "") not in ("", "0")
+
+
 class Profiler:
     """py-spy on `pid` for `seconds` (or until `stop()`), writing folded stacks to `out`."""
 
@@ -66,6 +72,10 @@ class Profiler:
             raise RuntimeError("py-spy is not installed (the dev extra has it: dev.py test)")
         out.parent.mkdir(parents=True, exist_ok=True)
         command = [binary, "record", "--pid", str(pid), "--rate", str(rate), "--nonblocking"]
+        if gil_only():
+            # Only the thread holding the GIL: py-spy otherwise counts a thread that waits for
+            # the GIL as busy, which puts a database thread's wait among the CPU's callers.
+            command.append("--gil")
         if seconds is not None:
             command += ["--duration", str(max(1, int(seconds)))]
         command += ["--format", "raw", "--nolineno", "-o", str(out)]
