@@ -73,12 +73,13 @@ class Profiler:
         out.parent.mkdir(parents=True, exist_ok=True)
         command = [binary, "record", "--pid", str(pid), "--rate", str(rate), "--nonblocking"]
         if gil_only():
-            # Only the thread holding the GIL: py-spy otherwise counts a thread that waits for
-            # the GIL as busy, which puts a database thread's wait among the CPU's callers.
+            # Only the thread holding the GIL: by default py-spy counts every thread on a CPU,
+            # a database thread in SQLite's C code with the GIL released too.
             command.append("--gil")
         if seconds is not None:
             command += ["--duration", str(max(1, int(seconds)))]
         command += ["--format", "raw", "--nolineno", "-o", str(out)]
+        self.command = command
         self.process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
